@@ -1,0 +1,299 @@
+//! The `diagmon` command line.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, Parser, Subcommand};
+use diagmon::diagnostics::eventpipe::Rundown;
+use diagmon::diagnostics::nettrace;
+use diagmon::diagnostics::reverse::ReversePort;
+use diagmon::diagnostics::{EventProvider, SessionConfig, Timeouts, endpoint};
+use diagmon::processes::{Discovery, ProcessDirectory, ProcessRecord};
+
+/// A diagnostics monitor for .NET processes.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Commands,
+}
+
+#[derive(Debug, Subcommand)]
+enum Commands {
+    /// List the .NET processes diagmon can see.
+    Ps {
+        #[command(flatten)]
+        discovery: DiscoveryArgs,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Capture an EventPipe trace of one process into a file.
+    Trace(TraceArgs),
+    /// Check that a nettrace file is whole and well-formed, and summarise it.
+    Validate {
+        /// The file to check.
+        file: PathBuf,
+    },
+}
+
+#[derive(Debug, Args)]
+struct DiscoveryArgs {
+    /// Where runtimes create their sockets (connect mode); defaults to $TMPDIR or /tmp.
+    #[arg(long, value_name = "DIR")]
+    socket_dir: Option<PathBuf>,
+    /// Listen mode: diagmon's diagnostic port, where runtimes started with
+    /// DOTNET_DiagnosticPorts=PATH connect.
+    #[arg(long, value_name = "PATH", conflicts_with = "socket_dir")]
+    diagnostic_port: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+struct TraceArgs {
+    #[command(flatten)]
+    discovery: DiscoveryArgs,
+    /// The process id.
+    #[arg(long)]
+    pid: Option<u64>,
+    /// The runtime instance uid.
+    #[arg(long)]
+    uid: Option<uuid::Uuid>,
+    /// The process name.
+    #[arg(long)]
+    name: Option<String>,
+    /// How long to trace (e.g. 5s, 1m); Ctrl-C stops earlier.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    duration: Duration,
+    /// Providers as `Name[:Keywords[:Level[:key=value;...]]]`, comma-separated. Defaults to CPU
+    /// sampling: the sample profiler and the runtime's default keywords at Informational.
+    #[arg(long, value_delimiter = ',', value_parser = parse_provider)]
+    providers: Vec<EventProvider>,
+    /// Do not ask for rundown at the end of the trace.
+    #[arg(long)]
+    no_rundown: bool,
+    /// The runtime's buffer size in MB.
+    #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    buffer_size_mb: u32,
+    /// Output file.
+    #[arg(short, long, default_value = "trace.nettrace")]
+    output: PathBuf,
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("DIAGMON_LOG")
+                .unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("error: cannot start the async runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> Result<ExitCode> {
+    match cli.command {
+        Commands::Ps { discovery, json } => {
+            let processes = directory(&discovery).await?.list().await;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&processes)?);
+            } else {
+                println!("{:>8}  {:<36}  {:<16}  COMMAND LINE", "PID", "UID", "NAME");
+                for process in processes {
+                    println!(
+                        "{:>8}  {:<36}  {:<16}  {}",
+                        process.pid, process.uid, process.name, process.command_line
+                    );
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Commands::Trace(args) => trace(args).await,
+        Commands::Validate { file } => match nettrace::validate_file(&file) {
+            Ok(summary) => {
+                println!("{}", serde_json::to_string_pretty(&summary)?);
+                Ok(ExitCode::SUCCESS)
+            }
+            Err(error) => {
+                eprintln!("{}: {error}", file.display());
+                Ok(ExitCode::from(if error.is_truncated() { 2 } else { 1 }))
+            }
+        },
+    }
+}
+
+async fn directory(args: &DiscoveryArgs) -> Result<ProcessDirectory> {
+    let discovery = match (&args.diagnostic_port, &args.socket_dir) {
+        (Some(port), _) => {
+            let port = ReversePort::bind(port)
+                .await
+                .with_context(|| format!("cannot listen on {}", port.display()))?;
+            // Give runtimes that are already retrying a moment to connect and advertise.
+            tokio::time::sleep(Duration::from_millis(600)).await;
+            Discovery::Listen(port)
+        }
+        (None, Some(dir)) => Discovery::Connect {
+            socket_dir: dir.clone(),
+        },
+        (None, None) => Discovery::Connect {
+            socket_dir: endpoint::default_socket_dir(),
+        },
+    };
+    Ok(ProcessDirectory::new(discovery, Timeouts::default()))
+}
+
+async fn trace(args: TraceArgs) -> Result<ExitCode> {
+    let directory = directory(&args.discovery).await?;
+    let process = select_process(&directory, &args).await?;
+    let providers = if args.providers.is_empty() {
+        cpu_sampling_providers()
+    } else {
+        args.providers
+    };
+    let mut config = SessionConfig::new(providers);
+    config.buffer_size_mb = args.buffer_size_mb;
+    if args.no_rundown {
+        config.rundown = Rundown::Off;
+    }
+    let session = directory
+        .client(&process)
+        .start_session(&config)
+        .await
+        .with_context(|| format!("cannot start a trace of process {}", process.pid))?;
+    eprintln!(
+        "tracing process {} ({}) for {}; Ctrl-C stops early",
+        process.pid,
+        process.name,
+        humantime::format_duration(args.duration)
+    );
+    let stop = session.stop_handle();
+    let duration = args.duration;
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = tokio::time::sleep(duration) => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+        if let Err(error) = stop.stop().await {
+            tracing::warn!(%error, "StopTracing failed");
+        }
+    });
+    let mut file = tokio::fs::File::create(&args.output)
+        .await
+        .with_context(|| format!("cannot create {}", args.output.display()))?;
+    let summary = session
+        .copy_to(&mut file)
+        .await
+        .with_context(|| format!("the trace in {} is incomplete", args.output.display()))?;
+    eprintln!(
+        "wrote {} ({} bytes, {} events)",
+        args.output.display(),
+        summary.bytes,
+        summary.events
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn select_process(directory: &ProcessDirectory, args: &TraceArgs) -> Result<ProcessRecord> {
+    let matches: Vec<ProcessRecord> = directory
+        .list()
+        .await
+        .into_iter()
+        .filter(|p| args.pid.is_none_or(|pid| p.pid == pid))
+        .filter(|p| args.uid.is_none_or(|uid| p.uid == uid))
+        .filter(|p| {
+            args.name
+                .as_ref()
+                .is_none_or(|name| p.name.eq_ignore_ascii_case(name))
+        })
+        .collect();
+    match matches.as_slice() {
+        [one] => Ok(one.clone()),
+        [] => bail!("no .NET process matches; `diagmon ps` lists the ones diagmon can see"),
+        several => bail!(
+            "{} processes match ({}); select one with --pid or --uid",
+            several.len(),
+            several
+                .iter()
+                .map(|p| format!("{} {}", p.pid, p.name))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    }
+}
+
+/// dotnet-trace's default: CPU samples plus the runtime's default keywords at Informational.
+fn cpu_sampling_providers() -> Vec<EventProvider> {
+    vec![
+        EventProvider::new("Microsoft-DotNETCore-SampleProfiler", 0, 5),
+        EventProvider::new("Microsoft-Windows-DotNETRuntime", 0x14C1_4FCC_BD, 4),
+    ]
+}
+
+/// Parses `Name[:Keywords[:Level[:key=value;...]]]`; keywords in hex (`0x..`) or decimal,
+/// level by number or name.
+fn parse_provider(spec: &str) -> Result<EventProvider> {
+    let mut parts = spec.splitn(4, ':');
+    let name = parts.next().unwrap_or_default().trim();
+    if name.is_empty() {
+        bail!("a provider needs a name");
+    }
+    let keywords = match parts.next().filter(|text| !text.is_empty()) {
+        None => u64::MAX,
+        Some(text) => match text.strip_prefix("0x").or(text.strip_prefix("0X")) {
+            Some(hex) => u64::from_str_radix(hex, 16),
+            None => text.parse(),
+        }
+        .with_context(|| format!("keywords `{text}` are not a number (decimal or 0x hex)"))?,
+    };
+    let level = match parts.next().filter(|text| !text.is_empty()) {
+        None => 5,
+        Some(text) => parse_level(text)?,
+    };
+    let mut provider = EventProvider::new(name, keywords, level);
+    for pair in parts.next().unwrap_or_default().split(';') {
+        if pair.is_empty() {
+            continue;
+        }
+        let Some((key, value)) = pair.split_once('=') else {
+            bail!("provider argument `{pair}` is not key=value");
+        };
+        provider.arguments.insert(key.to_owned(), value.to_owned());
+    }
+    Ok(provider)
+}
+
+fn parse_level(text: &str) -> Result<u8> {
+    const NAMES: [&str; 6] = [
+        "logalways",
+        "critical",
+        "error",
+        "warning",
+        "informational",
+        "verbose",
+    ];
+    if let Ok(level) = text.parse::<u8>() {
+        if level <= 5 {
+            return Ok(level);
+        }
+    }
+    NAMES
+        .iter()
+        .position(|name| name.eq_ignore_ascii_case(text))
+        .map(|level| level as u8)
+        .with_context(|| format!("level `{text}` is not 0-5 or one of {}", NAMES.join(", ")))
+}
