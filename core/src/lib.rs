@@ -1,11 +1,23 @@
 //! diagmon: a diagnostics monitor for .NET processes.
 //!
 //! The library behind the `diagmon` binary, one module per concern:
+//! - [`config`]: the merged configuration (defaults, file, environment, flags);
+//! - [`http`]: the HTTP API (routes, extractors, problem+json errors) and the server;
+//! - [`auth`]: API-key authentication of requests;
+//! - [`tls`]: HTTPS serving;
+//! - [`egress`]: the WebAssembly egress host and its providers;
+//! - [`operations`]: the registry of artifact operations, their limits and their capture;
+//! - [`processes`]: which runtimes diagmon can see, what identifies them, and process selection;
 //! - [`diagnostics`]: the diagnostics IPC client, EventPipe sessions and the nettrace validator;
-//! - [`processes`]: which runtimes diagmon can see and what identifies them;
 //! - [`procfs`]: what Linux says about a process when its runtime cannot.
 #![deny(missing_docs)]
 
+pub mod auth;
+pub mod config;
 pub mod diagnostics;
+pub mod egress;
+pub mod http;
+pub mod operations;
 pub mod processes;
 pub mod procfs;
+pub mod tls;

@@ -6,11 +6,13 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
+use diagmon::auth::Authenticator;
 use diagmon::diagnostics::eventpipe::Rundown;
 use diagmon::diagnostics::nettrace;
 use diagmon::diagnostics::reverse::ReversePort;
 use diagmon::diagnostics::{EventProvider, SessionConfig, Timeouts, endpoint};
 use diagmon::processes::{Discovery, ProcessDirectory, ProcessRecord};
+use diagmon::{config, http};
 
 /// A diagnostics monitor for .NET processes.
 #[derive(Debug, Parser)]
@@ -22,6 +24,11 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Commands {
+    /// Run the monitor: serve the HTTP API.
+    Collect(CollectArgs),
+    /// Show the merged configuration.
+    #[command(subcommand)]
+    Config(ConfigCommand),
     /// List the .NET processes diagmon can see.
     Ps {
         #[command(flatten)]
@@ -36,6 +43,36 @@ enum Commands {
     Validate {
         /// The file to check.
         file: PathBuf,
+    },
+}
+
+#[derive(Debug, Args)]
+struct CollectArgs {
+    /// Addresses to serve on (default http://127.0.0.1:52323).
+    #[arg(long, num_args = 1.., value_name = "URL")]
+    urls: Vec<String>,
+    /// Serve without authentication (loopback addresses only, unless
+    /// --allow-no-auth-on-network is given too).
+    #[arg(long, conflicts_with = "temp_apikey")]
+    no_auth: bool,
+    /// With --no-auth: also on addresses other machines can reach.
+    #[arg(long, requires = "no_auth")]
+    allow_no_auth_on_network: bool,
+    /// Generate an API key for this run only and print its token.
+    #[arg(long)]
+    temp_apikey: bool,
+    /// The configuration file (TOML, JSON or YAML).
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+enum ConfigCommand {
+    /// Print the merged configuration with secrets redacted.
+    Show {
+        /// The configuration file.
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
     },
 }
 
@@ -108,6 +145,13 @@ fn main() -> ExitCode {
 
 async fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
+        Commands::Collect(args) => collect(args).await,
+        Commands::Config(ConfigCommand::Show { config }) => {
+            let file = config::config_file(config.as_deref());
+            let config = config::load(file.as_deref(), serde_json::json!({}))?;
+            print!("{}", config.to_redacted_toml());
+            Ok(ExitCode::SUCCESS)
+        }
         Commands::Ps { discovery, json } => {
             let processes = directory(&discovery).await?.list().await;
             if json {
@@ -134,6 +178,82 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 Ok(ExitCode::from(if error.is_truncated() { 2 } else { 1 }))
             }
         },
+    }
+}
+
+async fn collect(args: CollectArgs) -> Result<ExitCode> {
+    let file = config::config_file(args.config.as_deref());
+    let overrides = if args.urls.is_empty() {
+        serde_json::json!({})
+    } else {
+        serde_json::json!({ "urls": args.urls })
+    };
+    let config = config::load(file.as_deref(), overrides)?;
+    if let Some(file) = &file {
+        tracing::info!(file = %file.display(), "configuration loaded");
+    }
+    let authenticator = if args.no_auth {
+        let remote: Vec<&String> = config
+            .urls
+            .iter()
+            .filter(|url| !is_loopback_url(url))
+            .collect();
+        if !remote.is_empty() && !args.allow_no_auth_on_network {
+            bail!(
+                "--no-auth would open {} to other machines without authentication; \
+                 serve on 127.0.0.1 or add --allow-no-auth-on-network if that is really meant",
+                remote
+                    .iter()
+                    .map(|url| url.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+        }
+        tracing::warn!(
+            "AUTHENTICATION IS DISABLED (--no-auth): anyone who can reach the API can trace processes"
+        );
+        Authenticator::disabled()
+    } else if args.temp_apikey {
+        let (authenticator, token) = Authenticator::temporary();
+        println!("Authorization: Bearer {token}");
+        authenticator
+    } else {
+        Authenticator::from_config(&config.authentication, file.clone())
+    };
+    http::serve(config, authenticator, shutdown_signal()).await?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// True for http(s) URLs on 127.0.0.0/8, ::1 or localhost.
+fn is_loopback_url(url: &str) -> bool {
+    let Ok(uri) = url.parse::<axum::http::Uri>() else {
+        return false;
+    };
+    let host = uri
+        .host()
+        .unwrap_or_default()
+        .trim_start_matches('[')
+        .trim_end_matches(']');
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+/// Resolves on SIGTERM or SIGINT.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match signal(SignalKind::terminate()) {
+        Ok(mut terminate) => {
+            tokio::select! {
+                _ = terminate.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        }
+        Err(error) => {
+            tracing::warn!(%error, "cannot watch SIGTERM; only Ctrl-C stops the server");
+            let _ = tokio::signal::ctrl_c().await;
+        }
     }
 }
 
@@ -240,7 +360,7 @@ async fn select_process(directory: &ProcessDirectory, args: &TraceArgs) -> Resul
 fn cpu_sampling_providers() -> Vec<EventProvider> {
     vec![
         EventProvider::new("Microsoft-DotNETCore-SampleProfiler", 0, 5),
-        EventProvider::new("Microsoft-Windows-DotNETRuntime", 0x14C1_4FCC_BD, 4),
+        EventProvider::new("Microsoft-Windows-DotNETRuntime", 0x0014_C14F_CCBD, 4),
     ]
 }
 
@@ -286,10 +406,8 @@ fn parse_level(text: &str) -> Result<u8> {
         "informational",
         "verbose",
     ];
-    if let Ok(level) = text.parse::<u8>() {
-        if level <= 5 {
-            return Ok(level);
-        }
+    if let Ok(level @ 0..=5) = text.parse::<u8>() {
+        return Ok(level);
     }
     NAMES
         .iter()

@@ -11,6 +11,7 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
+use crate::config::{DefaultProcessConfig, MatchType, ProcessFilter, ProcessFilterKey};
 use crate::diagnostics::endpoint::{self, Endpoint};
 use crate::diagnostics::reverse::ReversePort;
 use crate::diagnostics::{DiagnosticsClient, DiagnosticsError, Timeouts};
@@ -149,6 +150,112 @@ impl ProcessDirectory {
     }
 }
 
+/// Which process a request addresses: every given field must match (`name` case-insensitively).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ProcessSelector {
+    /// The process id.
+    pub pid: Option<u64>,
+    /// The runtime instance uid.
+    pub uid: Option<Uuid>,
+    /// The process name.
+    pub name: Option<String>,
+}
+
+impl ProcessSelector {
+    /// True when no field is given: the request addresses the default process.
+    pub fn is_empty(&self) -> bool {
+        self.pid.is_none() && self.uid.is_none() && self.name.is_none()
+    }
+
+    /// True when `process` matches every given field.
+    pub fn matches(&self, process: &ProcessRecord) -> bool {
+        self.pid.is_none_or(|pid| process.pid == pid)
+            && self.uid.is_none_or(|uid| process.uid == uid)
+            && self
+                .name
+                .as_ref()
+                .is_none_or(|name| process.name.eq_ignore_ascii_case(name))
+    }
+}
+
+/// Why no single process could be chosen.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ResolveError {
+    /// Nothing matched.
+    #[error("Unable to discover a target process: {0}")]
+    NotFound(String),
+    /// Several matched; the candidates as (pid, name).
+    #[error(
+        "Unable to select a single target process because {} processes match: {}. Select one with `pid` or `uid`.",
+        .0.len(),
+        describe(.0)
+    )]
+    Ambiguous(Vec<(u64, String)>),
+}
+
+fn describe(candidates: &[(u64, String)]) -> String {
+    candidates
+        .iter()
+        .map(|(pid, name)| format!("pid {pid} ({name})"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Chooses the one process `selector` addresses among `processes`; with an empty selector, the
+/// one the default-process filters match, or without filters the single observable process.
+pub fn resolve<'a>(
+    processes: &'a [ProcessRecord],
+    selector: &ProcessSelector,
+    defaults: &DefaultProcessConfig,
+) -> Result<&'a ProcessRecord, ResolveError> {
+    let use_defaults = selector.is_empty();
+    let matching: Vec<&ProcessRecord> = processes
+        .iter()
+        .filter(|process| {
+            if use_defaults {
+                defaults
+                    .filters
+                    .iter()
+                    .all(|filter| filter_matches(filter, process))
+            } else {
+                selector.matches(process)
+            }
+        })
+        .collect();
+    match matching.as_slice() {
+        [one] => Ok(one),
+        [] => Err(ResolveError::NotFound(if !use_defaults {
+            "no process matches the given pid, uid and name".to_owned()
+        } else if defaults.filters.is_empty() {
+            "no .NET process is observable".to_owned()
+        } else {
+            "no process matches the configured default_process filters".to_owned()
+        })),
+        several => Err(ResolveError::Ambiguous(
+            several
+                .iter()
+                .map(|process| (process.pid, process.name.clone()))
+                .collect(),
+        )),
+    }
+}
+
+fn filter_matches(filter: &ProcessFilter, process: &ProcessRecord) -> bool {
+    let actual = match filter.key {
+        ProcessFilterKey::ProcessId => return filter.value.parse() == Ok(process.pid),
+        ProcessFilterKey::ProcessName => process.name.as_str(),
+        ProcessFilterKey::CommandLine => process.command_line.as_str(),
+        ProcessFilterKey::ManagedEntryPointAssemblyName => process
+            .managed_entry_point_assembly_name
+            .as_deref()
+            .unwrap_or_default(),
+    };
+    match filter.match_type {
+        MatchType::Exact => actual.eq_ignore_ascii_case(&filter.value),
+        MatchType::Contains => actual.to_lowercase().contains(&filter.value.to_lowercase()),
+    }
+}
+
 fn log_unreachable(endpoint: &Endpoint, error: &DiagnosticsError) {
     match endpoint {
         Endpoint::Socket(path) => {
@@ -249,6 +356,76 @@ mod tests {
             Some("Worker")
         );
         assert_eq!(entry_assembly_from_command_line("/x/App arg"), None);
+    }
+
+    fn record(pid: u64, name: &str, command_line: &str) -> ProcessRecord {
+        ProcessRecord {
+            pid,
+            uid: Uuid::from_u128(u128::from(pid)),
+            name: name.to_owned(),
+            command_line: command_line.to_owned(),
+            operating_system: None,
+            process_architecture: None,
+            managed_entry_point_assembly_name: None,
+            clr_product_version: None,
+            supports_process_commands: false,
+            endpoint: Endpoint::Socket(PathBuf::new()),
+        }
+    }
+
+    #[test]
+    fn selection_ands_the_fields_and_names_the_candidates() {
+        let processes = [
+            record(1, "dotnet", "dotnet a.dll"),
+            record(2, "dotnet", "dotnet b.dll"),
+        ];
+        let none = DefaultProcessConfig::default();
+        let by_name = ProcessSelector {
+            name: Some("DOTNET".into()),
+            ..Default::default()
+        };
+        let error = resolve(&processes, &by_name, &none).unwrap_err();
+        assert!(
+            error.to_string().contains("pid 1 (dotnet), pid 2 (dotnet)"),
+            "{error}"
+        );
+        let both = ProcessSelector {
+            pid: Some(2),
+            ..by_name
+        };
+        assert_eq!(resolve(&processes, &both, &none).unwrap().pid, 2);
+        let wrong = ProcessSelector {
+            pid: Some(2),
+            uid: Some(Uuid::from_u128(1)),
+            name: None,
+        };
+        assert!(matches!(
+            resolve(&processes, &wrong, &none),
+            Err(ResolveError::NotFound(_))
+        ));
+    }
+
+    #[test]
+    fn the_default_process_comes_from_filters_or_is_the_only_one() {
+        let processes = [
+            record(1, "dotnet", "dotnet a.dll"),
+            record(2, "dotnet", "dotnet b.dll"),
+        ];
+        let filters = DefaultProcessConfig {
+            filters: vec![ProcessFilter {
+                key: ProcessFilterKey::CommandLine,
+                value: "B.DLL".into(),
+                match_type: MatchType::Contains,
+            }],
+        };
+        let empty = ProcessSelector::default();
+        assert_eq!(resolve(&processes, &empty, &filters).unwrap().pid, 2);
+        let none = DefaultProcessConfig::default();
+        assert!(matches!(
+            resolve(&processes, &empty, &none),
+            Err(ResolveError::Ambiguous(_))
+        ));
+        assert_eq!(resolve(&processes[..1], &empty, &none).unwrap().pid, 1);
     }
 
     #[test]

@@ -521,9 +521,7 @@ fn write_run(
     if kind.metadata_id != state.metadata_id {
         flags |= F_METADATA_ID;
     }
-    let expected_seq = state
-        .seq
-        .wrapping_add(u32::from(kind.metadata_id != 0));
+    let expected_seq = state.seq.wrapping_add(u32::from(kind.metadata_id != 0));
     if seq != expected_seq
         || thread.id != state.capture_thread
         || thread.processor != state.processor
@@ -663,7 +661,9 @@ pub fn synthetic_trace_bytes(total_bytes: u64) -> Vec<u8> {
     const END_RESERVE: u64 = 256;
     const MAX_BLOCK: u64 = 64 * 1024;
     let mut trace = SyntheticTrace::new(std::process::id());
-    let capacity = usize::try_from(total_bytes).unwrap_or(usize::MAX).min(1 << 30);
+    let capacity = usize::try_from(total_bytes)
+        .unwrap_or(usize::MAX)
+        .min(1 << 30);
     let mut out = Vec::with_capacity(capacity + 1024);
     trace.write_header(&mut out);
     loop {

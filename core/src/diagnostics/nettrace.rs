@@ -2118,7 +2118,8 @@ impl SequenceTracker {
         match self.last.get_mut(&thread) {
             Some(last) => {
                 let previous = *last;
-                if previous == 0 && !self.v6 {
+                // 0 after a known thread's events: a new thread reusing the id (before V6).
+                if (previous == 0 || sequence == 0) && !self.v6 {
                     *last = sequence;
                     return;
                 }
@@ -2358,5 +2359,1283 @@ impl<'a> Reader<'a> {
         let index = rest.chunks_exact(2).position(|pair| pair == [0, 0])?;
         self.pos = self.pos.checked_add((index + 1) * 2)?;
         Some(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // ---------------------------------------------------------------------------------------
+    // A small writer of synthetic traces, encoding the way the runtime does.
+
+    fn var(out: &mut Vec<u8>, mut value: u64) {
+        while value >= 0x80 {
+            out.push((value as u8) | 0x80);
+            value >>= 7;
+        }
+        out.push(value as u8);
+    }
+
+    fn utf16z(text: &str) -> Vec<u8> {
+        text.encode_utf16()
+            .chain([0])
+            .flat_map(u16::to_le_bytes)
+            .collect()
+    }
+
+    /// Writes FastSerialization streams: NetPerf V3 (`begin` 4) or nettrace V4 (`begin` 5).
+    struct FsWriter {
+        out: Vec<u8>,
+        begin: u8,
+        pad: u8,
+    }
+
+    impl FsWriter {
+        fn nettrace() -> Self {
+            let mut out = MAGIC.to_vec();
+            out.extend(20u32.to_le_bytes());
+            out.extend(SIGNATURE);
+            Self {
+                out,
+                begin: 5,
+                pad: 0,
+            }
+        }
+
+        fn netperf() -> Self {
+            let mut out = 20u32.to_le_bytes().to_vec();
+            out.extend(SIGNATURE);
+            Self {
+                out,
+                begin: 4,
+                pad: 0,
+            }
+        }
+
+        fn type_header(&mut self, name: &str, version: i32, min_version: i32) {
+            self.out
+                .extend([self.begin, self.begin, TAG_NULL_REFERENCE]);
+            self.out.extend(version.to_le_bytes());
+            self.out.extend(min_version.to_le_bytes());
+            self.out.extend((name.len() as i32).to_le_bytes());
+            self.out.extend(name.as_bytes());
+            self.out.push(TAG_END_OBJECT);
+        }
+
+        fn trace(&mut self, pid: i32, sampling_rate: i32) -> &mut Self {
+            if self.begin == TAG_BEGIN_OBJECT {
+                self.type_header("Trace", 3, 0);
+            } else {
+                self.type_header("Trace", 4, 4);
+            }
+            for field in [2026i16, 11, 4, 26, 12, 0, 0, 0] {
+                self.out.extend(field.to_le_bytes());
+            }
+            self.out.extend(1_000i64.to_le_bytes());
+            self.out.extend(1_000_000_000i64.to_le_bytes());
+            for field in [8, pid, 4, sampling_rate] {
+                self.out.extend(field.to_le_bytes());
+            }
+            self.out.push(TAG_END_OBJECT);
+            self
+        }
+
+        fn block(&mut self, name: &str, body: &[u8]) -> &mut Self {
+            self.block_declaring(name, body.len() as i32, body)
+        }
+
+        fn block_declaring(&mut self, name: &str, declared: i32, body: &[u8]) -> &mut Self {
+            if self.begin == TAG_BEGIN_OBJECT {
+                self.type_header(name, 1, 0);
+            } else {
+                self.type_header(name, 2, 2);
+            }
+            self.out.extend(declared.to_le_bytes());
+            while !self.out.len().is_multiple_of(4) {
+                self.out.push(self.pad);
+            }
+            self.out.extend(body);
+            self.out.push(TAG_END_OBJECT);
+            self
+        }
+
+        fn end(&mut self) -> Vec<u8> {
+            self.out.push(TAG_NULL_REFERENCE);
+            std::mem::take(&mut self.out)
+        }
+    }
+
+    #[derive(Clone, Default)]
+    struct Event {
+        metadata_id: u32,
+        sequence: u32,
+        thread: u64,
+        capture_thread: u64,
+        processor: u32,
+        stack: u32,
+        timestamp: i64,
+        activity: [u8; 16],
+        payload: Vec<u8>,
+    }
+
+    fn event(
+        metadata_id: u32,
+        sequence: u32,
+        capture_thread: u64,
+        timestamp: i64,
+        len: usize,
+    ) -> Event {
+        Event {
+            metadata_id,
+            sequence,
+            thread: capture_thread,
+            capture_thread,
+            processor: 1,
+            stack: 1,
+            timestamp,
+            activity: [0; 16],
+            payload: vec![0x5A; len],
+        }
+    }
+
+    fn metadata_payload(
+        id: u32,
+        provider: &str,
+        event_id: u32,
+        name: &str,
+        opcode: Option<u8>,
+    ) -> Vec<u8> {
+        let mut out = id.to_le_bytes().to_vec();
+        out.extend(utf16z(provider));
+        out.extend(event_id.to_le_bytes());
+        out.extend(utf16z(name));
+        out.extend(0x10i64.to_le_bytes()); // keywords
+        out.extend(1u32.to_le_bytes()); // version
+        out.extend(4u32.to_le_bytes()); // level
+        out.extend(1u32.to_le_bytes()); // one field
+        out.extend(9u32.to_le_bytes()); // Int32
+        out.extend(utf16z("Count"));
+        if let Some(opcode) = opcode {
+            out.extend(1u32.to_le_bytes());
+            out.push(1);
+            out.push(opcode);
+        }
+        out
+    }
+
+    fn metadata(id: u32, provider: &str, event_id: u32, name: &str) -> Event {
+        Event {
+            timestamp: 5,
+            payload: metadata_payload(id, provider, event_id, name, None),
+            ..Event::default()
+        }
+    }
+
+    fn block_header(min: i64, max: i64, flags: u16) -> Vec<u8> {
+        let mut out = 20u16.to_le_bytes().to_vec();
+        out.extend(flags.to_le_bytes());
+        out.extend(min.to_le_bytes());
+        out.extend(max.to_le_bytes());
+        out
+    }
+
+    fn time_range(events: &[Event]) -> (i64, i64) {
+        let min = events.iter().map(|e| e.timestamp).min().unwrap_or(0);
+        let max = events.iter().map(|e| e.timestamp).max().unwrap_or(0);
+        (min, max)
+    }
+
+    /// An event or metadata block with compressed headers, as the runtime writes it.
+    fn event_block(events: &[Event], v6: bool) -> Vec<u8> {
+        let (min, max) = time_range(events);
+        let mut out = block_header(min, max, 1);
+        let mut last = Event::default();
+        for e in events {
+            let mut flags = 0u8;
+            let mut header = Vec::new();
+            if e.metadata_id != last.metadata_id {
+                var(&mut header, e.metadata_id.into());
+                flags |= FLAG_METADATA_ID;
+            }
+            if last.sequence.wrapping_add(u32::from(e.metadata_id != 0)) != e.sequence
+                || last.capture_thread != e.capture_thread
+                || last.processor != e.processor
+            {
+                var(
+                    &mut header,
+                    e.sequence
+                        .wrapping_sub(last.sequence)
+                        .wrapping_sub(1)
+                        .into(),
+                );
+                var(&mut header, e.capture_thread);
+                var(&mut header, e.processor.into());
+                flags |= FLAG_CAPTURE_THREAD_AND_SEQUENCE;
+            }
+            if e.thread != last.thread {
+                var(&mut header, e.thread);
+                flags |= FLAG_THREAD_ID;
+            }
+            if e.stack != last.stack {
+                var(&mut header, e.stack.into());
+                flags |= FLAG_STACK_ID;
+            }
+            var(&mut header, e.timestamp.wrapping_sub(last.timestamp) as u64);
+            if !v6 && e.activity != last.activity {
+                header.extend(e.activity);
+                flags |= FLAG_ACTIVITY_ID;
+            }
+            if e.payload.len() != last.payload.len() {
+                var(&mut header, e.payload.len() as u64);
+                flags |= FLAG_DATA_LENGTH;
+            }
+            out.push(flags);
+            out.extend(header);
+            out.extend(&e.payload);
+            last = e.clone();
+        }
+        out
+    }
+
+    /// An event block with uncompressed V4 records.
+    fn uncompressed_event_block(events: &[Event]) -> Vec<u8> {
+        let (min, max) = time_range(events);
+        let mut out = block_header(min, max, 0);
+        for e in events {
+            let mut record = e.metadata_id.to_le_bytes().to_vec();
+            record.extend(e.sequence.to_le_bytes());
+            record.extend(e.thread.to_le_bytes());
+            record.extend(e.capture_thread.to_le_bytes());
+            record.extend(e.processor.to_le_bytes());
+            record.extend(e.stack.to_le_bytes());
+            record.extend(e.timestamp.to_le_bytes());
+            record.extend([0; 32]);
+            record.extend((e.payload.len() as u32).to_le_bytes());
+            record.extend(&e.payload);
+            while !record.len().is_multiple_of(4) {
+                record.push(0);
+            }
+            out.extend((record.len() as u32).to_le_bytes());
+            out.extend(record);
+        }
+        out
+    }
+
+    fn stack_block(first: u32, stacks: &[&[u8]]) -> Vec<u8> {
+        let mut out = first.to_le_bytes().to_vec();
+        out.extend((stacks.len() as u32).to_le_bytes());
+        for stack in stacks {
+            out.extend((stack.len() as u32).to_le_bytes());
+            out.extend(*stack);
+        }
+        out
+    }
+
+    fn sequence_point_block(timestamp: i64, threads: &[(u64, u32)]) -> Vec<u8> {
+        let mut out = timestamp.to_le_bytes().to_vec();
+        out.extend((threads.len() as u32).to_le_bytes());
+        for (thread, sequence) in threads {
+            out.extend(thread.to_le_bytes());
+            out.extend(sequence.to_le_bytes());
+        }
+        out
+    }
+
+    const RUNTIME: &str = "Microsoft-Windows-DotNETRuntime";
+
+    /// A V4 trace: Trace, MetadataBlock (2 definitions), StackBlock (2 stacks), EventBlock (5
+    /// events on 2 threads), SPBlock, end tag.
+    fn sample_v4() -> Vec<u8> {
+        sample_v4_with(&mut FsWriter::nettrace())
+    }
+
+    fn sample_v4_with(writer: &mut FsWriter) -> Vec<u8> {
+        writer
+            .trace(1234, 1_000_000)
+            .block(
+                "MetadataBlock",
+                &event_block(
+                    &[
+                        metadata(1, RUNTIME, 80, ""),
+                        metadata(2, "MyEventSource", 1, "Hello"),
+                    ],
+                    false,
+                ),
+            )
+            .block("StackBlock", &stack_block(1, &[&[0xAA; 16], &[0xBB; 8]]))
+            .block(
+                "EventBlock",
+                &event_block(
+                    &[
+                        event(1, 1, 100, 10, 8),
+                        event(1, 2, 100, 11, 8),
+                        event(2, 3, 100, 12, 3),
+                        event(2, 1, 200, 13, 0),
+                        event(1, 2, 200, 14, 5),
+                    ],
+                    false,
+                ),
+            )
+            .block("SPBlock", &sequence_point_block(20, &[(100, 3), (200, 2)]))
+            .end()
+    }
+
+    fn v3_record(metadata_id: u32, timestamp: i64, payload: &[u8], stack: &[u8]) -> Vec<u8> {
+        let mut record = metadata_id.to_le_bytes().to_vec();
+        record.extend(7u32.to_le_bytes()); // thread id
+        record.extend(timestamp.to_le_bytes());
+        record.extend([0; 32]);
+        record.extend((payload.len() as u32).to_le_bytes());
+        record.extend(payload);
+        record.extend((stack.len() as u32).to_le_bytes());
+        record.extend(stack);
+        while !record.len().is_multiple_of(4) {
+            record.push(0);
+        }
+        let mut out = (record.len() as u32).to_le_bytes().to_vec();
+        out.extend(record);
+        out
+    }
+
+    fn sample_v3() -> Vec<u8> {
+        let mut body = v3_record(0, 1, &metadata_payload(1, "Prov", 5, "Evt", None), &[]);
+        body.extend(v3_record(1, 2, &[1, 2, 3], &[0xCC; 16]));
+        body.extend(v3_record(1, 3, &[], &[]));
+        FsWriter::netperf()
+            .trace(99, 0)
+            .block("EventBlock", &body)
+            .end()
+    }
+
+    fn v6_header() -> Vec<u8> {
+        let mut out = MAGIC.to_vec();
+        for field in [0u32, 6, 0] {
+            out.extend(field.to_le_bytes());
+        }
+        out
+    }
+
+    fn v6_block(out: &mut Vec<u8>, kind: u8, body: &[u8]) {
+        out.extend(((body.len() as u32) | (u32::from(kind) << 24)).to_le_bytes());
+        out.extend(body);
+    }
+
+    fn v6_string(out: &mut Vec<u8>, text: &str) {
+        var(out, text.len() as u64);
+        out.extend(text.as_bytes());
+    }
+
+    fn v6_trace_body(pairs: &[(&str, &str)]) -> Vec<u8> {
+        let mut out = vec![0; 16];
+        out.extend(1_000i64.to_le_bytes());
+        out.extend(1_000_000_000i64.to_le_bytes());
+        out.extend(8i32.to_le_bytes());
+        out.extend((pairs.len() as i32).to_le_bytes());
+        for (key, value) in pairs {
+            v6_string(&mut out, key);
+            v6_string(&mut out, value);
+        }
+        out
+    }
+
+    fn v6_metadata_row(out: &mut Vec<u8>, id: u32, provider: &str, event_id: u32, name: &str) {
+        let mut row = Vec::new();
+        var(&mut row, id.into());
+        v6_string(&mut row, provider);
+        var(&mut row, event_id.into());
+        v6_string(&mut row, name);
+        row.extend(0u16.to_le_bytes()); // no fields
+        row.extend(0u16.to_le_bytes()); // no optional metadata
+        out.extend((row.len() as u16).to_le_bytes());
+        out.extend(row);
+    }
+
+    fn sample_v6() -> Vec<u8> {
+        let mut out = v6_header();
+        v6_block(
+            &mut out,
+            1,
+            &v6_trace_body(&[
+                ("ProcessId", "4321"),
+                ("ExpectedCPUSamplingRate", "1000000"),
+            ]),
+        );
+        let mut metadata = 0u16.to_le_bytes().to_vec();
+        v6_metadata_row(&mut metadata, 1, "Provider-A", 10, "Started");
+        v6_metadata_row(&mut metadata, 2, "Provider-B", 11, "");
+        v6_block(&mut out, 3, &metadata);
+        let mut threads = Vec::new();
+        let mut row = Vec::new();
+        var(&mut row, 1);
+        row.push(3); // OS thread id
+        var(&mut row, 777);
+        threads.extend((row.len() as u16).to_le_bytes());
+        threads.extend(row);
+        v6_block(&mut out, 6, &threads);
+        let mut labels = 1u32.to_le_bytes().to_vec();
+        labels.extend(2u32.to_le_bytes());
+        labels.push(0x81);
+        labels.extend([7; 16]);
+        labels.push(5);
+        v6_string(&mut labels, "key");
+        v6_string(&mut labels, "value");
+        labels.push(0x89);
+        labels.push(4);
+        v6_block(&mut out, 8, &labels);
+        v6_block(&mut out, 5, &stack_block(1, &[&[0xAA; 8]]));
+        v6_block(
+            &mut out,
+            2,
+            &event_block(
+                &[
+                    event(1, 1, 1, 10, 4),
+                    event(1, 2, 1, 11, 4),
+                    event(2, 1, 2, 12, 0),
+                ],
+                true,
+            ),
+        );
+        v6_block(&mut out, 42, &[1, 2, 3]); // unknown kinds are skipped
+        let mut sequence_point = 30u64.to_le_bytes().to_vec();
+        sequence_point.extend(0u32.to_le_bytes());
+        sequence_point.extend(1u32.to_le_bytes());
+        var(&mut sequence_point, 1);
+        var(&mut sequence_point, 2);
+        v6_block(&mut out, 4, &sequence_point);
+        let mut remove = Vec::new();
+        var(&mut remove, 2);
+        var(&mut remove, 4); // thread 2 attempted 4 events; 1 was seen
+        v6_block(&mut out, 7, &remove);
+        v6_block(&mut out, 0, &[]);
+        out
+    }
+
+    // ---------------------------------------------------------------------------------------
+    // Helpers.
+
+    fn validate(bytes: &[u8]) -> Result<NettraceSummary, NettraceError> {
+        let mut validator = NettraceValidator::new();
+        validator.feed(bytes)?;
+        validator.finish()
+    }
+
+    fn validate_in_chunks(bytes: &[u8], chunk: usize) -> Result<NettraceSummary, NettraceError> {
+        let mut validator = NettraceValidator::new();
+        for piece in bytes.chunks(chunk) {
+            validator.feed(piece)?;
+        }
+        validator.finish()
+    }
+
+    fn malformed_reason(result: Result<NettraceSummary, NettraceError>) -> String {
+        match result {
+            Err(NettraceError::Malformed { reason, .. }) => reason,
+            other => panic!("expected a malformed trace, got {other:?}"),
+        }
+    }
+
+    fn outcome(result: &Result<NettraceSummary, NettraceError>) -> String {
+        match result {
+            Ok(summary) => serde_json::to_string(summary).expect("summaries serialize"),
+            Err(error) => error.to_string(),
+        }
+    }
+
+    fn counts(pairs: &[(&str, u64)]) -> BTreeMap<String, u64> {
+        pairs.iter().map(|(k, v)| ((*k).to_owned(), *v)).collect()
+    }
+
+    // ---------------------------------------------------------------------------------------
+    // Tests.
+
+    #[test]
+    fn a_v4_trace_is_summarised() {
+        let bytes = sample_v4();
+        let summary = validate(&bytes).expect("the sample is valid");
+        assert_eq!(summary.format, NettraceFormat::NetTraceV4);
+        assert_eq!(summary.bytes, bytes.len() as u64);
+        assert_eq!(summary.pointer_size, 8);
+        assert_eq!(summary.process_id, Some(1234));
+        assert_eq!(summary.sampling_rate_ns, Some(1_000_000));
+        assert_eq!(
+            (
+                summary.event_blocks,
+                summary.metadata_blocks,
+                summary.stack_blocks,
+                summary.sequence_point_blocks
+            ),
+            (1, 1, 1, 1)
+        );
+        assert_eq!(summary.events, 5);
+        assert_eq!(summary.metadata_records, 2);
+        assert_eq!(summary.stacks, 2);
+        assert_eq!(summary.dropped_events_estimate, 0);
+        assert_eq!(
+            summary.events_by_provider,
+            counts(&[(RUNTIME, 3), ("MyEventSource", 2)])
+        );
+        assert_eq!(
+            summary.events_by_event,
+            counts(&[
+                ("Microsoft-Windows-DotNETRuntime/#80", 3),
+                ("MyEventSource/Hello", 2)
+            ])
+        );
+        assert!(summary.warnings.is_empty(), "{:?}", summary.warnings);
+    }
+
+    #[test]
+    fn the_summary_serializes_in_camel_case() {
+        let summary = validate(&sample_v4()).expect("the sample is valid");
+        let json = serde_json::to_value(&summary).expect("summaries serialize");
+        assert_eq!(json["format"], "NetTraceV4");
+        assert_eq!(json["droppedEventsEstimate"], 0);
+        assert_eq!(json["eventsByProvider"]["MyEventSource"], 2);
+        assert_eq!(json["processId"], 1234);
+    }
+
+    #[test]
+    fn feeding_in_any_chunk_size_gives_the_same_summary() {
+        let bytes = sample_v4();
+        let whole = validate(&bytes).expect("the sample is valid");
+        for chunk in [1, 2, 3, 5, 7, 13, 64, 4096] {
+            let summary = validate_in_chunks(&bytes, chunk).expect("the sample is valid");
+            assert_eq!(summary, whole, "chunks of {chunk} bytes");
+        }
+    }
+
+    #[test]
+    fn progress_is_visible_while_feeding() {
+        let bytes = sample_v4();
+        let mut validator = NettraceValidator::new();
+        assert_eq!(validator.format(), None);
+        let (head, tail) = bytes.split_at(bytes.len() - 1);
+        validator.feed(head).expect("valid so far");
+        assert_eq!(validator.format(), Some(NettraceFormat::NetTraceV4));
+        assert_eq!(validator.events_seen(), 5);
+        assert_eq!(validator.bytes_seen(), head.len() as u64);
+        assert!(!validator.is_complete());
+        validator.feed(tail).expect("valid");
+        assert!(validator.is_complete());
+    }
+
+    #[test]
+    fn every_strict_prefix_is_truncated() {
+        for bytes in [sample_v4(), sample_v3(), sample_v6()] {
+            for end in 0..bytes.len() {
+                let result = validate(&bytes[..end]);
+                assert!(
+                    matches!(&result, Err(error) if error.is_truncated()),
+                    "prefix of {end} bytes: {result:?}"
+                );
+            }
+            validate(&bytes).expect("the whole stream is valid");
+        }
+    }
+
+    #[test]
+    fn a_stream_without_its_end_tag_is_truncated() {
+        let mut bytes = sample_v4();
+        bytes.pop();
+        let error = validate(&bytes).expect_err("no end tag");
+        assert!(error.is_truncated());
+        assert_eq!(
+            error.to_string(),
+            format!(
+                "the trace is truncated: the stream ended at byte {0} before the end-of-stream \
+                 marker (the last complete object ended at byte {0})",
+                bytes.len()
+            )
+        );
+    }
+
+    #[test]
+    fn a_stream_cut_inside_a_block_says_where() {
+        let bytes = sample_v4();
+        let cut = bytes.len() - 90;
+        let error = validate(&bytes[..cut]).expect_err("cut short");
+        let message = error.to_string();
+        assert!(error.is_truncated());
+        assert!(
+            message.contains(&format!(
+                "ended at byte {cut} inside the EventBlock that starts at byte"
+            )),
+            "{message}"
+        );
+        assert!(message.contains("more bytes were expected"), "{message}");
+    }
+
+    #[test]
+    fn an_empty_stream_is_truncated() {
+        let error = validate(&[]).expect_err("nothing");
+        assert_eq!(
+            error.to_string(),
+            "the trace is truncated: the stream ended at byte 0 inside the stream header"
+        );
+    }
+
+    #[test]
+    fn a_stream_that_is_not_nettrace_is_malformed() {
+        let reason = malformed_reason(validate(b"GIF89a\0\0\0\0\0\0"));
+        assert!(reason.contains("not a nettrace stream"), "{reason}");
+        let reason = malformed_reason(validate(b"Nettrace\x07\0\0\0"));
+        assert!(reason.contains("found 7"), "{reason}");
+        let reason = malformed_reason(validate(b"Nettrace\x14\0\0\0!FastSerialization.2"));
+        assert!(reason.contains("!FastSerialization.1"), "{reason}");
+    }
+
+    #[test]
+    fn an_unexpected_tag_is_malformed() {
+        let mut bytes = sample_v4();
+        *bytes.last_mut().unwrap() = 7;
+        let error = validate(&bytes).expect_err("bad tag");
+        assert!(
+            matches!(error, NettraceError::Malformed { offset, .. } if offset == bytes.len() as u64 - 1)
+        );
+        assert!(
+            error.to_string().contains(
+                "expected an object (tag 5) or the end-of-stream marker (tag 1), found tag 7"
+            ),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn an_unknown_object_type_is_malformed() {
+        let mut writer = FsWriter::nettrace();
+        writer.trace(1, 0).block("BogusBlock", &[0; 8]);
+        let reason = malformed_reason(validate(&writer.end()));
+        assert!(
+            reason.contains("unknown object type `BogusBlock`"),
+            "{reason}"
+        );
+    }
+
+    #[test]
+    fn an_overlong_type_name_is_malformed() {
+        let mut writer = FsWriter::nettrace();
+        writer.trace(1, 0).block(&"A".repeat(65), &[0; 8]);
+        let reason = malformed_reason(validate(&writer.end()));
+        assert!(reason.contains("65 bytes long"), "{reason}");
+    }
+
+    #[test]
+    fn the_first_object_must_be_the_trace() {
+        let mut writer = FsWriter::nettrace();
+        writer.block("SPBlock", &sequence_point_block(1, &[]));
+        let reason = malformed_reason(validate(&writer.end()));
+        assert!(
+            reason.contains("the first object must be `Trace`"),
+            "{reason}"
+        );
+    }
+
+    #[test]
+    fn a_block_over_64_mib_is_malformed_as_soon_as_its_size_is_read() {
+        let mut writer = FsWriter::nettrace();
+        writer
+            .trace(1, 0)
+            .block_declaring("EventBlock", (64 << 20) + 1, &[]);
+        let mut validator = NettraceValidator::new();
+        let error = validator.feed(&writer.out).expect_err("oversized");
+        assert!(
+            error
+                .to_string()
+                .contains("block of 67108865 bytes exceeds the 64 MiB limit"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn a_block_size_that_is_too_small_is_malformed() {
+        let body = event_block(&[event(1, 1, 1, 1, 4)], false);
+        let mut writer = FsWriter::nettrace();
+        writer
+            .trace(1, 0)
+            .block_declaring("EventBlock", body.len() as i32 - 1, &body);
+        let reason = malformed_reason(validate(&writer.end()));
+        assert!(
+            reason.contains("does not end with the end-of-object tag"),
+            "{reason}"
+        );
+    }
+
+    #[test]
+    fn bytes_left_after_a_blocks_contents_are_malformed() {
+        let mut body = sequence_point_block(1, &[(1, 1)]);
+        body.extend([0; 4]);
+        let mut writer = FsWriter::nettrace();
+        writer.trace(1, 0).block("SPBlock", &body);
+        let reason = malformed_reason(validate(&writer.end()));
+        assert!(
+            reason.contains("4 unexpected bytes follow the last thread entry"),
+            "{reason}"
+        );
+    }
+
+    #[test]
+    fn an_event_that_overruns_its_block_is_malformed() {
+        let mut body = event_block(&[event(1, 1, 1, 1, 4), event(1, 2, 1, 2, 40)], false);
+        body.truncate(body.len() - 10);
+        let mut writer = FsWriter::nettrace();
+        writer.trace(1, 0).block("EventBlock", &body);
+        let reason = malformed_reason(validate(&writer.end()));
+        assert!(
+            reason.contains("40-byte payload of the event record"),
+            "{reason}"
+        );
+        assert!(
+            reason.contains("runs past the end of the EventBlock block"),
+            "{reason}"
+        );
+    }
+
+    #[test]
+    fn an_overlong_varint_is_malformed() {
+        let mut body = block_header(0, 10, 1);
+        body.push(FLAG_METADATA_ID);
+        body.extend([0xFF, 0xFF, 0xFF, 0xFF, 0x7F]); // 2^35 - 1 does not fit a u32
+        body.extend([0, 0]);
+        let mut writer = FsWriter::nettrace();
+        writer.trace(1, 0).block("EventBlock", &body);
+        let reason = malformed_reason(validate(&writer.end()));
+        assert!(
+            reason.contains("variable-length integer too large"),
+            "{reason}"
+        );
+    }
+
+    #[test]
+    fn errors_are_sticky() {
+        let mut validator = NettraceValidator::new();
+        let first = validator
+            .feed(b"not a trace at all")
+            .expect_err("malformed");
+        let again = validator.feed(&sample_v4()).expect_err("still malformed");
+        assert_eq!(first.to_string(), again.to_string());
+        let last = validator.finish().expect_err("still malformed");
+        assert_eq!(first.to_string(), last.to_string());
+    }
+
+    #[test]
+    fn a_netperf_v3_trace_is_summarised() {
+        let summary = validate(&sample_v3()).expect("valid NetPerf");
+        assert_eq!(summary.format, NettraceFormat::NetPerfV3);
+        assert_eq!(summary.process_id, Some(99));
+        assert_eq!(summary.sampling_rate_ns, Some(0));
+        assert_eq!(summary.event_blocks, 1);
+        assert_eq!(summary.metadata_blocks, 0);
+        assert_eq!(summary.metadata_records, 1);
+        assert_eq!(summary.events, 2);
+        assert_eq!(summary.events_by_event, counts(&[("Prov/Evt", 2)]));
+        assert_eq!(summary.dropped_events_estimate, 0);
+        assert!(summary.warnings.is_empty(), "{:?}", summary.warnings);
+    }
+
+    #[test]
+    fn a_minimal_v6_trace_is_complete() {
+        let mut bytes = v6_header();
+        v6_block(&mut bytes, 1, &v6_trace_body(&[]));
+        v6_block(&mut bytes, 0, &[]);
+        let summary = validate(&bytes).expect("valid V6");
+        assert_eq!(summary.format, NettraceFormat::NetTraceV6);
+        assert_eq!(summary.pointer_size, 8);
+        assert_eq!(summary.process_id, None);
+        assert_eq!(summary.events, 0);
+        assert!(summary.warnings.is_empty(), "{:?}", summary.warnings);
+    }
+
+    #[test]
+    fn a_v6_trace_with_events_is_summarised() {
+        let summary = validate(&sample_v6()).expect("valid V6");
+        assert_eq!(summary.format, NettraceFormat::NetTraceV6);
+        assert_eq!(summary.process_id, Some(4321));
+        assert_eq!(summary.sampling_rate_ns, Some(1_000_000));
+        assert_eq!(summary.events, 3);
+        assert_eq!(summary.metadata_records, 2);
+        assert_eq!(summary.stacks, 1);
+        assert_eq!(
+            (
+                summary.event_blocks,
+                summary.metadata_blocks,
+                summary.stack_blocks,
+                summary.sequence_point_blocks
+            ),
+            (1, 1, 1, 1)
+        );
+        assert_eq!(
+            summary.events_by_event,
+            counts(&[("Provider-A/Started", 2), ("Provider-B/#11", 1)])
+        );
+        // Thread 1: the sequence point says 2 were attempted, 2 seen. Thread 2: 4 attempted, 1 seen.
+        assert_eq!(summary.dropped_events_estimate, 3);
+        assert_eq!(
+            summary.warnings,
+            ["skipped a block of unknown kind 42 at byte 295"]
+        );
+    }
+
+    #[test]
+    fn v6_streams_must_start_with_the_trace_block_and_a_known_major_version() {
+        let mut bytes = v6_header();
+        v6_block(&mut bytes, 2, &[]);
+        let reason = malformed_reason(validate(&bytes));
+        assert!(
+            reason.contains("the first block must be the Trace block"),
+            "{reason}"
+        );
+
+        let mut bytes = MAGIC.to_vec();
+        for field in [0u32, 7, 0] {
+            bytes.extend(field.to_le_bytes());
+        }
+        let reason = malformed_reason(validate(&bytes));
+        assert!(reason.contains("major version 7"), "{reason}");
+    }
+
+    #[test]
+    fn sequence_gaps_and_sequence_points_estimate_dropped_events() {
+        let bytes = FsWriter::nettrace()
+            .trace(1, 0)
+            .block(
+                "MetadataBlock",
+                &event_block(&[metadata(1, "P", 1, "E")], false),
+            )
+            .block(
+                "EventBlock",
+                &event_block(
+                    &[
+                        event(1, 1, 100, 1, 4),
+                        event(1, 2, 100, 2, 4),
+                        event(1, 5, 100, 3, 4), // 3 and 4 were dropped
+                        event(1, 7, 200, 4, 4), // a thread's first event: nothing known before it
+                        event(1, 8, 200, 5, 4),
+                    ],
+                    false,
+                ),
+            )
+            // Thread 100 attempted up to 9 (4 more dropped), thread 200 none, thread 300 is new.
+            .block(
+                "SPBlock",
+                &sequence_point_block(10, &[(100, 9), (200, 8), (300, 50)]),
+            )
+            .block(
+                "EventBlock",
+                &event_block(&[event(1, 10, 100, 11, 4), event(1, 52, 300, 12, 4)], false),
+            )
+            .end();
+        let summary = validate(&bytes).expect("valid");
+        assert_eq!(summary.events, 7);
+        assert_eq!(summary.dropped_events_estimate, 2 + 4 + 1);
+        assert!(summary.warnings.is_empty(), "{:?}", summary.warnings);
+    }
+
+    #[test]
+    fn a_sequence_point_at_zero_restarts_a_reused_thread() {
+        let bytes = FsWriter::nettrace()
+            .trace(1, 0)
+            .block(
+                "MetadataBlock",
+                &event_block(&[metadata(1, "P", 1, "E")], false),
+            )
+            .block(
+                "EventBlock",
+                &event_block(&[event(1, 1, 100, 1, 4), event(1, 2, 100, 2, 4)], false),
+            )
+            .block("SPBlock", &sequence_point_block(10, &[(100, 0)]))
+            .block(
+                "EventBlock",
+                &event_block(&[event(1, 1, 100, 11, 4), event(1, 2, 100, 12, 4)], false),
+            )
+            .end();
+        let summary = validate(&bytes).expect("valid");
+        assert_eq!(summary.events, 4);
+        assert_eq!(summary.dropped_events_estimate, 0);
+        assert!(summary.warnings.is_empty(), "{:?}", summary.warnings);
+    }
+
+    #[test]
+    fn v6_sequence_points_can_flush_threads_and_metadata() {
+        let mut bytes = v6_header();
+        v6_block(&mut bytes, 1, &v6_trace_body(&[]));
+        let mut metadata = 0u16.to_le_bytes().to_vec();
+        v6_metadata_row(&mut metadata, 1, "Old", 1, "A");
+        v6_block(&mut bytes, 3, &metadata);
+        v6_block(
+            &mut bytes,
+            2,
+            &event_block(&[event(1, 1, 5, 1, 0), event(1, 2, 5, 2, 0)], true),
+        );
+        let mut sequence_point = 3u64.to_le_bytes().to_vec();
+        sequence_point.extend(3u32.to_le_bytes()); // flush threads and metadata
+        sequence_point.extend(1u32.to_le_bytes());
+        var(&mut sequence_point, 5);
+        var(&mut sequence_point, 4); // 2 more attempted on thread 5
+        v6_block(&mut bytes, 4, &sequence_point);
+        let mut metadata = 0u16.to_le_bytes().to_vec();
+        v6_metadata_row(&mut metadata, 1, "New", 2, "B");
+        v6_block(&mut bytes, 3, &metadata);
+        // Thread index 5 starts over after the flush: no gap against its old numbers.
+        v6_block(&mut bytes, 2, &event_block(&[event(1, 1, 5, 4, 0)], true));
+        v6_block(&mut bytes, 0, &[]);
+        let summary = validate(&bytes).expect("valid");
+        assert_eq!(
+            summary.events_by_event,
+            counts(&[("Old/A", 2), ("New/B", 1)])
+        );
+        assert_eq!(summary.dropped_events_estimate, 2);
+        assert!(summary.warnings.is_empty(), "{:?}", summary.warnings);
+    }
+
+    #[test]
+    fn sequence_numbers_wrap_at_2_32() {
+        let bytes = FsWriter::nettrace()
+            .trace(1, 0)
+            .block(
+                "MetadataBlock",
+                &event_block(&[metadata(1, "P", 1, "E")], false),
+            )
+            .block(
+                "EventBlock",
+                &event_block(
+                    &[
+                        event(1, u32::MAX - 1, 100, 1, 4),
+                        event(1, u32::MAX, 100, 2, 4),
+                        event(1, 0, 100, 3, 4),
+                        event(1, 1, 100, 4, 4),
+                        event(1, 3, 100, 5, 4),
+                    ],
+                    false,
+                ),
+            )
+            .end();
+        let summary = validate(&bytes).expect("valid");
+        assert_eq!(summary.dropped_events_estimate, 1);
+    }
+
+    #[test]
+    fn sequence_numbers_going_backwards_are_one_warning() {
+        let events: Vec<Event> = [5, 6, 2, 3, 1]
+            .into_iter()
+            .enumerate()
+            .map(|(i, sequence)| event(1, sequence, 100, i as i64, 0))
+            .collect();
+        let bytes = FsWriter::nettrace()
+            .trace(1, 0)
+            .block(
+                "MetadataBlock",
+                &event_block(&[metadata(1, "P", 1, "E")], false),
+            )
+            .block("EventBlock", &event_block(&events, false))
+            .end();
+        let summary = validate(&bytes).expect("valid");
+        assert_eq!(summary.dropped_events_estimate, 0);
+        assert_eq!(summary.warnings.len(), 1, "{:?}", summary.warnings);
+        assert!(
+            summary.warnings[0].starts_with(
+                "sequence numbers went backwards 2 times (first on capture thread 100: 2 after 6)"
+            ),
+            "{:?}",
+            summary.warnings
+        );
+    }
+
+    #[test]
+    fn trailing_bytes_are_a_warning() {
+        let mut bytes = sample_v4();
+        let end = bytes.len() - 1;
+        bytes.extend([0xDE, 0xAD, 0xBE]);
+        let summary = validate(&bytes).expect("trailing bytes are tolerated");
+        assert_eq!(summary.bytes, bytes.len() as u64);
+        assert_eq!(
+            summary.warnings,
+            [format!(
+                "3 trailing bytes after the end-of-stream marker at byte {end} were ignored"
+            )]
+        );
+    }
+
+    #[test]
+    fn nonzero_padding_is_a_warning() {
+        let mut writer = FsWriter::nettrace();
+        writer.pad = 0xFF;
+        let summary = validate(&sample_v4_with(&mut writer)).expect("padding is tolerated");
+        assert!(!summary.warnings.is_empty());
+        assert!(
+            summary.warnings.iter().all(|w| w.contains("padding")),
+            "{:?}",
+            summary.warnings
+        );
+    }
+
+    #[test]
+    fn events_with_undefined_metadata_count_as_unknown() {
+        let bytes = FsWriter::nettrace()
+            .trace(1, 0)
+            .block(
+                "EventBlock",
+                &event_block(&[event(7, 1, 1, 1, 0), event(7, 2, 1, 2, 0)], false),
+            )
+            .end();
+        let summary = validate(&bytes).expect("valid");
+        assert_eq!(summary.events_by_provider, counts(&[("<unknown>", 2)]));
+        assert_eq!(
+            summary.events_by_event,
+            counts(&[("<unknown>/metadata-id-7", 2)])
+        );
+        assert_eq!(summary.warnings.len(), 1);
+        assert!(
+            summary.warnings[0].contains("metadata id 7"),
+            "{:?}",
+            summary.warnings
+        );
+    }
+
+    #[test]
+    fn warnings_are_capped_at_20() {
+        let events: Vec<Event> = (0..30)
+            .map(|i| event(100 + i, i + 1, 1, i.into(), 0))
+            .collect();
+        let bytes = FsWriter::nettrace()
+            .trace(1, 0)
+            .block("EventBlock", &event_block(&events, false))
+            .end();
+        let summary = validate(&bytes).expect("valid");
+        assert_eq!(summary.events, 30);
+        assert_eq!(summary.warnings.len(), MAX_WARNINGS);
+        assert_eq!(summary.warnings[19], "11 more warnings were left out");
+    }
+
+    #[test]
+    fn v5_metadata_tags_are_detected() {
+        let v5 = Event {
+            timestamp: 5,
+            payload: metadata_payload(1, "P", 1, "E", Some(10)),
+            ..Event::default()
+        };
+        let bytes = FsWriter::nettrace()
+            .trace(1, 0)
+            .block("MetadataBlock", &event_block(&[v5], false))
+            .end();
+        let summary = validate(&bytes).expect("valid");
+        assert_eq!(summary.format, NettraceFormat::NetTraceV5);
+        assert_eq!(summary.metadata_records, 1);
+    }
+
+    #[test]
+    fn uncompressed_v4_event_blocks_are_read() {
+        let bytes = FsWriter::nettrace()
+            .trace(1, 0)
+            .block(
+                "MetadataBlock",
+                &event_block(&[metadata(3, "P", 1, "E")], false),
+            )
+            .block(
+                "EventBlock",
+                &uncompressed_event_block(&[
+                    event(3, 1, 9, 1, 5),
+                    event(3, 4, 9, 2, 0),
+                    event(3, 5, 9, 3, 12),
+                ]),
+            )
+            .end();
+        let summary = validate(&bytes).expect("valid");
+        assert_eq!(summary.events, 3);
+        assert_eq!(summary.dropped_events_estimate, 2);
+        assert_eq!(summary.events_by_event, counts(&[("P/E", 3)]));
+    }
+
+    #[test]
+    fn timestamps_outside_the_block_range_are_one_warning() {
+        let mut body = event_block(&[event(1, 1, 1, 10, 0), event(1, 2, 1, 20, 0)], false);
+        body.splice(4..20, block_header(12, 15, 1)[4..].iter().copied());
+        let bytes = FsWriter::nettrace()
+            .trace(1, 0)
+            .block(
+                "MetadataBlock",
+                &event_block(&[metadata(1, "P", 1, "E")], false),
+            )
+            .block("EventBlock", &body)
+            .end();
+        let summary = validate(&bytes).expect("valid");
+        assert_eq!(summary.warnings.len(), 1, "{:?}", summary.warnings);
+        assert!(
+            summary.warnings[0].starts_with("2 events have timestamps outside"),
+            "{:?}",
+            summary.warnings
+        );
+    }
+
+    #[test]
+    fn validate_file_reads_a_whole_file() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("trace.nettrace");
+        std::fs::write(&path, sample_v4()).expect("write");
+        let summary = validate_file(&path).expect("valid");
+        assert_eq!(summary.events, 5);
+
+        let mut cut = sample_v4();
+        cut.pop();
+        std::fs::write(&path, &cut).expect("write");
+        assert!(validate_file(&path).expect_err("truncated").is_truncated());
+    }
+
+    #[test]
+    fn validate_file_reports_io_errors() {
+        let error = validate_file(Path::new("/nonexistent/trace.nettrace")).expect_err("missing");
+        assert!(matches!(error, NettraceError::Io(_)), "{error:?}");
+        assert!(!error.is_truncated());
+    }
+
+    /// xorshift64: deterministic pseudo-random numbers for the fuzz tests.
+    struct Rng(u64);
+
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            let mut x = self.0;
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            self.0 = x;
+            x
+        }
+
+        fn below(&mut self, n: usize) -> usize {
+            (self.next() % n as u64) as usize
+        }
+    }
+
+    fn validate_in_random_chunks(
+        bytes: &[u8],
+        rng: &mut Rng,
+    ) -> Result<NettraceSummary, NettraceError> {
+        let mut validator = NettraceValidator::new();
+        let mut rest = bytes;
+        while !rest.is_empty() {
+            let (piece, tail) =
+                rest.split_at(rng.below(17).min(rest.len()) + usize::from(rest.len() > 17));
+            validator.feed(piece)?;
+            rest = tail;
+        }
+        validator.finish()
+    }
+
+    /// Whole-stream and piecewise feeding must agree, and nothing may panic.
+    fn check_consistent(bytes: &[u8], rng: &mut Rng) {
+        let whole = validate(bytes);
+        let pieces = validate_in_random_chunks(bytes, rng);
+        assert_eq!(outcome(&whole), outcome(&pieces), "input {bytes:02x?}");
+    }
+
+    #[test]
+    fn corrupted_traces_never_panic_and_feed_consistently() {
+        let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
+        for sample in [sample_v4(), sample_v3(), sample_v6()] {
+            for index in 0..sample.len() {
+                for bit in 0..8 {
+                    let mut bytes = sample.clone();
+                    bytes[index] ^= 1 << bit;
+                    check_consistent(&bytes, &mut rng);
+                }
+                let mut bytes = sample.clone();
+                bytes[index] = rng.next() as u8;
+                check_consistent(&bytes, &mut rng);
+            }
+        }
+    }
+
+    #[test]
+    fn random_bytes_never_panic_and_feed_consistently() {
+        let mut rng = Rng(42);
+        let headers = [
+            Vec::new(),
+            FsWriter::nettrace().out,
+            FsWriter::netperf().out,
+            v6_header(),
+            {
+                let mut w = FsWriter::nettrace();
+                w.trace(1, 0);
+                w.out
+            },
+        ];
+        for round in 0..3000 {
+            let mut bytes = headers[round % headers.len()].clone();
+            let len = rng.below(400);
+            bytes.extend((0..len).map(|_| rng.next() as u8));
+            check_consistent(&bytes, &mut rng);
+        }
+    }
+
+    /// Builds about `target` bytes of realistic V4 trace: ~100 KB event blocks of compressed
+    /// events from 4 threads in runs of 8, sequence points every 10 blocks.
+    fn synthetic_trace(target: usize, payload: usize) -> (Vec<u8>, u64) {
+        let mut writer = FsWriter::nettrace();
+        writer.trace(1, 1_000_000).block(
+            "MetadataBlock",
+            &event_block(
+                &[
+                    metadata(1, RUNTIME, 80, ""),
+                    metadata(2, "MyEventSource", 1, "Hello"),
+                ],
+                false,
+            ),
+        );
+        let mut sequences = [0u32; 4];
+        let mut timestamp = 1_000i64;
+        let mut events = 0u64;
+        let mut blocks = 0;
+        while writer.out.len() < target {
+            let mut batch = Vec::new();
+            let mut size = 0;
+            while size < 100_000 {
+                let thread = (batch.len() / 8) % 4;
+                sequences[thread] += 1;
+                timestamp += 37;
+                let mut e = event(
+                    1 + (batch.len() % 2) as u32,
+                    sequences[thread],
+                    1000 + thread as u64,
+                    timestamp,
+                    payload,
+                );
+                e.stack = (batch.len() % 5) as u32;
+                size += payload + 6;
+                batch.push(e);
+            }
+            events += batch.len() as u64;
+            writer.block("EventBlock", &event_block(&batch, false));
+            blocks += 1;
+            if blocks % 10 == 0 {
+                let threads: Vec<(u64, u32)> =
+                    (0..4).map(|t| (1000 + t as u64, sequences[t])).collect();
+                writer.block("SPBlock", &sequence_point_block(timestamp, &threads));
+            }
+        }
+        (writer.end(), events)
+    }
+
+    #[test]
+    #[ignore = "a benchmark: cargo test -p diagmon --release --lib nettrace -- --ignored --nocapture"]
+    fn throughput() {
+        for payload in [48, 8] {
+            let (bytes, events) = synthetic_trace(100 << 20, payload);
+            let start = std::time::Instant::now();
+            let mut validator = NettraceValidator::new();
+            for chunk in bytes.chunks(64 << 10) {
+                validator.feed(chunk).expect("valid");
+            }
+            let summary = validator.finish().expect("valid");
+            let elapsed = start.elapsed().as_secs_f64();
+            assert_eq!(summary.events, events);
+            assert_eq!(summary.dropped_events_estimate, 0);
+            assert!(summary.warnings.is_empty(), "{:?}", summary.warnings);
+            println!(
+                "{payload}-byte payloads: {:.0} MB in {elapsed:.3} s = {:.0} MB/s, {:.1} M events/s",
+                bytes.len() as f64 / 1e6,
+                bytes.len() as f64 / 1e6 / elapsed,
+                events as f64 / 1e6 / elapsed
+            );
+        }
     }
 }

@@ -1,0 +1,277 @@
+//! The HTTP API: dotnet-monitor's routes, parameters and JSON shapes, served with axum.
+//!
+//! Handlers live in one module per resource ([`trace`], [`processes`], [`operations`]); every
+//! error leaves as [`problem::Problem`] (`application/problem+json`).
+
+pub mod operations;
+pub mod params;
+pub mod problem;
+pub mod processes;
+pub mod trace;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{DefaultBodyLimit, FromRequestParts};
+use axum::http::request::Parts;
+use axum::http::{StatusCode, header};
+use axum::routing::get;
+use axum::{Extension, Json, Router};
+use serde::Serialize;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tower_http::trace::{DefaultMakeSpan, DefaultOnResponse, TraceLayer};
+use tracing::Level;
+
+use crate::config::Config;
+use crate::operations::OperationRegistry;
+use crate::processes::{Discovery, ProcessDirectory};
+
+use problem::Problem;
+
+/// How long a shutdown waits for running operations to finish after asking them to stop.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(60);
+
+/// What every handler shares. Cheap to clone.
+#[derive(Clone)]
+pub struct AppState {
+    /// The configuration the server started with.
+    pub config: Arc<Config>,
+    /// The runtimes diagmon can see.
+    pub processes: ProcessDirectory,
+    /// All operations.
+    pub operations: Arc<OperationRegistry>,
+}
+
+impl AppState {
+    /// True when an egress provider of this name (case-insensitive) is configured.
+    pub fn egress_provider_exists(&self, name: &str) -> bool {
+        self.config
+            .egress
+            .providers
+            .keys()
+            .any(|provider| provider.eq_ignore_ascii_case(name))
+    }
+}
+
+/// The scheme a listener serves, attached to its requests.
+#[derive(Debug, Clone, Copy)]
+struct ListenerScheme(&'static str);
+
+/// The scheme and host a request came in on, to build absolute URLs (the `Location` header).
+#[derive(Debug, Clone)]
+pub struct RequestOrigin {
+    scheme: &'static str,
+    host: String,
+}
+
+impl RequestOrigin {
+    /// The absolute URL of `path` on this origin.
+    pub fn url(&self, path: &str) -> String {
+        format!("{}://{}{}", self.scheme, self.host, path)
+    }
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for RequestOrigin {
+    type Rejection = Problem;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        let scheme = parts
+            .extensions
+            .get::<ListenerScheme>()
+            .map_or("http", |scheme| scheme.0);
+        let host = parts
+            .headers
+            .get(header::HOST)
+            .and_then(|host| host.to_str().ok())
+            .map(str::to_owned)
+            .or_else(|| parts.uri.authority().map(|a| a.to_string()))
+            .ok_or_else(|| Problem::bad_request("The request has no Host header."))?;
+        Ok(RequestOrigin { scheme, host })
+    }
+}
+
+/// `GET /info`.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct MonitorInfo {
+    version: &'static str,
+    runtime_version: Option<String>,
+    diagnostic_port_mode: &'static str,
+    diagnostic_port_name: Option<String>,
+    capabilities: Vec<Capability>,
+}
+
+#[derive(Debug, Serialize)]
+struct Capability {
+    name: &'static str,
+    enabled: bool,
+}
+
+async fn info(axum::extract::State(app): axum::extract::State<AppState>) -> Json<MonitorInfo> {
+    let (mode, name) = match app.processes.discovery() {
+        Discovery::Connect { .. } => ("Connect", None),
+        Discovery::Listen(port) => ("Listen", Some(port.path().display().to_string())),
+    };
+    Json(MonitorInfo {
+        version: env!("CARGO_PKG_VERSION"),
+        runtime_version: None,
+        diagnostic_port_mode: mode,
+        diagnostic_port_name: name,
+        capabilities: vec![
+            Capability {
+                name: "trace",
+                enabled: true,
+            },
+            Capability {
+                name: "egress",
+                enabled: !app.config.egress.providers.is_empty(),
+            },
+        ],
+    })
+}
+
+async fn health() -> &'static str {
+    "ok"
+}
+
+async fn not_found() -> Problem {
+    Problem::new(StatusCode::NOT_FOUND, "No such route.")
+}
+
+async fn method_not_allowed() -> Problem {
+    Problem::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "This route does not accept that method.",
+    )
+}
+
+/// The API routes, with `authenticate` wrapped around every route except `/healthz`.
+pub fn router(state: AppState, authenticate: crate::auth::Authenticator) -> Router {
+    let body_limit = state.config.limits.max_request_body_bytes;
+    Router::new()
+        .route("/processes", get(processes::list_processes))
+        .route("/process", get(processes::get_process))
+        .route("/env", get(processes::get_environment))
+        .route("/trace", get(trace::get_trace).post(trace::post_trace))
+        .route("/operations", get(operations::list_operations))
+        .route(
+            "/operations/{id}",
+            get(operations::get_operation).delete(operations::delete_operation),
+        )
+        .route("/info", get(info))
+        .fallback(not_found)
+        .layer(axum::middleware::from_fn_with_state(
+            authenticate,
+            crate::auth::require_auth,
+        ))
+        .route("/healthz", get(health))
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(body_limit))
+        .layer(
+            TraceLayer::new_for_http()
+                .make_span_with(DefaultMakeSpan::new().level(Level::INFO))
+                .on_response(DefaultOnResponse::new().level(Level::INFO)),
+        )
+        .with_state(state)
+}
+
+/// Runs the server on every configured URL until `shutdown` resolves; then asks running
+/// operations to stop gracefully (so their artifacts are complete), waits for them and returns.
+pub async fn serve(
+    config: Config,
+    authenticate: crate::auth::Authenticator,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    use anyhow::Context;
+    let discovery = match &config.diagnostic_port {
+        Some(port) => Discovery::Listen(
+            crate::diagnostics::reverse::ReversePort::bind(&port.endpoint_name)
+                .await
+                .with_context(|| {
+                    format!(
+                        "cannot listen on the diagnostic port {}",
+                        port.endpoint_name.display()
+                    )
+                })?,
+        ),
+        None => Discovery::Connect {
+            socket_dir: config
+                .socket_dir
+                .clone()
+                .unwrap_or_else(crate::diagnostics::endpoint::default_socket_dir),
+        },
+    };
+    let operations = Arc::new(OperationRegistry::new(&config.limits, &config.operations));
+    let state = AppState {
+        processes: ProcessDirectory::new(discovery, crate::diagnostics::Timeouts::default()),
+        operations: operations.clone(),
+        config: Arc::new(config.clone()),
+    };
+    let app = router(state, authenticate);
+
+    let mut listeners = Vec::new();
+    for url in &config.urls {
+        let (scheme, address) = parse_url(url)?;
+        let listener = TcpListener::bind(&address)
+            .await
+            .with_context(|| format!("cannot listen on {url}"))?;
+        let local = listener.local_addr()?;
+        println!("diagmon listening on {scheme}://{local}");
+        tracing::info!(url = %format!("{scheme}://{local}"), "listening");
+        listeners.push((scheme, listener));
+    }
+
+    let stopping = CancellationToken::new();
+    tokio::spawn({
+        let stopping = stopping.clone();
+        async move {
+            shutdown.await;
+            tracing::info!("shutting down: stopping running operations gracefully");
+            operations.stop_all(SHUTDOWN_GRACE).await;
+            stopping.cancel();
+        }
+    });
+    let mut servers = Vec::new();
+    for (scheme, listener) in listeners {
+        let app = app.clone().layer(Extension(ListenerScheme(scheme)));
+        let stopping = stopping.clone();
+        servers.push(tokio::spawn(async move {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(stopping.cancelled_owned())
+                .await
+        }));
+    }
+    for server in servers {
+        server.await??;
+    }
+    Ok(())
+}
+
+/// Splits `http://host:port` into the scheme and a bindable `host:port`.
+fn parse_url(url: &str) -> anyhow::Result<(&'static str, String)> {
+    let uri: axum::http::Uri = url
+        .parse()
+        .map_err(|error| anyhow::anyhow!("`{url}` in `urls` is not a URL: {error}"))?;
+    let scheme = match uri.scheme_str() {
+        Some("http") => "http",
+        Some(other) => {
+            anyhow::bail!("`{url}` in `urls`: the scheme `{other}` is not supported; use http://")
+        }
+        None => anyhow::bail!("`{url}` in `urls` needs a scheme, e.g. http://127.0.0.1:52323"),
+    };
+    let host = uri
+        .host()
+        .ok_or_else(|| anyhow::anyhow!("`{url}` in `urls` has no host"))?;
+    let port = uri.port_u16().unwrap_or(80);
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    Ok((
+        scheme,
+        if host.contains(':') {
+            format!("[{host}]:{port}")
+        } else {
+            format!("{host}:{port}")
+        },
+    ))
+}

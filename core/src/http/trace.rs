@@ -1,0 +1,512 @@
+//! `POST /trace` and `GET /trace`: capture an EventPipe trace, streamed in the response or sent to
+//! an egress provider.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, SystemTime};
+
+use axum::body::{Body, Bytes};
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{RawQuery, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::Value;
+
+use super::params::QueryParams;
+use super::problem::{Problem, Validation};
+use super::{AppState, RequestOrigin};
+use crate::diagnostics::eventpipe::Rundown;
+use crate::diagnostics::{EventProvider, SessionConfig};
+use crate::operations::OperationProcess;
+use crate::operations::capture::{Sink, capture_trace};
+use crate::processes::{ProcessSelector, resolve};
+
+/// Event level names, by value.
+const LEVELS: [&str; 6] = [
+    "LogAlways",
+    "Critical",
+    "Error",
+    "Warning",
+    "Informational",
+    "Verbose",
+];
+
+/// Bounds of `bufferSizeInMB`.
+const BUFFER_SIZE_MB: std::ops::RangeInclusive<u64> = 1..=1024;
+
+/// `POST /trace`: a trace of the providers in the body (`EventProvidersConfiguration`).
+pub async fn post_trace(
+    State(app): State<AppState>,
+    origin: RequestOrigin,
+    headers: HeaderMap,
+    RawQuery(query): RawQuery,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, Problem> {
+    let body = body.map_err(|rejection| Problem::new(rejection.status(), rejection.body_text()))?;
+    let params = QueryParams::parse(query.as_deref());
+    let mut validation = Validation::default();
+    let request = TraceRequest::from_params(&params, &mut validation);
+    let config = if body.is_empty() {
+        validation.error("body", "A non-empty request body is required.");
+        None
+    } else {
+        check_json_content_type(&headers)?;
+        session_config_from_body(&body, &mut validation)
+    };
+    let (request, config) = validation.finish((request, config))?;
+    match config {
+        Some(config) => start_trace(app, origin, request, config).await,
+        None => Err(Problem::bad_request("the request body is invalid")),
+    }
+}
+
+/// `GET /trace?profile=...`: a trace of predefined profiles.
+pub async fn get_trace(
+    State(app): State<AppState>,
+    origin: RequestOrigin,
+    RawQuery(query): RawQuery,
+) -> Result<Response, Problem> {
+    let params = QueryParams::parse(query.as_deref());
+    let mut validation = Validation::default();
+    let request = TraceRequest::from_params(&params, &mut validation);
+    let config = profiles_config(
+        params
+            .get("profile")
+            .unwrap_or("Cpu,Http,Metrics,GcCollect"),
+        &mut validation,
+    );
+    let (request, config) = validation.finish((request, config))?;
+    start_trace(app, origin, request, config).await
+}
+
+/// The query parameters every trace request shares.
+struct TraceRequest {
+    selector: ProcessSelector,
+    duration: Option<Duration>,
+    egress_provider: Option<String>,
+    tags: BTreeSet<String>,
+}
+
+impl TraceRequest {
+    fn from_params(params: &QueryParams, validation: &mut Validation) -> Self {
+        TraceRequest {
+            selector: params.process_selector(validation),
+            duration: params.duration(validation),
+            egress_provider: params
+                .get("egressProvider")
+                .filter(|name| !name.is_empty())
+                .map(str::to_owned),
+            tags: params.tags(),
+        }
+    }
+}
+
+/// Validates, resolves the process, takes a concurrency slot, starts the session and hands it to
+/// the capture pipeline.
+async fn start_trace(
+    app: AppState,
+    origin: RequestOrigin,
+    request: TraceRequest,
+    config: SessionConfig,
+) -> Result<Response, Problem> {
+    if let Some(provider) = &request.egress_provider {
+        if !app.egress_provider_exists(provider) {
+            return Err(Problem::field(
+                "egressProvider",
+                format!(
+                    "Egress provider `{provider}` does not exist; configure it under [egress.providers.{provider}]."
+                ),
+            ));
+        }
+    }
+    let processes = app.processes.list().await;
+    let process = resolve(&processes, &request.selector, &app.config.default_process)
+        .map_err(|error| Problem::bad_request(error.to_string()))?;
+    let permit = app
+        .operations
+        .try_reserve_trace()
+        .ok_or_else(Problem::rate_limited)?;
+    let operation = app.operations.register(
+        OperationProcess::from(process),
+        request.egress_provider.clone(),
+        request.tags,
+    );
+    let session = match app.processes.client(process).start_session(&config).await {
+        Ok(session) => session,
+        Err(error) => {
+            let message = format!("Cannot start a trace of process {}: {error}", process.pid);
+            operation.finish(crate::operations::Outcome::Failed(
+                crate::operations::OperationError {
+                    code: "RuntimeError".to_owned(),
+                    message: message.clone(),
+                },
+            ));
+            return Err(Problem::bad_request(message));
+        }
+    };
+    let location = origin.url(&format!("/operations/{}", operation.id()));
+    let location = HeaderValue::from_str(&location).map_err(|_| {
+        Problem::bad_request("the request's Host header cannot form a Location URL")
+    })?;
+    match request.egress_provider {
+        Some(_) => {
+            // The egress pipeline is wired with the egress host.
+            Err(Problem::new(
+                StatusCode::NOT_IMPLEMENTED,
+                "egress is not available",
+            ))
+        }
+        None => {
+            let (sink, mut receiver) = Sink::http();
+            let file_name = artifact_file_name(SystemTime::now(), process.pid);
+            tokio::spawn(capture_trace(
+                operation,
+                session,
+                sink,
+                request.duration,
+                permit,
+            ));
+            let stream = futures_util::stream::poll_fn(move |cx| receiver.poll_recv(cx));
+            let mut response = Body::from_stream(stream).into_response();
+            let headers = response.headers_mut();
+            headers.insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/octet-stream"),
+            );
+            if let Ok(value) = HeaderValue::from_str(&format!("attachment; filename={file_name}")) {
+                headers.insert(header::CONTENT_DISPOSITION, value);
+            }
+            headers.insert(header::LOCATION, location);
+            Ok(response)
+        }
+    }
+}
+
+/// `{yyyyMMdd_HHmmss_fff}_{pid}.nettrace`, in UTC, as dotnet-monitor names traces.
+pub fn artifact_file_name(time: SystemTime, pid: u64) -> String {
+    // "2026-11-26T07:24:08.123Z" -> "20261126_072408_123"
+    let stamp = humantime::format_rfc3339_millis(time).to_string();
+    let digits: String = stamp.chars().filter(char::is_ascii_digit).collect();
+    let (date, rest) = digits.split_at(8.min(digits.len()));
+    let (clock, millis) = rest.split_at(6.min(rest.len()));
+    format!("{date}_{clock}_{millis}_{pid}.nettrace")
+}
+
+/// Accepts application/json, text/json and application/*+json (415 otherwise).
+fn check_json_content_type(headers: &HeaderMap) -> Result<(), Problem> {
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|value| value.to_str().ok())
+        .unwrap_or_default();
+    let essence = content_type
+        .split(';')
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_ascii_lowercase();
+    let accepted = essence == "application/json"
+        || essence == "text/json"
+        || (essence.starts_with("application/") && essence.ends_with("+json"));
+    if accepted {
+        Ok(())
+    } else {
+        Err(Problem::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            format!(
+                "Content-Type `{content_type}` is not supported; send application/json, text/json or application/*+json"
+            ),
+        ))
+    }
+}
+
+/// The value of `name` in a JSON object, compared case-insensitively.
+fn property<'a>(object: &'a serde_json::Map<String, Value>, name: &str) -> Option<&'a Value> {
+    object
+        .iter()
+        .find(|(key, _)| key.eq_ignore_ascii_case(name))
+        .map(|(_, value)| value)
+}
+
+/// Parses and checks an `EventProvidersConfiguration` body, recording every error by field.
+fn session_config_from_body(body: &[u8], validation: &mut Validation) -> Option<SessionConfig> {
+    let document: Value = match serde_json::from_slice(body) {
+        Ok(document) => document,
+        Err(error) => {
+            validation.error(
+                "body",
+                format!("The request body is not valid JSON: {error}"),
+            );
+            return None;
+        }
+    };
+    let Some(object) = document.as_object() else {
+        validation.error("body", "The request body must be a JSON object.");
+        return None;
+    };
+    let providers = match property(object, "providers") {
+        Some(Value::Array(items)) if !items.is_empty() => items
+            .iter()
+            .enumerate()
+            .filter_map(|(index, item)| provider_from_json(index, item, validation))
+            .collect(),
+        Some(Value::Array(_)) | None | Some(Value::Null) => {
+            validation.error("providers", "At least one provider is required.");
+            Vec::new()
+        }
+        Some(_) => {
+            validation.error("providers", "Must be an array of providers.");
+            Vec::new()
+        }
+    };
+    let mut config = SessionConfig::new(providers);
+    match property(object, "requestRundown") {
+        None | Some(Value::Null) | Some(Value::Bool(true)) => {}
+        Some(Value::Bool(false)) => config.rundown = Rundown::Off,
+        Some(_) => validation.error("requestRundown", "Must be true or false."),
+    }
+    match property(object, "bufferSizeInMB") {
+        None | Some(Value::Null) => {}
+        Some(value) => match value.as_u64().filter(|size| BUFFER_SIZE_MB.contains(size)) {
+            Some(size) => config.buffer_size_mb = size as u32,
+            None => validation.error(
+                "bufferSizeInMB",
+                format!("{value} is out of range: use a whole number from 1 to 1024."),
+            ),
+        },
+    }
+    Some(config)
+}
+
+fn provider_from_json(
+    index: usize,
+    item: &Value,
+    validation: &mut Validation,
+) -> Option<EventProvider> {
+    let field = |name: &str| format!("providers[{index}].{name}");
+    let Some(object) = item.as_object() else {
+        validation.error(format!("providers[{index}]"), "Must be an object.");
+        return None;
+    };
+    let name = match property(object, "name") {
+        Some(Value::String(name)) if !name.trim().is_empty() => Some(name.clone()),
+        _ => {
+            validation.error(field("name"), "A provider name is required.");
+            None
+        }
+    };
+    let keywords = match property(object, "keywords") {
+        None | Some(Value::Null) => Some(u64::MAX),
+        Some(Value::String(text)) => match parse_keywords(text) {
+            Some(keywords) => Some(keywords),
+            None => {
+                validation.error(
+                    field("keywords"),
+                    format!("`{text}` is not a decimal or 0x-prefixed hexadecimal 64-bit number."),
+                );
+                None
+            }
+        },
+        Some(other) => {
+            validation.error(
+                field("keywords"),
+                format!("Must be a string such as \"0x1F\" or \"-1\", not {other}."),
+            );
+            None
+        }
+    };
+    let level = match property(object, "eventLevel") {
+        None | Some(Value::Null) => Some(5),
+        Some(Value::String(text)) => LEVELS
+            .iter()
+            .position(|level| level.eq_ignore_ascii_case(text))
+            .or_else(|| text.parse::<usize>().ok().filter(|level| *level <= 5)),
+        Some(Value::Number(number)) => number
+            .as_u64()
+            .filter(|level| *level <= 5)
+            .map(|level| level as usize),
+        Some(_) => None,
+    };
+    if level.is_none() {
+        validation.error(
+            field("eventLevel"),
+            format!("Must be one of {} (or 0 to 5).", LEVELS.join(", ")),
+        );
+    }
+    let mut arguments = BTreeMap::new();
+    match property(object, "arguments") {
+        None | Some(Value::Null) => {}
+        Some(Value::Object(map)) => {
+            for (key, value) in map {
+                match value {
+                    Value::String(value) => {
+                        arguments.insert(key.clone(), value.clone());
+                    }
+                    _ => validation.error(
+                        field(&format!("arguments.{key}")),
+                        "Argument values must be strings.",
+                    ),
+                }
+            }
+        }
+        Some(_) => validation.error(field("arguments"), "Must be an object of strings."),
+    }
+    let mut provider = EventProvider::new(name?, keywords?, level? as u8);
+    provider.arguments = arguments;
+    Some(provider)
+}
+
+/// Decimal (signed 64-bit, so "-1" is all bits) or `0x` hexadecimal (64-bit).
+fn parse_keywords(text: &str) -> Option<u64> {
+    let text = text.trim();
+    match text.strip_prefix("0x").or_else(|| text.strip_prefix("0X")) {
+        Some(hex) => u64::from_str_radix(hex, 16).ok(),
+        None => text
+            .parse::<i64>()
+            .map(|value| value as u64)
+            .or_else(|_| text.parse::<u64>())
+            .ok(),
+    }
+}
+
+/// The providers of `GET /trace` profiles, merged into one session.
+fn profiles_config(profiles: &str, validation: &mut Validation) -> SessionConfig {
+    const DIAGNOSTIC_SOURCE_SPECS: &str = "Microsoft.AspNetCore/Microsoft.AspNetCore.Hosting.HttpRequestIn.Start@Activity1Start:-Request.Scheme;Request.Host;Request.PathBase;Request.QueryString;Request.Path;Request.Method;ActivityStartTime=*Activity.StartTimeUtc.Ticks\r\n\
+Microsoft.AspNetCore/Microsoft.AspNetCore.Hosting.HttpRequestIn.Stop@Activity1Stop:-Response.StatusCode;ActivityDuration=*Activity.Duration.Ticks\r\n\
+HttpHandlerDiagnosticListener/System.Net.Http.HttpRequestOut.Start@Activity2Start:-Request.RequestUri;Request.Method;Request.RequestUri.Host;Request.RequestUri.Port\r\n\
+HttpHandlerDiagnosticListener/System.Net.Http.HttpRequestOut.Stop@Activity2Stop:-Response.StatusCode;ActivityDuration=*Activity.Duration.Ticks";
+    let with_argument = |mut provider: EventProvider, key: &str, value: &str| {
+        provider.arguments.insert(key.to_owned(), value.to_owned());
+        provider
+    };
+    let mut providers: Vec<EventProvider> = Vec::new();
+    let mut rundown = false;
+    for profile in profiles.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (wants_rundown, added) = match profile.to_ascii_lowercase().as_str() {
+            "cpu" => (
+                true,
+                vec![
+                    EventProvider::new("Microsoft-DotNETCore-SampleProfiler", 0, 4),
+                    EventProvider::new("Microsoft-Windows-DotNETRuntime", 0x14C1_4FCC_BD, 4),
+                ],
+            ),
+            "http" => (
+                true,
+                vec![with_argument(
+                    EventProvider::new("Microsoft-Diagnostics-DiagnosticSource", 0x3, 5),
+                    "FilterAndPayloadSpecs",
+                    DIAGNOSTIC_SOURCE_SPECS,
+                )],
+            ),
+            "logs" => (
+                false,
+                vec![with_argument(
+                    EventProvider::new("Microsoft-Extensions-Logging", 0xC, 0),
+                    "FilterSpecs",
+                    "UseAppFilters",
+                )],
+            ),
+            "metrics" => (
+                false,
+                [
+                    "System.Runtime",
+                    "Microsoft.AspNetCore.Hosting",
+                    "Grpc.AspNetCore.Server",
+                ]
+                .into_iter()
+                .map(|name| {
+                    with_argument(
+                        EventProvider::new(name, 0, 4),
+                        "EventCounterIntervalSec",
+                        "5",
+                    )
+                })
+                .collect(),
+            ),
+            "gccollect" => (
+                false,
+                vec![
+                    EventProvider::new("Microsoft-Windows-DotNETRuntime", 0x1, 4),
+                    EventProvider::new("Microsoft-Windows-DotNETRuntimePrivate", 0x1, 4),
+                ],
+            ),
+            _ => {
+                validation.error(
+                    "profile",
+                    format!(
+                        "`{profile}` is not a profile: use Cpu, Http, Logs, Metrics or GcCollect."
+                    ),
+                );
+                continue;
+            }
+        };
+        rundown |= wants_rundown;
+        for provider in added {
+            match providers.iter_mut().find(|p| p.name == provider.name) {
+                Some(existing) => {
+                    existing.keywords |= provider.keywords;
+                    existing.level = existing.level.max(provider.level);
+                    existing.arguments.extend(provider.arguments);
+                }
+                None => providers.push(provider),
+            }
+        }
+    }
+    if providers.is_empty() && !profiles.trim().is_empty() {
+        validation.error("profile", "At least one profile is required.");
+    }
+    let mut config = SessionConfig::new(providers);
+    if !rundown {
+        config.rundown = Rundown::Off;
+    }
+    config
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn file_names_follow_dotnet_monitor() {
+        let time = SystemTime::UNIX_EPOCH + Duration::from_millis(1_764_141_848_123);
+        assert_eq!(
+            artifact_file_name(time, 42),
+            "20251126_072408_123_42.nettrace"
+        );
+    }
+
+    #[test]
+    fn keywords_are_decimal_or_hex_strings() {
+        assert_eq!(parse_keywords("-1"), Some(u64::MAX));
+        assert_eq!(parse_keywords("0x14C14FCCBD"), Some(0x14C1_4FCC_BD));
+        assert_eq!(parse_keywords("18446744073709551615"), Some(u64::MAX));
+        assert_eq!(parse_keywords("0xZZ"), None);
+        assert_eq!(parse_keywords(""), None);
+    }
+
+    #[test]
+    fn body_properties_are_case_insensitive_with_defaults() {
+        let body =
+            br#"{"Providers":[{"Name":"P","EventLevel":"informational"}],"RequestRundown":false}"#;
+        let mut validation = Validation::default();
+        let config = session_config_from_body(body, &mut validation).unwrap();
+        validation.finish(()).unwrap();
+        assert_eq!(config.providers[0].keywords, u64::MAX);
+        assert_eq!(config.providers[0].level, 4);
+        assert_eq!(config.rundown, Rundown::Off);
+        assert_eq!(config.buffer_size_mb, 256);
+    }
+
+    #[test]
+    fn profiles_merge_shared_providers() {
+        let mut validation = Validation::default();
+        let config = profiles_config("cpu,GcCollect", &mut validation);
+        validation.finish(()).unwrap();
+        let runtime = config
+            .providers
+            .iter()
+            .filter(|p| p.name == "Microsoft-Windows-DotNETRuntime")
+            .collect::<Vec<_>>();
+        assert_eq!(runtime.len(), 1);
+        assert_eq!(runtime[0].keywords, 0x14C1_4FCC_BD | 0x1);
+        assert_eq!(config.rundown, Rundown::On);
+    }
+}

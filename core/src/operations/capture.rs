@@ -1,0 +1,161 @@
+//! The capture pipeline: moves a trace from its EventPipe session to where it goes (the HTTP
+//! response or an egress provider), chunk by chunk, and records the outcome on the operation.
+//!
+//! One task per operation. Memory is constant: a chunk is read, hashed, handed to the sink and
+//! dropped; a slow sink slows the reads down.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use sha2::{Digest, Sha256};
+use tokio::sync::{OwnedSemaphorePermit, mpsc};
+
+use super::{Operation, OperationError, Outcome, TraceSummary};
+use crate::diagnostics::nettrace::NettraceSummary;
+use crate::diagnostics::{DiagnosticsError, EventPipeSession};
+
+/// Chunks buffered between the capture task and a streamed HTTP response.
+pub const HTTP_CHANNEL_CHUNKS: usize = 4;
+
+/// Where the bytes of a trace go.
+pub enum Sink {
+    /// The body of a streamed HTTP response. An `Err` item makes the server abort the response, so
+    /// a client never mistakes a cut-short trace for a complete one.
+    Http(mpsc::Sender<Result<Bytes, std::io::Error>>),
+}
+
+impl Sink {
+    /// A sink feeding an HTTP response body, and the receiving end for the body.
+    pub fn http() -> (Sink, mpsc::Receiver<Result<Bytes, std::io::Error>>) {
+        let (sender, receiver) = mpsc::channel(HTTP_CHANNEL_CHUNKS);
+        (Sink::Http(sender), receiver)
+    }
+
+    async fn write(&mut self, chunk: Bytes) -> Result<(), Outcome> {
+        match self {
+            Sink::Http(sender) => sender.send(Ok(chunk)).await.map_err(|_| {
+                Outcome::Cancelled("the client disconnected from the streamed trace".to_owned())
+            }),
+        }
+    }
+
+    /// Completes the artifact; returns its resource location where it has one.
+    async fn finish(self) -> Result<Option<String>, Outcome> {
+        match self {
+            Sink::Http(_) => Ok(None),
+        }
+    }
+
+    /// Ends an incomplete artifact so that it never looks complete.
+    async fn abort(self, reason: &str) {
+        match self {
+            Sink::Http(sender) => {
+                let _ = sender
+                    .send(Err(std::io::Error::other(reason.to_owned())))
+                    .await;
+            }
+        }
+    }
+}
+
+/// Runs a trace operation to its end: the session's bytes go to `sink`; the session is stopped
+/// gracefully after `duration` (if any) or on request; the outcome is recorded on `operation`. The
+/// concurrency slot `permit` is released at the end.
+pub async fn capture_trace(
+    operation: Arc<Operation>,
+    mut session: EventPipeSession,
+    mut sink: Sink,
+    duration: Option<Duration>,
+    permit: OwnedSemaphorePermit,
+) {
+    operation.mark_running(session.stop_handle());
+    if let Some(duration) = duration {
+        let timed = operation.clone();
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = tokio::time::sleep(duration) => { let _ = timed.request_stop(); }
+                _ = timed.finished() => {}
+            }
+        });
+    }
+    let cancelled = operation.cancellation().clone();
+    let mut hasher = Sha256::new();
+    let result: Result<(), Outcome> = async {
+        loop {
+            let chunk = tokio::select! {
+                biased;
+                _ = cancelled.cancelled() => {
+                    return Err(Outcome::Cancelled("cancelled by request".to_owned()));
+                }
+                chunk = session.next_chunk() => chunk.map_err(failure)?,
+            };
+            let Some(chunk) = chunk else { return Ok(()) };
+            hasher.update(&chunk);
+            operation.add_bytes(chunk.len() as u64);
+            tokio::select! {
+                biased;
+                _ = cancelled.cancelled() => {
+                    return Err(Outcome::Cancelled("cancelled by request".to_owned()));
+                }
+                written = sink.write(chunk) => written?,
+            }
+        }
+    }
+    .await;
+    let outcome = match result {
+        Ok(()) => match session.finish().map_err(failure) {
+            Ok(summary) => match sink.finish().await {
+                Ok(resource_location) => Outcome::Succeeded {
+                    resource_location,
+                    summary: trace_summary(&summary, hasher),
+                },
+                Err(outcome) => outcome,
+            },
+            Err(outcome) => {
+                sink.abort("the trace is invalid").await;
+                outcome
+            }
+        },
+        Err(outcome) => {
+            drop(session);
+            let reason = match &outcome {
+                Outcome::Failed(error) => error.message.clone(),
+                Outcome::Cancelled(reason) => reason.clone(),
+                Outcome::Succeeded { .. } => String::new(),
+            };
+            sink.abort(&reason).await;
+            outcome
+        }
+    };
+    operation.finish(outcome);
+    drop(permit);
+}
+
+fn failure(error: DiagnosticsError) -> Outcome {
+    let code = match &error {
+        DiagnosticsError::Truncated { .. } => "TraceTruncated",
+        DiagnosticsError::InvalidTrace(_) => "TraceInvalid",
+        DiagnosticsError::Timeout { .. } => "RuntimeTimeout",
+        _ => "RuntimeError",
+    };
+    Outcome::Failed(OperationError {
+        code: code.to_owned(),
+        message: error.to_string(),
+    })
+}
+
+fn trace_summary(summary: &NettraceSummary, hasher: Sha256) -> TraceSummary {
+    let digest = hasher.finalize();
+    TraceSummary {
+        bytes: summary.bytes,
+        events: summary.events,
+        blocks: summary.event_blocks
+            + summary.metadata_blocks
+            + summary.stack_blocks
+            + summary.sequence_point_blocks,
+        dropped_events_estimate: summary.dropped_events_estimate,
+        events_by_provider: summary.events_by_provider.clone(),
+        sha256: digest.iter().map(|byte| format!("{byte:02x}")).collect(),
+    }
+}

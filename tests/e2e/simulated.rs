@@ -1,0 +1,289 @@
+//! The IPC client against the simulated runtime, for what .NET Core 3.1 cannot show: newer
+//! Process and CollectTracing commands, listen mode, and broken peers.
+
+use std::time::{Duration, Instant};
+
+use diagmon::diagnostics::endpoint::Endpoint;
+use diagmon::diagnostics::eventpipe::{EventIdFilter, Rundown};
+use diagmon::diagnostics::reverse::ReversePort;
+use diagmon::diagnostics::{
+    Command, DiagnosticsClient, DiagnosticsError, EventProvider, SessionConfig, Timeouts,
+};
+use diagmon::processes::{Discovery, ProcessDirectory};
+use diagmon_tests::simulated_runtime::{
+    Fault, SimulatedRuntime, SimulatedRuntimeConfig, StreamBehaviour,
+};
+
+fn short_timeouts() -> Timeouts {
+    Timeouts {
+        connect: Duration::from_secs(1),
+        reply: Duration::from_millis(500),
+        stop: Duration::from_secs(5),
+    }
+}
+
+async fn simulated(config: SimulatedRuntimeConfig) -> (tempfile::TempDir, SimulatedRuntime) {
+    let dir = tempfile::tempdir().unwrap();
+    let runtime = SimulatedRuntime::listen(dir.path(), config).await.unwrap();
+    (dir, runtime)
+}
+
+fn client_for(runtime: &SimulatedRuntime) -> DiagnosticsClient {
+    DiagnosticsClient::new(
+        Endpoint::Socket(runtime.socket_path().unwrap()),
+        short_timeouts(),
+    )
+}
+
+fn providers() -> Vec<EventProvider> {
+    vec![EventProvider::new("Diagmon-Synthetic", u64::MAX, 5)]
+}
+
+#[tokio::test]
+async fn process_info_versions_fall_back_and_fill_their_fields() {
+    for level in [3u8, 2, 1] {
+        let config = SimulatedRuntimeConfig {
+            process_info_level: level,
+            ..Default::default()
+        };
+        let (dir, runtime) = simulated(config.clone()).await;
+        let directory = ProcessDirectory::new(
+            Discovery::Connect {
+                socket_dir: dir.path().to_owned(),
+            },
+            short_timeouts(),
+        );
+        let processes = directory.list().await;
+        assert_eq!(processes.len(), 1, "level {level}");
+        let process = &processes[0];
+        assert_eq!(process.uid, config.cookie);
+        assert_eq!(process.pid, u64::from(config.pid));
+        assert_eq!(process.command_line, config.command_line);
+        assert_eq!(process.name, "dotnet");
+        assert_eq!(process.operating_system.as_deref(), Some("Linux"));
+        assert!(process.supports_process_commands);
+        let entry = process.managed_entry_point_assembly_name.as_deref();
+        assert_eq!(
+            entry,
+            (level >= 2).then_some("SimulatedApp"),
+            "level {level}"
+        );
+        let info = client_for(&runtime).process_info().await.unwrap();
+        assert_eq!(
+            info.runtime_identifier.is_some(),
+            level == 3,
+            "level {level}"
+        );
+        let tried: Vec<(u8, u8)> = runtime.commands_received();
+        assert_eq!(tried[0], (0x04, 0x08), "ProcessInfo3 is tried first");
+    }
+}
+
+#[tokio::test]
+async fn environment_is_read_from_the_continuation() {
+    let (_dir, runtime) = simulated(SimulatedRuntimeConfig::default()).await;
+    let environment = client_for(&runtime).process_environment().await.unwrap();
+    assert_eq!(environment["DOTNET_SIMULATED_RUNTIME"], "1");
+    assert_eq!(environment["LANG"], "C.UTF-8");
+}
+
+#[tokio::test]
+async fn collect_tracing_falls_back_to_the_oldest_command_that_expresses_the_request() {
+    let config = SimulatedRuntimeConfig {
+        collect_tracing_level: 1,
+        ..Default::default()
+    };
+    let (_dir, runtime) = simulated(config).await;
+    let client = client_for(&runtime);
+    let session = client
+        .start_session(&SessionConfig::new(providers()))
+        .await
+        .unwrap();
+    assert_eq!(session.command(), Command::CollectTracing);
+    let commands = runtime.commands_received();
+    assert!(
+        commands.ends_with(&[(0x02, 0x03), (0x02, 0x02)]),
+        "{commands:?}"
+    );
+    drop(session);
+
+    let mut no_rundown = SessionConfig::new(providers());
+    no_rundown.rundown = Rundown::Off;
+    let error = client.start_session(&no_rundown).await.unwrap_err();
+    assert!(matches!(error, DiagnosticsError::Unsupported(_)), "{error}");
+    assert!(error.to_string().contains("CollectTracing2"), "{error}");
+}
+
+#[tokio::test]
+async fn newer_collect_tracing_commands_carry_their_options() {
+    let (_dir, runtime) = simulated(SimulatedRuntimeConfig::default()).await;
+    let client = client_for(&runtime);
+
+    let mut no_stacks = SessionConfig::new(providers());
+    no_stacks.stackwalk = false;
+    drop(client.start_session(&no_stacks).await.unwrap());
+    let request = runtime.last_collect_request().unwrap();
+    assert_eq!(request.command_id, 0x04);
+    assert!(!request.request_stackwalk);
+
+    let mut rundown = SessionConfig::new(providers());
+    rundown.rundown = Rundown::Keywords(0x8);
+    drop(client.start_session(&rundown).await.unwrap());
+    let request = runtime.last_collect_request().unwrap();
+    assert_eq!((request.command_id, request.rundown_keyword), (0x05, 0x8));
+
+    let mut filtered = SessionConfig::new(providers());
+    filtered.providers[0].event_ids = Some(EventIdFilter::Only(vec![1, 7]));
+    filtered.providers[0]
+        .arguments
+        .insert("Key".into(), "a;b".into());
+    drop(client.start_session(&filtered).await.unwrap());
+    let request = runtime.last_collect_request().unwrap();
+    assert_eq!(request.command_id, 0x06);
+    let provider = &request.providers[0];
+    let filter = provider.event_filter.as_ref().unwrap();
+    assert!(filter.enable);
+    assert_eq!(filter.event_ids, [1, 7]);
+    assert_eq!(provider.filter_data.as_deref(), Some("Key=\"a;b\""));
+}
+
+#[tokio::test]
+async fn a_stopped_session_is_complete_and_a_cut_one_is_truncated() {
+    let (_dir, runtime) = simulated(SimulatedRuntimeConfig::default()).await;
+    let session = client_for(&runtime)
+        .start_session(&SessionConfig::new(providers()))
+        .await
+        .unwrap();
+    let stop = session.stop_handle();
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        stop.stop().await.unwrap();
+    });
+    let mut bytes = Vec::new();
+    let summary = session.copy_to(&mut bytes).await.unwrap();
+    assert!(summary.events > 0);
+
+    let config = SimulatedRuntimeConfig {
+        stream: StreamBehaviour::DisconnectAfter {
+            after_bytes: 150_000,
+        },
+        ..Default::default()
+    };
+    let (_dir, runtime) = simulated(config).await;
+    let session = client_for(&runtime)
+        .start_session(&SessionConfig::new(providers()))
+        .await
+        .unwrap();
+    let error = session.copy_to(&mut Vec::new()).await.unwrap_err();
+    assert!(
+        matches!(error, DiagnosticsError::Truncated { bytes: 150_000, .. }),
+        "{error}"
+    );
+}
+
+#[tokio::test]
+async fn listen_mode_takes_advertised_connections_and_resumes_a_suspended_runtime() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("port.sock");
+    let port = ReversePort::bind(&path).await.unwrap();
+    let config = SimulatedRuntimeConfig::default();
+    let runtime = SimulatedRuntime::connect(&path, true, config.clone())
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while port.runtimes().is_empty() {
+        assert!(Instant::now() < deadline, "the runtime never advertised");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let advertised = port.runtimes();
+    assert_eq!(advertised[0].cookie, config.cookie);
+    assert_eq!(advertised[0].pid, u64::from(config.pid));
+
+    let directory = ProcessDirectory::new(Discovery::Listen(port.clone()), short_timeouts());
+    let processes = directory.list().await;
+    assert_eq!(processes.len(), 1);
+    assert_eq!(processes[0].uid, config.cookie);
+    assert!(!runtime.is_resumed());
+    let client = directory.client(&processes[0]);
+    client.resume_runtime().await.unwrap();
+    assert!(runtime.is_resumed());
+
+    // Each command used a fresh connection; a session and its stop need two more.
+    let session = client
+        .start_session(&SessionConfig::new(providers()))
+        .await
+        .unwrap();
+    let stop = session.stop_handle();
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        stop.stop().await.unwrap();
+    });
+    let summary = session.copy_to(&mut Vec::new()).await.unwrap();
+    assert!(summary.events > 0);
+    assert!(
+        port.runtimes().len() == 1,
+        "one runtime, however many connections"
+    );
+}
+
+#[tokio::test]
+async fn listen_mode_keeps_a_bound_port_from_being_stolen() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("port.sock");
+    let _port = ReversePort::bind(&path).await.unwrap();
+    let error = ReversePort::bind(&path).await.unwrap_err();
+    assert!(error.to_string().contains("already listening"), "{error}");
+}
+
+/// Runs `process_info` against a broken peer and checks it fails fast with a clear error.
+async fn fails_within(endpoint: Endpoint, expect: &str) {
+    let started = Instant::now();
+    let client = DiagnosticsClient::new(endpoint, short_timeouts());
+    let error = client.process_info().await.unwrap_err();
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{expect}: took {:?}",
+        started.elapsed()
+    );
+    assert!(error.to_string().contains(expect), "{expect}: {error}");
+}
+
+#[tokio::test]
+async fn broken_peers_give_clear_errors_within_their_timeout() {
+    // A stale socket file: nobody listens any more.
+    let dir = tempfile::tempdir().unwrap();
+    let stale = dir.path().join("dotnet-diagnostic-1-1-socket");
+    drop(std::os::unix::net::UnixListener::bind(&stale).unwrap());
+    fails_within(Endpoint::Socket(stale), "cannot connect").await;
+
+    for (fault, expect) in [
+        (Fault::Garbage, "broke the diagnostics protocol"),
+        (Fault::HalfHeaderThenStall, "did not answer within"),
+        (Fault::OversizedLength, "did not finish its answer within"),
+        (Fault::Silent, "did not answer within"),
+        (Fault::HugeStringLength, "claims 2147483648 UTF-16 units"),
+    ] {
+        let config = SimulatedRuntimeConfig {
+            fault: Some(fault),
+            ..Default::default()
+        };
+        let (_dir, runtime) = simulated(config).await;
+        fails_within(Endpoint::Socket(runtime.socket_path().unwrap()), expect).await;
+    }
+}
+
+#[tokio::test]
+async fn broken_peers_are_left_out_of_listings() {
+    let (dir, _runtime) = simulated(SimulatedRuntimeConfig {
+        fault: Some(Fault::Garbage),
+        ..Default::default()
+    })
+    .await;
+    let directory = ProcessDirectory::new(
+        Discovery::Connect {
+            socket_dir: dir.path().to_owned(),
+        },
+        short_timeouts(),
+    );
+    assert!(directory.list().await.is_empty());
+}
