@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
-use diagmon::auth::Authenticator;
+use diagmon::auth::{Authenticator, KeyOutputFormat, generate_key, render_key};
 use diagmon::diagnostics::eventpipe::Rundown;
 use diagmon::diagnostics::nettrace;
 use diagmon::diagnostics::reverse::ReversePort;
@@ -26,6 +26,15 @@ struct Cli {
 enum Commands {
     /// Run the monitor: serve the HTTP API.
     Collect(CollectArgs),
+    /// Generate an API key: prints the Authorization header and the configuration that accepts it.
+    Generatekey {
+        /// Output format.
+        #[arg(short, long, value_enum, default_value = "text")]
+        output: KeyOutputFormat,
+        /// How long the token is valid (e.g. 7d, 12h).
+        #[arg(short, long, default_value = "7d", value_parser = humantime::parse_duration)]
+        expiration: Duration,
+    },
     /// Show the merged configuration.
     #[command(subcommand)]
     Config(ConfigCommand),
@@ -146,6 +155,11 @@ fn main() -> ExitCode {
 async fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         Commands::Collect(args) => collect(args).await,
+        Commands::Generatekey { output, expiration } => {
+            let key = generate_key(expiration)?;
+            print!("{}", render_key(&key, output));
+            Ok(ExitCode::SUCCESS)
+        }
         Commands::Config(ConfigCommand::Show { config }) => {
             let file = config::config_file(config.as_deref());
             let config = config::load(file.as_deref(), serde_json::json!({}))?;
@@ -214,7 +228,7 @@ async fn collect(args: CollectArgs) -> Result<ExitCode> {
         );
         Authenticator::disabled()
     } else if args.temp_apikey {
-        let (authenticator, token) = Authenticator::temporary();
+        let (authenticator, token) = Authenticator::temporary()?;
         println!("Authorization: Bearer {token}");
         authenticator
     } else {

@@ -55,7 +55,7 @@ async fn final_operation(client: &reqwest::Client, location: &str) -> (StatusCod
     panic!("operation {location} did not finish");
 }
 
-fn location(response: &reqwest::Response) -> String {
+fn location_of(response: &reqwest::Response) -> String {
     response
         .headers()
         .get("location")
@@ -104,7 +104,7 @@ async fn post_trace_streams_a_complete_trace_selected_by_pid_name_or_uid() {
                 && disposition.ends_with(&format!("_{}.nettrace", target.pid())),
             "{disposition}"
         );
-        let location = location(&response);
+        let location = location_of(&response);
         assert!(
             location.starts_with(&monitor.url("/operations/")),
             "{location}"
@@ -161,7 +161,7 @@ async fn an_endless_trace_stops_gracefully_or_is_cancelled() {
 
     // Stopped: the body completes and is a whole trace.
     let response = trace(client.clone()).await;
-    let location = location(&response);
+    let location = location_of(&response);
     let body = tokio::spawn(response.bytes());
     tokio::time::sleep(Duration::from_secs(1)).await;
     let (_, running) = operation(&client, &location).await;
@@ -198,7 +198,7 @@ async fn an_endless_trace_stops_gracefully_or_is_cancelled() {
 
     // Cancelled: the body is cut off, the operation says Cancelled.
     let response = trace(client.clone()).await;
-    let location = location(&response);
+    let location = location_of(&response);
     let mut body = response.bytes_stream();
     assert!(body.next().await.is_some());
     let cancel = client.delete(&location).send().await.unwrap();
@@ -230,7 +230,7 @@ async fn a_killed_target_fails_the_operation_and_aborts_the_body() {
         .send()
         .await
         .unwrap();
-    let location = location(&response);
+    let location = location_of(&response);
     let mut body = response.bytes_stream();
     assert!(body.next().await.is_some());
     target.signal(libc::SIGKILL);

@@ -121,6 +121,11 @@ impl Monitor {
         self.stderr.lock().unwrap().clone()
     }
 
+    /// The monitor's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Sends a signal to the monitor.
     pub fn signal(&self, signal: i32) {
         // SAFETY: kill(2) on our own child's pid.
