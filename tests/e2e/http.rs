@@ -220,6 +220,30 @@ async fn an_endless_trace_stops_gracefully_or_is_cancelled() {
 }
 
 #[tokio::test]
+async fn a_client_that_disconnects_ends_the_session_cleanly() {
+    let target = TestTarget::start(Program::Worker, &[]);
+    let monitor = monitor_for(&target, "");
+    let client = reqwest::Client::new();
+    let url = monitor.url(&format!("/trace?pid={}&durationSeconds=-1", target.pid()));
+    let response = client.post(&url).json(&sample_body()).send().await.unwrap();
+    let location = location_of(&response);
+    let mut body = response.bytes_stream();
+    assert!(body.next().await.is_some());
+    drop(body);
+    let (_, cancelled) = final_operation(&client, &location).await;
+    assert_eq!(cancelled["status"], "Cancelled");
+    // The runtime is not left with a session: a new trace starts and completes.
+    let response = client
+        .post(monitor.url(&format!("/trace?pid={}&durationSeconds=1", target.pid())))
+        .json(&sample_body())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    validate(&response.bytes().await.unwrap());
+}
+
+#[tokio::test]
 async fn a_killed_target_fails_the_operation_and_aborts_the_body() {
     let target = TestTarget::start(Program::Worker, &[]);
     let monitor = monitor_for(&target, "");
