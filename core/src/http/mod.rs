@@ -3,6 +3,7 @@
 //! Handlers live in one module per resource ([`trace`], [`processes`], [`operations`]); every
 //! error leaves as [`problem::Problem`] (`application/problem+json`).
 
+pub mod openapi;
 pub mod operations;
 pub mod params;
 pub mod problem;
@@ -93,7 +94,7 @@ impl<S: Send + Sync> FromRequestParts<S> for RequestOrigin {
 }
 
 /// `GET /info`.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 struct MonitorInfo {
     version: &'static str,
@@ -103,12 +104,14 @@ struct MonitorInfo {
     capabilities: Vec<Capability>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 struct Capability {
     name: &'static str,
     enabled: bool,
 }
 
+/// `GET /info`.
+#[utoipa::path(get, path = "/info", responses((status = 200, body = MonitorInfo)))]
 async fn info(axum::extract::State(app): axum::extract::State<AppState>) -> Json<MonitorInfo> {
     let (mode, name) = match app.processes.discovery() {
         Discovery::Connect { .. } => ("Connect", None),
@@ -167,6 +170,7 @@ pub fn router(state: AppState, authenticate: crate::auth::Authenticator) -> Rout
             crate::auth::require_auth,
         ))
         .route("/healthz", get(health))
+        .route("/openapi.json", get(openapi::openapi_json))
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(body_limit))
         .layer(

@@ -12,6 +12,12 @@ use super::problem::{Problem, Validation};
 use crate::operations::{Operation, OperationFilter, OperationState, OperationStatus};
 
 /// `GET /operations?pid=&uid=&name=&tags=`.
+#[utoipa::path(get, path = "/operations", params(
+        ("pid" = Option<u64>, Query, description = "Process id"),
+        ("uid" = Option<uuid::Uuid>, Query, description = "Runtime instance uid"),
+        ("name" = Option<String>, Query, description = "Process name"),
+        ("tags" = Option<String>, Query, description = "Operations carrying all these comma-separated tags"),
+), responses((status = 200, body = Vec<OperationStatus>)))]
 pub async fn list_operations(
     State(app): State<AppState>,
     RawQuery(query): RawQuery,
@@ -33,6 +39,7 @@ pub async fn list_operations(
 }
 
 /// `GET /operations/{id}`: 201 once Succeeded (as dotnet-monitor answers), else 200.
+#[utoipa::path(get, path = "/operations/{id}", params(("id" = uuid::Uuid, Path, description = "Operation id")), responses((status = 200, body = OperationStatus), (status = 201, description = "Succeeded", body = OperationStatus), (status = 400, description = "Operation not found", body = Problem, content_type = "application/problem+json")))]
 pub async fn get_operation(
     State(app): State<AppState>,
     Path(id): Path<String>,
@@ -47,6 +54,7 @@ pub async fn get_operation(
 }
 
 /// `DELETE /operations/{id}`: cancel (200); with `stop=true`, a graceful stop (202).
+#[utoipa::path(delete, path = "/operations/{id}", params(("id" = uuid::Uuid, Path, description = "Operation id"), ("stop" = Option<bool>, Query, description = "Stop gracefully instead of cancelling")), responses((status = 200, description = "Cancelled"), (status = 202, description = "Stopping"), (status = 400, description = "Not found, or not running", body = Problem, content_type = "application/problem+json")))]
 pub async fn delete_operation(
     State(app): State<AppState>,
     Path(id): Path<String>,

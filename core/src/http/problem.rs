@@ -8,9 +8,10 @@ use serde::Serialize;
 
 /// A problem response: status, title, detail and, for validation errors, the fields that were
 /// wrong (dotnet-monitor's ProblemDetails / ValidationProblemDetails).
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Problem {
     #[serde(skip)]
+    #[schema(ignore)]
     status: StatusCode,
     /// A short summary of the problem type.
     title: String,

@@ -13,7 +13,7 @@ use super::problem::{Problem, Validation};
 use crate::processes::{ProcessRecord, ProcessSelector, resolve};
 
 /// An entry of `GET /processes`.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ProcessIdentifier {
     pid: u64,
@@ -23,7 +23,7 @@ pub struct ProcessIdentifier {
 }
 
 /// `GET /process`: dotnet-monitor's ProcessInfo; unknown values are `"unknown"`.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ProcessDescription {
     pid: u64,
@@ -36,6 +36,7 @@ pub struct ProcessDescription {
 }
 
 /// `GET /processes`: every process diagmon can see, never an error for none.
+#[utoipa::path(get, path = "/processes", responses((status = 200, body = Vec<ProcessIdentifier>)))]
 pub async fn list_processes(State(app): State<AppState>) -> Json<Vec<ProcessIdentifier>> {
     let processes = app.processes.list().await;
     let default = resolve(
@@ -59,6 +60,11 @@ pub async fn list_processes(State(app): State<AppState>) -> Json<Vec<ProcessIden
 }
 
 /// `GET /process?pid=&uid=&name=`.
+#[utoipa::path(get, path = "/process", params(
+        ("pid" = Option<u64>, Query, description = "Process id"),
+        ("uid" = Option<uuid::Uuid>, Query, description = "Runtime instance uid"),
+        ("name" = Option<String>, Query, description = "Process name"),
+), responses((status = 200, body = ProcessDescription), (status = 400, description = "No single process matches, or invalid input", body = super::problem::Problem, content_type = "application/problem+json")))]
 pub async fn get_process(
     State(app): State<AppState>,
     RawQuery(query): RawQuery,
@@ -77,6 +83,11 @@ pub async fn get_process(
 }
 
 /// `GET /env?pid=&uid=&name=`: the process's environment variables.
+#[utoipa::path(get, path = "/env", params(
+        ("pid" = Option<u64>, Query, description = "Process id"),
+        ("uid" = Option<uuid::Uuid>, Query, description = "Runtime instance uid"),
+        ("name" = Option<String>, Query, description = "Process name"),
+), responses((status = 200, body = BTreeMap<String, String>), (status = 400, description = "No single process matches, or invalid input", body = super::problem::Problem, content_type = "application/problem+json")))]
 pub async fn get_environment(
     State(app): State<AppState>,
     RawQuery(query): RawQuery,

@@ -34,6 +34,22 @@ const LEVELS: [&str; 6] = [
 const BUFFER_SIZE_MB: std::ops::RangeInclusive<u64> = 1..=1024;
 
 /// `POST /trace`: a trace of the providers in the body (`EventProvidersConfiguration`).
+#[utoipa::path(post, path = "/trace", params(
+        ("pid" = Option<u64>, Query, description = "Process id"),
+        ("uid" = Option<uuid::Uuid>, Query, description = "Runtime instance uid"),
+        ("name" = Option<String>, Query, description = "Process name"),
+        ("durationSeconds" = Option<i64>, Query, description = "Default 30; -1 = until stopped"),
+        ("egressProvider" = Option<String>, Query, description = "Send the trace to this provider (202) instead of the response (200)"),
+        ("tags" = Option<String>, Query, description = "Comma-separated tags for the operation"),
+    ),
+    request_body(content = super::openapi::EventProvidersConfiguration, content_type = "application/json"),
+    responses(
+        (status = 200, description = "The trace, streamed (nettrace)", content_type = "application/octet-stream"),
+        (status = 202, description = "Accepted; the trace goes to the egress provider (see Location)"),
+        (status = 400, description = "Invalid request", body = super::problem::Problem, content_type = "application/problem+json"),
+        (status = 429, description = "Rate limit reached", body = super::problem::Problem, content_type = "application/problem+json"),
+    )
+)]
 pub async fn post_trace(
     State(app): State<AppState>,
     origin: RequestOrigin,
@@ -60,6 +76,22 @@ pub async fn post_trace(
 }
 
 /// `GET /trace?profile=...`: a trace of predefined profiles.
+#[utoipa::path(get, path = "/trace", params(
+        ("profile" = Option<String>, Query, description = "Comma list of Cpu, Http, Logs, Metrics, GcCollect (default Cpu,Http,Metrics,GcCollect)"),
+        ("pid" = Option<u64>, Query, description = "Process id"),
+        ("uid" = Option<uuid::Uuid>, Query, description = "Runtime instance uid"),
+        ("name" = Option<String>, Query, description = "Process name"),
+        ("durationSeconds" = Option<i64>, Query, description = "Default 30; -1 = until stopped"),
+        ("egressProvider" = Option<String>, Query, description = "Send the trace to this provider (202) instead of the response (200)"),
+        ("tags" = Option<String>, Query, description = "Comma-separated tags for the operation"),
+    ),
+    responses(
+        (status = 200, description = "The trace, streamed (nettrace)", content_type = "application/octet-stream"),
+        (status = 202, description = "Accepted; the trace goes to the egress provider (see Location)"),
+        (status = 400, description = "Invalid request", body = super::problem::Problem, content_type = "application/problem+json"),
+        (status = 429, description = "Rate limit reached", body = super::problem::Problem, content_type = "application/problem+json"),
+    )
+)]
 pub async fn get_trace(
     State(app): State<AppState>,
     origin: RequestOrigin,

@@ -19,7 +19,7 @@ use crate::diagnostics::StopHandle;
 use crate::processes::{ProcessRecord, ProcessSelector};
 
 /// The life cycle of an operation.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub enum OperationState {
     /// Registered; the session is being started.
     Starting,
@@ -43,7 +43,7 @@ impl OperationState {
 }
 
 /// The process an operation captures from.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct OperationProcess {
     /// Its pid.
     pub pid: u64,
@@ -64,7 +64,7 @@ impl From<&ProcessRecord> for OperationProcess {
 }
 
 /// Why an operation failed: a machine-readable code and the real cause.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct OperationError {
     /// e.g. `TraceTruncated`, `RuntimeError`, `EgressFailed`.
     pub code: String,
@@ -73,7 +73,7 @@ pub struct OperationError {
 }
 
 /// What the nettrace validator saw in a finished trace, and the hash of its bytes.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct TraceSummary {
     /// Bytes in the trace.
@@ -288,7 +288,7 @@ impl Operation {
 
 /// An operation as `GET /operations/{id}` shows it (dotnet-monitor's OperationStatus, plus
 /// `bytesCaptured` and `summary`).
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct OperationStatus {
     /// The id.
