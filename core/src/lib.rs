@@ -9,6 +9,7 @@
 //! - [`operations`]: the registry of artifact operations, their limits and their capture;
 //! - [`processes`]: which runtimes diagmon can see, what identifies them, and process selection;
 //! - [`diagnostics`]: the diagnostics IPC client, EventPipe sessions and the nettrace validator;
+//! - [`profiles`]: named provider sets for traces;
 //! - [`procfs`]: what Linux says about a process when its runtime cannot.
 #![deny(missing_docs)]
 
@@ -20,4 +21,5 @@ pub mod http;
 pub mod operations;
 pub mod processes;
 pub mod procfs;
+pub mod profiles;
 pub mod tls;

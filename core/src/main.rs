@@ -12,7 +12,7 @@ use diagmon::diagnostics::nettrace;
 use diagmon::diagnostics::reverse::ReversePort;
 use diagmon::diagnostics::{EventProvider, SessionConfig, Timeouts, endpoint};
 use diagmon::processes::{Discovery, ProcessDirectory, ProcessRecord};
-use diagmon::{config, http};
+use diagmon::{config, http, profiles};
 
 /// A diagnostics monitor for .NET processes.
 #[derive(Debug, Parser)]
@@ -112,8 +112,8 @@ struct TraceArgs {
     /// How long to trace (e.g. 5s, 1m); Ctrl-C stops earlier.
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
     duration: Duration,
-    /// Providers as `Name[:Keywords[:Level[:key=value;...]]]`, comma-separated. Defaults to CPU
-    /// sampling: the sample profiler and the runtime's default keywords at Informational.
+    /// Providers as `Name[:Keywords[:Level[:key=value;...]]]`, comma-separated. Defaults to the
+    /// Cpu profile: the sample profiler and the runtime's default keywords at Informational.
     #[arg(long, value_delimiter = ',', value_parser = parse_provider)]
     providers: Vec<EventProvider>,
     /// Do not ask for rundown at the end of the trace.
@@ -128,6 +128,7 @@ struct TraceArgs {
 }
 
 fn main() -> ExitCode {
+    diagmon::tls::install_crypto_provider();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("DIAGMON_LOG")
@@ -294,12 +295,11 @@ async fn directory(args: &DiscoveryArgs) -> Result<ProcessDirectory> {
 async fn trace(args: TraceArgs) -> Result<ExitCode> {
     let directory = directory(&args.discovery).await?;
     let process = select_process(&directory, &args).await?;
-    let providers = if args.providers.is_empty() {
-        cpu_sampling_providers()
+    let mut config = if args.providers.is_empty() {
+        profiles::session_config("Cpu").map_err(anyhow::Error::msg)?
     } else {
-        args.providers
+        SessionConfig::new(args.providers)
     };
-    let mut config = SessionConfig::new(providers);
     config.buffer_size_mb = args.buffer_size_mb;
     if args.no_rundown {
         config.rundown = Rundown::Off;
@@ -368,14 +368,6 @@ async fn select_process(directory: &ProcessDirectory, args: &TraceArgs) -> Resul
                 .join(", ")
         ),
     }
-}
-
-/// dotnet-trace's default: CPU samples plus the runtime's default keywords at Informational.
-fn cpu_sampling_providers() -> Vec<EventProvider> {
-    vec![
-        EventProvider::new("Microsoft-DotNETCore-SampleProfiler", 0, 5),
-        EventProvider::new("Microsoft-Windows-DotNETRuntime", 0x0014_C14F_CCBD, 4),
-    ]
 }
 
 /// Parses `Name[:Keywords[:Level[:key=value;...]]]`; keywords in hex (`0x..`) or decimal,

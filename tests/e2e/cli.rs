@@ -18,7 +18,11 @@ fn ps_trace_and_validate() {
     let dir = target.tmpdir().display().to_string();
 
     let ps = diagmon(&["ps", "--socket-dir", &dir, "--json"]);
-    assert!(ps.status.success(), "{}", String::from_utf8_lossy(&ps.stderr));
+    assert!(
+        ps.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ps.stderr)
+    );
     let listed: serde_json::Value = serde_json::from_slice(&ps.stdout).unwrap();
     assert_eq!(listed[0]["pid"], target.pid());
     assert_eq!(listed[0]["name"], "dotnet");
@@ -28,15 +32,32 @@ fn ps_trace_and_validate() {
     let file_arg = file.display().to_string();
     let pid = target.pid().to_string();
     let trace = diagmon(&[
-        "trace", "--socket-dir", &dir, "--pid", &pid, "--duration", "2s", "-o", &file_arg,
+        "trace",
+        "--socket-dir",
+        &dir,
+        "--pid",
+        &pid,
+        "--duration",
+        "2s",
+        "-o",
+        &file_arg,
     ]);
-    assert!(trace.status.success(), "{}", String::from_utf8_lossy(&trace.stderr));
+    assert!(
+        trace.status.success(),
+        "{}",
+        String::from_utf8_lossy(&trace.stderr)
+    );
 
     let validate = diagmon(&["validate", &file_arg]);
     assert!(validate.status.success());
     let summary: serde_json::Value = serde_json::from_slice(&validate.stdout).unwrap();
     assert!(summary["events"].as_u64().unwrap() > 0);
-    assert!(summary["eventsByProvider"]["Microsoft-DotNETCore-SampleProfiler"].as_u64().unwrap() > 0);
+    assert!(
+        summary["eventsByProvider"]["Microsoft-DotNETCore-SampleProfiler"]
+            .as_u64()
+            .unwrap()
+            > 0
+    );
 
     // A cut copy is reported as truncated (exit 2), garbage as malformed (exit 1).
     let bytes = std::fs::read(&file).unwrap();
@@ -47,7 +68,12 @@ fn ps_trace_and_validate() {
     assert!(String::from_utf8_lossy(&truncated.stderr).contains("truncated"));
     let garbage = output.path().join("garbage.nettrace");
     std::fs::write(&garbage, b"this is not a trace at all").unwrap();
-    assert_eq!(diagmon(&["validate", &garbage.display().to_string()]).status.code(), Some(1));
+    assert_eq!(
+        diagmon(&["validate", &garbage.display().to_string()])
+            .status
+            .code(),
+        Some(1)
+    );
 
     let ambiguous = diagmon(&["trace", "--socket-dir", &dir, "--pid", "1", "-o", &file_arg]);
     assert!(!ambiguous.status.success());
@@ -59,15 +85,28 @@ fn bad_configuration_names_the_key_and_no_auth_refuses_public_addresses() {
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("bad.toml");
     std::fs::write(&config, "[limits]\nmax_concurrent_traces = \"many\"\n").unwrap();
-    let run = diagmon(&["collect", "--config", &config.display().to_string(), "--no-auth"]);
+    let run = diagmon(&[
+        "collect",
+        "--config",
+        &config.display().to_string(),
+        "--no-auth",
+    ]);
     assert!(!run.status.success());
     let stderr = String::from_utf8_lossy(&run.stderr);
-    assert!(stderr.contains("max_concurrent_traces") && stderr.contains("bad.toml"), "{stderr}");
+    assert!(
+        stderr.contains("max_concurrent_traces") && stderr.contains("bad.toml"),
+        "{stderr}"
+    );
 
     let good = dir.path().join("good.toml");
     std::fs::write(&good, "").unwrap();
     let public = diagmon(&[
-        "collect", "--config", &good.display().to_string(), "--no-auth", "--urls", "http://0.0.0.0:0",
+        "collect",
+        "--config",
+        &good.display().to_string(),
+        "--no-auth",
+        "--urls",
+        "http://0.0.0.0:0",
     ]);
     assert!(!public.status.success());
     assert!(String::from_utf8_lossy(&public.stderr).contains("--allow-no-auth-on-network"));

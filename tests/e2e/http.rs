@@ -529,11 +529,29 @@ async fn process_routes_and_info() {
     assert_eq!(info["diagnosticPortMode"], "Connect");
     assert_eq!(info["version"], env!("CARGO_PKG_VERSION"));
 
-    let openapi: Value = client.get(monitor.url("/openapi.json")).send().await.unwrap().json().await.unwrap();
-    for (path, method) in [("/trace", "post"), ("/trace", "get"), ("/processes", "get"), ("/operations/{id}", "delete")] {
-        assert!(openapi["paths"][path][method].is_object(), "{path} {method}");
+    let openapi: Value = client
+        .get(monitor.url("/openapi.json"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    for (path, method) in [
+        ("/trace", "post"),
+        ("/trace", "get"),
+        ("/processes", "get"),
+        ("/operations/{id}", "delete"),
+    ] {
+        assert!(
+            openapi["paths"][path][method].is_object(),
+            "{path} {method}"
+        );
     }
-    assert!(openapi["components"]["schemas"]["OperationStatus"]["properties"]["bytesCaptured"].is_object());
+    assert!(
+        openapi["components"]["schemas"]["OperationStatus"]["properties"]["bytesCaptured"]
+            .is_object()
+    );
 }
 
 #[tokio::test]

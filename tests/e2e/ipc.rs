@@ -32,7 +32,7 @@ async fn the_process(target: &TestTarget) -> ProcessRecord {
 fn sample_config(rundown: Rundown) -> SessionConfig {
     let mut config = SessionConfig::new(vec![
         EventProvider::new(SAMPLE_PROFILER, 0, 4),
-        EventProvider::new(RUNTIME, 0x14C1_4FCC_BD, 4),
+        EventProvider::new(RUNTIME, diagmon::profiles::RUNTIME_DEFAULT_KEYWORDS, 4),
     ]);
     config.rundown = rundown;
     config
@@ -136,7 +136,7 @@ async fn without_rundown_there_are_no_rundown_events() {
         .await
         .unwrap();
     let checked = validate(&bytes);
-    assert!(checked.events_by_provider.get(SAMPLE_PROFILER).is_some());
+    assert!(checked.events_by_provider.contains_key(SAMPLE_PROFILER));
     assert_eq!(checked.events_by_provider.get(RUNDOWN), None);
 }
 

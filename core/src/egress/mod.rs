@@ -1,9 +1,42 @@
 //! The egress host: WebAssembly components that receive artifacts.
+//!
+//! A provider is a component of the `diagmon:egress@0.1.0` world (`wit/egress.wit`, the plugin
+//! author's reference), either built in ([`builtin`]: `filesystem`) or a `.wasm` file named in
+//! the configuration. It gets only what its configuration grants (a directory; nothing else by
+//! default), a memory limit and a deadline per call, and a fresh instance per artifact.
+//!
+//! - [`EgressHost`] loads and checks the configured providers at start-up and starts uploads;
+//! - [`Upload`] streams one artifact into a provider (`write`, then `finish` or `abort`);
+//! - [`check_component`] inspects a component file for `diagmon plugin check`;
+//! - [`EgressError`] says what went wrong, keeping a provider's own errors apart from the host
+//!   stopping it.
+//!
+//! Inside: `bindings` (the generated host bindings), `engine` (the wasmtime engine, epoch ticker
+//! and compile cache), `host` (loading and the registry), `instance` (one store and the calls
+//! into it), `upload` (the upload's thread and its async face), `check` (imports and exports).
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::time::{Duration, SystemTime};
 
 use serde::{Deserialize, Serialize};
+
+mod bindings;
+pub mod builtin;
+mod check;
+mod engine;
+mod error;
+mod host;
+mod instance;
+mod upload;
+
+pub use check::{ComponentReport, ImportNeed, ImportReport, check_component};
+pub use error::{EgressError, ProviderErrorKind};
+pub use host::EgressHost;
+pub use upload::{MAX_CHUNK, Upload};
+
+/// The `diagmon:egress` world version this diagmon speaks.
+pub const WORLD_VERSION: &str = bindings::WORLD_VERSION;
 
 /// The `[egress]` section.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -12,6 +45,11 @@ pub struct EgressConfig {
     /// Providers by name (names compare case-insensitively).
     #[serde(default)]
     pub providers: BTreeMap<String, ProviderConfig>,
+    /// Where compiled providers are cached; defaults to `$XDG_CACHE_HOME/diagmon/components`
+    /// (or `~/.cache/diagmon/components`). Must belong to diagmon's user and be writable by
+    /// nobody else, or it is not used.
+    #[serde(default)]
+    pub cache_directory: Option<PathBuf>,
 }
 
 /// One provider: which component, what the host grants it, and its settings.
@@ -20,7 +58,8 @@ pub struct EgressConfig {
 pub struct ProviderConfig {
     /// A built-in component name (`filesystem`) or a path to a `.wasm` component.
     pub component: String,
-    /// Grant: this host directory, preopened read-write, and nothing else.
+    /// Grant: this host directory, preopened read-write, and nothing else. Created if missing.
+    /// The provider sees it under its host path.
     #[serde(default)]
     pub directory: Option<PathBuf>,
     /// Grant: outbound HTTP to these origins (wasi:http).
@@ -29,4 +68,120 @@ pub struct ProviderConfig {
     /// Settings passed to the component as they are.
     #[serde(default)]
     pub settings: BTreeMap<String, serde_json::Value>,
+    /// Memory and time limits.
+    #[serde(default)]
+    pub limits: ProviderLimits,
+}
+
+/// A provider's limits. Hitting one fails the current upload only.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProviderLimits {
+    /// Linear memory of one instance, all its memories together, in MiB.
+    pub memory_mib: u64,
+    /// Deadline of `configure`, `begin` and `finish` (each), in milliseconds.
+    pub call_timeout_ms: u64,
+    /// Deadline of each `write`, in milliseconds.
+    pub write_timeout_ms: u64,
+    /// The host gathers the artifact into chunks of this size, in KiB, before each `write`
+    /// (at most 16384).
+    pub chunk_kib: u64,
+}
+
+impl Default for ProviderLimits {
+    fn default() -> Self {
+        ProviderLimits {
+            memory_mib: 128,
+            call_timeout_ms: 30_000,
+            write_timeout_ms: 10_000,
+            chunk_kib: 1024,
+        }
+    }
+}
+
+impl ProviderLimits {
+    pub(crate) fn memory_bytes(&self) -> u64 {
+        self.memory_mib << 20
+    }
+
+    pub(crate) fn call_timeout(&self) -> Duration {
+        Duration::from_millis(self.call_timeout_ms)
+    }
+
+    pub(crate) fn write_timeout(&self) -> Duration {
+        Duration::from_millis(self.write_timeout_ms)
+    }
+
+    pub(crate) fn chunk_bytes(&self) -> usize {
+        (self.chunk_kib as usize) << 10
+    }
+
+    fn validate(&self, provider: &str) -> Result<(), EgressError> {
+        let problem = if self.memory_mib == 0 {
+            Some("`limits.memory_mib` must be at least 1")
+        } else if self.call_timeout_ms == 0 || self.write_timeout_ms == 0 {
+            Some("`limits.call_timeout_ms` and `limits.write_timeout_ms` must be at least 1")
+        } else if self.chunk_kib == 0 || (self.chunk_kib << 10) as usize > MAX_CHUNK {
+            Some("`limits.chunk_kib` must be between 1 and 16384")
+        } else {
+            None
+        };
+        match problem {
+            Some(problem) => Err(EgressError::load(provider, problem)),
+            None => Ok(()),
+        }
+    }
+}
+
+/// What the host knows about an artifact; passed to the provider's `begin`.
+#[derive(Debug, Clone)]
+pub struct Artifact {
+    /// The suggested file name, `{yyyyMMdd_HHmmss_fff}_{pid}.nettrace` (see [`Artifact::trace_file_name`]).
+    pub file_name: String,
+    /// The MIME type, `application/octet-stream` for a trace.
+    pub content_type: String,
+    /// `trace`.
+    pub kind: String,
+    /// The traced process.
+    pub pid: u64,
+    /// The runtime instance cookie of the traced process.
+    pub uid: uuid::Uuid,
+    /// The traced process's name.
+    pub process_name: String,
+    /// The operation the artifact belongs to.
+    pub operation_id: uuid::Uuid,
+    /// Labels from the request.
+    pub tags: Vec<String>,
+    /// When the capture started.
+    pub started_at: SystemTime,
+}
+
+impl Artifact {
+    /// The suggested file name of a trace: `{yyyyMMdd_HHmmss_fff}_{pid}.nettrace`, UTC, as
+    /// dotnet-monitor names them.
+    pub fn trace_file_name(started_at: SystemTime, pid: u64) -> String {
+        let since = started_at
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        let seconds = since.as_secs();
+        let days = (seconds / 86_400) as i64;
+        let secs_of_day = seconds % 86_400;
+        // Civil-from-days (Howard Hinnant's algorithm).
+        let z = days + 719_468;
+        let era = z.div_euclid(146_097);
+        let doe = z - era * 146_097;
+        let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+        let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+        let mp = (5 * doy + 2) / 153;
+        let day = doy - (153 * mp + 2) / 5 + 1;
+        let month = if mp < 10 { mp + 3 } else { mp - 9 };
+        let year = yoe + era * 400 + i64::from(month <= 2);
+        format!(
+            "{year:04}{month:02}{day:02}_{:02}{:02}{:02}_{:03}_{pid}.nettrace",
+            secs_of_day / 3600,
+            secs_of_day / 60 % 60,
+            secs_of_day % 60,
+            since.subsec_millis()
+        )
+    }
 }

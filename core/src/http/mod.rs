@@ -207,13 +207,22 @@ pub async fn serve(
                 .unwrap_or_else(crate::diagnostics::endpoint::default_socket_dir),
         },
     };
+    let tls = if config.urls.iter().any(|url| url.starts_with("https://")) {
+        let tls = config.tls.clone().context(
+            "`urls` has an https:// address but no [tls] certificate and key are configured",
+        )?;
+        crate::tls::load_server_config(&tls)?;
+        Some(tls)
+    } else {
+        None
+    };
     let operations = Arc::new(OperationRegistry::new(&config.limits, &config.operations));
     let state = AppState {
         processes: ProcessDirectory::new(discovery, crate::diagnostics::Timeouts::default()),
         operations: operations.clone(),
         config: Arc::new(config.clone()),
     };
-    let app = router(state, authenticate);
+    let app = router(state, authenticate.clone());
 
     let mut listeners = Vec::new();
     for url in &config.urls {
@@ -222,6 +231,9 @@ pub async fn serve(
             .await
             .with_context(|| format!("cannot listen on {url}"))?;
         let local = listener.local_addr()?;
+        if scheme == "http" && authenticate.is_enabled() && !local.ip().is_loopback() {
+            tracing::warn!(url = %url, "API keys will travel unencrypted over plain http on a non-loopback address; use https://");
+        }
         println!("diagmon listening on {scheme}://{local}");
         tracing::info!(url = %format!("{scheme}://{local}"), "listening");
         listeners.push((scheme, listener));
@@ -241,10 +253,19 @@ pub async fn serve(
     for (scheme, listener) in listeners {
         let app = app.clone().layer(Extension(ListenerScheme(scheme)));
         let stopping = stopping.clone();
+        let tls = tls.clone();
         servers.push(tokio::spawn(async move {
-            axum::serve(listener, app)
-                .with_graceful_shutdown(stopping.cancelled_owned())
-                .await
+            match (scheme, tls) {
+                ("https", Some(tls)) => {
+                    crate::tls::serve_https(listener, app, &tls, stopping.cancelled_owned())
+                        .await
+                        .map_err(anyhow::Error::from)
+                }
+                _ => axum::serve(listener, app)
+                    .with_graceful_shutdown(stopping.cancelled_owned())
+                    .await
+                    .map_err(anyhow::Error::from),
+            }
         }));
     }
     for server in servers {
@@ -260,15 +281,18 @@ fn parse_url(url: &str) -> anyhow::Result<(&'static str, String)> {
         .map_err(|error| anyhow::anyhow!("`{url}` in `urls` is not a URL: {error}"))?;
     let scheme = match uri.scheme_str() {
         Some("http") => "http",
-        Some(other) => {
-            anyhow::bail!("`{url}` in `urls`: the scheme `{other}` is not supported; use http://")
-        }
+        Some("https") => "https",
+        Some(other) => anyhow::bail!(
+            "`{url}` in `urls`: the scheme `{other}` is not supported; use http:// or https://"
+        ),
         None => anyhow::bail!("`{url}` in `urls` needs a scheme, e.g. http://127.0.0.1:52323"),
     };
     let host = uri
         .host()
         .ok_or_else(|| anyhow::anyhow!("`{url}` in `urls` has no host"))?;
-    let port = uri.port_u16().unwrap_or(80);
+    let port = uri
+        .port_u16()
+        .unwrap_or(if scheme == "https" { 443 } else { 80 });
     let host = host.trim_start_matches('[').trim_end_matches(']');
     Ok((
         scheme,

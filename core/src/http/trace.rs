@@ -19,6 +19,7 @@ use crate::diagnostics::{EventProvider, SessionConfig};
 use crate::operations::OperationProcess;
 use crate::operations::capture::{Sink, capture_trace};
 use crate::processes::{ProcessSelector, resolve};
+use crate::profiles;
 
 /// Event level names, by value.
 const LEVELS: [&str; 6] = [
@@ -100,12 +101,15 @@ pub async fn get_trace(
     let params = QueryParams::parse(query.as_deref());
     let mut validation = Validation::default();
     let request = TraceRequest::from_params(&params, &mut validation);
-    let config = profiles_config(
-        params
-            .get("profile")
-            .unwrap_or("Cpu,Http,Metrics,GcCollect"),
-        &mut validation,
-    );
+    let config =
+        match profiles::session_config(params.get("profile").unwrap_or(profiles::DEFAULT_PROFILES))
+        {
+            Ok(config) => config,
+            Err(message) => {
+                validation.error("profile", message);
+                SessionConfig::new(Vec::new())
+            }
+        };
     let (request, config) = validation.finish((request, config))?;
     start_trace(app, origin, request, config).await
 }
@@ -140,8 +144,10 @@ async fn start_trace(
     request: TraceRequest,
     config: SessionConfig,
 ) -> Result<Response, Problem> {
-    if let Some(provider) = &request.egress_provider {
-        if !app.egress_provider_exists(provider) {
+    if let Some(provider) = &request.egress_provider
+        && !app.egress_provider_exists(provider)
+    {
+        {
             return Err(Problem::field(
                 "egressProvider",
                 format!(
@@ -399,99 +405,6 @@ fn parse_keywords(text: &str) -> Option<u64> {
     }
 }
 
-/// The providers of `GET /trace` profiles, merged into one session.
-fn profiles_config(profiles: &str, validation: &mut Validation) -> SessionConfig {
-    const DIAGNOSTIC_SOURCE_SPECS: &str = "Microsoft.AspNetCore/Microsoft.AspNetCore.Hosting.HttpRequestIn.Start@Activity1Start:-Request.Scheme;Request.Host;Request.PathBase;Request.QueryString;Request.Path;Request.Method;ActivityStartTime=*Activity.StartTimeUtc.Ticks\r\n\
-Microsoft.AspNetCore/Microsoft.AspNetCore.Hosting.HttpRequestIn.Stop@Activity1Stop:-Response.StatusCode;ActivityDuration=*Activity.Duration.Ticks\r\n\
-HttpHandlerDiagnosticListener/System.Net.Http.HttpRequestOut.Start@Activity2Start:-Request.RequestUri;Request.Method;Request.RequestUri.Host;Request.RequestUri.Port\r\n\
-HttpHandlerDiagnosticListener/System.Net.Http.HttpRequestOut.Stop@Activity2Stop:-Response.StatusCode;ActivityDuration=*Activity.Duration.Ticks";
-    let with_argument = |mut provider: EventProvider, key: &str, value: &str| {
-        provider.arguments.insert(key.to_owned(), value.to_owned());
-        provider
-    };
-    let mut providers: Vec<EventProvider> = Vec::new();
-    let mut rundown = false;
-    for profile in profiles.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-        let (wants_rundown, added) = match profile.to_ascii_lowercase().as_str() {
-            "cpu" => (
-                true,
-                vec![
-                    EventProvider::new("Microsoft-DotNETCore-SampleProfiler", 0, 4),
-                    EventProvider::new("Microsoft-Windows-DotNETRuntime", 0x14C1_4FCC_BD, 4),
-                ],
-            ),
-            "http" => (
-                true,
-                vec![with_argument(
-                    EventProvider::new("Microsoft-Diagnostics-DiagnosticSource", 0x3, 5),
-                    "FilterAndPayloadSpecs",
-                    DIAGNOSTIC_SOURCE_SPECS,
-                )],
-            ),
-            "logs" => (
-                false,
-                vec![with_argument(
-                    EventProvider::new("Microsoft-Extensions-Logging", 0xC, 0),
-                    "FilterSpecs",
-                    "UseAppFilters",
-                )],
-            ),
-            "metrics" => (
-                false,
-                [
-                    "System.Runtime",
-                    "Microsoft.AspNetCore.Hosting",
-                    "Grpc.AspNetCore.Server",
-                ]
-                .into_iter()
-                .map(|name| {
-                    with_argument(
-                        EventProvider::new(name, 0, 4),
-                        "EventCounterIntervalSec",
-                        "5",
-                    )
-                })
-                .collect(),
-            ),
-            "gccollect" => (
-                false,
-                vec![
-                    EventProvider::new("Microsoft-Windows-DotNETRuntime", 0x1, 4),
-                    EventProvider::new("Microsoft-Windows-DotNETRuntimePrivate", 0x1, 4),
-                ],
-            ),
-            _ => {
-                validation.error(
-                    "profile",
-                    format!(
-                        "`{profile}` is not a profile: use Cpu, Http, Logs, Metrics or GcCollect."
-                    ),
-                );
-                continue;
-            }
-        };
-        rundown |= wants_rundown;
-        for provider in added {
-            match providers.iter_mut().find(|p| p.name == provider.name) {
-                Some(existing) => {
-                    existing.keywords |= provider.keywords;
-                    existing.level = existing.level.max(provider.level);
-                    existing.arguments.extend(provider.arguments);
-                }
-                None => providers.push(provider),
-            }
-        }
-    }
-    if providers.is_empty() && !profiles.trim().is_empty() {
-        validation.error("profile", "At least one profile is required.");
-    }
-    let mut config = SessionConfig::new(providers);
-    if !rundown {
-        config.rundown = Rundown::Off;
-    }
-    config
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -508,7 +421,10 @@ mod tests {
     #[test]
     fn keywords_are_decimal_or_hex_strings() {
         assert_eq!(parse_keywords("-1"), Some(u64::MAX));
-        assert_eq!(parse_keywords("0x14C14FCCBD"), Some(0x14C1_4FCC_BD));
+        assert_eq!(
+            parse_keywords("0x14C14FCCBD"),
+            Some(profiles::RUNTIME_DEFAULT_KEYWORDS)
+        );
         assert_eq!(parse_keywords("18446744073709551615"), Some(u64::MAX));
         assert_eq!(parse_keywords("0xZZ"), None);
         assert_eq!(parse_keywords(""), None);
@@ -525,20 +441,5 @@ mod tests {
         assert_eq!(config.providers[0].level, 4);
         assert_eq!(config.rundown, Rundown::Off);
         assert_eq!(config.buffer_size_mb, 256);
-    }
-
-    #[test]
-    fn profiles_merge_shared_providers() {
-        let mut validation = Validation::default();
-        let config = profiles_config("cpu,GcCollect", &mut validation);
-        validation.finish(()).unwrap();
-        let runtime = config
-            .providers
-            .iter()
-            .filter(|p| p.name == "Microsoft-Windows-DotNETRuntime")
-            .collect::<Vec<_>>();
-        assert_eq!(runtime.len(), 1);
-        assert_eq!(runtime[0].keywords, 0x14C1_4FCC_BD | 0x1);
-        assert_eq!(config.rundown, Rundown::On);
     }
 }

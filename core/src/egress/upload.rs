@@ -1,0 +1,288 @@
+//! One upload: the async face ([`Upload`]) that the capture pipeline drives, and the blocking
+//! thread that owns the provider's instance for the upload's life.
+//!
+//! Why a blocking thread per upload and synchronous bindings, not async ones: filesystem egress
+//! measured 0.84–0.92× native with synchronous WASI on a thread of its own, against 0.45–0.69×
+//! with async bindings, where every filesystem call hops to another thread
+//! (`shared/docs/wasm-host.md`). The tokio runtime is never blocked either way: the async side
+//! only awaits channels. A runaway guest is stopped by its epoch deadline (it traps); a guest
+//! stuck inside a host call, which epochs cannot interrupt, is given up on by the async side's own
+//! timeout, a little longer than the deadline.
+//!
+//! Chunks are coalesced to the provider's chunk size (1 MiB by default; 64 KiB chunks cost about
+//! twice as much per byte) and one write is in flight while the next chunk is gathered. Memory per
+//! upload is bounded by two chunks, whatever the artifact's size, and a slow provider makes
+//! [`Upload::write`] wait: backpressure reaches the reader.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use tokio::sync::{mpsc, oneshot};
+
+use super::Artifact;
+use super::error::EgressError;
+use super::host::LoadedProvider;
+use super::instance::ProviderInstance;
+
+/// Largest chunk handed to a provider in one `write`, as the WIT contract promises.
+pub const MAX_CHUNK: usize = 16 << 20;
+
+/// How much longer than a call's deadline the async side waits before giving up on the thread.
+const GRACE: Duration = Duration::from_secs(2);
+
+enum Request {
+    Write(Bytes, oneshot::Sender<Result<(), EgressError>>),
+    Finish(oneshot::Sender<Result<String, EgressError>>),
+}
+
+/// One artifact on its way into a provider. Drive it with [`Upload::write`], then end it with
+/// [`Upload::finish`] or [`Upload::abort`]; dropping it aborts too, without waiting.
+pub struct Upload {
+    provider: Arc<LoadedProvider>,
+    requests: Option<mpsc::Sender<Request>>,
+    pending: Option<oneshot::Receiver<Result<(), EgressError>>>,
+    buffer: BytesMut,
+    chunk_size: usize,
+    failed: Option<EgressError>,
+    done: oneshot::Receiver<()>,
+    bytes: u64,
+}
+
+impl std::fmt::Debug for Upload {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Upload")
+            .field("provider", &self.provider.name)
+            .field("bytes", &self.bytes)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Upload {
+    /// Starts the upload's thread: instantiate, `configure`, `begin`.
+    pub(crate) async fn start(
+        provider: Arc<LoadedProvider>,
+        artifact: Artifact,
+    ) -> Result<Upload, EgressError> {
+        let (requests, receiver) = mpsc::channel(1);
+        let (ready_sender, ready) = oneshot::channel();
+        let (done_sender, done) = oneshot::channel::<()>();
+        let worker_provider = provider.clone();
+        tokio::task::spawn_blocking(move || {
+            let _done = done_sender;
+            run(worker_provider, artifact, ready_sender, receiver);
+        });
+        // instantiate + configure + begin, each with the call deadline.
+        let wait = provider.limits.call_timeout() * 3 + GRACE;
+        match tokio::time::timeout(wait, ready).await {
+            Ok(Ok(Ok(()))) => {}
+            Ok(Ok(Err(error))) => return Err(error),
+            Ok(Err(_)) => {
+                return Err(EgressError::host(
+                    &provider.name,
+                    "the provider's thread ended before `begin` returned",
+                ));
+            }
+            Err(_) => {
+                return Err(EgressError::DeadlineExceeded {
+                    provider: provider.name.clone(),
+                    call: "begin",
+                    deadline: provider.limits.call_timeout(),
+                });
+            }
+        }
+        let chunk_size = provider.limits.chunk_bytes();
+        Ok(Upload {
+            provider,
+            requests: Some(requests),
+            pending: None,
+            buffer: BytesMut::with_capacity(chunk_size),
+            chunk_size,
+            failed: None,
+            done,
+            bytes: 0,
+        })
+    }
+
+    /// The provider's configured name.
+    pub fn provider(&self) -> &str {
+        &self.provider.name
+    }
+
+    /// Bytes accepted so far by [`Upload::write`].
+    pub fn bytes_written(&self) -> u64 {
+        self.bytes
+    }
+
+    /// Hands the next chunk of the artifact to the provider. Returns once the chunk is buffered
+    /// or on its way; an error from the provider may surface on a later call. After an error the
+    /// upload is dead: every later call returns that error.
+    pub async fn write(&mut self, chunk: Bytes) -> Result<(), EgressError> {
+        if let Some(error) = &self.failed {
+            return Err(error.clone());
+        }
+        self.bytes += chunk.len() as u64;
+        if self.buffer.is_empty() && chunk.len() >= self.chunk_size {
+            return self.send(chunk).await;
+        }
+        self.buffer.extend_from_slice(&chunk);
+        if self.buffer.len() >= self.chunk_size {
+            let data =
+                std::mem::replace(&mut self.buffer, BytesMut::with_capacity(self.chunk_size));
+            self.send(data.freeze()).await?;
+        }
+        Ok(())
+    }
+
+    /// Sends `data` to the thread in pieces of at most [`MAX_CHUNK`], after the previous write
+    /// completed.
+    async fn send(&mut self, mut data: Bytes) -> Result<(), EgressError> {
+        while !data.is_empty() {
+            let piece = data.split_to(data.len().min(MAX_CHUNK));
+            self.wait_pending().await?;
+            let (reply, pending) = oneshot::channel();
+            let sent = match &self.requests {
+                Some(requests) => requests.send(Request::Write(piece, reply)).await.is_ok(),
+                None => false,
+            };
+            if !sent {
+                return Err(self.fail(EgressError::host(
+                    &self.provider.name,
+                    "the provider's thread ended",
+                )));
+            }
+            self.pending = Some(pending);
+        }
+        Ok(())
+    }
+
+    /// Waits for the write in flight, if any.
+    async fn wait_pending(&mut self) -> Result<(), EgressError> {
+        let Some(pending) = self.pending.take() else {
+            return Ok(());
+        };
+        let deadline = self.provider.limits.write_timeout();
+        match tokio::time::timeout(deadline + GRACE, pending).await {
+            Ok(Ok(Ok(()))) => Ok(()),
+            Ok(Ok(Err(error))) => Err(self.fail(error)),
+            Ok(Err(_)) => Err(self.fail(EgressError::host(
+                &self.provider.name,
+                "the provider's thread ended during a write",
+            ))),
+            Err(_) => Err(self.fail(EgressError::DeadlineExceeded {
+                provider: self.provider.name.clone(),
+                call: "write",
+                deadline,
+            })),
+        }
+    }
+
+    fn fail(&mut self, error: EgressError) -> EgressError {
+        self.failed = Some(error.clone());
+        // Closing the channel makes the thread abort the guest's upload and end.
+        self.requests = None;
+        error
+    }
+
+    /// Completes the artifact and returns the location the provider reports.
+    pub async fn finish(mut self) -> Result<String, EgressError> {
+        if let Some(error) = &self.failed {
+            return Err(error.clone());
+        }
+        if !self.buffer.is_empty() {
+            let data = std::mem::take(&mut self.buffer).freeze();
+            self.send(data).await?;
+        }
+        self.wait_pending().await?;
+        let (reply, result) = oneshot::channel();
+        let sent = match self.requests.take() {
+            Some(requests) => requests.send(Request::Finish(reply)).await.is_ok(),
+            None => false,
+        };
+        if !sent {
+            return Err(EgressError::host(
+                &self.provider.name,
+                "the provider's thread ended before `finish`",
+            ));
+        }
+        let deadline = self.provider.limits.call_timeout();
+        match tokio::time::timeout(deadline + GRACE, result).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(_)) => Err(EgressError::host(
+                &self.provider.name,
+                "the provider's thread ended during `finish`",
+            )),
+            Err(_) => Err(EgressError::DeadlineExceeded {
+                provider: self.provider.name.clone(),
+                call: "finish",
+                deadline,
+            }),
+        }
+    }
+
+    /// Abandons the artifact: the provider's upload is dropped unfinished, so that it removes what
+    /// it created. Waits (bounded by the deadlines) until the provider is done; never fails.
+    pub async fn abort(mut self) {
+        self.requests = None;
+        let wait =
+            self.provider.limits.write_timeout() + self.provider.limits.call_timeout() + GRACE;
+        if tokio::time::timeout(wait, &mut self.done).await.is_err() {
+            tracing::warn!(
+                provider = %self.provider.name,
+                "the provider did not finish aborting within {}",
+                humantime::format_duration(wait)
+            );
+        }
+    }
+}
+
+/// The upload's thread: owns the instance from instantiation to the end.
+fn run(
+    provider: Arc<LoadedProvider>,
+    artifact: Artifact,
+    ready: oneshot::Sender<Result<(), EgressError>>,
+    mut requests: mpsc::Receiver<Request>,
+) {
+    let mut instance = match ProviderInstance::new(&provider) {
+        Ok(instance) => instance,
+        Err(error) => {
+            let _ = ready.send(Err(error));
+            return;
+        }
+    };
+    if let Err(error) = instance.configure() {
+        let _ = ready.send(Err(error));
+        return;
+    }
+    let upload = match instance.begin(&artifact) {
+        Ok(upload) => upload,
+        Err(error) => {
+            let _ = ready.send(Err(error));
+            return;
+        }
+    };
+    if ready.send(Ok(())).is_err() {
+        // Whoever called `begin` is gone.
+        instance.abort(upload);
+        return;
+    }
+    while let Some(request) = requests.blocking_recv() {
+        match request {
+            Request::Write(chunk, reply) => {
+                let result = instance.write(upload, &chunk);
+                drop(chunk);
+                let failed = result.is_err();
+                let _ = reply.send(result);
+                if failed {
+                    instance.abort(upload);
+                    return;
+                }
+            }
+            Request::Finish(reply) => {
+                let _ = reply.send(instance.finish(upload));
+                return;
+            }
+        }
+    }
+    instance.abort(upload);
+}

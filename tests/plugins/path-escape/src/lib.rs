@@ -1,0 +1,75 @@
+//! Tries, in `begin`, to write and read outside its granted directory: `../` from the grant, an
+//! absolute path elsewhere, `/etc/passwd`. Reports every attempt: `denied` naming each refusal
+//! when all were refused (what the host must make happen), `other("ESCAPED ...")` otherwise.
+
+wit_bindgen::generate!({ path: "../../../wit", world: "egress-provider" });
+
+use diagmon::egress::types::{Artifact, EgressResult, Error};
+use exports::diagmon::egress::provider::{Guest, GuestUpload, Upload};
+
+struct Component;
+
+impl Guest for Component {
+    type Upload = Nothing;
+    fn configure(_settings: Vec<(String, String)>) -> Result<(), Error> {
+        Ok(())
+    }
+    fn begin(artifact: Artifact) -> Result<Upload, Error> {
+        let grant = wasip2::filesystem::preopens::get_directories()
+            .into_iter()
+            .next()
+            .map(|(_, path)| path)
+            .unwrap_or_else(|| "/".to_owned());
+        let id = &artifact.operation_id;
+        let attempts: Vec<(String, std::io::Result<()>)> = vec![
+            {
+                let path = format!("{grant}/../escaped-{id}.txt");
+                let result = std::fs::write(&path, b"escaped");
+                (format!("write {path}"), result)
+            },
+            {
+                let path = format!("/tmp/escaped-{id}.txt");
+                let result = std::fs::write(&path, b"escaped");
+                (format!("write {path}"), result)
+            },
+            {
+                let result = std::fs::read("/etc/passwd").map(|_| ());
+                ("read /etc/passwd".to_owned(), result)
+            },
+            {
+                let path = "../escaped-relative.txt".to_owned();
+                let result = std::fs::write(&path, b"escaped");
+                (format!("write {path}"), result)
+            },
+        ];
+        let escaped: Vec<&str> = attempts
+            .iter()
+            .filter(|(_, r)| r.is_ok())
+            .map(|(what, _)| what.as_str())
+            .collect();
+        if !escaped.is_empty() {
+            return Err(Error::Other(format!("ESCAPED: {}", escaped.join(", "))));
+        }
+        let refusals: Vec<String> = attempts
+            .iter()
+            .map(|(what, r)| format!("{what}: {}", r.as_ref().unwrap_err()))
+            .collect();
+        Err(Error::Denied(format!(
+            "every path outside the grant was refused: {}",
+            refusals.join("; ")
+        )))
+    }
+}
+
+struct Nothing;
+
+impl GuestUpload for Nothing {
+    fn write(&self, _chunk: Vec<u8>) -> Result<(), Error> {
+        Ok(())
+    }
+    fn finish(_this: Upload) -> Result<EgressResult, Error> {
+        Err(Error::Other("unreachable".to_owned()))
+    }
+}
+
+export!(Component);
