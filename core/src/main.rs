@@ -35,6 +35,9 @@ enum Commands {
         #[arg(short, long, default_value = "7d", value_parser = humantime::parse_duration)]
         expiration: Duration,
     },
+    /// Work with egress provider components.
+    #[command(subcommand)]
+    Plugin(PluginCommand),
     /// Show the merged configuration.
     #[command(subcommand)]
     Config(ConfigCommand),
@@ -73,6 +76,16 @@ struct CollectArgs {
     /// The configuration file (TOML, JSON or YAML).
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+enum PluginCommand {
+    /// Check that a component can load as an egress provider, and print what it exports and
+    /// needs. Exit 1 when it cannot.
+    Check {
+        /// The component (.wasm).
+        file: PathBuf,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -156,6 +169,15 @@ fn main() -> ExitCode {
 async fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         Commands::Collect(args) => collect(args).await,
+        Commands::Plugin(PluginCommand::Check { file }) => {
+            let report = diagmon::egress::check_component(&file).await?;
+            print!("{report}");
+            Ok(if report.is_ok() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
+        }
         Commands::Generatekey { output, expiration } => {
             let key = generate_key(expiration)?;
             print!("{}", render_key(&key, output));

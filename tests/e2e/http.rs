@@ -577,3 +577,88 @@ async fn sigterm_completes_running_traces_before_exiting() {
         .expect("diagmon exits after SIGTERM");
     assert!(status.success(), "{status}");
 }
+
+/// A monitor with the built-in filesystem provider granted `dir` as `artifacts`.
+fn monitor_with_filesystem_egress(target: &TestTarget, dir: &std::path::Path) -> Monitor {
+    monitor_for(
+        target,
+        &format!(
+            "[egress.providers.artifacts]\ncomponent = \"filesystem\"\ndirectory = {:?}\n",
+            dir.display().to_string()
+        ),
+    )
+}
+
+#[tokio::test]
+async fn egress_to_the_filesystem_provider_records_where_the_trace_landed() {
+    let target = TestTarget::start(Program::Worker, &[]);
+    let traces = tempfile::tempdir().unwrap();
+    let monitor = monitor_with_filesystem_egress(&target, traces.path());
+    let client = reqwest::Client::new();
+    let response = client
+        .post(monitor.url(&format!(
+            "/trace?pid={}&durationSeconds=3&egressProvider=ARTIFACTS&tags=egress",
+            target.pid()
+        )))
+        .json(&sample_body())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::ACCEPTED);
+    let location = location_of(&response);
+    assert!(response.bytes().await.unwrap().is_empty());
+    let (status, done) = final_operation(&client, &location).await;
+    assert_eq!(status, StatusCode::CREATED, "{done}");
+    assert_eq!(done["egressProviderName"], "ARTIFACTS");
+    let path = std::path::PathBuf::from(done["resourceLocation"].as_str().unwrap());
+    assert!(path.starts_with(traces.path()), "{}", path.display());
+    assert!(
+        path.file_name()
+            .unwrap()
+            .to_str()
+            .unwrap()
+            .ends_with(&format!("_{}.nettrace", target.pid()))
+    );
+    let bytes = std::fs::read(&path).unwrap();
+    let summary = validate(&bytes);
+    assert_eq!(done["summary"]["events"], summary.events);
+    let sha: String = {
+        use sha2::Digest;
+        sha2::Sha256::digest(&bytes)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    };
+    assert_eq!(done["summary"]["sha256"], sha);
+    let files: Vec<_> = std::fs::read_dir(traces.path()).unwrap().collect();
+    assert_eq!(files.len(), 1, "no temporary file is left: {files:?}");
+}
+
+#[tokio::test]
+async fn a_killed_target_aborts_the_egress_upload() {
+    let target = TestTarget::start(Program::Worker, &[]);
+    let traces = tempfile::tempdir().unwrap();
+    let monitor = monitor_with_filesystem_egress(&target, traces.path());
+    let client = reqwest::Client::new();
+    let response = client
+        .post(monitor.url(&format!(
+            "/trace?pid={}&durationSeconds=-1&egressProvider=artifacts",
+            target.pid()
+        )))
+        .json(&sample_body())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::ACCEPTED);
+    let location = location_of(&response);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    target.signal(libc::SIGKILL);
+    let (_, failed) = final_operation(&client, &location).await;
+    assert_eq!(failed["status"], "Failed", "{failed}");
+    assert_eq!(failed["error"]["code"], "TraceTruncated");
+    let files: Vec<_> = std::fs::read_dir(traces.path()).unwrap().collect();
+    assert!(
+        files.is_empty(),
+        "nothing under a final (or temporary) name: {files:?}"
+    );
+}

@@ -24,6 +24,7 @@ use super::check::{self, ImportNeed};
 use super::engine::{self, engine};
 use super::error::{EgressError, ProviderErrorKind};
 use super::instance::{ProviderInstance, StoreState};
+use super::outbound_http::AllowList;
 use super::upload::Upload;
 use super::{Artifact, EgressConfig, ProviderConfig, ProviderLimits};
 
@@ -38,6 +39,8 @@ pub(crate) struct LoadedProvider {
     pub(crate) directory: Option<PathBuf>,
     /// The settings, as `configure` receives them.
     pub(crate) settings: Vec<(String, String)>,
+    /// The origins it may send HTTP requests to.
+    pub(crate) allowed_outbound_hosts: Arc<AllowList>,
     pub(crate) limits: ProviderLimits,
 }
 
@@ -218,11 +221,14 @@ pub(crate) struct Grants {
     pub(crate) http: bool,
 }
 
-/// A linker with WASI (filesystem, clocks, random, cli, io; sockets that refuse everything) and
-/// the `diagmon:egress` imports.
-pub(crate) fn linker(_grants: Grants) -> wasmtime::Result<Linker<StoreState>> {
+/// A linker with WASI (filesystem, clocks, random, cli, io; sockets that refuse everything), the
+/// `diagmon:egress` imports, and `wasi:http` when granted.
+pub(crate) fn linker(grants: Grants) -> wasmtime::Result<Linker<StoreState>> {
     let mut linker = Linker::new(engine());
     wasmtime_wasi::p2::add_to_linker_sync(&mut linker)?;
+    if grants.http {
+        wasmtime_wasi_http::p2::add_only_http_to_linker_sync(&mut linker)?;
+    }
     EgressProvider::add_to_linker::<StoreState, HasSelf<StoreState>>(&mut linker, |state| state)?;
     Ok(linker)
 }
@@ -287,15 +293,11 @@ async fn load_provider(
     let bytes = source.bytes(name).await?;
     check_header(name, &origin, &bytes)?;
     let component = compile(name, &origin, bytes, cache).await?;
+    let allowed_outbound_hosts = AllowList::parse(&config.allowed_outbound_hosts)
+        .map_err(|e| EgressError::load(name, format!("`allowed_outbound_hosts` entry {e}")))?;
     let grants = Grants {
-        http: !config.allowed_outbound_hosts.is_empty(),
+        http: !allowed_outbound_hosts.is_empty(),
     };
-    if grants.http {
-        return Err(EgressError::load(
-            name,
-            "`allowed_outbound_hosts` (wasi:http) is not supported by this diagmon build yet",
-        ));
-    }
     let pre = link(name, &origin, &component, grants)?;
     let directory = match &config.directory {
         Some(directory) => Some(grant_directory(name, directory)?),
@@ -308,6 +310,7 @@ async fn load_provider(
         pre,
         directory,
         settings: settings_pairs(&config.settings),
+        allowed_outbound_hosts: Arc::new(allowed_outbound_hosts),
         limits: config.limits.clone(),
     });
     validate_settings(&loaded).await?;

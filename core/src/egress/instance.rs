@@ -16,6 +16,7 @@ use wasmtime::component::{ResourceAny, ResourceTable};
 use wasmtime::{ResourceLimiter, Store, Trap};
 use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
 use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
+use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
 use super::Artifact;
 use super::bindings::EgressProvider;
@@ -23,6 +24,7 @@ use super::bindings::diagmon::egress::{log, types};
 use super::engine::{engine, ticks};
 use super::error::{EgressError, ProviderErrorKind, truncate};
 use super::host::LoadedProvider;
+use super::outbound_http::HttpHooks;
 
 /// Longest provider message (error, log line) kept, in bytes.
 pub(crate) const MAX_MESSAGE: usize = 4096;
@@ -37,6 +39,8 @@ pub(crate) struct StoreState {
     table: ResourceTable,
     limiter: MemoryLimiter,
     provider: Arc<str>,
+    http: WasiHttpCtx,
+    http_hooks: HttpHooks,
 }
 
 impl WasiView for StoreState {
@@ -44,6 +48,16 @@ impl WasiView for StoreState {
         WasiCtxView {
             ctx: &mut self.wasi,
             table: &mut self.table,
+        }
+    }
+}
+
+impl WasiHttpView for StoreState {
+    fn http(&mut self) -> WasiHttpCtxView<'_> {
+        WasiHttpCtxView {
+            ctx: &mut self.http,
+            table: &mut self.table,
+            hooks: &mut self.http_hooks,
         }
     }
 }
@@ -239,6 +253,12 @@ impl ProviderInstance {
                 refused: false,
             },
             provider: Arc::from(provider.name.as_str()),
+            http: WasiHttpCtx::new(),
+            http_hooks: HttpHooks {
+                allowed: provider.allowed_outbound_hosts.clone(),
+                provider: Arc::from(provider.name.as_str()),
+                default_timeout: provider.limits.call_timeout(),
+            },
         };
         let mut store = Store::new(engine(), state);
         store.limiter(|state| &mut state.limiter);

@@ -13,7 +13,8 @@
 //!
 //! Inside: `bindings` (the generated host bindings), `engine` (the wasmtime engine, epoch ticker
 //! and compile cache), `host` (loading and the registry), `instance` (one store and the calls
-//! into it), `upload` (the upload's thread and its async face), `check` (imports and exports).
+//! into it), `upload` (the upload's thread and its async face), `check` (imports and exports),
+//! `outbound_http` (`wasi:http` behind the `allowed_outbound_hosts` allow-list).
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -28,6 +29,7 @@ mod engine;
 mod error;
 mod host;
 mod instance;
+mod outbound_http;
 mod upload;
 
 pub use check::{ComponentReport, ImportNeed, ImportReport, check_component};
@@ -62,7 +64,8 @@ pub struct ProviderConfig {
     /// The provider sees it under its host path.
     #[serde(default)]
     pub directory: Option<PathBuf>,
-    /// Grant: outbound HTTP to these origins (wasi:http).
+    /// Grant: outbound HTTP (wasi:http) to these origins, `scheme://host[:port]`; `*` may stand
+    /// for the scheme, the port, the whole host or its leftmost labels (`https://*.example.com`).
     #[serde(default)]
     pub allowed_outbound_hosts: Vec<String>,
     /// Settings passed to the component as they are.

@@ -26,6 +26,7 @@ use tower_http::trace::{DefaultMakeSpan, DefaultOnResponse, TraceLayer};
 use tracing::Level;
 
 use crate::config::Config;
+use crate::egress::EgressHost;
 use crate::operations::OperationRegistry;
 use crate::processes::{Discovery, ProcessDirectory};
 
@@ -43,17 +44,8 @@ pub struct AppState {
     pub processes: ProcessDirectory,
     /// All operations.
     pub operations: Arc<OperationRegistry>,
-}
-
-impl AppState {
-    /// True when an egress provider of this name (case-insensitive) is configured.
-    pub fn egress_provider_exists(&self, name: &str) -> bool {
-        self.config
-            .egress
-            .providers
-            .keys()
-            .any(|provider| provider.eq_ignore_ascii_case(name))
-    }
+    /// The loaded egress providers.
+    pub egress: EgressHost,
 }
 
 /// The scheme a listener serves, attached to its requests.
@@ -216,10 +208,15 @@ pub async fn serve(
     } else {
         None
     };
+    let egress = EgressHost::load(&config.egress).await?;
+    if !config.egress.providers.is_empty() {
+        tracing::info!(providers = ?egress.provider_names(), "egress providers loaded");
+    }
     let operations = Arc::new(OperationRegistry::new(&config.limits, &config.operations));
     let state = AppState {
         processes: ProcessDirectory::new(discovery, crate::diagnostics::Timeouts::default()),
         operations: operations.clone(),
+        egress,
         config: Arc::new(config.clone()),
     };
     let app = router(state, authenticate.clone());

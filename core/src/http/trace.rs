@@ -16,6 +16,7 @@ use super::problem::{Problem, Validation};
 use super::{AppState, RequestOrigin};
 use crate::diagnostics::eventpipe::Rundown;
 use crate::diagnostics::{EventProvider, SessionConfig};
+use crate::egress::Artifact;
 use crate::operations::OperationProcess;
 use crate::operations::capture::{Sink, capture_trace};
 use crate::processes::{ProcessSelector, resolve};
@@ -145,7 +146,7 @@ async fn start_trace(
     config: SessionConfig,
 ) -> Result<Response, Problem> {
     if let Some(provider) = &request.egress_provider
-        && !app.egress_provider_exists(provider)
+        && !app.egress.has_provider(provider)
     {
         {
             return Err(Problem::field(
@@ -185,17 +186,47 @@ async fn start_trace(
     let location = HeaderValue::from_str(&location).map_err(|_| {
         Problem::bad_request("the request's Host header cannot form a Location URL")
     })?;
+    let started_at = SystemTime::now();
+    let file_name = artifact_file_name(started_at, process.pid);
     match request.egress_provider {
-        Some(_) => {
-            // The egress pipeline is wired with the egress host.
-            Err(Problem::new(
-                StatusCode::NOT_IMPLEMENTED,
-                "egress is not available",
-            ))
+        Some(provider) => {
+            let artifact = Artifact {
+                file_name,
+                content_type: "application/octet-stream".to_owned(),
+                kind: "trace".to_owned(),
+                pid: process.pid,
+                uid: process.uid,
+                process_name: process.name.clone(),
+                operation_id: operation.id(),
+                tags: operation.tags().iter().cloned().collect(),
+                started_at,
+            };
+            let upload = match app.egress.begin(&provider, artifact).await {
+                Ok(upload) => upload,
+                Err(error) => {
+                    let message = error.to_string();
+                    operation.finish(crate::operations::Outcome::Failed(
+                        crate::operations::OperationError {
+                            code: error.kind().to_owned(),
+                            message: message.clone(),
+                        },
+                    ));
+                    return Err(Problem::bad_request(message));
+                }
+            };
+            tokio::spawn(capture_trace(
+                operation,
+                session,
+                Sink::Egress(upload),
+                request.duration,
+                permit,
+            ));
+            let mut response = StatusCode::ACCEPTED.into_response();
+            response.headers_mut().insert(header::LOCATION, location);
+            Ok(response)
         }
         None => {
             let (sink, mut receiver) = Sink::http();
-            let file_name = artifact_file_name(SystemTime::now(), process.pid);
             tokio::spawn(capture_trace(
                 operation,
                 session,

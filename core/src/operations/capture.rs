@@ -14,15 +14,20 @@ use tokio::sync::{OwnedSemaphorePermit, mpsc};
 use super::{Operation, OperationError, Outcome, TraceSummary};
 use crate::diagnostics::nettrace::NettraceSummary;
 use crate::diagnostics::{DiagnosticsError, EventPipeSession};
+use crate::egress::{EgressError, Upload};
 
 /// Chunks buffered between the capture task and a streamed HTTP response.
 pub const HTTP_CHANNEL_CHUNKS: usize = 4;
 
 /// Where the bytes of a trace go.
+#[allow(clippy::large_enum_variant)] // One per operation, moved once into its task.
 pub enum Sink {
     /// The body of a streamed HTTP response. An `Err` item makes the server abort the response, so
     /// a client never mistakes a cut-short trace for a complete one.
     Http(mpsc::Sender<Result<Bytes, std::io::Error>>),
+    /// An upload into an egress provider; aborted (so the provider cleans up) unless the trace
+    /// is complete.
+    Egress(Upload),
 }
 
 impl Sink {
@@ -37,6 +42,7 @@ impl Sink {
             Sink::Http(sender) => sender.send(Ok(chunk)).await.map_err(|_| {
                 Outcome::Cancelled("the client disconnected from the streamed trace".to_owned())
             }),
+            Sink::Egress(upload) => upload.write(chunk).await.map_err(egress_failure),
         }
     }
 
@@ -44,6 +50,7 @@ impl Sink {
     async fn finish(self) -> Result<Option<String>, Outcome> {
         match self {
             Sink::Http(_) => Ok(None),
+            Sink::Egress(upload) => upload.finish().await.map(Some).map_err(egress_failure),
         }
     }
 
@@ -55,6 +62,7 @@ impl Sink {
                     .send(Err(std::io::Error::other(reason.to_owned())))
                     .await;
             }
+            Sink::Egress(upload) => upload.abort().await,
         }
     }
 }
@@ -130,6 +138,13 @@ pub async fn capture_trace(
     };
     operation.finish(outcome);
     drop(permit);
+}
+
+fn egress_failure(error: EgressError) -> Outcome {
+    Outcome::Failed(OperationError {
+        code: error.kind().to_owned(),
+        message: error.to_string(),
+    })
 }
 
 fn failure(error: DiagnosticsError) -> Outcome {
