@@ -82,8 +82,8 @@ fn providers() -> Vec<EventProvider> {
     vec![EventProvider::new("Diagmon-Synthetic", u64::MAX, 5)]
 }
 
-/// A plain copy: one CollectTracing2 request by hand, then `tokio::io::copy` to a null sink.
-async fn plain_copy(socket: &str) -> u64 {
+/// A plain copy: one CollectTracing2 request by hand, then `tokio::io::copy` to `sink`.
+async fn plain_copy<W: tokio::io::AsyncWrite + Unpin>(socket: &str, sink: &mut W) -> u64 {
     let mut payload = PayloadWriter::new();
     payload.u32(256).u32(1).bool(false).u32(1);
     payload

@@ -22,7 +22,7 @@ use super::{DiagnosticsClient, DiagnosticsError};
 pub const DEFAULT_RUNDOWN_KEYWORD: u64 = 0x8002_0139;
 
 /// Size of the reads from the session socket.
-const READ_CHUNK: usize = 64 * 1024;
+const READ_CHUNK: usize = 256 * 1024;
 
 /// One provider to enable in a session.
 #[derive(Debug, Clone, PartialEq, Eq)]
