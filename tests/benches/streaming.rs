@@ -99,9 +99,7 @@ async fn plain_copy<W: tokio::io::AsyncWrite + Unpin>(socket: &str, sink: &mut W
     stream.write_all(&request).await.expect("send");
     let mut reply = [0u8; HEADER_LEN + 8];
     stream.read_exact(&mut reply).await.expect("reply");
-    tokio::io::copy(&mut stream, &mut tokio::io::sink())
-        .await
-        .expect("copy")
+    tokio::io::copy(&mut stream, sink).await.expect("copy")
 }
 
 async fn client_session(socket: &str) -> diagmon::diagnostics::EventPipeSession {
@@ -160,14 +158,30 @@ async fn main() {
 
         reset_peak_rss(&me);
         let started = Instant::now();
-        let copied = plain_copy(&simulator.socket).await;
+        let copied = plain_copy(&simulator.socket, &mut tokio::io::sink()).await;
         let plain = row(
-            "plain socket copy",
+            "plain copy -> null",
             copied,
             started.elapsed(),
             peak_rss_mib(&me),
             None,
         );
+
+        reset_peak_rss(&me);
+        let path = scratch.path().join("plain.nettrace");
+        let mut file = tokio::fs::File::create(&path).await.expect("file");
+        let started = Instant::now();
+        let copied = plain_copy(&simulator.socket, &mut file).await;
+        file.flush().await.expect("flush");
+        let plain_file = row(
+            "plain copy -> file",
+            copied,
+            started.elapsed(),
+            peak_rss_mib(&me),
+            None,
+        );
+        drop(file);
+        let _ = std::fs::remove_file(&path);
 
         reset_peak_rss(&me);
         let started = Instant::now();
@@ -188,7 +202,7 @@ async fn main() {
             written,
             started.elapsed(),
             peak_rss_mib(&me),
-            Some(plain),
+            Some(plain_file),
         );
 
         http_rows(&simulator, plain).await;

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use tokio::io::AsyncReadExt;
 use tokio::net::{UnixListener, UnixStream};
-use tokio::sync::Notify;
+use tokio::sync::{Notify, broadcast};
 use uuid::Uuid;
 
 use super::DiagnosticsError;
@@ -47,10 +47,11 @@ struct Slot {
     last_seen: Instant,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Shared {
     slots: Mutex<HashMap<Uuid, Slot>>,
     arrived: Notify,
+    first_seen: broadcast::Sender<AdvertisedRuntime>,
 }
 
 /// diagmon's diagnostic port in listen mode. Cheap to clone.
@@ -79,7 +80,11 @@ impl ReversePort {
         let listener = UnixListener::bind(path)?;
         let port = ReversePort {
             path: path.to_owned(),
-            shared: Arc::default(),
+            shared: Arc::new(Shared {
+                slots: Mutex::default(),
+                arrived: Notify::new(),
+                first_seen: broadcast::channel(64).0,
+            }),
         };
         let shared = Arc::downgrade(&port.shared);
         tokio::spawn(async move {
@@ -124,6 +129,12 @@ impl ReversePort {
             .collect();
         runtimes.sort_by_key(|runtime| runtime.pid);
         runtimes
+    }
+
+    /// Announces every runtime the first time it advertises (for example to resume runtimes
+    /// started suspended).
+    pub fn subscribe(&self) -> broadcast::Receiver<AdvertisedRuntime> {
+        self.shared.first_seen.subscribe()
     }
 
     /// Takes the runtime's idle connection for one command, waiting up to `timeout` for one to
@@ -196,10 +207,11 @@ async fn accept_runtime(shared: Arc<Shared>, mut stream: UnixStream) {
         },
     );
     drop(slots);
+    shared.arrived.notify_waiters();
     if is_new {
         tracing::info!(pid = runtime.pid, cookie = %runtime.cookie, "runtime connected to the diagnostic port");
+        let _ = shared.first_seen.send(runtime);
     }
-    shared.arrived.notify_waiters();
 }
 
 fn parse_advertise(bytes: &[u8; ADVERTISE_LEN]) -> Option<AdvertisedRuntime> {

@@ -31,7 +31,8 @@ pub struct ImportReport {
     pub need: ImportNeed,
 }
 
-/// A component's exports and imports, and what stands in the way of loading it.
+/// A component's exports and imports, and what stands in the way of loading it. Its `Display`
+/// is the multi-line report `diagmon plugin check` prints, each line ending with a newline.
 #[derive(Debug, Clone)]
 pub struct ComponentReport {
     /// The component file (empty for a built-in).
@@ -99,17 +100,14 @@ impl fmt::Display for ComponentReport {
             )?;
         }
         if self.is_ok() {
-            write!(
+            writeln!(
                 f,
                 "result:    OK: loads as a diagmon:egress@{WORLD_VERSION} provider (its settings are checked when diagmon loads its configuration)"
             )
         } else {
             writeln!(f, "result:    NOT LOADABLE")?;
-            for (i, problem) in self.problems.iter().enumerate() {
-                if i > 0 {
-                    writeln!(f)?;
-                }
-                write!(f, "  - {problem}")?;
+            for problem in &self.problems {
+                writeln!(f, "  - {problem}")?;
             }
             Ok(())
         }
@@ -243,19 +241,21 @@ pub(crate) fn require_world(
 /// not a compilable component; otherwise the report lists the problems, if any.
 pub async fn check_component(path: impl AsRef<Path>) -> Result<ComponentReport, EgressError> {
     let path = path.as_ref();
-    let origin = path.display().to_string();
+    // Errors read "egress provider `FILE` cannot be loaded: the file ...".
+    let name = path.display().to_string();
+    let origin = "the file";
     let bytes = tokio::fs::read(path)
         .await
-        .map_err(|e| EgressError::load(&origin, format!("cannot read {origin}: {e}")))?;
-    host::check_header(&origin, &origin, &bytes)?;
+        .map_err(|e| EgressError::load(&name, format!("cannot read it: {e}")))?;
+    host::check_header(&name, origin, &bytes)?;
     let size = bytes.len() as u64;
     let sha256 = engine::sha256_hex(&bytes);
-    let component = host::compile(&origin, &origin, bytes, None).await?;
+    let component = host::compile(&name, origin, bytes, None).await?;
     let mut report = inspect(&component);
     report.path = path.to_owned();
     report.size = size;
     report.sha256 = sha256;
-    if let Err(error) = require_world(&origin, &origin, &report) {
+    if let Err(error) = require_world(&name, origin, &report) {
         report.problems.push(cause(error));
     }
     for import in &report.imports {
@@ -273,7 +273,7 @@ pub async fn check_component(path: impl AsRef<Path>) -> Result<ComponentReport, 
                 .iter()
                 .any(|i| i.need == ImportNeed::HttpGrant),
         };
-        if let Err(error) = host::link(&origin, &origin, &component, grants) {
+        if let Err(error) = host::link(&name, origin, &component, grants) {
             report.problems.push(cause(error));
         }
     }

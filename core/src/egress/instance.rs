@@ -418,25 +418,19 @@ impl ProviderInstance {
         Ok(result.location)
     }
 
-    /// Drops the guest's upload unfinished, so that it cleans up. Failures are logged: an abort
-    /// never fails.
+    /// Calls `upload.abort`, so that the provider removes what it created. Failures are logged:
+    /// an abort never fails.
     pub(crate) fn abort(&mut self, upload: ResourceAny) {
         if self.poisoned {
             return;
         }
-        self.store
-            .set_epoch_deadline(ticks(self.provider.limits.call_timeout()));
-        if let Err(error) = upload.resource_drop(&mut self.store) {
-            self.poisoned = true;
-            let error = Self::stopped_error(
-                &self.provider.name,
-                "abort",
-                self.provider.limits.call_timeout(),
-                self.provider.limits.memory_bytes(),
-                self.store.data().limiter.refused,
-                &self.output,
-                error,
-            );
+        let deadline = self.provider.limits.call_timeout();
+        if let Err(error) = self.call("abort", deadline, |store, bindings| {
+            bindings
+                .diagmon_egress_provider()
+                .upload()
+                .call_abort(store, upload)
+        }) {
             tracing::warn!(provider = %self.provider.name, "aborting an upload failed: {error}");
         }
     }

@@ -163,28 +163,25 @@ impl Artifact {
     /// The suggested file name of a trace: `{yyyyMMdd_HHmmss_fff}_{pid}.nettrace`, UTC, as
     /// dotnet-monitor names them.
     pub fn trace_file_name(started_at: SystemTime, pid: u64) -> String {
-        let since = started_at
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap_or_default();
-        let seconds = since.as_secs();
-        let days = (seconds / 86_400) as i64;
-        let secs_of_day = seconds % 86_400;
-        // Civil-from-days (Howard Hinnant's algorithm).
-        let z = days + 719_468;
-        let era = z.div_euclid(146_097);
-        let doe = z - era * 146_097;
-        let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-        let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-        let mp = (5 * doy + 2) / 153;
-        let day = doy - (153 * mp + 2) / 5 + 1;
-        let month = if mp < 10 { mp + 3 } else { mp - 9 };
-        let year = yoe + era * 400 + i64::from(month <= 2);
-        format!(
-            "{year:04}{month:02}{day:02}_{:02}{:02}{:02}_{:03}_{pid}.nettrace",
-            secs_of_day / 3600,
-            secs_of_day / 60 % 60,
-            secs_of_day % 60,
-            since.subsec_millis()
-        )
+        // "2026-11-26T07:24:08.123Z" -> "20261126_072408_123"
+        let stamp = humantime::format_rfc3339_millis(started_at).to_string();
+        let digits: String = stamp.chars().filter(char::is_ascii_digit).collect();
+        let (date, rest) = digits.split_at(8.min(digits.len()));
+        let (clock, millis) = rest.split_at(6.min(rest.len()));
+        format!("{date}_{clock}_{millis}_{pid}.nettrace")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn trace_file_names_follow_dotnet_monitor() {
+        let time = SystemTime::UNIX_EPOCH + Duration::from_millis(1_764_141_848_123);
+        assert_eq!(
+            Artifact::trace_file_name(time, 42),
+            "20251126_072408_123_42.nettrace"
+        );
     }
 }

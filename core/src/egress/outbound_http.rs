@@ -106,10 +106,12 @@ impl Origin {
     }
 
     fn permits(&self, scheme: &str, host: &str, port: u16) -> bool {
-        if let Some(allowed) = &self.scheme {
-            if allowed != scheme {
-                return false;
-            }
+        if self
+            .scheme
+            .as_ref()
+            .is_some_and(|allowed| allowed != scheme)
+        {
+            return false;
         }
         let host_ok = match &self.host {
             HostPattern::Exact(exact) => exact == host,

@@ -9,11 +9,12 @@
 //! stuck inside a host call, which epochs cannot interrupt, is given up on by the async side's own
 //! timeout, a little longer than the deadline.
 //!
-//! Chunks are coalesced to the provider's chunk size (1 MiB by default; 64 KiB chunks cost about
-//! twice as much per byte) and one write is in flight while the next chunk is gathered. Memory per
-//! upload is bounded by two chunks, whatever the artifact's size, and a slow provider makes
+//! Chunks are coalesced to the provider's chunk size (1 MiB by default; smaller chunks cost more
+//! per byte) and up to [`IN_FLIGHT`] writes are queued while the next chunk is gathered. Memory
+//! per upload is bounded by three chunks, whatever the artifact's size, and a slow provider makes
 //! [`Upload::write`] wait: backpressure reaches the reader.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -31,6 +32,11 @@ pub const MAX_CHUNK: usize = 16 << 20;
 /// How much longer than a call's deadline the async side waits before giving up on the thread.
 const GRACE: Duration = Duration::from_secs(2);
 
+/// Chunks handed to the thread and not yet written. Two keep the provider busy: the next chunk
+/// is already queued when a write returns, so no thread wake-up sits between two writes (with
+/// one, filesystem egress measured 0.56× native at 256 KiB chunks; with two, 0.77×).
+const IN_FLIGHT: usize = 2;
+
 enum Request {
     Write(Bytes, oneshot::Sender<Result<(), EgressError>>),
     Finish(oneshot::Sender<Result<String, EgressError>>),
@@ -41,7 +47,7 @@ enum Request {
 pub struct Upload {
     provider: Arc<LoadedProvider>,
     requests: Option<mpsc::Sender<Request>>,
-    pending: Option<oneshot::Receiver<Result<(), EgressError>>>,
+    pending: VecDeque<oneshot::Receiver<Result<(), EgressError>>>,
     buffer: BytesMut,
     chunk_size: usize,
     failed: Option<EgressError>,
@@ -64,7 +70,7 @@ impl Upload {
         provider: Arc<LoadedProvider>,
         artifact: Artifact,
     ) -> Result<Upload, EgressError> {
-        let (requests, receiver) = mpsc::channel(1);
+        let (requests, receiver) = mpsc::channel(IN_FLIGHT);
         let (ready_sender, ready) = oneshot::channel();
         let (done_sender, done) = oneshot::channel::<()>();
         let worker_provider = provider.clone();
@@ -95,7 +101,7 @@ impl Upload {
         Ok(Upload {
             provider,
             requests: Some(requests),
-            pending: None,
+            pending: VecDeque::with_capacity(IN_FLIGHT),
             buffer: BytesMut::with_capacity(chunk_size),
             chunk_size,
             failed: None,
@@ -134,12 +140,14 @@ impl Upload {
         Ok(())
     }
 
-    /// Sends `data` to the thread in pieces of at most [`MAX_CHUNK`], after the previous write
-    /// completed.
+    /// Sends `data` to the thread in pieces of at most [`MAX_CHUNK`], with at most
+    /// [`IN_FLIGHT`] writes outstanding.
     async fn send(&mut self, mut data: Bytes) -> Result<(), EgressError> {
         while !data.is_empty() {
             let piece = data.split_to(data.len().min(MAX_CHUNK));
-            self.wait_pending().await?;
+            while self.pending.len() >= IN_FLIGHT {
+                self.wait_oldest().await?;
+            }
             let (reply, pending) = oneshot::channel();
             let sent = match &self.requests {
                 Some(requests) => requests.send(Request::Write(piece, reply)).await.is_ok(),
@@ -151,14 +159,22 @@ impl Upload {
                     "the provider's thread ended",
                 )));
             }
-            self.pending = Some(pending);
+            self.pending.push_back(pending);
         }
         Ok(())
     }
 
-    /// Waits for the write in flight, if any.
+    /// Waits for every write in flight.
     async fn wait_pending(&mut self) -> Result<(), EgressError> {
-        let Some(pending) = self.pending.take() else {
+        while !self.pending.is_empty() {
+            self.wait_oldest().await?;
+        }
+        Ok(())
+    }
+
+    /// Waits for the oldest write in flight, if any.
+    async fn wait_oldest(&mut self) -> Result<(), EgressError> {
+        let Some(pending) = self.pending.pop_front() else {
             return Ok(());
         };
         let deadline = self.provider.limits.write_timeout();
@@ -179,6 +195,7 @@ impl Upload {
 
     fn fail(&mut self, error: EgressError) -> EgressError {
         self.failed = Some(error.clone());
+        self.pending.clear();
         // Closing the channel makes the thread abort the guest's upload and end.
         self.requests = None;
         error

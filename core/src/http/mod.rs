@@ -182,16 +182,18 @@ pub async fn serve(
 ) -> anyhow::Result<()> {
     use anyhow::Context;
     let discovery = match &config.diagnostic_port {
-        Some(port) => Discovery::Listen(
-            crate::diagnostics::reverse::ReversePort::bind(&port.endpoint_name)
+        Some(port) => {
+            let port = crate::diagnostics::reverse::ReversePort::bind(&port.endpoint_name)
                 .await
                 .with_context(|| {
                     format!(
                         "cannot listen on the diagnostic port {}",
                         port.endpoint_name.display()
                     )
-                })?,
-        ),
+                })?;
+            tokio::spawn(resume_new_runtimes(port.clone()));
+            Discovery::Listen(port)
+        }
         None => Discovery::Connect {
             socket_dir: config
                 .socket_dir
@@ -269,6 +271,38 @@ pub async fn serve(
         server.await??;
     }
     Ok(())
+}
+
+/// Resumes every runtime that connects to the diagnostic port, as dotnet-monitor does once it
+/// has nothing to start before the runtime runs: a runtime started with `suspend` waits for it
+/// (for a runtime that was not suspended, ResumeRuntime does nothing).
+async fn resume_new_runtimes(port: crate::diagnostics::reverse::ReversePort) {
+    use crate::diagnostics::endpoint::Endpoint;
+    use crate::diagnostics::{DiagnosticsClient, Timeouts};
+    let mut arrivals = port.subscribe();
+    loop {
+        let runtime = match arrivals.recv().await {
+            Ok(runtime) => runtime,
+            Err(tokio::sync::broadcast::error::RecvError::Lagged(missed)) => {
+                tracing::warn!(missed, "runtimes arrived faster than they could be resumed");
+                continue;
+            }
+            Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+        };
+        let endpoint = Endpoint::Reverse {
+            port: port.clone(),
+            cookie: runtime.cookie,
+        };
+        let client = DiagnosticsClient::new(endpoint, Timeouts::default());
+        tokio::spawn(async move {
+            match client.resume_runtime().await {
+                Ok(()) => tracing::info!(pid = runtime.pid, "runtime resumed"),
+                Err(error) => {
+                    tracing::warn!(pid = runtime.pid, %error, "cannot resume the runtime")
+                }
+            }
+        });
+    }
 }
 
 /// Splits `http://host:port` into the scheme and a bindable `host:port`.

@@ -187,7 +187,7 @@ async fn start_trace(
         Problem::bad_request("the request's Host header cannot form a Location URL")
     })?;
     let started_at = SystemTime::now();
-    let file_name = artifact_file_name(started_at, process.pid);
+    let file_name = Artifact::trace_file_name(started_at, process.pid);
     match request.egress_provider {
         Some(provider) => {
             let artifact = Artifact {
@@ -248,16 +248,6 @@ async fn start_trace(
             Ok(response)
         }
     }
-}
-
-/// `{yyyyMMdd_HHmmss_fff}_{pid}.nettrace`, in UTC, as dotnet-monitor names traces.
-pub fn artifact_file_name(time: SystemTime, pid: u64) -> String {
-    // "2026-11-26T07:24:08.123Z" -> "20261126_072408_123"
-    let stamp = humantime::format_rfc3339_millis(time).to_string();
-    let digits: String = stamp.chars().filter(char::is_ascii_digit).collect();
-    let (date, rest) = digits.split_at(8.min(digits.len()));
-    let (clock, millis) = rest.split_at(6.min(rest.len()));
-    format!("{date}_{clock}_{millis}_{pid}.nettrace")
 }
 
 /// Accepts application/json, text/json and application/*+json (415 otherwise).
@@ -439,15 +429,6 @@ fn parse_keywords(text: &str) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn file_names_follow_dotnet_monitor() {
-        let time = SystemTime::UNIX_EPOCH + Duration::from_millis(1_764_141_848_123);
-        assert_eq!(
-            artifact_file_name(time, 42),
-            "20251126_072408_123_42.nettrace"
-        );
-    }
 
     #[test]
     fn keywords_are_decimal_or_hex_strings() {

@@ -275,6 +275,10 @@ impl GuestUpload for HttpUpload {
             let permitted = match stream.check_write() {
                 Ok(n) => n as usize,
                 Err(e) => {
+                    // The request failed or the server answered early: its response says why.
+                    if let Some(response) = self.response.borrow().as_ref() {
+                        response.subscribe().block();
+                    }
                     return Err(self
                         .early_failure()
                         .unwrap_or_else(|| stream_error(&format!("PUT {}", self.url), e)));
@@ -326,11 +330,17 @@ impl GuestUpload for HttpUpload {
             _ => Err(Error::Io(format!("{what}: the server answered {status}"))),
         }
     }
+
+    fn abort(this: Upload) -> Result<(), Error> {
+        // Dropping the body without `finish` tells the host the request body is incomplete:
+        // the connection is cut and the server never sees a complete request.
+        drop(this.into_inner::<HttpUpload>());
+        Ok(())
+    }
 }
 
 impl Drop for HttpUpload {
     fn drop(&mut self) {
-        // Dropping the body without `finish` tells the host the request body is incomplete.
         if self.body.borrow().is_some() {
             log(Level::Debug, &format!("PUT {} aborted", self.url));
         }

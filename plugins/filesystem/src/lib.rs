@@ -272,7 +272,7 @@ struct FileUpload {
     file: RefCell<Option<Descriptor>>,
     offset: Cell<u64>,
     sync: bool,
-    /// Set once the temporary file was renamed; `Drop` removes it otherwise.
+    /// Set once the temporary file was renamed or removed; `Drop` removes it otherwise.
     done: Cell<bool>,
 }
 
@@ -324,22 +324,35 @@ impl GuestUpload for FileUpload {
             location: final_path,
         })
     }
+
+    fn abort(this: Upload) -> Result<(), Error> {
+        let upload: FileUpload = this.into_inner();
+        upload.remove_temporary()
+    }
 }
 
-impl Drop for FileUpload {
-    fn drop(&mut self) {
-        if self.done.get() {
-            return;
+impl FileUpload {
+    /// Closes and removes the temporary file, once.
+    fn remove_temporary(&self) -> Result<(), Error> {
+        if self.done.replace(true) {
+            return Ok(());
         }
         // Close the file before removing it.
         self.file.borrow_mut().take();
         let path = join(&self.directory_path, &self.temporary);
-        match self.directory.unlink_file_at(&self.temporary) {
-            Ok(()) => log(Level::Debug, &format!("aborted: removed {path}")),
-            Err(code) => log(
-                Level::Warn,
-                &format!("aborted, but cannot remove {path}: {}", code.message()),
-            ),
+        self.directory
+            .unlink_file_at(&self.temporary)
+            .map_err(|code| io_error("cannot remove", &path, code))?;
+        log(Level::Debug, &format!("aborted: removed {path}"));
+        Ok(())
+    }
+}
+
+impl Drop for FileUpload {
+    /// The instance went away without `finish` or `abort`: clean up all the same.
+    fn drop(&mut self) {
+        if let Err(error) = self.remove_temporary() {
+            log(Level::Warn, &format!("{error:?}"));
         }
     }
 }

@@ -29,6 +29,9 @@ impl GuestUpload for Nothing {
     fn finish(_this: Upload) -> Result<EgressResult, Error> {
         Err(Error::Other("unreachable".to_owned()))
     }
+    fn abort(_this: Upload) -> Result<(), Error> {
+        Ok(())
+    }
 }
 
 export!(Component);

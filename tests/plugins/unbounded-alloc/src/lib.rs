@@ -33,6 +33,9 @@ impl GuestUpload for Hoard {
     fn finish(_this: Upload) -> Result<EgressResult, Error> {
         Err(Error::Other("unreachable".to_owned()))
     }
+    fn abort(_this: Upload) -> Result<(), Error> {
+        Ok(())
+    }
 }
 
 export!(Component);

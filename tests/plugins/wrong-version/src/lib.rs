@@ -27,6 +27,9 @@ impl GuestUpload for Nothing {
     fn finish(_this: Upload) -> Result<EgressResult, Error> {
         Ok(EgressResult { location: String::new() })
     }
+    fn abort(_this: Upload) -> Result<(), Error> {
+        Ok(())
+    }
 }
 
 export!(Component);
