@@ -662,3 +662,65 @@ async fn a_killed_target_aborts_the_egress_upload() {
         "nothing under a final (or temporary) name: {files:?}"
     );
 }
+
+#[tokio::test]
+async fn listen_mode_serves_runtimes_that_connect_and_resumes_suspended_ones() {
+    use diagmon_tests::simulated_runtime::{SimulatedRuntime, SimulatedRuntimeConfig};
+    let dir = tempfile::tempdir().unwrap();
+    let port = dir.path().join("port.sock");
+    let monitor = Monitor::start(
+        &format!(
+            "[diagnostic_port]\nendpoint_name = {:?}\n",
+            port.display().to_string()
+        ),
+        &["--no-auth"],
+    );
+    let config = SimulatedRuntimeConfig::default();
+    let runtime = SimulatedRuntime::connect(&port, true, config.clone())
+        .await
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !runtime.is_resumed() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the monitor did not resume the suspended runtime"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let client = reqwest::Client::new();
+    let processes: Value = client
+        .get(monitor.url("/processes"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(processes[0]["uid"], config.cookie.to_string());
+    let env: Value = client
+        .get(monitor.url(&format!("/env?uid={}", config.cookie)))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(env["DOTNET_SIMULATED_RUNTIME"], "1");
+    let info: Value = client
+        .get(monitor.url("/info"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(info["diagnosticPortMode"], "Listen");
+    assert_eq!(info["diagnosticPortName"], port.display().to_string());
+    let trace = client
+        .get(monitor.url("/trace?profile=Cpu&durationSeconds=1"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(trace.status(), StatusCode::OK);
+    validate(&trace.bytes().await.unwrap());
+}
