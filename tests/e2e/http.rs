@@ -55,6 +55,24 @@ async fn final_operation(client: &reqwest::Client, location: &str) -> (StatusCod
     panic!("operation {location} did not finish");
 }
 
+/// `POST url` with the sample body.
+async fn post_trace(client: &reqwest::Client, url: String) -> reqwest::Response {
+    client.post(url).json(&sample_body()).send().await.unwrap()
+}
+
+/// `GET url` as JSON.
+async fn get_json(client: &reqwest::Client, url: impl reqwest::IntoUrl) -> Value {
+    client.get(url).send().await.unwrap().json().await.unwrap()
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
 fn location_of(response: &reqwest::Response) -> String {
     response
         .headers()
@@ -70,14 +88,7 @@ async fn post_trace_streams_a_complete_trace_selected_by_pid_name_or_uid() {
     let target = TestTarget::start(Program::Worker, &[]);
     let monitor = monitor_for(&target, "");
     let client = reqwest::Client::new();
-    let processes: Value = client
-        .get(monitor.url("/processes"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let processes: Value = get_json(&client, monitor.url("/processes")).await;
     assert_eq!(processes[0]["pid"], target.pid());
     assert_eq!(processes[0]["isDefault"], true);
     let uid = processes[0]["uid"].as_str().unwrap().to_owned();
@@ -87,12 +98,11 @@ async fn post_trace_streams_a_complete_trace_selected_by_pid_name_or_uid() {
         "name=dotnet".to_owned(),
         format!("uid={uid}"),
     ] {
-        let response = client
-            .post(monitor.url(&format!("/trace?{selector}&durationSeconds=3")))
-            .json(&sample_body())
-            .send()
-            .await
-            .unwrap();
+        let response = post_trace(
+            &client,
+            monitor.url(&format!("/trace?{selector}&durationSeconds=3")),
+        )
+        .await;
         assert_eq!(response.status(), StatusCode::OK, "{selector}");
         assert_eq!(
             response.headers()["content-type"],
@@ -120,14 +130,7 @@ async fn post_trace_streams_a_complete_trace_selected_by_pid_name_or_uid() {
         assert_eq!(body["process"]["pid"], target.pid());
         assert_eq!(body["bytesCaptured"], bytes.len());
         assert_eq!(body["summary"]["events"], summary.events);
-        let sha: String = {
-            use sha2::Digest;
-            sha2::Sha256::digest(&bytes)
-                .iter()
-                .map(|b| format!("{b:02x}"))
-                .collect()
-        };
-        assert_eq!(body["summary"]["sha256"], sha);
+        assert_eq!(body["summary"]["sha256"], sha256_hex(&bytes));
     }
 }
 
@@ -180,14 +183,7 @@ async fn an_endless_trace_stops_gracefully_or_is_cancelled() {
     validate(&bytes);
     let (_, stopped) = final_operation(&client, &location).await;
     assert_eq!(stopped["status"], "Succeeded");
-    let listed: Value = client
-        .get(monitor.url("/operations?tags=b,a"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let listed: Value = get_json(&client, monitor.url("/operations?tags=b,a")).await;
     assert!(
         listed
             .as_array()
@@ -233,12 +229,11 @@ async fn a_client_that_disconnects_ends_the_session_cleanly() {
     let (_, cancelled) = final_operation(&client, &location).await;
     assert_eq!(cancelled["status"], "Cancelled");
     // The runtime is not left with a session: a new trace starts and completes.
-    let response = client
-        .post(monitor.url(&format!("/trace?pid={}&durationSeconds=1", target.pid())))
-        .json(&sample_body())
-        .send()
-        .await
-        .unwrap();
+    let response = post_trace(
+        &client,
+        monitor.url(&format!("/trace?pid={}&durationSeconds=1", target.pid())),
+    )
+    .await;
     assert_eq!(response.status(), StatusCode::OK);
     validate(&response.bytes().await.unwrap());
 }
@@ -248,12 +243,11 @@ async fn a_killed_target_fails_the_operation_and_aborts_the_body() {
     let target = TestTarget::start(Program::Worker, &[]);
     let monitor = monitor_for(&target, "");
     let client = reqwest::Client::new();
-    let response = client
-        .post(monitor.url(&format!("/trace?pid={}&durationSeconds=-1", target.pid())))
-        .json(&sample_body())
-        .send()
-        .await
-        .unwrap();
+    let response = post_trace(
+        &client,
+        monitor.url(&format!("/trace?pid={}&durationSeconds=-1", target.pid())),
+    )
+    .await;
     let location = location_of(&response);
     let mut body = response.bytes_stream();
     assert!(body.next().await.is_some());
@@ -487,14 +481,7 @@ async fn process_routes_and_info() {
     let target = TestTarget::start(Program::Worker, &[]);
     let monitor = monitor_for(&target, "");
     let client = reqwest::Client::new();
-    let process: Value = client
-        .get(monitor.url("/process"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let process: Value = get_json(&client, monitor.url("/process")).await;
     assert_eq!(process["pid"], target.pid());
     assert_eq!(process["name"], "dotnet");
     assert!(
@@ -518,25 +505,11 @@ async fn process_routes_and_info() {
             .contains(".NET Core 3.1")
     );
 
-    let info: Value = client
-        .get(monitor.url("/info"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let info: Value = get_json(&client, monitor.url("/info")).await;
     assert_eq!(info["diagnosticPortMode"], "Connect");
     assert_eq!(info["version"], env!("CARGO_PKG_VERSION"));
 
-    let openapi: Value = client
-        .get(monitor.url("/openapi.json"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let openapi: Value = get_json(&client, monitor.url("/openapi.json")).await;
     for (path, method) in [
         ("/trace", "post"),
         ("/trace", "get"),
@@ -559,12 +532,11 @@ async fn sigterm_completes_running_traces_before_exiting() {
     let target = TestTarget::start(Program::Worker, &[]);
     let mut monitor = monitor_for(&target, "");
     let client = reqwest::Client::new();
-    let response = client
-        .post(monitor.url(&format!("/trace?pid={}&durationSeconds=-1", target.pid())))
-        .json(&sample_body())
-        .send()
-        .await
-        .unwrap();
+    let response = post_trace(
+        &client,
+        monitor.url(&format!("/trace?pid={}&durationSeconds=-1", target.pid())),
+    )
+    .await;
     assert_eq!(response.status(), StatusCode::OK);
     let body = tokio::spawn(response.bytes());
     tokio::time::sleep(Duration::from_secs(1)).await;
@@ -595,15 +567,14 @@ async fn egress_to_the_filesystem_provider_records_where_the_trace_landed() {
     let traces = tempfile::tempdir().unwrap();
     let monitor = monitor_with_filesystem_egress(&target, traces.path());
     let client = reqwest::Client::new();
-    let response = client
-        .post(monitor.url(&format!(
+    let response = post_trace(
+        &client,
+        monitor.url(&format!(
             "/trace?pid={}&durationSeconds=3&egressProvider=ARTIFACTS&tags=egress",
             target.pid()
-        )))
-        .json(&sample_body())
-        .send()
-        .await
-        .unwrap();
+        )),
+    )
+    .await;
     assert_eq!(response.status(), StatusCode::ACCEPTED);
     let location = location_of(&response);
     assert!(response.bytes().await.unwrap().is_empty());
@@ -622,14 +593,7 @@ async fn egress_to_the_filesystem_provider_records_where_the_trace_landed() {
     let bytes = std::fs::read(&path).unwrap();
     let summary = validate(&bytes);
     assert_eq!(done["summary"]["events"], summary.events);
-    let sha: String = {
-        use sha2::Digest;
-        sha2::Sha256::digest(&bytes)
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect()
-    };
-    assert_eq!(done["summary"]["sha256"], sha);
+    assert_eq!(done["summary"]["sha256"], sha256_hex(&bytes));
     let files: Vec<_> = std::fs::read_dir(traces.path()).unwrap().collect();
     assert_eq!(files.len(), 1, "no temporary file is left: {files:?}");
 }
@@ -640,15 +604,14 @@ async fn a_killed_target_aborts_the_egress_upload() {
     let traces = tempfile::tempdir().unwrap();
     let monitor = monitor_with_filesystem_egress(&target, traces.path());
     let client = reqwest::Client::new();
-    let response = client
-        .post(monitor.url(&format!(
+    let response = post_trace(
+        &client,
+        monitor.url(&format!(
             "/trace?pid={}&durationSeconds=-1&egressProvider=artifacts",
             target.pid()
-        )))
-        .json(&sample_body())
-        .send()
-        .await
-        .unwrap();
+        )),
+    )
+    .await;
     assert_eq!(response.status(), StatusCode::ACCEPTED);
     let location = location_of(&response);
     tokio::time::sleep(Duration::from_millis(1500)).await;
@@ -688,32 +651,11 @@ async fn listen_mode_serves_runtimes_that_connect_and_resumes_suspended_ones() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let client = reqwest::Client::new();
-    let processes: Value = client
-        .get(monitor.url("/processes"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let processes: Value = get_json(&client, monitor.url("/processes")).await;
     assert_eq!(processes[0]["uid"], config.cookie.to_string());
-    let env: Value = client
-        .get(monitor.url(&format!("/env?uid={}", config.cookie)))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let env: Value = get_json(&client, monitor.url(&format!("/env?uid={}", config.cookie))).await;
     assert_eq!(env["DOTNET_SIMULATED_RUNTIME"], "1");
-    let info: Value = client
-        .get(monitor.url("/info"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let info: Value = get_json(&client, monitor.url("/info")).await;
     assert_eq!(info["diagnosticPortMode"], "Listen");
     assert_eq!(info["diagnosticPortName"], port.display().to_string());
     let trace = client

@@ -59,7 +59,19 @@ pub async fn post_trace(
     RawQuery(query): RawQuery,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, Problem> {
-    let body = body.map_err(|rejection| Problem::new(rejection.status(), rejection.body_text()))?;
+    let body = match body {
+        Ok(body) => body,
+        Err(rejection) => {
+            // The unread rest of the body is still on the connection: close it, so that the
+            // client does not send its next request after those bytes.
+            let mut response =
+                Problem::new(rejection.status(), rejection.body_text()).into_response();
+            response
+                .headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            return Ok(response);
+        }
+    };
     let params = QueryParams::parse(query.as_deref());
     let mut validation = Validation::default();
     let request = TraceRequest::from_params(&params, &mut validation);
