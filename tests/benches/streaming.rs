@@ -82,7 +82,7 @@ fn providers() -> Vec<EventProvider> {
     vec![EventProvider::new("Diagmon-Synthetic", u64::MAX, 5)]
 }
 
-/// A plain copy: one CollectTracing2 request by hand, then `tokio::io::copy` to `sink`.
+/// A plain copy: one CollectTracing2 request by hand, then a read/write loop into `sink`.
 async fn plain_copy<W: tokio::io::AsyncWrite + Unpin>(socket: &str, sink: &mut W) -> u64 {
     let mut payload = PayloadWriter::new();
     payload.u32(256).u32(1).bool(false).u32(1);
@@ -99,7 +99,17 @@ async fn plain_copy<W: tokio::io::AsyncWrite + Unpin>(socket: &str, sink: &mut W
     stream.write_all(&request).await.expect("send");
     let mut reply = [0u8; HEADER_LEN + 8];
     stream.read_exact(&mut reply).await.expect("reply");
-    tokio::io::copy(&mut stream, sink).await.expect("copy")
+    // The same read size as the client's, so that only the client's own work differs.
+    let mut buffer = vec![0u8; 256 * 1024];
+    let mut copied = 0u64;
+    loop {
+        let read = stream.read(&mut buffer).await.expect("read");
+        if read == 0 {
+            return copied;
+        }
+        sink.write_all(&buffer[..read]).await.expect("write");
+        copied += read as u64;
+    }
 }
 
 async fn client_session(socket: &str) -> diagmon::diagnostics::EventPipeSession {
