@@ -10,7 +10,10 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 /// The built-ins: (crate's library name, name of the embedded file).
-const PLUGINS: &[(&str, &str)] = &[("diagmon_egress_filesystem", "filesystem.wasm")];
+const PLUGINS: &[(&str, &str)] = &[
+    ("diagmon_egress_filesystem", "filesystem.wasm"),
+    ("diagmon_egress_object_storage", "object-storage.wasm"),
+];
 
 const TARGET: &str = "wasm32-wasip2";
 

@@ -70,6 +70,7 @@ fn config(directory: &Path, cache: &Path) -> EgressConfig {
         component: "filesystem".to_owned(),
         directory: Some(directory.to_owned()),
         allowed_outbound_hosts: Vec::new(),
+        object_store: None,
         settings,
         limits,
     };

@@ -6,7 +6,6 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
@@ -14,123 +13,8 @@ use diagmon::egress::{
     Artifact, EgressConfig, EgressError, EgressHost, ProviderConfig, ProviderErrorKind,
     ProviderLimits, check_component,
 };
-
-/// The target directory of this workspace.
-fn target_dir() -> PathBuf {
-    Path::new(env!("CARGO_TARGET_TMPDIR"))
-        .parent()
-        .expect("the tmp dir is inside the target dir")
-        .to_owned()
-}
-
-/// Builds a guest workspace (wasm32-wasip2, release) into `<target>/<target_name>`; returns the
-/// directory holding its components.
-fn build_guests(manifest: &Path, target_name: &str) -> PathBuf {
-    let target = target_dir().join(target_name);
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let output = std::process::Command::new(cargo)
-        .args([
-            "build",
-            "--release",
-            "--locked",
-            "--target",
-            "wasm32-wasip2",
-        ])
-        .arg("--manifest-path")
-        .arg(manifest)
-        .arg("--target-dir")
-        .arg(&target)
-        .env_remove("RUSTFLAGS")
-        .env_remove("CARGO_ENCODED_RUSTFLAGS")
-        .env_remove("CARGO_TARGET_DIR")
-        .output()
-        .expect("cargo runs");
-    assert!(
-        output.status.success(),
-        "building {} failed (is the wasm32-wasip2 target installed?):\n{}",
-        manifest.display(),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    target.join("wasm32-wasip2/release")
-}
-
-/// A fixture component from `tests/plugins/`, built on first use.
-fn fixture(name: &str) -> PathBuf {
-    static BUILT: OnceLock<PathBuf> = OnceLock::new();
-    let directory = BUILT.get_or_init(|| {
-        build_guests(
-            &Path::new(env!("CARGO_MANIFEST_DIR")).join("plugins/Cargo.toml"),
-            "wasm-fixtures",
-        )
-    });
-    let path = directory.join(format!("fixture_{}.wasm", name.replace('-', "_")));
-    assert!(path.is_file(), "no fixture {}", path.display());
-    path
-}
-
-/// An example component from `examples/` (Rust), built on first use.
-fn rust_example(library: &str) -> PathBuf {
-    static BUILT: OnceLock<PathBuf> = OnceLock::new();
-    let directory = BUILT.get_or_init(|| {
-        build_guests(
-            &Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/Cargo.toml"),
-            "wasm-examples",
-        )
-    });
-    let path = directory.join(format!("{library}.wasm"));
-    assert!(path.is_file(), "no example {}", path.display());
-    path
-}
-
-/// The Python example, built with componentize-py on first use. componentize-py is looked for in
-/// `<target>/componentize-py` (a virtualenv `tests/run` creates), then on `PATH`.
-fn python_example() -> PathBuf {
-    static BUILT: OnceLock<PathBuf> = OnceLock::new();
-    BUILT
-        .get_or_init(|| {
-            let venv = target_dir().join("componentize-py/bin/componentize-py");
-            let tool = if venv.is_file() {
-                venv
-            } else {
-                PathBuf::from("componentize-py")
-            };
-            let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/python-sidecar");
-            let output = target_dir().join("wasm-examples/python_sidecar.wasm");
-            std::fs::create_dir_all(output.parent().unwrap()).unwrap();
-            // componentize-py's output differs from run to run, which would defeat the compile
-            // cache (the Python component takes a minute to compile in a debug build): keep the
-            // component while its sources are older.
-            let modified = |path: &Path| std::fs::metadata(path).and_then(|m| m.modified()).ok();
-            let newest_source = ["app.py", "provider.py", "../../wit/egress.wit"]
-                .iter()
-                .filter_map(|file| modified(&source.join(file)))
-                .max();
-            if let (Some(built), Some(source)) = (modified(&output), newest_source)
-                && built > source
-            {
-                return output;
-            }
-            let result = std::process::Command::new(&tool)
-                .current_dir(&source)
-                .args(["-d", "../../wit", "-w", "egress-provider", "componentize", "app", "-o"])
-                .arg(&output)
-                .output()
-                .unwrap_or_else(|e| {
-                    panic!(
-                        "cannot run {} ({e}); install it with `python3 -m venv target/componentize-py && \
-                         target/componentize-py/bin/pip install componentize-py==0.25.1` (tests/run does)",
-                        tool.display()
-                    )
-                });
-            assert!(
-                result.status.success(),
-                "componentize-py failed:\n{}",
-                String::from_utf8_lossy(&result.stderr)
-            );
-            output
-        })
-        .clone()
-}
+use diagmon_tests::guests::{fixture, python_example, rust_example};
+use diagmon_tests::http_server::TestHttpServer;
 
 /// A compile cache shared by the tests of this run (compiling in a debug build is slow).
 fn shared_cache() -> PathBuf {
@@ -142,6 +26,7 @@ fn provider(component: impl Into<String>) -> ProviderConfig {
         component: component.into(),
         directory: None,
         allowed_outbound_hosts: Vec::new(),
+        object_store: None,
         settings: BTreeMap::new(),
         limits: ProviderLimits::default(),
     }
@@ -569,7 +454,7 @@ async fn an_unknown_built_in_fails_the_load() {
     let message = error.to_string();
     assert!(message.contains("`s3` cannot be loaded"), "{message}");
     assert!(
-        message.contains("`object-store` is not a built-in component (filesystem)"),
+        message.contains("`object-store` is not a built-in component (filesystem, object-storage)"),
         "{message}"
     );
 }
@@ -734,155 +619,6 @@ async fn uploads_run_concurrently_each_in_its_own_instance() {
     assert_eq!(listing(dir.path()).len(), 6);
 }
 
-/// What the test HTTP server received in one request.
-#[derive(Debug, Clone)]
-struct Received {
-    method: String,
-    path: String,
-    headers: Vec<(String, String)>,
-    body: Vec<u8>,
-    /// The body ended properly (the last chunk, or all of Content-Length).
-    complete: bool,
-}
-
-/// A small HTTP/1.1 server on loopback that records every request and answers 201 (or 403 for
-/// paths under `/forbidden/`).
-struct TestHttpServer {
-    address: std::net::SocketAddr,
-    received: std::sync::Arc<std::sync::Mutex<Vec<Received>>>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Drop for TestHttpServer {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
-impl TestHttpServer {
-    async fn start() -> TestHttpServer {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let address = listener.local_addr().unwrap();
-        let received = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-        let log = received.clone();
-        let task = tokio::spawn(async move {
-            while let Ok((stream, _)) = listener.accept().await {
-                let log = log.clone();
-                tokio::spawn(async move {
-                    let _ = serve_one(stream, log).await;
-                });
-            }
-        });
-        TestHttpServer {
-            address,
-            received,
-            task,
-        }
-    }
-
-    fn origin(&self) -> String {
-        format!("http://{}", self.address)
-    }
-
-    fn requests(&self) -> Vec<Received> {
-        self.received.lock().unwrap().clone()
-    }
-
-    async fn wait_for_requests(&self, count: usize) -> Vec<Received> {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while self.requests().len() < count && Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        self.requests()
-    }
-}
-
-async fn serve_one(
-    stream: tokio::net::TcpStream,
-    log: std::sync::Arc<std::sync::Mutex<Vec<Received>>>,
-) -> std::io::Result<()> {
-    use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
-    let mut reader = BufReader::new(stream);
-    let mut line = String::new();
-    reader.read_line(&mut line).await?;
-    let mut parts = line.split_whitespace();
-    let method = parts.next().unwrap_or_default().to_owned();
-    let path = parts.next().unwrap_or_default().to_owned();
-    let mut headers = Vec::new();
-    loop {
-        line.clear();
-        reader.read_line(&mut line).await?;
-        let trimmed = line.trim_end();
-        if trimmed.is_empty() {
-            break;
-        }
-        if let Some((name, value)) = trimmed.split_once(':') {
-            headers.push((name.trim().to_ascii_lowercase(), value.trim().to_owned()));
-        }
-    }
-    let header = |name: &str| {
-        headers
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, v)| v.clone())
-    };
-    let mut body = Vec::new();
-    let complete = if header("transfer-encoding").is_some_and(|v| v.contains("chunked")) {
-        let mut complete = false;
-        loop {
-            line.clear();
-            if reader.read_line(&mut line).await? == 0 {
-                break;
-            }
-            let Ok(size) = usize::from_str_radix(line.trim(), 16) else {
-                break;
-            };
-            if size == 0 {
-                complete = true;
-                break;
-            }
-            let start = body.len();
-            body.resize(start + size, 0);
-            if reader.read_exact(&mut body[start..]).await.is_err() {
-                body.truncate(start);
-                break;
-            }
-            line.clear();
-            reader.read_line(&mut line).await?;
-        }
-        complete
-    } else {
-        let length: usize = header("content-length")
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0);
-        body.resize(length, 0);
-        reader.read_exact(&mut body).await.is_ok()
-    };
-    let status = if path.starts_with("/forbidden/") {
-        "403 Forbidden"
-    } else {
-        "201 Created"
-    };
-    log.lock().unwrap().push(Received {
-        method,
-        path,
-        headers,
-        body,
-        complete,
-    });
-    if complete {
-        let mut stream = reader.into_inner();
-        stream
-            .write_all(
-                format!("HTTP/1.1 {status}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
-                    .as_bytes(),
-            )
-            .await?;
-        stream.shutdown().await?;
-    }
-    Ok(())
-}
-
 /// The HTTP PUT example, granted the test server's origin.
 fn http_put(server: &TestHttpServer, url_path: &str) -> ProviderConfig {
     let mut p = provider(rust_example("http_put_provider").display().to_string());
@@ -991,7 +727,7 @@ async fn a_request_to_an_origin_not_granted_is_refused_by_the_host() {
     let server = TestHttpServer::start().await;
     let mut p = http_put(&server, "/traces/{file_name}");
     // Granted: another port on the same host.
-    p.allowed_outbound_hosts = vec![format!("http://127.0.0.1:{}", server.address.port() ^ 1)];
+    p.allowed_outbound_hosts = vec![format!("http://127.0.0.1:{}", server.address().port() ^ 1)];
     let host = EgressHost::load(&config(vec![("upload", p)]))
         .await
         .unwrap();

@@ -666,3 +666,109 @@ async fn listen_mode_serves_runtimes_that_connect_and_resumes_suspended_ones() {
     assert_eq!(trace.status(), StatusCode::OK);
     validate(&trace.bytes().await.unwrap());
 }
+
+/// The compile cache the egress host tests fill, so that the monitors here start fast.
+fn egress_cache() -> String {
+    std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join("egress-component-cache")
+        .display()
+        .to_string()
+}
+
+/// Starts a trace into `provider` and returns its final operation.
+async fn egress_trace(monitor: &Monitor, target: &TestTarget, provider: &str) -> Value {
+    let client = reqwest::Client::new();
+    let response = post_trace(
+        &client,
+        monitor.url(&format!(
+            "/trace?pid={}&durationSeconds=2&egressProvider={provider}",
+            target.pid()
+        )),
+    )
+    .await;
+    assert_eq!(response.status(), StatusCode::ACCEPTED, "{provider}");
+    final_operation(&client, &location_of(&response)).await.1
+}
+
+#[tokio::test]
+async fn the_example_providers_egress_through_the_monitor() {
+    use diagmon_tests::guests::{python_example, rust_example};
+    use diagmon_tests::http_server::TestHttpServer;
+    let target = TestTarget::start(Program::Worker, &[]);
+    let server = TestHttpServer::start().await;
+    let sidecar = tempfile::tempdir().unwrap();
+    let sidecar_dir = sidecar.path().display().to_string();
+    let config = format!(
+        "[egress]\ncache_directory = {cache:?}\n\
+         [egress.providers.hook]\ncomponent = {put:?}\nallowed_outbound_hosts = [{origin:?}]\n\
+         settings = {{ url = \"{origin}/traces/{{file_name}}\" }}\n\
+         [egress.providers.sidecar]\ncomponent = {python:?}\ndirectory = {sidecar_dir:?}\n\
+         settings = {{ directory = {sidecar_dir:?} }}\n",
+        cache = egress_cache(),
+        put = rust_example("http_put_provider").display().to_string(),
+        python = python_example().display().to_string(),
+        origin = server.origin(),
+    );
+    let monitor = monitor_for(&target, &config);
+
+    let done = egress_trace(&monitor, &target, "hook").await;
+    assert_eq!(done["status"], "Succeeded", "{done}");
+    let requests = server.wait_for_requests(1).await;
+    assert_eq!(requests[0].method, "PUT");
+    assert!(requests[0].complete);
+    assert!(
+        requests[0]
+            .path
+            .ends_with(&format!("_{}.nettrace", target.pid()))
+    );
+    validate(&requests[0].body);
+    assert_eq!(done["summary"]["sha256"], sha256_hex(&requests[0].body));
+
+    let done = egress_trace(&monitor, &target, "sidecar").await;
+    assert_eq!(done["status"], "Succeeded", "{done}");
+    let location = done["resourceLocation"].as_str().unwrap();
+    let bytes = std::fs::read(location).unwrap();
+    validate(&bytes);
+    assert_eq!(done["summary"]["sha256"], sha256_hex(&bytes));
+}
+
+#[tokio::test]
+async fn a_misbehaving_provider_fails_only_its_own_operation() {
+    use diagmon_tests::guests::fixture;
+    let target = TestTarget::start(Program::Worker, &[]);
+    let traces = tempfile::tempdir().unwrap();
+    let config = format!(
+        "[egress]\ncache_directory = {cache:?}\n\
+         [egress.providers.trap]\ncomponent = {trap:?}\n\
+         [egress.providers.spin]\ncomponent = {spin:?}\nlimits = {{ write_timeout_ms = 500 }}\n\
+         [egress.providers.artifacts]\ncomponent = \"filesystem\"\ndirectory = {dir:?}\n",
+        cache = egress_cache(),
+        trap = fixture("trap-in-write").display().to_string(),
+        spin = fixture("infinite-loop").display().to_string(),
+        dir = traces.path().display().to_string(),
+    );
+    let monitor = monitor_for(&target, &config);
+
+    let trapped = egress_trace(&monitor, &target, "trap").await;
+    assert_eq!(trapped["status"], "Failed", "{trapped}");
+    assert_eq!(trapped["error"]["code"], "EgressProviderCrashed");
+    assert!(
+        trapped["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("`trap` crashed in write"),
+        "{trapped}"
+    );
+
+    let started = std::time::Instant::now();
+    let looped = egress_trace(&monitor, &target, "spin").await;
+    assert_eq!(looped["status"], "Failed", "{looped}");
+    assert_eq!(looped["error"]["code"], "EgressDeadlineExceeded");
+    assert!(started.elapsed() < Duration::from_secs(15));
+
+    let fine = egress_trace(&monitor, &target, "artifacts").await;
+    assert_eq!(
+        fine["status"], "Succeeded",
+        "the next request is served normally: {fine}"
+    );
+}

@@ -1,4 +1,17 @@
+//! Test support for diagmon's end-to-end tests: real parts to test against.
+//!
+//! - [`target`]: a real .NET Core 3.1 program with its own TMPDIR;
+//! - [`monitor`]: the real `diagmon collect` binary on a loopback port;
+//! - [`simulated_runtime`] and [`synthetic_nettrace`]: a runtime for what 3.1 cannot show;
+//! - [`guests`]: WebAssembly fixtures and example providers, built from source;
+//! - [`http_server`]: a recording HTTP server for egress providers that upload over HTTP;
+//! - [`storage`]: real object-storage servers (moto for S3, Azurite for Azure Blob) and an
+//!   independent client to read objects back.
+
+pub mod guests;
+pub mod http_server;
 pub mod monitor;
 pub mod simulated_runtime;
+pub mod storage;
 pub mod synthetic_nettrace;
 pub mod target;

@@ -44,7 +44,7 @@ fn collect_lines(stream: impl std::io::Read + Send + 'static) -> Arc<Mutex<Vec<S
 
 impl Monitor {
     /// Starts `diagmon collect --config <file with config_toml> --urls http://127.0.0.1:0 <args>`
-    /// and waits (≤ 20 s) until it listens.
+    /// and waits (≤ 120 s: it compiles its egress providers first) until it listens.
     pub fn start(config_toml: &str, args: &[&str]) -> Monitor {
         Self::start_with_env(config_toml, args, &[])
     }
@@ -76,7 +76,7 @@ impl Monitor {
             stderr,
             _config_dir: config_dir,
         };
-        let deadline = Instant::now() + Duration::from_secs(20);
+        let deadline = Instant::now() + Duration::from_secs(120);
         loop {
             let listening = monitor.stdout_lines().iter().find_map(|line| {
                 line.strip_prefix("diagmon listening on ")
@@ -94,7 +94,7 @@ impl Monitor {
             }
             assert!(
                 Instant::now() < deadline,
-                "diagmon did not listen within 20 s; stderr:\n{}",
+                "diagmon did not listen within 120 s; stderr:\n{}",
                 monitor.stderr_lines().join("\n")
             );
             std::thread::sleep(Duration::from_millis(20));

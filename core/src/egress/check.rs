@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use wasmtime::component::Component;
 
-use super::bindings::{PACKAGE, PROVIDER_INTERFACE, WORLD_VERSION};
+use super::bindings::{OBJECT_STORE_INTERFACE, PACKAGE, PROVIDER_INTERFACE, WORLD_VERSION};
 use super::engine::{self, engine};
 use super::error::EgressError;
 use super::host::{self, Grants};
@@ -18,6 +18,8 @@ pub enum ImportNeed {
     Provided,
     /// Provided only to a provider with `allowed_outbound_hosts`.
     HttpGrant,
+    /// Provided only to a provider with an `object_store` grant.
+    ObjectStoreGrant,
     /// Not provided by diagmon; the reason says why.
     Unsupported(String),
 }
@@ -72,6 +74,9 @@ fn describe_need(name: &str, need: &ImportNeed) -> String {
         }
         ImportNeed::Provided => "provided".to_owned(),
         ImportNeed::HttpGrant => "needs `allowed_outbound_hosts` (outbound HTTP)".to_owned(),
+        ImportNeed::ObjectStoreGrant => {
+            "needs an `object_store` grant (a bucket prefix)".to_owned()
+        }
         ImportNeed::Unsupported(why) => format!("NOT PROVIDED: {why}"),
     }
 }
@@ -147,6 +152,9 @@ fn classify(name: &str) -> ImportNeed {
     };
     match package {
         PACKAGE => match version {
+            Some(v) if compatible(v) && path == OBJECT_STORE_INTERFACE => {
+                ImportNeed::ObjectStoreGrant
+            }
             Some(v) if compatible(v) => ImportNeed::Provided,
             Some(v) => ImportNeed::Unsupported(format!(
                 "built against {PACKAGE}@{v}; this diagmon speaks {PACKAGE}@{WORLD_VERSION}"
@@ -272,6 +280,10 @@ pub async fn check_component(path: impl AsRef<Path>) -> Result<ComponentReport, 
                 .imports
                 .iter()
                 .any(|i| i.need == ImportNeed::HttpGrant),
+            object_store: report
+                .imports
+                .iter()
+                .any(|i| i.need == ImportNeed::ObjectStoreGrant),
         };
         if let Err(error) = host::link(&name, origin, &component, grants) {
             report.problems.push(cause(error));

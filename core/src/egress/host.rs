@@ -7,8 +7,9 @@
 //! 3. compile it, or load it precompiled from the cache ([`super::engine`]);
 //! 4. check its exports against the `diagmon:egress` world version this diagmon speaks;
 //! 5. check its imports against what the configuration grants (see [`super::check`]);
-//! 6. link it: only the interfaces its grants allow are in its linker;
-//! 7. instantiate it once and call `configure` with its settings, so that bad settings stop
+//! 6. build the object store it is granted, if any (nothing is sent to the store yet);
+//! 7. link it: only the interfaces its grants allow are in its linker;
+//! 8. instantiate it once and call `configure` with its settings, so that bad settings stop
 //!    start-up rather than the first artifact.
 
 use std::collections::BTreeMap;
@@ -18,12 +19,14 @@ use std::time::Duration;
 
 use wasmtime::component::{Component, HasSelf, Linker};
 
-use super::bindings::{EgressProvider, EgressProviderPre};
+use super::bindings::EgressProviderPre;
+use super::bindings::diagmon::egress::{log, object_store as wit_object_store};
 use super::builtin;
 use super::check::{self, ImportNeed};
 use super::engine::{self, engine};
 use super::error::{EgressError, ProviderErrorKind};
 use super::instance::{ProviderInstance, StoreState};
+use super::object_store::GrantedStore;
 use super::outbound_http::AllowList;
 use super::upload::Upload;
 use super::{Artifact, EgressConfig, ProviderConfig, ProviderLimits};
@@ -41,6 +44,8 @@ pub(crate) struct LoadedProvider {
     pub(crate) settings: Vec<(String, String)>,
     /// The origins it may send HTTP requests to.
     pub(crate) allowed_outbound_hosts: Arc<AllowList>,
+    /// The object store it may write to.
+    pub(crate) object_store: Option<Arc<GrantedStore>>,
     pub(crate) limits: ProviderLimits,
 }
 
@@ -219,17 +224,24 @@ pub(crate) async fn compile(
 pub(crate) struct Grants {
     /// `allowed_outbound_hosts` is not empty.
     pub(crate) http: bool,
+    /// `object_store` is set.
+    pub(crate) object_store: bool,
 }
 
 /// A linker with WASI (filesystem, clocks, random, cli, io; sockets that refuse everything), the
-/// `diagmon:egress` imports, and `wasi:http` when granted.
+/// `diagmon:egress` imports, and `wasi:http` and `diagmon:egress/object-store` when granted.
 pub(crate) fn linker(grants: Grants) -> wasmtime::Result<Linker<StoreState>> {
     let mut linker = Linker::new(engine());
     wasmtime_wasi::p2::add_to_linker_sync(&mut linker)?;
     if grants.http {
         wasmtime_wasi_http::p2::add_only_http_to_linker_sync(&mut linker)?;
     }
-    EgressProvider::add_to_linker::<StoreState, HasSelf<StoreState>>(&mut linker, |state| state)?;
+    log::add_to_linker::<StoreState, HasSelf<StoreState>>(&mut linker, |state| state)?;
+    if grants.object_store {
+        wit_object_store::add_to_linker::<StoreState, HasSelf<StoreState>>(&mut linker, |state| {
+            state
+        })?;
+    }
     Ok(linker)
 }
 
@@ -246,6 +258,17 @@ pub(crate) fn link(
         match &import.need {
             ImportNeed::Provided => {}
             ImportNeed::HttpGrant if grants.http => {}
+            ImportNeed::ObjectStoreGrant if grants.object_store => {}
+            ImportNeed::ObjectStoreGrant => {
+                return Err(EgressError::load(
+                    provider,
+                    format!(
+                        "{origin} imports `{}`, which needs an object-store grant: set \
+                         `object_store = {{ url = \"s3://bucket/prefix\", ... }}` in its table",
+                        import.name
+                    ),
+                ));
+            }
             ImportNeed::HttpGrant => {
                 return Err(EgressError::load(
                     provider,
@@ -295,8 +318,13 @@ async fn load_provider(
     let component = compile(name, &origin, bytes, cache).await?;
     let allowed_outbound_hosts = AllowList::parse(&config.allowed_outbound_hosts)
         .map_err(|e| EgressError::load(name, format!("`allowed_outbound_hosts` entry {e}")))?;
+    let object_store = match &config.object_store {
+        Some(grant) => Some(Arc::new(GrantedStore::build(name, grant)?)),
+        None => None,
+    };
     let grants = Grants {
         http: !allowed_outbound_hosts.is_empty(),
+        object_store: object_store.is_some(),
     };
     let pre = link(name, &origin, &component, grants)?;
     let directory = match &config.directory {
@@ -311,6 +339,7 @@ async fn load_provider(
         directory,
         settings: settings_pairs(&config.settings),
         allowed_outbound_hosts: Arc::new(allowed_outbound_hosts),
+        object_store,
         limits: config.limits.clone(),
     });
     validate_settings(&loaded).await?;

@@ -10,7 +10,7 @@ use std::collections::VecDeque;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use wasmtime::component::{ResourceAny, ResourceTable};
 use wasmtime::{ResourceLimiter, Store, Trap};
@@ -24,6 +24,7 @@ use super::bindings::diagmon::egress::{log, types};
 use super::engine::{engine, ticks};
 use super::error::{EgressError, ProviderErrorKind, truncate};
 use super::host::LoadedProvider;
+use super::object_store::ObjectStoreCtx;
 use super::outbound_http::HttpHooks;
 
 /// Longest provider message (error, log line) kept, in bytes.
@@ -41,6 +42,30 @@ pub(crate) struct StoreState {
     provider: Arc<str>,
     http: WasiHttpCtx,
     http_hooks: HttpHooks,
+    /// The object-store grant, when the provider has one.
+    object_store: Option<ObjectStoreCtx>,
+    /// When the provider call in progress must return; host calls that wait (the object store)
+    /// give up before it.
+    call_deadline: Option<Instant>,
+}
+
+/// What the object-store host calls need from the store's data, borrowed apart.
+pub(crate) struct ObjectStoreView<'a> {
+    pub(crate) ctx: Option<&'a mut ObjectStoreCtx>,
+    pub(crate) table: &'a mut ResourceTable,
+    pub(crate) deadline: Option<Instant>,
+    pub(crate) provider: &'a str,
+}
+
+impl StoreState {
+    pub(crate) fn object_store_view(&mut self) -> ObjectStoreView<'_> {
+        ObjectStoreView {
+            ctx: self.object_store.as_mut(),
+            table: &mut self.table,
+            deadline: self.call_deadline,
+            provider: &self.provider,
+        }
+    }
 }
 
 impl WasiView for StoreState {
@@ -244,6 +269,15 @@ impl ProviderInstance {
                     )
                 })?;
         }
+        let object_store = match &provider.object_store {
+            Some(store) => Some(ObjectStoreCtx::new(store.clone()).map_err(|e| {
+                EgressError::host(
+                    &provider.name,
+                    format!("cannot grant the object store: {e}"),
+                )
+            })?),
+            None => None,
+        };
         let state = StoreState {
             wasi: wasi.build(),
             table: ResourceTable::new(),
@@ -259,6 +293,8 @@ impl ProviderInstance {
                 provider: Arc::from(provider.name.as_str()),
                 default_timeout: provider.limits.call_timeout(),
             },
+            object_store,
+            call_deadline: None,
         };
         let mut store = Store::new(engine(), state);
         store.limiter(|state| &mut state.limiter);
@@ -304,6 +340,7 @@ impl ProviderInstance {
             ));
         }
         self.store.set_epoch_deadline(ticks(deadline));
+        self.store.data_mut().call_deadline = Some(Instant::now() + deadline);
         match f(&mut self.store, &self.bindings) {
             Ok(Ok(value)) => Ok(value),
             Ok(Err(error)) => Err(provider_error(&self.provider.name, call, error)),

@@ -1,9 +1,10 @@
 //! The egress host: WebAssembly components that receive artifacts.
 //!
 //! A provider is a component of the `diagmon:egress@0.1.0` world (`wit/egress.wit`, the plugin
-//! author's reference), either built in ([`builtin`]: `filesystem`) or a `.wasm` file named in
-//! the configuration. It gets only what its configuration grants (a directory; nothing else by
-//! default), a memory limit and a deadline per call, and a fresh instance per artifact.
+//! author's reference), either built in ([`builtin`]: `filesystem`, `object-storage`) or a
+//! `.wasm` file named in the configuration. It gets only what its configuration grants (a
+//! directory, HTTP origins, an object store; nothing by default), a memory limit and a deadline
+//! per call, and a fresh instance per artifact.
 //!
 //! - [`EgressHost`] loads and checks the configured providers at start-up and starts uploads;
 //! - [`Upload`] streams one artifact into a provider (`write`, then `finish` or `abort`);
@@ -14,7 +15,9 @@
 //! Inside: `bindings` (the generated host bindings), `engine` (the wasmtime engine, epoch ticker
 //! and compile cache), `host` (loading and the registry), `instance` (one store and the calls
 //! into it), `upload` (the upload's thread and its async face), `check` (imports and exports),
-//! `outbound_http` (`wasi:http` behind the `allowed_outbound_hosts` allow-list).
+//! `outbound_http` (`wasi:http` behind the `allowed_outbound_hosts` allow-list), `object_store`
+//! (the `object_store` grant: S3, Azure Blob, GCS or a directory through the `object_store`
+//! crate, behind `diagmon:egress/object-store`).
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -29,12 +32,14 @@ mod engine;
 mod error;
 mod host;
 mod instance;
+mod object_store;
 mod outbound_http;
 mod upload;
 
 pub use check::{ComponentReport, ImportNeed, ImportReport, check_component};
 pub use error::{EgressError, ProviderErrorKind};
 pub use host::EgressHost;
+pub use object_store::{FromEnv, FromFile, GrantValue, ObjectStoreGrant};
 pub use upload::{MAX_CHUNK, Upload};
 
 /// The `diagmon:egress` world version this diagmon speaks.
@@ -68,12 +73,34 @@ pub struct ProviderConfig {
     /// for the scheme, the port, the whole host or its leftmost labels (`https://*.example.com`).
     #[serde(default)]
     pub allowed_outbound_hosts: Vec<String>,
+    /// Grant: an object store the provider writes objects into through
+    /// `diagmon:egress/object-store`, confined to the URL's prefix, with credentials it never
+    /// sees: `{ url = "s3://bucket/prefix" | "az://container/prefix" | "gs://bucket/prefix" |
+    /// "file:///dir", ...options }`. The options are object_store's own configuration keys; a
+    /// value may be `{ env = "NAME" }` or `{ file = "/path" }` (see [`ObjectStoreGrant`]).
+    #[serde(default)]
+    pub object_store: Option<ObjectStoreGrant>,
     /// Settings passed to the component as they are.
     #[serde(default)]
     pub settings: BTreeMap<String, serde_json::Value>,
     /// Memory and time limits.
     #[serde(default)]
     pub limits: ProviderLimits,
+}
+
+impl ProviderConfig {
+    /// A provider of `component` (a built-in name or a `.wasm` path) with no grant, no settings
+    /// and the default limits.
+    pub fn new(component: impl Into<String>) -> ProviderConfig {
+        ProviderConfig {
+            component: component.into(),
+            directory: None,
+            allowed_outbound_hosts: Vec::new(),
+            object_store: None,
+            settings: BTreeMap::new(),
+            limits: ProviderLimits::default(),
+        }
+    }
 }
 
 /// A provider's limits. Hitting one fails the current upload only.

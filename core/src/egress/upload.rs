@@ -154,14 +154,26 @@ impl Upload {
                 None => false,
             };
             if !sent {
-                return Err(self.fail(EgressError::host(
-                    &self.provider.name,
-                    "the provider's thread ended",
-                )));
+                // The thread ends after a failed write: report that write's error.
+                let failure = self.failed_write().await.unwrap_or_else(|| {
+                    EgressError::host(&self.provider.name, "the provider's thread ended")
+                });
+                return Err(self.fail(failure));
             }
             self.pending.push_back(pending);
         }
         Ok(())
+    }
+
+    /// The error of a write in flight that failed, if one did (the thread has ended: every
+    /// reply is there or dropped).
+    async fn failed_write(&mut self) -> Option<EgressError> {
+        while let Some(pending) = self.pending.pop_front() {
+            if let Ok(Err(error)) = pending.await {
+                return Some(error);
+            }
+        }
+        None
     }
 
     /// Waits for every write in flight.
@@ -217,10 +229,12 @@ impl Upload {
             None => false,
         };
         if !sent {
-            return Err(EgressError::host(
-                &self.provider.name,
-                "the provider's thread ended before `finish`",
-            ));
+            return Err(self.failed_write().await.unwrap_or_else(|| {
+                EgressError::host(
+                    &self.provider.name,
+                    "the provider's thread ended before `finish`",
+                )
+            }));
         }
         let deadline = self.provider.limits.call_timeout();
         match tokio::time::timeout(deadline + GRACE, result).await {

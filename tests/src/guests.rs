@@ -1,0 +1,125 @@
+//! WebAssembly guests the tests need, built from source on first use: the misbehaving fixtures
+//! of `tests/plugins/` and the example providers of `examples/` (Rust, and Python through
+//! componentize-py).
+
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+/// The target directory of this workspace.
+pub fn target_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("the test binary's path");
+    // <target>/<profile>/deps/<test binary>
+    exe.ancestors()
+        .nth(3)
+        .expect("the test binary is inside the target dir")
+        .to_owned()
+}
+
+/// Builds a guest workspace (wasm32-wasip2, release) into `<target>/<target_name>`; returns the
+/// directory holding its components.
+fn build_guests(manifest: &Path, target_name: &str) -> PathBuf {
+    let target = target_dir().join(target_name);
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let output = std::process::Command::new(cargo)
+        .args([
+            "build",
+            "--release",
+            "--locked",
+            "--target",
+            "wasm32-wasip2",
+        ])
+        .arg("--manifest-path")
+        .arg(manifest)
+        .arg("--target-dir")
+        .arg(&target)
+        .env_remove("RUSTFLAGS")
+        .env_remove("CARGO_ENCODED_RUSTFLAGS")
+        .env_remove("CARGO_TARGET_DIR")
+        .output()
+        .expect("cargo runs");
+    assert!(
+        output.status.success(),
+        "building {} failed (is the wasm32-wasip2 target installed?):\n{}",
+        manifest.display(),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    target.join("wasm32-wasip2/release")
+}
+
+/// A fixture component from `tests/plugins/`, built on first use.
+pub fn fixture(name: &str) -> PathBuf {
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    let directory = BUILT.get_or_init(|| {
+        build_guests(
+            &Path::new(env!("CARGO_MANIFEST_DIR")).join("plugins/Cargo.toml"),
+            "wasm-fixtures",
+        )
+    });
+    let path = directory.join(format!("fixture_{}.wasm", name.replace('-', "_")));
+    assert!(path.is_file(), "no fixture {}", path.display());
+    path
+}
+
+/// An example component from `examples/` (Rust), built on first use.
+pub fn rust_example(library: &str) -> PathBuf {
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    let directory = BUILT.get_or_init(|| {
+        build_guests(
+            &Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/Cargo.toml"),
+            "wasm-examples",
+        )
+    });
+    let path = directory.join(format!("{library}.wasm"));
+    assert!(path.is_file(), "no example {}", path.display());
+    path
+}
+
+/// The Python example, built with componentize-py on first use. componentize-py is looked for in
+/// `<target>/componentize-py` (a virtualenv `tests/run` creates), then on `PATH`.
+pub fn python_example() -> PathBuf {
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let venv = target_dir().join("componentize-py/bin/componentize-py");
+            let tool = if venv.is_file() {
+                venv
+            } else {
+                PathBuf::from("componentize-py")
+            };
+            let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/python-sidecar");
+            let output = target_dir().join("wasm-examples/python_sidecar.wasm");
+            std::fs::create_dir_all(output.parent().unwrap()).unwrap();
+            // componentize-py's output differs from run to run, which would defeat the compile
+            // cache (the Python component takes a minute to compile in a debug build): keep the
+            // component while its sources are older.
+            let modified = |path: &Path| std::fs::metadata(path).and_then(|m| m.modified()).ok();
+            let newest_source = ["app.py", "provider.py", "../../wit/egress.wit"]
+                .iter()
+                .filter_map(|file| modified(&source.join(file)))
+                .max();
+            if let (Some(built), Some(source)) = (modified(&output), newest_source)
+                && built > source
+            {
+                return output;
+            }
+            let result = std::process::Command::new(&tool)
+                .current_dir(&source)
+                .args(["-d", "../../wit", "-w", "egress-provider", "componentize", "app", "-o"])
+                .arg(&output)
+                .output()
+                .unwrap_or_else(|e| {
+                    panic!(
+                        "cannot run {} ({e}); install it with `python3 -m venv target/componentize-py && \
+                         target/componentize-py/bin/pip install componentize-py==0.25.1` (tests/run does)",
+                        tool.display()
+                    )
+                });
+            assert!(
+                result.status.success(),
+                "componentize-py failed:\n{}",
+                String::from_utf8_lossy(&result.stderr)
+            );
+            output
+        })
+        .clone()
+}
