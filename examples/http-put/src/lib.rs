@@ -153,7 +153,9 @@ fn http_error(what: &str, code: ErrorCode) -> Error {
 fn stream_error(what: &str, error: StreamError) -> Error {
     match error {
         StreamError::Closed => Error::Io(format!("{what}: the connection was closed")),
-        StreamError::LastOperationFailed(e) => Error::Io(format!("{what}: {}", e.to_debug_string())),
+        StreamError::LastOperationFailed(e) => {
+            Error::Io(format!("{what}: {}", e.to_debug_string()))
+        }
     }
 }
 
@@ -205,7 +207,9 @@ impl Guest for Component {
             .map_err(|e| Error::InvalidSettings(format!("bad header: {e:?}")))?;
         let request = OutgoingRequest::new(headers);
         let invalid = |what: &str| Error::InvalidSettings(format!("invalid {what} in `{url}`"));
-        request.set_method(&Method::Put).map_err(|_| invalid("method"))?;
+        request
+            .set_method(&Method::Put)
+            .map_err(|_| invalid("method"))?;
         request
             .set_scheme(Some(&target.scheme))
             .map_err(|_| invalid("scheme"))?;
@@ -249,15 +253,29 @@ struct HttpUpload {
 }
 
 impl HttpUpload {
+    /// Why the body stream failed: the request was refused or the server answered early, and
+    /// the response says which; only without one is the stream's own error the cause.
+    fn stream_failure(&self, error: StreamError) -> Error {
+        if let Some(response) = self.response.borrow().as_ref() {
+            response.subscribe().block();
+        }
+        self.early_failure()
+            .unwrap_or_else(|| stream_error(&format!("PUT {}", self.url), error))
+    }
+
     /// The response, if it already arrived with an error: a server that answers before the body
     /// ends (401, 413) makes later writes fail with a useless "closed".
     fn early_failure(&self) -> Option<Error> {
         let response = self.response.borrow();
         let response = response.as_ref()?;
         match response.get()? {
-            Ok(Ok(response)) if !(200..300).contains(&response.status()) => Some(Error::Denied(
-                format!("PUT {}: the server answered {}", self.url, response.status()),
-            )),
+            Ok(Ok(response)) if !(200..300).contains(&response.status()) => {
+                Some(Error::Denied(format!(
+                    "PUT {}: the server answered {}",
+                    self.url,
+                    response.status()
+                )))
+            }
             Ok(Err(code)) => Some(http_error(&format!("PUT {}", self.url), code)),
             _ => None,
         }
@@ -274,15 +292,7 @@ impl GuestUpload for HttpUpload {
         while !rest.is_empty() {
             let permitted = match stream.check_write() {
                 Ok(n) => n as usize,
-                Err(e) => {
-                    // The request failed or the server answered early: its response says why.
-                    if let Some(response) = self.response.borrow().as_ref() {
-                        response.subscribe().block();
-                    }
-                    return Err(self
-                        .early_failure()
-                        .unwrap_or_else(|| stream_error(&format!("PUT {}", self.url), e)));
-                }
+                Err(e) => return Err(self.stream_failure(e)),
             };
             if permitted == 0 {
                 stream.subscribe().block();
@@ -291,7 +301,7 @@ impl GuestUpload for HttpUpload {
             let n = permitted.min(rest.len());
             stream
                 .write(&rest[..n])
-                .map_err(|e| stream_error(&format!("PUT {}", self.url), e))?;
+                .map_err(|e| self.stream_failure(e))?;
             rest = &rest[n..];
         }
         Ok(())
@@ -301,7 +311,9 @@ impl GuestUpload for HttpUpload {
         let upload: HttpUpload = this.into_inner();
         let what = format!("PUT {}", upload.url);
         if let Some(stream) = upload.stream.borrow_mut().take() {
-            stream.blocking_flush().map_err(|e| stream_error(&what, e))?;
+            stream
+                .blocking_flush()
+                .map_err(|e| upload.stream_failure(e))?;
         }
         if let Some(body) = upload.body.borrow_mut().take() {
             OutgoingBody::finish(body, None).map_err(|code| http_error(&what, code))?;
@@ -325,8 +337,12 @@ impl GuestUpload for HttpUpload {
                     location: upload.location.clone(),
                 })
             }
-            401 | 403 => Err(Error::Denied(format!("{what}: the server answered {status}"))),
-            500..=599 => Err(Error::Unavailable(format!("{what}: the server answered {status}"))),
+            401 | 403 => Err(Error::Denied(format!(
+                "{what}: the server answered {status}"
+            ))),
+            500..=599 => Err(Error::Unavailable(format!(
+                "{what}: the server answered {status}"
+            ))),
             _ => Err(Error::Io(format!("{what}: the server answered {status}"))),
         }
     }

@@ -144,7 +144,13 @@ fn format_timestamp(seconds: u64, nanoseconds: u32) -> String {
 fn sanitize(value: &str) -> String {
     value
         .chars()
-        .map(|c| if c == '/' || c == '\\' || c.is_control() { '_' } else { c })
+        .map(|c| {
+            if c == '/' || c == '\\' || c.is_control() {
+                '_'
+            } else {
+                c
+            }
+        })
         .collect()
 }
 
@@ -220,11 +226,7 @@ impl Guest for Component {
         let (directory, directory_path) = granted_directory()?;
         let name = render(&template, &artifact)?;
         let final_path = join(&directory_path, &name);
-        if !overwrite
-            && directory
-                .stat_at(PathFlags::empty(), &name)
-                .is_ok()
-        {
+        if !overwrite && directory.stat_at(PathFlags::empty(), &name).is_ok() {
             return Err(Error::Denied(format!(
                 "{final_path} already exists; remove it, change `name_template`, or set `overwrite = true`"
             )));
@@ -240,7 +242,11 @@ impl Guest for Component {
             .map_err(|code| io_error("cannot create", &join(&directory_path, &temporary), code))?;
         log(
             Level::Debug,
-            &format!("writing {} to {}", artifact.kind, join(&directory_path, &temporary)),
+            &format!(
+                "writing {} to {}",
+                artifact.kind,
+                join(&directory_path, &temporary)
+            ),
         );
         Ok(Upload::new(FileUpload {
             directory,
@@ -287,7 +293,11 @@ impl GuestUpload for FileUpload {
             let n = file
                 .write(&chunk[written..], self.offset.get())
                 .map_err(|code| {
-                    io_error("cannot write", &join(&self.directory_path, &self.temporary), code)
+                    io_error(
+                        "cannot write",
+                        &join(&self.directory_path, &self.temporary),
+                        code,
+                    )
                 })?;
             if n == 0 {
                 return Err(Error::Io(format!(
@@ -304,11 +314,11 @@ impl GuestUpload for FileUpload {
     fn finish(this: Upload) -> Result<EgressResult, Error> {
         let upload: FileUpload = this.into_inner();
         let temporary_path = join(&upload.directory_path, &upload.temporary);
-        if let Some(file) = upload.file.borrow_mut().take() {
-            if upload.sync {
-                file.sync_data()
-                    .map_err(|code| io_error("cannot flush", &temporary_path, code))?;
-            }
+        if let Some(file) = upload.file.borrow_mut().take()
+            && upload.sync
+        {
+            file.sync_data()
+                .map_err(|code| io_error("cannot flush", &temporary_path, code))?;
         }
         let final_path = join(&upload.directory_path, &upload.name);
         upload

@@ -11,15 +11,21 @@ wit_bindgen::generate!({ path: "../../../wit", world: "egress-provider" });
 use diagmon::egress::types::{Artifact, EgressResult, Error};
 use exports::diagmon::egress::provider::{Guest, GuestUpload, Upload};
 
+/// An IPv4 address and port: four octets, then the port.
+type Ipv4Address = (u8, u8, u8, u8, u16);
+
 thread_local! {
-    static ADDRESS: RefCell<Option<(u8, u8, u8, u8, u16)>> = const { RefCell::new(None) };
+    static ADDRESS: RefCell<Option<Ipv4Address>> = const { RefCell::new(None) };
 }
 
 struct Component;
 
-fn parse(address: &str) -> Option<(u8, u8, u8, u8, u16)> {
+fn parse(address: &str) -> Option<Ipv4Address> {
     let (ip, port) = address.split_once(':')?;
-    let parts: Vec<u8> = ip.split('.').map(|p| p.parse().ok()).collect::<Option<_>>()?;
+    let parts: Vec<u8> = ip
+        .split('.')
+        .map(|p| p.parse().ok())
+        .collect::<Option<_>>()?;
     if parts.len() != 4 {
         return None;
     }

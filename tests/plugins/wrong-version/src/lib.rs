@@ -25,7 +25,9 @@ impl GuestUpload for Nothing {
         Ok(())
     }
     fn finish(_this: Upload) -> Result<EgressResult, Error> {
-        Ok(EgressResult { location: String::new() })
+        Ok(EgressResult {
+            location: String::new(),
+        })
     }
     fn abort(_this: Upload) -> Result<(), Error> {
         Ok(())
