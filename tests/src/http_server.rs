@@ -29,6 +29,7 @@ impl Drop for TestHttpServer {
 }
 
 impl TestHttpServer {
+    /// Starts the server on a free loopback port.
     pub async fn start() -> TestHttpServer {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let address = listener.local_addr().unwrap();
@@ -54,14 +55,17 @@ impl TestHttpServer {
         self.address
     }
 
+    /// `http://127.0.0.1:PORT`, for `allowed_outbound_hosts`.
     pub fn origin(&self) -> String {
         format!("http://{}", self.address)
     }
 
+    /// The requests received so far.
     pub fn requests(&self) -> Vec<Received> {
         self.received.lock().unwrap().clone()
     }
 
+    /// Waits (≤ 10 s) until `count` requests arrived, and returns them.
     pub async fn wait_for_requests(&self, count: usize) -> Vec<Received> {
         let deadline = Instant::now() + Duration::from_secs(10);
         while self.requests().len() < count && Instant::now() < deadline {
