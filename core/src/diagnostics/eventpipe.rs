@@ -17,9 +17,14 @@ use tokio::sync::watch;
 use super::nettrace::{NettraceSummary, NettraceValidator};
 use super::protocol::{Command, PayloadReader, PayloadWriter};
 use super::{DiagnosticsClient, DiagnosticsError};
+use std::sync::{Arc, OnceLock};
+use tokio::sync::{mpsc, oneshot};
 
 /// The rundown keyword the runtime uses when rundown is simply "on".
 pub const DEFAULT_RUNDOWN_KEYWORD: u64 = 0x8002_0139;
+
+/// Chunks queued for the background validator before reads wait for it.
+const VALIDATION_QUEUE: usize = 8;
 
 /// Size of the reads from the session socket.
 const READ_CHUNK: usize = 256 * 1024;
@@ -228,7 +233,7 @@ impl DiagnosticsClient {
                 Ok((stream, payload)) => {
                     let id = PayloadReader::new(&payload).u64("session id")?;
                     tracing::debug!(session = id, %command, "EventPipe session started");
-                    return Ok(EventPipeSession::new(self.clone(), id, *command, stream));
+                    return EventPipeSession::new(self.clone(), id, *command, stream);
                 }
                 Err(error) if error.is_unknown_command() => last = Some(*command),
                 Err(error) => return Err(error),
@@ -291,15 +296,21 @@ pub struct EventPipeSession {
     stream: UnixStream,
     stop: StopHandle,
     stop_requested: watch::Receiver<bool>,
-    validator: NettraceValidator,
+    validation: BackgroundValidation,
     buffer: BytesMut,
     ended: bool,
+    summary: Option<NettraceSummary>,
 }
 
 impl EventPipeSession {
-    fn new(client: DiagnosticsClient, id: u64, command: Command, stream: UnixStream) -> Self {
+    fn new(
+        client: DiagnosticsClient,
+        id: u64,
+        command: Command,
+        stream: UnixStream,
+    ) -> Result<Self, DiagnosticsError> {
         let (requested, stop_requested) = watch::channel(false);
-        EventPipeSession {
+        Ok(EventPipeSession {
             id,
             command,
             stream,
@@ -309,10 +320,11 @@ impl EventPipeSession {
                 requested,
             },
             stop_requested,
-            validator: NettraceValidator::new(),
+            validation: BackgroundValidation::start()?,
             buffer: BytesMut::new(),
             ended: false,
-        }
+            summary: None,
+        })
     }
 
     /// The runtime's session id.
@@ -332,7 +344,7 @@ impl EventPipeSession {
 
     /// Bytes received so far.
     pub fn bytes_received(&self) -> u64 {
-        self.validator.bytes_seen()
+        self.validation.bytes
     }
 
     /// The next chunk of the trace; `Ok(None)` once the stream ended after its end-of-stream
@@ -367,21 +379,25 @@ impl EventPipeSession {
         })?;
         if read == 0 {
             self.ended = true;
-            return if self.validator.is_complete() {
-                Ok(None)
-            } else {
-                Err(DiagnosticsError::Truncated {
-                    bytes: self.validator.bytes_seen(),
+            let bytes = self.validation.bytes;
+            return match self.validation.end().await {
+                Verdict::Complete(summary) => {
+                    self.summary = Some(summary);
+                    Ok(None)
+                }
+                Verdict::Incomplete => Err(DiagnosticsError::Truncated {
+                    bytes,
                     reason: "the runtime closed the stream before its end-of-stream marker \
                              (the process exited abruptly or the connection was cut)"
                         .to_owned(),
-                })
+                }),
+                Verdict::Invalid(reason) => Err(DiagnosticsError::InvalidTrace(reason)),
             };
         }
         let chunk = self.buffer.split().freeze();
-        if let Err(error) = self.validator.feed(&chunk) {
+        if let Err(error) = self.validation.feed(chunk.clone()).await {
             self.ended = true;
-            return Err(DiagnosticsError::InvalidTrace(error.to_string()));
+            return Err(error);
         }
         Ok(Some(chunk))
     }
@@ -408,11 +424,12 @@ impl EventPipeSession {
         self.finish()
     }
 
-    /// The summary of a stream that ended cleanly.
+    /// The summary of a stream that ended cleanly (after [`EventPipeSession::next_chunk`]
+    /// returned `Ok(None)`).
     pub fn finish(self) -> Result<NettraceSummary, DiagnosticsError> {
-        self.validator
-            .finish()
-            .map_err(|error| DiagnosticsError::InvalidTrace(error.to_string()))
+        self.summary.ok_or_else(|| {
+            DiagnosticsError::InvalidTrace("the trace has not ended cleanly".to_owned())
+        })
     }
 
     /// The session as a `Stream` of chunks, ending with `Err` when the trace was cut short.
@@ -497,5 +514,93 @@ mod tests {
         let rest = &bytes[bytes.len() - 13..];
         assert_eq!(rest[0], 0, "Except = enable false");
         assert_eq!(&rest[1..5], &2u32.to_le_bytes());
+    }
+}
+
+/// How a stream ended, as the validator saw it.
+#[derive(Debug)]
+enum Verdict {
+    /// Whole, with its end-of-stream marker.
+    Complete(NettraceSummary),
+    /// Cut short: no end-of-stream marker.
+    Incomplete,
+    /// Not valid nettrace.
+    Invalid(String),
+}
+
+/// Validates a session's stream on a thread of its own, so that parsing every event does not
+/// slow the reads down. Chunks are shared (`Bytes`), not copied; the queue is bounded, so a
+/// validator that falls behind slows the reads rather than growing memory.
+#[derive(Debug)]
+struct BackgroundValidation {
+    chunks: Option<mpsc::Sender<Bytes>>,
+    verdict: Option<oneshot::Receiver<Verdict>>,
+    failure: Arc<OnceLock<String>>,
+    bytes: u64,
+}
+
+impl BackgroundValidation {
+    fn start() -> Result<Self, DiagnosticsError> {
+        let (chunks, mut queue) = mpsc::channel::<Bytes>(VALIDATION_QUEUE);
+        let (verdict, outcome) = oneshot::channel();
+        let failure = Arc::new(OnceLock::new());
+        let failed = failure.clone();
+        std::thread::Builder::new()
+            .name("nettrace-validator".to_owned())
+            .spawn(move || {
+                let mut validator = NettraceValidator::new();
+                while let Some(chunk) = queue.blocking_recv() {
+                    if let Err(error) = validator.feed(&chunk) {
+                        let reason = error.to_string();
+                        let _ = failed.set(reason.clone());
+                        let _ = verdict.send(Verdict::Invalid(reason));
+                        // Keep taking chunks so that the reader never waits on a full queue.
+                        while queue.blocking_recv().is_some() {}
+                        return;
+                    }
+                }
+                let _ = verdict.send(if validator.is_complete() {
+                    match validator.finish() {
+                        Ok(summary) => Verdict::Complete(summary),
+                        Err(error) => Verdict::Invalid(error.to_string()),
+                    }
+                } else {
+                    Verdict::Incomplete
+                });
+            })
+            .map_err(|source| DiagnosticsError::Io {
+                what: "starting the trace validator",
+                source,
+            })?;
+        Ok(BackgroundValidation {
+            chunks: Some(chunks),
+            verdict: Some(outcome),
+            failure,
+            bytes: 0,
+        })
+    }
+
+    /// Queues a chunk; fails once the validator found the stream malformed.
+    async fn feed(&mut self, chunk: Bytes) -> Result<(), DiagnosticsError> {
+        if let Some(reason) = self.failure.get() {
+            return Err(DiagnosticsError::InvalidTrace(reason.clone()));
+        }
+        self.bytes += chunk.len() as u64;
+        if let Some(chunks) = &self.chunks {
+            // A send fails only if the validator thread is gone; its verdict says why.
+            let _ = chunks.send(chunk).await;
+        }
+        Ok(())
+    }
+
+    /// Ends the stream and waits for the validator's verdict.
+    async fn end(&mut self) -> Verdict {
+        self.chunks = None;
+        match self.verdict.take() {
+            Some(verdict) => verdict.await.unwrap_or_else(|_| {
+                Verdict::Invalid("the trace validator stopped unexpectedly".to_owned())
+            }),
+            None => Verdict::Invalid("the stream already ended".to_owned()),
+        }
     }
 }
