@@ -17,6 +17,7 @@
 //! - `overwrite`: `true` to replace an existing file of the same name; default `false` (refused).
 //! - `sync`: `true` to flush the file to disk (`fdatasync`) before renaming it; default `false`.
 
+use diagmon_name_template::{self as name_template, Fields, Shape};
 use std::cell::{Cell, RefCell};
 
 use wasip2::filesystem::preopens::get_directories;
@@ -77,103 +78,18 @@ fn parse_bool(key: &str, value: &str) -> Result<bool, Error> {
     }
 }
 
-const PLACEHOLDERS: &[&str] = &[
-    "file_name",
-    "pid",
-    "uid",
-    "process_name",
-    "operation_id",
-    "kind",
-    "timestamp",
-];
-
-/// Checks that every `{...}` in the template is a known placeholder.
-fn check_template(template: &str) -> Result<(), Error> {
-    let mut rest = template;
-    while let Some(open) = rest.find('{') {
-        let Some(close) = rest[open..].find('}') else {
-            return Err(Error::InvalidSettings(format!(
-                "`name_template` `{template}` has an unclosed `{{`"
-            )));
-        };
-        let name = &rest[open + 1..open + close];
-        if !PLACEHOLDERS.contains(&name) {
-            return Err(Error::InvalidSettings(format!(
-                "`name_template` uses the unknown placeholder `{{{name}}}`; known: {}",
-                PLACEHOLDERS
-                    .iter()
-                    .map(|p| format!("{{{p}}}"))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            )));
-        }
-        rest = &rest[open + close + 1..];
+/// What the name template's placeholders stand for.
+fn name_fields(artifact: &Artifact) -> Fields<'_> {
+    Fields {
+        file_name: &artifact.file_name,
+        pid: artifact.pid,
+        uid: &artifact.uid,
+        process_name: &artifact.process_name,
+        operation_id: &artifact.operation_id,
+        kind: &artifact.kind,
+        started_at_seconds: artifact.started_at.seconds,
+        started_at_nanoseconds: artifact.started_at.nanoseconds,
     }
-    if template.contains('/') || template.contains('\\') {
-        return Err(Error::InvalidSettings(format!(
-            "`name_template` `{template}` must be a file name, without `/`"
-        )));
-    }
-    Ok(())
-}
-
-/// `yyyyMMdd_HHmmss_fff` in UTC.
-fn format_timestamp(seconds: u64, nanoseconds: u32) -> String {
-    let days = (seconds / 86_400) as i64;
-    let secs_of_day = seconds % 86_400;
-    // Civil-from-days (Howard Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + if month <= 2 { 1 } else { 0 };
-    format!(
-        "{year:04}{month:02}{day:02}_{:02}{:02}{:02}_{:03}",
-        secs_of_day / 3600,
-        secs_of_day / 60 % 60,
-        secs_of_day % 60,
-        nanoseconds / 1_000_000
-    )
-}
-
-/// Replaces characters that have no place in a file name.
-fn sanitize(value: &str) -> String {
-    value
-        .chars()
-        .map(|c| {
-            if c == '/' || c == '\\' || c.is_control() {
-                '_'
-            } else {
-                c
-            }
-        })
-        .collect()
-}
-
-fn render(template: &str, artifact: &Artifact) -> Result<String, Error> {
-    let mut name = template.to_owned();
-    let timestamp = format_timestamp(artifact.started_at.seconds, artifact.started_at.nanoseconds);
-    for (placeholder, value) in [
-        ("{file_name}", sanitize(&artifact.file_name)),
-        ("{pid}", artifact.pid.to_string()),
-        ("{uid}", sanitize(&artifact.uid)),
-        ("{process_name}", sanitize(&artifact.process_name)),
-        ("{operation_id}", sanitize(&artifact.operation_id)),
-        ("{kind}", sanitize(&artifact.kind)),
-        ("{timestamp}", timestamp),
-    ] {
-        name = name.replace(placeholder, &value);
-    }
-    if name.is_empty() || name == "." || name == ".." {
-        return Err(Error::InvalidSettings(format!(
-            "`name_template` `{template}` gives the unusable file name `{name}`"
-        )));
-    }
-    Ok(name)
 }
 
 struct Component;
@@ -190,7 +106,8 @@ impl Guest for Component {
         for (key, value) in settings {
             match key.as_str() {
                 "name_template" => {
-                    check_template(&value)?;
+                    name_template::check(&value, Shape::FileName)
+                        .map_err(Error::InvalidSettings)?;
                     parsed.name_template = value;
                 }
                 "overwrite" => parsed.overwrite = parse_bool(&key, &value)?,
@@ -224,14 +141,18 @@ impl Guest for Component {
                 .ok_or_else(|| Error::Other("begin was called before configure".to_owned()))
         })?;
         let (directory, directory_path) = granted_directory()?;
-        let name = render(&template, &artifact)?;
+        let name = name_template::render(&template, &name_fields(&artifact), Shape::FileName)
+            .map_err(Error::InvalidSettings)?;
         let final_path = join(&directory_path, &name);
         if !overwrite && directory.stat_at(PathFlags::empty(), &name).is_ok() {
             return Err(Error::Denied(format!(
                 "{final_path} already exists; remove it, change `name_template`, or set `overwrite = true`"
             )));
         }
-        let temporary = format!(".{name}.{}.partial", sanitize(&artifact.operation_id));
+        let temporary = format!(
+            ".{name}.{}.partial",
+            name_template::sanitize(&artifact.operation_id)
+        );
         let file = directory
             .open_at(
                 PathFlags::empty(),

@@ -30,6 +30,7 @@
 //!   most 7 days) instead of the plain URL, where the store can sign one. The URL grants read
 //!   access to whoever holds it.
 
+use diagmon_name_template::{self as name_template, Fields, Shape, UtcTime};
 use std::cell::RefCell;
 
 wit_bindgen::generate!({
@@ -113,95 +114,6 @@ fn parse_expiry(value: &str) -> Result<u64, Error> {
     }
 }
 
-const PLACEHOLDERS: &[&str] = &[
-    "file_name",
-    "pid",
-    "uid",
-    "process_name",
-    "operation_id",
-    "kind",
-    "timestamp",
-    "date",
-];
-
-/// Checks that every `{...}` in the template is a known placeholder and that the template
-/// makes a relative path.
-fn check_template(template: &str) -> Result<(), Error> {
-    let mut rest = template;
-    while let Some(open) = rest.find('{') {
-        let Some(close) = rest[open..].find('}') else {
-            return Err(Error::InvalidSettings(format!(
-                "`name_template` `{template}` has an unclosed `{{`"
-            )));
-        };
-        let name = &rest[open + 1..open + close];
-        if !PLACEHOLDERS.contains(&name) {
-            return Err(Error::InvalidSettings(format!(
-                "`name_template` uses the unknown placeholder `{{{name}}}`; known: {}",
-                PLACEHOLDERS
-                    .iter()
-                    .map(|p| format!("{{{p}}}"))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            )));
-        }
-        rest = &rest[open + close + 1..];
-    }
-    if template.is_empty()
-        || template.starts_with('/')
-        || template.ends_with('/')
-        || template
-            .split('/')
-            .any(|s| s.is_empty() || s == "." || s == "..")
-    {
-        return Err(Error::InvalidSettings(format!(
-            "`name_template` `{template}` must be a relative name: no leading or trailing `/`, no empty, `.` or `..` segment"
-        )));
-    }
-    Ok(())
-}
-
-/// (`yyyyMMdd_HHmmss_fff`, `yyyy-MM-dd`, `yyyy-MM-ddTHH:mm:ss.fffZ`) in UTC.
-fn format_timestamp(seconds: u64, nanoseconds: u32) -> (String, String, String) {
-    let days = (seconds / 86_400) as i64;
-    let secs_of_day = seconds % 86_400;
-    // Civil-from-days (Howard Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + if month <= 2 { 1 } else { 0 };
-    let (h, m, s, ms) = (
-        secs_of_day / 3600,
-        secs_of_day / 60 % 60,
-        secs_of_day % 60,
-        nanoseconds / 1_000_000,
-    );
-    (
-        format!("{year:04}{month:02}{day:02}_{h:02}{m:02}{s:02}_{ms:03}"),
-        format!("{year:04}-{month:02}-{day:02}"),
-        format!("{year:04}-{month:02}-{day:02}T{h:02}:{m:02}:{s:02}.{ms:03}Z"),
-    )
-}
-
-/// Makes a value usable in a name segment: no `/`, `\` or control characters.
-fn sanitize(value: &str) -> String {
-    value
-        .chars()
-        .map(|c| {
-            if c == '/' || c == '\\' || c.is_control() {
-                '_'
-            } else {
-                c
-            }
-        })
-        .collect()
-}
-
 /// Percent-encodes what is not printable ASCII (and `%` itself), for metadata values.
 fn header_safe(value: &str) -> String {
     let mut out = String::with_capacity(value.len());
@@ -215,37 +127,24 @@ fn header_safe(value: &str) -> String {
     out
 }
 
-fn render(template: &str, artifact: &Artifact) -> Result<String, Error> {
-    let (timestamp, date, _) =
-        format_timestamp(artifact.started_at.seconds, artifact.started_at.nanoseconds);
-    let mut name = template.to_owned();
-    for (placeholder, value) in [
-        ("{file_name}", sanitize(&artifact.file_name)),
-        ("{pid}", artifact.pid.to_string()),
-        ("{uid}", sanitize(&artifact.uid)),
-        ("{process_name}", sanitize(&artifact.process_name)),
-        ("{operation_id}", sanitize(&artifact.operation_id)),
-        ("{kind}", sanitize(&artifact.kind)),
-        ("{timestamp}", timestamp),
-        ("{date}", date),
-    ] {
-        name = name.replace(placeholder, &value);
+/// What the name template's placeholders stand for.
+fn name_fields(artifact: &Artifact) -> Fields<'_> {
+    Fields {
+        file_name: &artifact.file_name,
+        pid: artifact.pid,
+        uid: &artifact.uid,
+        process_name: &artifact.process_name,
+        operation_id: &artifact.operation_id,
+        kind: &artifact.kind,
+        started_at_seconds: artifact.started_at.seconds,
+        started_at_nanoseconds: artifact.started_at.nanoseconds,
     }
-    if name
-        .split('/')
-        .any(|s| s.is_empty() || s == "." || s == "..")
-    {
-        return Err(Error::InvalidSettings(format!(
-            "`name_template` `{template}` gives the unusable name `{name}`"
-        )));
-    }
-    Ok(name)
 }
 
 /// The metadata stored with the object.
 fn metadata(artifact: &Artifact) -> Vec<(String, String)> {
-    let (_, _, started_at) =
-        format_timestamp(artifact.started_at.seconds, artifact.started_at.nanoseconds);
+    let started_at =
+        UtcTime::new(artifact.started_at.seconds, artifact.started_at.nanoseconds).iso8601();
     vec![
         ("pid".to_owned(), artifact.pid.to_string()),
         ("uid".to_owned(), header_safe(&artifact.uid)),
@@ -287,7 +186,8 @@ impl Guest for Component {
         for (key, value) in settings {
             match key.as_str() {
                 "name_template" => {
-                    check_template(&value)?;
+                    name_template::check(&value, Shape::RelativePath)
+                        .map_err(Error::InvalidSettings)?;
                     parsed.name_template = value;
                 }
                 "part_size_mib" => {
@@ -312,7 +212,12 @@ impl Guest for Component {
 
     fn begin(artifact: Artifact) -> Result<Upload, Error> {
         let settings = settings()?;
-        let name = render(&settings.name_template, &artifact)?;
+        let name = name_template::render(
+            &settings.name_template,
+            &name_fields(&artifact),
+            Shape::RelativePath,
+        )
+        .map_err(Error::InvalidSettings)?;
         let options = ObjectOptions {
             content_type: Some(artifact.content_type.clone()),
             metadata: metadata(&artifact),
