@@ -17,8 +17,8 @@ use super::{AppState, RequestOrigin};
 use crate::diagnostics::eventpipe::Rundown;
 use crate::diagnostics::{EventProvider, SessionConfig};
 use crate::egress::Artifact;
-use crate::operations::OperationProcess;
 use crate::operations::capture::{Sink, capture_trace};
+use crate::operations::{Operation, OperationError, OperationProcess, Outcome};
 use crate::processes::{ProcessSelector, resolve};
 use crate::profiles;
 
@@ -160,14 +160,12 @@ async fn start_trace(
     if let Some(provider) = &request.egress_provider
         && !app.egress.has_provider(provider)
     {
-        {
-            return Err(Problem::field(
-                "egressProvider",
-                format!(
-                    "Egress provider `{provider}` does not exist; configure it under [egress.providers.{provider}]."
-                ),
-            ));
-        }
+        return Err(Problem::field(
+            "egressProvider",
+            format!(
+                "Egress provider `{provider}` does not exist; configure it under [egress.providers.{provider}]."
+            ),
+        ));
     }
     let processes = app.processes.list().await;
     let process = resolve(&processes, &request.selector, &app.config.default_process)
@@ -181,23 +179,19 @@ async fn start_trace(
         request.egress_provider.clone(),
         request.tags,
     );
+    let Ok(location) =
+        HeaderValue::from_str(&origin.url(&format!("/operations/{}", operation.id())))
+    else {
+        let message = "The request's Host header cannot form a Location URL.".to_owned();
+        return Err(fail(&operation, "BadRequest", message));
+    };
     let session = match app.processes.client(process).start_session(&config).await {
         Ok(session) => session,
         Err(error) => {
             let message = format!("Cannot start a trace of process {}: {error}", process.pid);
-            operation.finish(crate::operations::Outcome::Failed(
-                crate::operations::OperationError {
-                    code: "RuntimeError".to_owned(),
-                    message: message.clone(),
-                },
-            ));
-            return Err(Problem::bad_request(message));
+            return Err(fail(&operation, "RuntimeError", message));
         }
     };
-    let location = origin.url(&format!("/operations/{}", operation.id()));
-    let location = HeaderValue::from_str(&location).map_err(|_| {
-        Problem::bad_request("the request's Host header cannot form a Location URL")
-    })?;
     let started_at = SystemTime::now();
     let file_name = Artifact::trace_file_name(started_at, process.pid);
     match request.egress_provider {
@@ -215,16 +209,7 @@ async fn start_trace(
             };
             let upload = match app.egress.begin(&provider, artifact).await {
                 Ok(upload) => upload,
-                Err(error) => {
-                    let message = error.to_string();
-                    operation.finish(crate::operations::Outcome::Failed(
-                        crate::operations::OperationError {
-                            code: error.kind().to_owned(),
-                            message: message.clone(),
-                        },
-                    ));
-                    return Err(Problem::bad_request(message));
-                }
+                Err(error) => return Err(fail(&operation, error.kind(), error.to_string())),
             };
             tokio::spawn(capture_trace(
                 operation,
@@ -260,6 +245,15 @@ async fn start_trace(
             Ok(response)
         }
     }
+}
+
+/// Records a failure to start on the operation, and answers 400 with the same message.
+fn fail(operation: &Operation, code: &str, message: String) -> Problem {
+    operation.finish(Outcome::Failed(OperationError {
+        code: code.to_owned(),
+        message: message.clone(),
+    }));
+    Problem::bad_request(message)
 }
 
 /// Accepts application/json, text/json and application/*+json (415 otherwise).
