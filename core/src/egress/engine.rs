@@ -51,11 +51,11 @@ pub fn engine() -> &'static Engine {
     })
 }
 
-/// Epoch ticks for a deadline, at least one.
+/// Epoch ticks for a deadline. The ticker may tick right after a call starts, so one more tick
+/// than the deadline spans makes sure a call always gets at least its whole deadline (and at most
+/// one tick more).
 pub fn ticks(deadline: Duration) -> u64 {
-    (deadline.as_millis() as u64)
-        .div_ceil(EPOCH_TICK.as_millis() as u64)
-        .max(1)
+    (deadline.as_millis() as u64).div_ceil(EPOCH_TICK.as_millis() as u64) + 1
 }
 
 /// Adapts sha256 to [`std::hash::Hasher`], so that the engine's compatibility hash (which only
