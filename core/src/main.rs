@@ -351,15 +351,16 @@ async fn trace(args: TraceArgs) -> Result<ExitCode> {
     let mut file = tokio::fs::File::create(&args.output)
         .await
         .with_context(|| format!("cannot create {}", args.output.display()))?;
-    let summary = session
+    let digest = session
         .copy_to(&mut file)
         .await
         .with_context(|| format!("the trace in {} is incomplete", args.output.display()))?;
     eprintln!(
-        "wrote {} ({} bytes, {} events)",
+        "wrote {} ({} bytes, {} events, sha256 {})",
         args.output.display(),
-        summary.bytes,
-        summary.events
+        digest.nettrace.bytes,
+        digest.nettrace.events,
+        digest.sha256
     );
     Ok(ExitCode::SUCCESS)
 }

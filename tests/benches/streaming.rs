@@ -1,9 +1,16 @@
 //! Streaming benchmark: a synthetic nettrace from the simulated runtime (a separate process) read
 //! by a plain socket copy (the physical limit), by diagmon's client into a null sink and into a
-//! file, and through the HTTP API of the real `diagmon` binary. Prints MB/s and peak RSS.
+//! file, by the client with the summary every operation computes (every event validated, the
+//! bytes hashed), and through `POST /trace` of the real `diagmon` binary. Prints MiB/s, peak RSS
+//! and the CPU each process used; asserts nothing.
 //!
 //! `cargo bench -p diagmon-tests --bench streaming [-- SIZE_MIB...]` (default 200 and 2048).
-//! The HTTP rows need `cargo build --release -p diagmon` first; they are skipped without it.
+//! The HTTP row needs `cargo build --release -p diagmon` first; it is skipped without it.
+//!
+//! The machine is shared by the simulator, the reader and (for HTTP) the monitor, so one run of
+//! a row can land on a busy core. Every row therefore runs `BENCH_ROUNDS` times (3 by
+//! default), the rows interleaved, and the table shows each row's best and median rate; the
+//! ratios compare best with best. `BENCH_ROWS=client-null,http` runs only those rows.
 
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -13,7 +20,9 @@ use diagmon::diagnostics::endpoint::Endpoint;
 use diagmon::diagnostics::protocol::{
     Command as IpcCommand, HEADER_LEN, PayloadWriter, encode_request,
 };
+use diagmon::diagnostics::summary::TraceSummarizer;
 use diagmon::diagnostics::{DiagnosticsClient, EventProvider, SessionConfig, Timeouts};
+use diagmon_tests::monitor::Monitor;
 use futures_util::StreamExt;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -47,6 +56,10 @@ impl Simulator {
             _dir: dir,
         }
     }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
 }
 
 impl Drop for Simulator {
@@ -57,12 +70,12 @@ impl Drop for Simulator {
 }
 
 /// Resets the peak-RSS counter of `pid` (Linux: writing 5 to clear_refs).
-fn reset_peak_rss(pid: &str) {
+fn reset_peak_rss(pid: u32) {
     let _ = std::fs::write(format!("/proc/{pid}/clear_refs"), "5");
 }
 
 /// Peak RSS of `pid` in MiB since the last reset.
-fn peak_rss_mib(pid: &str) -> f64 {
+fn peak_rss_mib(pid: u32) -> f64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     status
         .lines()
@@ -76,6 +89,29 @@ fn peak_rss_mib(pid: &str) -> f64 {
                 .ok()
         })
         .map_or(f64::NAN, |kib| kib / 1024.0)
+}
+
+/// CPU time (user + system) `pid` has used so far, in seconds.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // The fields after the command name (which may hold spaces) start after the last ')'.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map_or(Vec::new(), |(_, rest)| rest.split_whitespace().collect());
+    let ticks = |index: usize| {
+        fields
+            .get(index)
+            .and_then(|value| value.parse::<f64>().ok())
+            .unwrap_or(f64::NAN)
+    };
+    // utime and stime are fields 14 and 15 of the line, 11 and 12 after the ')'.
+    (ticks(11) + ticks(12)) / clock_ticks_per_second()
+}
+
+fn clock_ticks_per_second() -> f64 {
+    // SAFETY: sysconf has no preconditions.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if ticks > 0 { ticks as f64 } else { 100.0 }
 }
 
 fn providers() -> Vec<EventProvider> {
@@ -105,6 +141,7 @@ async fn plain_copy<W: tokio::io::AsyncWrite + Unpin>(socket: &str, sink: &mut W
     loop {
         let read = stream.read(&mut buffer).await.expect("read");
         if read == 0 {
+            sink.flush().await.expect("flush");
             return copied;
         }
         sink.write_all(&buffer[..read]).await.expect("write");
@@ -119,33 +156,187 @@ async fn client_session(socket: &str) -> diagmon::diagnostics::EventPipeSession 
     client.start_session(&config).await.expect("session")
 }
 
-async fn client_to_null(socket: &str) -> u64 {
-    let mut session = client_session(socket).await;
-    let mut bytes = 0;
-    while let Some(chunk) = session.next_chunk().await.expect("complete trace") {
+/// The same stream through `POST /trace` of the monitor, read by reqwest. Returns the bytes
+/// and the time to the first byte.
+async fn http_trace(monitor: &Monitor) -> (u64, Duration) {
+    let body =
+        serde_json::json!({"providers": [{"name": "Diagmon-Synthetic"}], "requestRundown": false});
+    let started = Instant::now();
+    let response = reqwest::Client::new()
+        .post(monitor.url("/trace?durationSeconds=-1"))
+        .json(&body)
+        .send()
+        .await
+        .expect("response");
+    assert!(response.status().is_success(), "{}", response.status());
+    let mut stream = response.bytes_stream();
+    let mut bytes = 0u64;
+    let mut first_byte = Duration::ZERO;
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.expect("complete body");
+        if bytes == 0 {
+            first_byte = started.elapsed();
+        }
         bytes += chunk.len() as u64;
     }
-    bytes
+    (bytes, first_byte)
 }
 
-async fn client_to_file(socket: &str, dir: &Path) -> u64 {
-    let session = client_session(socket).await;
-    let path = dir.join("bench.nettrace");
-    let mut file = tokio::fs::File::create(&path).await.expect("file");
-    let summary = session.copy_to(&mut file).await.expect("complete trace");
-    let _ = std::fs::remove_file(&path);
-    summary.bytes
+/// The ways of reading the stream that the table compares.
+#[derive(Clone, Copy, PartialEq)]
+enum Row {
+    PlainNull,
+    PlainFile,
+    ClientNull,
+    ClientFile,
+    ClientSummaryNull,
+    Http,
 }
 
-fn row(label: &str, bytes: u64, elapsed: Duration, rss: f64, baseline: Option<f64>) -> f64 {
-    let rate = bytes as f64 / MIB as f64 / elapsed.as_secs_f64();
-    let ratio = baseline.map_or(String::new(), |b| format!("{:>6.2}x", rate / b));
-    println!(
-        "{label:<28} {:>9.1} MiB {:>9.1} MiB/s {ratio:>8} peak RSS {rss:>7.1} MiB",
-        bytes as f64 / MIB as f64,
-        rate
-    );
-    rate
+impl Row {
+    const ALL: [Row; 6] = [
+        Row::PlainNull,
+        Row::PlainFile,
+        Row::ClientNull,
+        Row::ClientFile,
+        Row::ClientSummaryNull,
+        Row::Http,
+    ];
+
+    /// The row's name in `BENCH_ROWS`.
+    fn key(self) -> &'static str {
+        match self {
+            Row::PlainNull => "plain-null",
+            Row::PlainFile => "plain-file",
+            Row::ClientNull => "client-null",
+            Row::ClientFile => "client-file",
+            Row::ClientSummaryNull => "client-summary-null",
+            Row::Http => "http",
+        }
+    }
+
+    fn label(self) -> &'static str {
+        match self {
+            Row::PlainNull => "plain copy -> null",
+            Row::PlainFile => "plain copy -> file",
+            Row::ClientNull => "client -> null",
+            Row::ClientFile => "client -> file",
+            Row::ClientSummaryNull => "client + summary -> null",
+            Row::Http => "HTTP POST /trace -> reqwest",
+        }
+    }
+
+    /// The rows this one is compared with: the same reads with less work.
+    fn baselines(self) -> &'static [Row] {
+        match self {
+            Row::PlainNull | Row::PlainFile => &[],
+            Row::ClientNull => &[Row::PlainNull],
+            Row::ClientFile => &[Row::PlainFile],
+            Row::ClientSummaryNull => &[Row::ClientNull],
+            // The bare client, and the client doing the same work as an operation minus HTTP.
+            Row::Http => &[Row::ClientNull, Row::ClientSummaryNull],
+        }
+    }
+}
+
+/// One run of one row.
+#[derive(Clone, Copy)]
+struct Sample {
+    rate: f64,
+    /// Peak RSS of the process doing the reading (the monitor for HTTP).
+    rss: f64,
+    /// Cores used on average by the simulator, the bench process and the monitor.
+    cores: [f64; 3],
+    first_byte: Duration,
+}
+
+struct Bench<'a> {
+    simulator: &'a Simulator,
+    monitor: Option<&'a Monitor>,
+    scratch: &'a Path,
+}
+
+impl Bench<'_> {
+    async fn run(&self, row: Row) -> Option<Sample> {
+        let me = std::process::id();
+        let monitor_pid = self.monitor.map(Monitor::pid);
+        if row == Row::Http && monitor_pid.is_none() {
+            return None;
+        }
+        let reader = if row == Row::Http { monitor_pid? } else { me };
+        let pids = [Some(self.simulator.pid()), Some(me), monitor_pid];
+        let cpu_before = pids.map(|pid| pid.map_or(0.0, cpu_seconds));
+        reset_peak_rss(reader);
+        let path = self.scratch.join("bench.nettrace");
+        let started = Instant::now();
+        let socket = &self.simulator.socket;
+        let mut first_byte = Duration::ZERO;
+        let bytes = match row {
+            Row::PlainNull => plain_copy(socket, &mut tokio::io::sink()).await,
+            Row::PlainFile => {
+                let mut file = tokio::fs::File::create(&path).await.expect("file");
+                plain_copy(socket, &mut file).await
+            }
+            Row::ClientNull => {
+                let mut session = client_session(socket).await;
+                let mut bytes = 0;
+                while let Some(chunk) = session.next_chunk().await.expect("complete trace") {
+                    bytes += chunk.len() as u64;
+                }
+                bytes
+            }
+            Row::ClientFile => {
+                let mut session = client_session(socket).await;
+                let mut file = tokio::fs::File::create(&path).await.expect("file");
+                let mut bytes = 0;
+                while let Some(chunk) = session.next_chunk().await.expect("complete trace") {
+                    file.write_all(&chunk).await.expect("write");
+                    bytes += chunk.len() as u64;
+                }
+                file.flush().await.expect("flush");
+                bytes
+            }
+            Row::ClientSummaryNull => {
+                let mut session = client_session(socket).await;
+                let mut summarizer = TraceSummarizer::start().expect("summarizer");
+                while let Some(chunk) = session.next_chunk().await.expect("complete trace") {
+                    summarizer.feed(chunk).await.expect("valid trace");
+                }
+                summarizer.finish().await.expect("summary").nettrace.bytes
+            }
+            Row::Http => {
+                let (bytes, first) = http_trace(self.monitor?).await;
+                first_byte = first;
+                bytes
+            }
+        };
+        let elapsed = started.elapsed();
+        let rss = peak_rss_mib(reader);
+        if matches!(row, Row::PlainFile | Row::ClientFile) {
+            // Untimed: write the file back now, so that the kernel's writeback does not run
+            // during the next row.
+            // SAFETY: sync has no preconditions.
+            unsafe { libc::sync() };
+        }
+        let _ = std::fs::remove_file(&path);
+        let mut cores = [0.0; 3];
+        for (index, pid) in pids.iter().enumerate() {
+            if let Some(pid) = pid {
+                cores[index] = (cpu_seconds(*pid) - cpu_before[index]) / elapsed.as_secs_f64();
+            }
+        }
+        Some(Sample {
+            rate: bytes as f64 / MIB as f64 / elapsed.as_secs_f64(),
+            rss,
+            cores,
+            first_byte,
+        })
+    }
+}
+
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values.get(values.len() / 2).copied().unwrap_or(f64::NAN)
 }
 
 #[tokio::main]
@@ -159,112 +350,95 @@ async fn main() {
     } else {
         sizes
     };
-    let me = std::process::id().to_string();
-    let scratch = tempfile::tempdir().expect("tempdir");
-    for size in sizes {
-        let bytes = size * MIB;
-        let simulator = Simulator::start(bytes);
-        println!("--- {size} MiB synthetic nettrace ---");
-
-        reset_peak_rss(&me);
-        let started = Instant::now();
-        let copied = plain_copy(&simulator.socket, &mut tokio::io::sink()).await;
-        let plain = row(
-            "plain copy -> null",
-            copied,
-            started.elapsed(),
-            peak_rss_mib(&me),
-            None,
-        );
-
-        reset_peak_rss(&me);
-        let path = scratch.path().join("plain.nettrace");
-        let mut file = tokio::fs::File::create(&path).await.expect("file");
-        let started = Instant::now();
-        let copied = plain_copy(&simulator.socket, &mut file).await;
-        file.flush().await.expect("flush");
-        let plain_file = row(
-            "plain copy -> file",
-            copied,
-            started.elapsed(),
-            peak_rss_mib(&me),
-            None,
-        );
-        drop(file);
-        let _ = std::fs::remove_file(&path);
-
-        reset_peak_rss(&me);
-        let started = Instant::now();
-        let read = client_to_null(&simulator.socket).await;
-        row(
-            "client -> null",
-            read,
-            started.elapsed(),
-            peak_rss_mib(&me),
-            Some(plain),
-        );
-
-        reset_peak_rss(&me);
-        let started = Instant::now();
-        let written = client_to_file(&simulator.socket, scratch.path()).await;
-        row(
-            "client -> file",
-            written,
-            started.elapsed(),
-            peak_rss_mib(&me),
-            Some(plain_file),
-        );
-
-        http_rows(&simulator, plain).await;
-    }
-}
-
-/// The same stream through `POST /trace` of the release binary, read by reqwest.
-async fn http_rows(simulator: &Simulator, plain: f64) {
+    let rounds: usize = std::env::var("BENCH_ROUNDS")
+        .ok()
+        .and_then(|value| value.parse().ok())
+        .unwrap_or(3)
+        .max(1);
+    // A comma list of row keys (for profiling one row); all rows by default.
+    let only = std::env::var("BENCH_ROWS").ok();
     let binary = std::env::current_exe()
         .ok()
         .and_then(|exe| Some(exe.parent()?.parent()?.join("diagmon")));
-    if !binary.is_some_and(|binary| binary.is_file()) {
-        println!("(HTTP rows skipped: run `cargo build --release -p diagmon` first)");
-        return;
-    }
-    let socket_dir = Path::new(&simulator.socket).parent().expect("socket dir");
-    let monitor = diagmon_tests::monitor::Monitor::start(
-        &format!("socket_dir = {:?}\n", socket_dir.display().to_string()),
-        &["--no-auth"],
-    );
-    let monitor_pid = monitor.pid().to_string();
-    let client = reqwest::Client::new();
-    let url = monitor.url("/trace?durationSeconds=-1");
-    let body =
-        serde_json::json!({"providers": [{"name": "Diagmon-Synthetic"}], "requestRundown": false});
-    reset_peak_rss(&monitor_pid);
-    let started = Instant::now();
-    let response = client
-        .post(&url)
-        .json(&body)
-        .send()
-        .await
-        .expect("response");
-    let mut stream = response.bytes_stream();
-    let mut bytes = 0u64;
-    let mut first_byte = None;
-    while let Some(chunk) = stream.next().await {
-        let chunk = chunk.expect("complete body");
-        first_byte.get_or_insert_with(|| started.elapsed());
-        bytes += chunk.len() as u64;
-    }
-    row(
-        "HTTP POST /trace (monitor)",
-        bytes,
-        started.elapsed(),
-        peak_rss_mib(&monitor_pid),
-        Some(plain),
-    );
-    if let Some(first_byte) = first_byte {
+    let have_monitor = binary.is_some_and(|binary| binary.is_file());
+    let scratch = tempfile::tempdir().expect("tempdir");
+    for size in sizes {
+        let simulator = Simulator::start(size * MIB);
+        let socket_dir = Path::new(&simulator.socket).parent().expect("socket dir");
+        let monitor = have_monitor.then(|| {
+            Monitor::start(
+                &format!("socket_dir = {:?}\n", socket_dir.display().to_string()),
+                &["--no-auth"],
+            )
+        });
+        let bench = Bench {
+            simulator: &simulator,
+            monitor: monitor.as_ref(),
+            scratch: scratch.path(),
+        };
+        let mut samples: Vec<Vec<Sample>> = vec![Vec::new(); Row::ALL.len()];
+        for _ in 0..rounds {
+            for (index, row) in Row::ALL.into_iter().enumerate() {
+                if !only.as_ref().is_none_or(|only| only.contains(row.key())) {
+                    continue;
+                }
+                if let Some(sample) = bench.run(row).await {
+                    samples[index].push(sample);
+                }
+            }
+        }
+        println!("--- {size} MiB synthetic nettrace, best of {rounds} interleaved rounds ---");
         println!(
-            "  time from request to first streamed byte: {:.1} ms",
-            first_byte.as_secs_f64() * 1000.0
+            "{:<28} {:>10} {:>8} {:>9}  {:<18} vs baseline",
+            "", "best MiB/s", "median", "peak RSS", "cores sim/bench/mon"
         );
+        let best = |row: Row| {
+            let index = Row::ALL.iter().position(|candidate| *candidate == row)?;
+            samples[index]
+                .iter()
+                .copied()
+                .max_by(|a, b| a.rate.total_cmp(&b.rate))
+        };
+        for (index, row) in Row::ALL.into_iter().enumerate() {
+            let Some(top) = best(row) else {
+                if row == Row::Http && !have_monitor {
+                    println!(
+                        "{:<28} (skipped: run `cargo build --release -p diagmon` first)",
+                        row.label()
+                    );
+                }
+                continue;
+            };
+            let runs = &samples[index];
+            let versus: Vec<String> = row
+                .baselines()
+                .iter()
+                .filter_map(|base| {
+                    let base_top = best(*base)?;
+                    Some(format!("{:.2}x {}", top.rate / base_top.rate, base.label()))
+                })
+                .collect();
+            println!(
+                "{:<28} {:>10.0} {:>8.0} {:>5.1} MiB  {:.2} / {:.2} / {:.2}   {}",
+                row.label(),
+                top.rate,
+                median(runs.iter().map(|sample| sample.rate).collect()),
+                runs.iter().map(|sample| sample.rss).fold(0.0, f64::max),
+                top.cores[0],
+                top.cores[1],
+                top.cores[2],
+                versus.join(", "),
+            );
+            if row == Row::Http {
+                let first_bytes = runs
+                    .iter()
+                    .map(|sample| sample.first_byte.as_secs_f64() * 1000.0)
+                    .collect();
+                println!(
+                    "  time from request to first streamed byte: median {:.1} ms",
+                    median(first_bytes)
+                );
+            }
+        }
     }
 }

@@ -8,6 +8,7 @@ use diagmon::diagnostics::nettrace::{NettraceSummary, NettraceValidator};
 use diagmon::diagnostics::{DiagnosticsError, EventProvider, SessionConfig, Timeouts};
 use diagmon::processes::{Discovery, ProcessDirectory, ProcessRecord};
 use diagmon_tests::target::{Program, TestTarget};
+use sha2::{Digest, Sha256};
 
 const SAMPLE_PROFILER: &str = "Microsoft-DotNETCore-SampleProfiler";
 const RUNTIME: &str = "Microsoft-Windows-DotNETRuntime";
@@ -55,9 +56,17 @@ async fn capture(
         stop.stop().await
     });
     let mut bytes = Vec::new();
-    let summary = session.copy_to(&mut bytes).await?;
+    let digest = session.copy_to(&mut bytes).await?;
     stopper.await.unwrap()?;
-    Ok((bytes, summary))
+    let sha256: String = Sha256::digest(&bytes)
+        .iter()
+        .map(|byte| format!("{byte:02x}"))
+        .collect();
+    assert_eq!(
+        digest.sha256, sha256,
+        "the digest covers exactly the bytes written"
+    );
+    Ok((bytes, digest.nettrace))
 }
 
 /// Validates bytes independently of the session's own check.
@@ -216,8 +225,8 @@ async fn sigterm_ends_the_trace_completely() {
     let mut bytes = Vec::new();
     let (_, summary) = tokio::join!(signal, session.copy_to(&mut bytes));
     let summary = summary.expect("a graceful exit completes the trace");
-    assert_eq!(validate(&bytes).events, summary.events);
-    assert!(summary.events_by_provider.contains_key(RUNDOWN));
+    assert_eq!(validate(&bytes).events, summary.nettrace.events);
+    assert!(summary.nettrace.events_by_provider.contains_key(RUNDOWN));
 }
 
 #[tokio::test]

@@ -161,7 +161,7 @@ async fn a_stopped_session_is_complete_and_a_cut_one_is_truncated() {
     });
     let mut bytes = Vec::new();
     let summary = session.copy_to(&mut bytes).await.unwrap();
-    assert!(summary.events > 0);
+    assert!(summary.nettrace.events > 0);
 
     let config = SimulatedRuntimeConfig {
         stream: StreamBehaviour::DisconnectAfter {
@@ -219,7 +219,7 @@ async fn listen_mode_takes_advertised_connections_and_resumes_a_suspended_runtim
         stop.stop().await.unwrap();
     });
     let summary = session.copy_to(&mut Vec::new()).await.unwrap();
-    assert!(summary.events > 0);
+    assert!(summary.nettrace.events > 0);
     assert!(
         port.runtimes().len() == 1,
         "one runtime, however many connections"

@@ -3,31 +3,25 @@
 //! The session's connection becomes a one-way byte stream after the runtime's OK reply. Reading it
 //! is pull-based, so a slow consumer slows the runtime down (and the runtime drops events in its
 //! own buffers rather than diagmon buffering them): memory stays constant whatever the trace size.
-//! Every chunk also goes through a [`NettraceValidator`], which is how a stream that ends without
-//! its end-of-stream marker is told apart from a clean end.
+//! Every chunk also goes through a framing-only [`NettraceValidator`], inline and at next to no
+//! cost, which is how a stream that ends without its end-of-stream marker is told apart from a
+//! clean end. Reading every event and hashing the bytes is the [`TraceSummarizer`]'s job, on a
+//! thread of its own, for the callers that want a summary.
 
 use std::collections::BTreeMap;
 
-use bytes::{Bytes, BytesMut};
-use futures_util::Stream;
-use tokio::io::AsyncReadExt;
+use bytes::Bytes;
 use tokio::net::UnixStream;
 use tokio::sync::watch;
 
-use super::nettrace::{NettraceSummary, NettraceValidator};
+use super::nettrace::NettraceValidator;
 use super::protocol::{Command, PayloadReader, PayloadWriter};
+use super::read_buffers::ReadBuffers;
+use super::summary::{TraceDigest, TraceSummarizer};
 use super::{DiagnosticsClient, DiagnosticsError};
-use std::sync::{Arc, OnceLock};
-use tokio::sync::{mpsc, oneshot};
 
 /// The rundown keyword the runtime uses when rundown is simply "on".
 pub const DEFAULT_RUNDOWN_KEYWORD: u64 = 0x8002_0139;
-
-/// Chunks queued for the background validator before reads wait for it.
-const VALIDATION_QUEUE: usize = 8;
-
-/// Size of the reads from the session socket.
-const READ_CHUNK: usize = 256 * 1024;
 
 /// One provider to enable in a session.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -233,7 +227,7 @@ impl DiagnosticsClient {
                 Ok((stream, payload)) => {
                     let id = PayloadReader::new(&payload).u64("session id")?;
                     tracing::debug!(session = id, %command, "EventPipe session started");
-                    return EventPipeSession::new(self.clone(), id, *command, stream);
+                    return Ok(EventPipeSession::new(self.clone(), id, *command, stream));
                 }
                 Err(error) if error.is_unknown_command() => last = Some(*command),
                 Err(error) => return Err(error),
@@ -296,21 +290,15 @@ pub struct EventPipeSession {
     stream: UnixStream,
     stop: StopHandle,
     stop_requested: watch::Receiver<bool>,
-    validation: BackgroundValidation,
-    buffer: BytesMut,
+    framing: NettraceValidator,
+    buffers: ReadBuffers,
     ended: bool,
-    summary: Option<NettraceSummary>,
 }
 
 impl EventPipeSession {
-    fn new(
-        client: DiagnosticsClient,
-        id: u64,
-        command: Command,
-        stream: UnixStream,
-    ) -> Result<Self, DiagnosticsError> {
+    fn new(client: DiagnosticsClient, id: u64, command: Command, stream: UnixStream) -> Self {
         let (requested, stop_requested) = watch::channel(false);
-        Ok(EventPipeSession {
+        EventPipeSession {
             id,
             command,
             stream,
@@ -320,11 +308,10 @@ impl EventPipeSession {
                 requested,
             },
             stop_requested,
-            validation: BackgroundValidation::start()?,
-            buffer: BytesMut::new(),
+            framing: NettraceValidator::framing_only(),
+            buffers: ReadBuffers::default(),
             ended: false,
-            summary: None,
-        })
+        }
     }
 
     /// The runtime's session id.
@@ -344,7 +331,7 @@ impl EventPipeSession {
 
     /// Bytes received so far.
     pub fn bytes_received(&self) -> u64 {
-        self.validation.bytes
+        self.framing.bytes_seen()
     }
 
     /// The next chunk of the trace; `Ok(None)` once the stream ended after its end-of-stream
@@ -354,11 +341,11 @@ impl EventPipeSession {
         if self.ended {
             return Ok(None);
         }
-        self.buffer.reserve(READ_CHUNK);
         let read = loop {
             if *self.stop_requested.borrow() {
                 let after = self.stop.client.timeouts().stop;
-                match tokio::time::timeout(after, self.stream.read_buf(&mut self.buffer)).await {
+                let read = self.buffers.read_chunk(&mut self.stream);
+                match tokio::time::timeout(after, read).await {
                     Ok(read) => break read,
                     Err(_) => {
                         return Err(DiagnosticsError::Timeout {
@@ -369,7 +356,7 @@ impl EventPipeSession {
                 }
             }
             tokio::select! {
-                read = self.stream.read_buf(&mut self.buffer) => break read,
+                read = self.buffers.read_chunk(&mut self.stream) => break read,
                 _ = self.stop_requested.changed() => {}
             }
         };
@@ -377,38 +364,32 @@ impl EventPipeSession {
             what: "reading the trace stream",
             source,
         })?;
-        if read == 0 {
+        let Some(chunk) = read else {
             self.ended = true;
-            let bytes = self.validation.bytes;
-            return match self.validation.end().await {
-                Verdict::Complete(summary) => {
-                    self.summary = Some(summary);
-                    Ok(None)
-                }
-                Verdict::Incomplete => Err(DiagnosticsError::Truncated {
-                    bytes,
-                    reason: "the runtime closed the stream before its end-of-stream marker \
-                             (the process exited abruptly or the connection was cut)"
-                        .to_owned(),
-                }),
-                Verdict::Invalid(reason) => Err(DiagnosticsError::InvalidTrace(reason)),
-            };
-        }
-        let chunk = self.buffer.split().freeze();
-        if let Err(error) = self.validation.feed(chunk.clone()).await {
+            if self.framing.is_complete() {
+                return Ok(None);
+            }
+            return Err(DiagnosticsError::Truncated {
+                bytes: self.framing.bytes_seen(),
+                reason: "the runtime closed the stream before its end-of-stream marker \
+                         (the process exited abruptly or the connection was cut)"
+                    .to_owned(),
+            });
+        };
+        if let Err(error) = self.framing.feed(&chunk) {
             self.ended = true;
-            return Err(error);
+            return Err(DiagnosticsError::InvalidTrace(error.to_string()));
         }
         Ok(Some(chunk))
     }
 
-    /// Reads the rest of the stream into `sink`, then checks that it ended properly. Returns the
-    /// trace's summary.
-    pub async fn copy_to<W>(mut self, sink: &mut W) -> Result<NettraceSummary, DiagnosticsError>
+    /// Reads the rest of the stream into `sink` and summarises it (see [`TraceSummarizer`]).
+    pub async fn copy_to<W>(mut self, sink: &mut W) -> Result<TraceDigest, DiagnosticsError>
     where
         W: tokio::io::AsyncWrite + Unpin,
     {
         use tokio::io::AsyncWriteExt;
+        let mut summarizer = TraceSummarizer::start()?;
         while let Some(chunk) = self.next_chunk().await? {
             sink.write_all(&chunk)
                 .await
@@ -416,32 +397,13 @@ impl EventPipeSession {
                     what: "writing the trace",
                     source,
                 })?;
+            summarizer.feed(chunk).await?;
         }
         sink.flush().await.map_err(|source| DiagnosticsError::Io {
             what: "writing the trace",
             source,
         })?;
-        self.finish()
-    }
-
-    /// The summary of a stream that ended cleanly (after [`EventPipeSession::next_chunk`]
-    /// returned `Ok(None)`).
-    pub fn finish(self) -> Result<NettraceSummary, DiagnosticsError> {
-        self.summary.ok_or_else(|| {
-            DiagnosticsError::InvalidTrace("the trace has not ended cleanly".to_owned())
-        })
-    }
-
-    /// The session as a `Stream` of chunks, ending with `Err` when the trace was cut short.
-    pub fn into_stream(self) -> impl Stream<Item = Result<Bytes, DiagnosticsError>> + Send {
-        futures_util::stream::unfold(Some(self), |session| async move {
-            let mut session = session?;
-            match session.next_chunk().await {
-                Ok(Some(chunk)) => Some((Ok(chunk), Some(session))),
-                Ok(None) => None,
-                Err(error) => Some((Err(error), None)),
-            }
-        })
+        summarizer.finish().await
     }
 }
 
@@ -514,93 +476,5 @@ mod tests {
         let rest = &bytes[bytes.len() - 13..];
         assert_eq!(rest[0], 0, "Except = enable false");
         assert_eq!(&rest[1..5], &2u32.to_le_bytes());
-    }
-}
-
-/// How a stream ended, as the validator saw it.
-#[derive(Debug)]
-enum Verdict {
-    /// Whole, with its end-of-stream marker.
-    Complete(NettraceSummary),
-    /// Cut short: no end-of-stream marker.
-    Incomplete,
-    /// Not valid nettrace.
-    Invalid(String),
-}
-
-/// Validates a session's stream on a thread of its own, so that parsing every event does not
-/// slow the reads down. Chunks are shared (`Bytes`), not copied; the queue is bounded, so a
-/// validator that falls behind slows the reads rather than growing memory.
-#[derive(Debug)]
-struct BackgroundValidation {
-    chunks: Option<mpsc::Sender<Bytes>>,
-    verdict: Option<oneshot::Receiver<Verdict>>,
-    failure: Arc<OnceLock<String>>,
-    bytes: u64,
-}
-
-impl BackgroundValidation {
-    fn start() -> Result<Self, DiagnosticsError> {
-        let (chunks, mut queue) = mpsc::channel::<Bytes>(VALIDATION_QUEUE);
-        let (verdict, outcome) = oneshot::channel();
-        let failure = Arc::new(OnceLock::new());
-        let failed = failure.clone();
-        std::thread::Builder::new()
-            .name("nettrace-validator".to_owned())
-            .spawn(move || {
-                let mut validator = NettraceValidator::new();
-                while let Some(chunk) = queue.blocking_recv() {
-                    if let Err(error) = validator.feed(&chunk) {
-                        let reason = error.to_string();
-                        let _ = failed.set(reason.clone());
-                        let _ = verdict.send(Verdict::Invalid(reason));
-                        // Keep taking chunks so that the reader never waits on a full queue.
-                        while queue.blocking_recv().is_some() {}
-                        return;
-                    }
-                }
-                let _ = verdict.send(if validator.is_complete() {
-                    match validator.finish() {
-                        Ok(summary) => Verdict::Complete(summary),
-                        Err(error) => Verdict::Invalid(error.to_string()),
-                    }
-                } else {
-                    Verdict::Incomplete
-                });
-            })
-            .map_err(|source| DiagnosticsError::Io {
-                what: "starting the trace validator",
-                source,
-            })?;
-        Ok(BackgroundValidation {
-            chunks: Some(chunks),
-            verdict: Some(outcome),
-            failure,
-            bytes: 0,
-        })
-    }
-
-    /// Queues a chunk; fails once the validator found the stream malformed.
-    async fn feed(&mut self, chunk: Bytes) -> Result<(), DiagnosticsError> {
-        if let Some(reason) = self.failure.get() {
-            return Err(DiagnosticsError::InvalidTrace(reason.clone()));
-        }
-        self.bytes += chunk.len() as u64;
-        if let Some(chunks) = &self.chunks {
-            // A send fails only if the validator thread is gone; its verdict says why.
-            let _ = chunks.send(chunk).await;
-        }
-        Ok(())
-    }
-
-    /// Ends the stream and waits for the validator's verdict.
-    async fn end(&mut self) -> Verdict {
-        self.chunks = None;
-        match self.verdict.take() {
-            Some(verdict) => verdict.await.unwrap_or_else(|_| {
-                Verdict::Invalid("the trace validator stopped unexpectedly".to_owned())
-            }),
-            None => Verdict::Invalid("the stream already ended".to_owned()),
-        }
     }
 }

@@ -15,7 +15,9 @@ pub mod endpoint;
 pub mod eventpipe;
 pub mod nettrace;
 pub mod protocol;
+mod read_buffers;
 pub mod reverse;
+pub mod summary;
 
 use std::path::PathBuf;
 use std::time::Duration;

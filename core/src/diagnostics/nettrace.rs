@@ -217,6 +217,10 @@ pub fn validate_file(path: &Path) -> Result<NettraceSummary, NettraceError> {
 /// [`feed`]: NettraceValidator::feed
 /// [`finish`]: NettraceValidator::finish
 pub struct NettraceValidator {
+    /// Whether block contents are parsed, or only the framing around them.
+    depth: Depth,
+    /// Bytes of block contents still to pass over before the next unit (framing only).
+    skip: u64,
     /// What the next unit is.
     step: Step,
     /// The size of the next unit.
@@ -271,9 +275,24 @@ impl fmt::Debug for NettraceValidator {
 }
 
 impl NettraceValidator {
-    /// A validator expecting the first byte of a stream.
+    /// A validator expecting the first byte of a stream; it parses every block and event.
     pub fn new() -> Self {
+        Self::with_depth(Depth::Events)
+    }
+
+    /// A validator that checks only the framing: the header, the Trace object, every block's
+    /// size and end, and the end-of-stream marker. It passes over block contents without reading
+    /// or buffering them, so it costs next to nothing per byte, and it still tells a whole trace
+    /// from one cut short or with broken framing. Its summary counts blocks and bytes; events,
+    /// metadata, stacks, drops and the per-provider maps stay empty.
+    pub fn framing_only() -> Self {
+        Self::with_depth(Depth::Framing)
+    }
+
+    fn with_depth(depth: Depth) -> Self {
         Self {
+            depth,
+            skip: 0,
             step: Step::Magic,
             need: MAGIC.len(),
             unit_start: 0,
@@ -365,6 +384,16 @@ impl NettraceValidator {
                 self.trailing_bytes = self.trailing_bytes.saturating_add(input.len() as u64);
                 return Ok(());
             }
+            if self.skip > 0 {
+                let skipped =
+                    usize::try_from(self.skip).map_or(input.len(), |skip| skip.min(input.len()));
+                input = input.get(skipped..).unwrap_or_default();
+                self.skip -= skipped as u64;
+                self.advance(skipped);
+                if self.skip > 0 {
+                    return Ok(());
+                }
+            }
             let need = self.need;
             if self.pending.is_empty() {
                 // Parse straight from the caller's slice when the whole unit is there.
@@ -431,6 +460,7 @@ impl NettraceValidator {
             Step::TraceBody => self.on_trace_body(unit, at),
             Step::BlockSize(kind) => self.on_block_size(kind, unit, at),
             Step::BlockBody { kind, padding } => self.on_block_body(kind, padding, unit, at),
+            Step::BlockEnd { kind, size } => self.on_block_end(kind, size, unit, at),
             Step::V6BlockHeader => self.on_v6_block_header(unit, at),
             Step::V6BlockBody(kind) => self.on_v6_block_body(kind, unit, at),
             Step::Done => Ok(()),
@@ -706,6 +736,11 @@ impl NettraceValidator {
         // The block's contents start at the next 4-byte-aligned stream offset.
         let padding = (4 - (at.wrapping_add(4) % 4)) % 4;
         let padding = padding as usize;
+        if self.depth == Depth::Framing && kind != ObjectKind::Trace {
+            self.skip = padding.saturating_add(size) as u64;
+            self.expect(Step::BlockEnd { kind, size }, 1);
+            return Ok(());
+        }
         self.expect(
             Step::BlockBody { kind, padding },
             padding.saturating_add(size).saturating_add(1),
@@ -752,25 +787,39 @@ impl NettraceValidator {
             start: body_start,
             len: body.len(),
         };
+        self.counts.count_block(kind);
         match kind {
             ObjectKind::Trace => return Err(malformed(at, "internal error: Trace is not a block")),
-            ObjectKind::EventBlock => {
-                self.counts.event_blocks += 1;
-                self.parse_event_block(body, block, Role::Events)?;
-            }
-            ObjectKind::MetadataBlock => {
-                self.counts.metadata_blocks += 1;
-                self.parse_event_block(body, block, Role::Metadata)?;
-            }
-            ObjectKind::StackBlock => {
-                self.counts.stack_blocks += 1;
-                self.parse_stack_block(body, block)?;
-            }
-            ObjectKind::SequencePointBlock => {
-                self.counts.sequence_point_blocks += 1;
-                self.parse_sequence_point_block_v4(body, block)?;
-            }
+            ObjectKind::EventBlock => self.parse_event_block(body, block, Role::Events)?,
+            ObjectKind::MetadataBlock => self.parse_event_block(body, block, Role::Metadata)?,
+            ObjectKind::StackBlock => self.parse_stack_block(body, block)?,
+            ObjectKind::SequencePointBlock => self.parse_sequence_point_block_v4(body, block)?,
         }
+        self.expect(Step::ObjectTag, 1);
+        Ok(())
+    }
+
+    /// Framing only: the end tag after a block whose contents were passed over.
+    fn on_block_end(
+        &mut self,
+        kind: ObjectKind,
+        size: usize,
+        unit: &[u8],
+        at: u64,
+    ) -> Result<(), NettraceError> {
+        let end = unit.first().copied().unwrap_or_default();
+        if end != TAG_END_OBJECT {
+            return Err(malformed(
+                at,
+                format!(
+                    "the {} that starts at byte {} does not end with the end-of-object tag (6) \
+                     after its declared {size} bytes (found {end:#04x}); its size is wrong",
+                    kind.name(),
+                    self.object_start
+                ),
+            ));
+        }
+        self.counts.count_block(kind);
         self.expect(Step::ObjectTag, 1);
         Ok(())
     }
@@ -795,6 +844,12 @@ impl NettraceValidator {
                 "a second Trace block; a stream has exactly one",
             ));
         }
+        if self.depth == Depth::Framing && kind.is_contents() {
+            self.counts.count_v6_block(kind);
+            self.skip = size as u64;
+            self.expect(Step::V6BlockHeader, 4);
+            return Ok(());
+        }
         self.expect(Step::V6BlockBody(kind), size);
         Ok(())
     }
@@ -810,6 +865,7 @@ impl NettraceValidator {
             start: at,
             len: body.len(),
         };
+        self.counts.count_v6_block(kind);
         match kind {
             V6Kind::EndOfStream => {
                 if !body.is_empty() {
@@ -823,22 +879,10 @@ impl NettraceValidator {
                 return Ok(());
             }
             V6Kind::Trace => self.parse_v6_trace(body, block)?,
-            V6Kind::Event => {
-                self.counts.event_blocks += 1;
-                self.parse_event_block(body, block, Role::Events)?;
-            }
-            V6Kind::Metadata => {
-                self.counts.metadata_blocks += 1;
-                self.parse_v6_metadata_block(body, block)?;
-            }
-            V6Kind::SequencePoint => {
-                self.counts.sequence_point_blocks += 1;
-                self.parse_v6_sequence_point_block(body, block)?;
-            }
-            V6Kind::Stack => {
-                self.counts.stack_blocks += 1;
-                self.parse_stack_block(body, block)?;
-            }
+            V6Kind::Event => self.parse_event_block(body, block, Role::Events)?,
+            V6Kind::Metadata => self.parse_v6_metadata_block(body, block)?,
+            V6Kind::SequencePoint => self.parse_v6_sequence_point_block(body, block)?,
+            V6Kind::Stack => self.parse_stack_block(body, block)?,
             V6Kind::Thread => parse_v6_thread_block(body, block)?,
             V6Kind::RemoveThread => self.parse_v6_remove_thread_block(body, block)?,
             V6Kind::LabelList => parse_v6_label_list_block(body, block)?,
@@ -1387,6 +1431,15 @@ impl NettraceValidator {
                 "inside the {} that starts at byte {object} ({missing} more bytes were expected)",
                 kind.name()
             ),
+            Step::BlockEnd { kind, .. } => format!(
+                "inside the {} that starts at byte {object} ({} more bytes were expected)",
+                kind.name(),
+                self.skip.saturating_add(1)
+            ),
+            Step::V6BlockHeader if self.skip > 0 => format!(
+                "inside the block that starts at byte {object} ({} more bytes were expected)",
+                self.skip
+            ),
             Step::V6BlockHeader if self.pending.is_empty() => format!(
                 "before the EndOfStream block (the last complete block ended at byte {})",
                 self.unit_start
@@ -1480,6 +1533,15 @@ impl NettraceValidator {
 // -------------------------------------------------------------------------------------------
 // Parser state.
 
+/// How deep a validator reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Depth {
+    /// Every block's contents, every event.
+    Events,
+    /// Only the framing around blocks.
+    Framing,
+}
+
 /// The unit the validator expects next.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Step {
@@ -1503,6 +1565,8 @@ enum Step {
     BlockSize(ObjectKind),
     /// Padding, the block's contents and its end tag.
     BlockBody { kind: ObjectKind, padding: usize },
+    /// Framing only: the end tag of a block of `size` bytes whose contents were passed over.
+    BlockEnd { kind: ObjectKind, size: usize },
     /// A V6 block's `size | kind` header.
     V6BlockHeader,
     /// A V6 block's contents.
@@ -1560,6 +1624,11 @@ enum V6Kind {
 }
 
 impl V6Kind {
+    /// True for the blocks a framing-only validator passes over: all but Trace and EndOfStream.
+    fn is_contents(self) -> bool {
+        !matches!(self, V6Kind::Trace | V6Kind::EndOfStream)
+    }
+
     fn from_byte(byte: u8) -> Self {
         match byte {
             0 => V6Kind::EndOfStream,
@@ -1616,6 +1685,28 @@ struct Counts {
     events: u64,
     metadata_records: u64,
     stacks: u64,
+}
+
+impl Counts {
+    fn count_block(&mut self, kind: ObjectKind) {
+        match kind {
+            ObjectKind::Trace => {}
+            ObjectKind::EventBlock => self.event_blocks += 1,
+            ObjectKind::MetadataBlock => self.metadata_blocks += 1,
+            ObjectKind::StackBlock => self.stack_blocks += 1,
+            ObjectKind::SequencePointBlock => self.sequence_point_blocks += 1,
+        }
+    }
+
+    fn count_v6_block(&mut self, kind: V6Kind) {
+        match kind {
+            V6Kind::Event => self.event_blocks += 1,
+            V6Kind::Metadata => self.metadata_blocks += 1,
+            V6Kind::SequencePoint => self.sequence_point_blocks += 1,
+            V6Kind::Stack => self.stack_blocks += 1,
+            _ => {}
+        }
+    }
 }
 
 /// Where a block's contents are, for error messages.
@@ -2932,6 +3023,89 @@ mod tests {
             }
             validate(&bytes).expect("the whole stream is valid");
         }
+    }
+
+    fn framing_in_chunks(bytes: &[u8], chunk: usize) -> Result<NettraceSummary, NettraceError> {
+        let mut validator = NettraceValidator::framing_only();
+        for piece in bytes.chunks(chunk) {
+            validator.feed(piece)?;
+        }
+        validator.finish()
+    }
+
+    #[test]
+    fn framing_only_counts_the_same_blocks_in_any_chunk_size() {
+        for bytes in [sample_v4(), sample_v3(), sample_v6()] {
+            let full = validate(&bytes).expect("the sample is valid");
+            for chunk in [1, 3, 7, 64, 4096, bytes.len()] {
+                let framing = framing_in_chunks(&bytes, chunk).expect("the framing is valid");
+                assert_eq!(framing.format, full.format);
+                assert_eq!(framing.bytes, full.bytes);
+                assert_eq!(framing.event_blocks, full.event_blocks, "chunks of {chunk}");
+                assert_eq!(framing.metadata_blocks, full.metadata_blocks);
+                assert_eq!(framing.stack_blocks, full.stack_blocks);
+                assert_eq!(framing.sequence_point_blocks, full.sequence_point_blocks);
+                assert_eq!(framing.events, 0, "block contents are not read");
+                assert!(framing.events_by_provider.is_empty());
+            }
+        }
+    }
+
+    #[test]
+    fn framing_only_finds_every_strict_prefix_truncated() {
+        for bytes in [sample_v4(), sample_v3(), sample_v6()] {
+            for end in 0..bytes.len() {
+                for chunk in [1, 4096] {
+                    let result = framing_in_chunks(&bytes[..end], chunk);
+                    assert!(
+                        matches!(&result, Err(error) if error.is_truncated()),
+                        "prefix of {end} bytes in chunks of {chunk}: {result:?}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn framing_only_says_where_a_cut_block_started() {
+        let bytes = sample_v4();
+        let cut = bytes.len() - 90;
+        let message = framing_in_chunks(&bytes[..cut], 4096)
+            .expect_err("cut short")
+            .to_string();
+        assert!(
+            message.contains(&format!(
+                "ended at byte {cut} inside the EventBlock that starts at byte"
+            )),
+            "{message}"
+        );
+        assert!(message.contains("more bytes were expected"), "{message}");
+    }
+
+    #[test]
+    fn framing_only_rejects_a_block_whose_size_is_wrong() {
+        let bytes = sample_v4();
+        let full = validate(&bytes).expect("valid");
+        assert!(full.event_blocks > 0);
+        // The first EventBlock's size field follows its type name and end tag.
+        let name = b"EventBlock";
+        let at = bytes
+            .windows(name.len())
+            .position(|window| window == name)
+            .expect("an EventBlock")
+            + name.len()
+            + 1;
+        let mut corrupt = bytes.clone();
+        let size = i32::from_le_bytes(corrupt[at..at + 4].try_into().unwrap());
+        corrupt[at..at + 4].copy_from_slice(&(size - 1).to_le_bytes());
+        let reason = match framing_in_chunks(&corrupt, 4096) {
+            Err(NettraceError::Malformed { reason, .. }) => reason,
+            other => panic!("expected a malformed trace, got {other:?}"),
+        };
+        assert!(
+            reason.contains("does not end with the end-of-object tag"),
+            "{reason}"
+        );
     }
 
     #[test]

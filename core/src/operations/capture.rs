@@ -1,18 +1,18 @@
 //! The capture pipeline: moves a trace from its EventPipe session to where it goes (the HTTP
 //! response or an egress provider), chunk by chunk, and records the outcome on the operation.
 //!
-//! One task per operation. Memory is constant: a chunk is read, hashed, handed to the sink and
-//! dropped; a slow sink slows the reads down.
+//! One task per operation. Memory is constant: a chunk is read, shared with the operation's
+//! [`TraceSummarizer`] (which validates every event and hashes the bytes on a thread of its own),
+//! handed to the sink and dropped; a slow sink or summarizer slows the reads down.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use sha2::{Digest, Sha256};
 use tokio::sync::{OwnedSemaphorePermit, mpsc};
 
 use super::{Operation, OperationError, Outcome, TraceSummary};
-use crate::diagnostics::nettrace::NettraceSummary;
+use crate::diagnostics::summary::{TraceDigest, TraceSummarizer};
 use crate::diagnostics::{DiagnosticsError, EventPipeSession};
 use crate::egress::{EgressError, Upload};
 
@@ -88,7 +88,14 @@ pub async fn capture_trace(
         });
     }
     let cancelled = operation.cancellation().clone();
-    let mut hasher = Sha256::new();
+    let mut summarizer = match TraceSummarizer::start() {
+        Ok(summarizer) => summarizer,
+        Err(error) => {
+            sink.abort(&error.to_string()).await;
+            operation.finish(failure(error));
+            return;
+        }
+    };
     let result: Result<(), Outcome> = async {
         loop {
             let chunk = tokio::select! {
@@ -99,8 +106,8 @@ pub async fn capture_trace(
                 chunk = session.next_chunk() => chunk.map_err(failure)?,
             };
             let Some(chunk) = chunk else { return Ok(()) };
-            hasher.update(&chunk);
             operation.add_bytes(chunk.len() as u64);
+            summarizer.feed(chunk.clone()).await.map_err(failure)?;
             tokio::select! {
                 biased;
                 _ = cancelled.cancelled() => {
@@ -112,11 +119,11 @@ pub async fn capture_trace(
     }
     .await;
     let outcome = match result {
-        Ok(()) => match session.finish().map_err(failure) {
-            Ok(summary) => match sink.finish().await {
+        Ok(()) => match summarizer.finish().await.map_err(failure) {
+            Ok(digest) => match sink.finish().await {
                 Ok(resource_location) => Outcome::Succeeded {
                     resource_location,
-                    summary: trace_summary(&summary, hasher),
+                    summary: trace_summary(digest),
                 },
                 Err(outcome) => outcome,
             },
@@ -160,8 +167,8 @@ fn failure(error: DiagnosticsError) -> Outcome {
     })
 }
 
-fn trace_summary(summary: &NettraceSummary, hasher: Sha256) -> TraceSummary {
-    let digest = hasher.finalize();
+fn trace_summary(digest: TraceDigest) -> TraceSummary {
+    let summary = digest.nettrace;
     TraceSummary {
         bytes: summary.bytes,
         events: summary.events,
@@ -170,7 +177,7 @@ fn trace_summary(summary: &NettraceSummary, hasher: Sha256) -> TraceSummary {
             + summary.stack_blocks
             + summary.sequence_point_blocks,
         dropped_events_estimate: summary.dropped_events_estimate,
-        events_by_provider: summary.events_by_provider.clone(),
-        sha256: digest.iter().map(|byte| format!("{byte:02x}")).collect(),
+        events_by_provider: summary.events_by_provider,
+        sha256: digest.sha256,
     }
 }
