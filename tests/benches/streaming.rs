@@ -158,11 +158,11 @@ async fn client_session(socket: &str) -> diagmon::diagnostics::EventPipeSession 
 
 /// The same stream through `POST /trace` of the monitor, read by reqwest. Returns the bytes
 /// and the time to the first byte.
-async fn http_trace(monitor: &Monitor) -> (u64, Duration) {
+async fn http_trace(client: &reqwest::Client, monitor: &Monitor) -> (u64, Duration) {
     let body =
         serde_json::json!({"providers": [{"name": "Diagmon-Synthetic"}], "requestRundown": false});
     let started = Instant::now();
-    let response = reqwest::Client::new()
+    let response = client
         .post(monitor.url("/trace?durationSeconds=-1"))
         .json(&body)
         .send()
@@ -251,6 +251,8 @@ struct Sample {
 }
 
 struct Bench<'a> {
+    /// Built once: building a client (its TLS set-up) takes milliseconds.
+    http: reqwest::Client,
     simulator: &'a Simulator,
     monitor: Option<&'a Monitor>,
     scratch: &'a Path,
@@ -305,7 +307,7 @@ impl Bench<'_> {
                 summarizer.finish().await.expect("summary").nettrace.bytes
             }
             Row::Http => {
-                let (bytes, first) = http_trace(self.monitor?).await;
+                let (bytes, first) = http_trace(&self.http, self.monitor?).await;
                 first_byte = first;
                 bytes
             }
@@ -372,6 +374,7 @@ async fn main() {
             )
         });
         let bench = Bench {
+            http: reqwest::Client::new(),
             simulator: &simulator,
             monitor: monitor.as_ref(),
             scratch: scratch.path(),
