@@ -1,41 +1,145 @@
-//! Egress benchmark: prints figures, asserts nothing.
+//! Egress benchmark for the built-in filesystem provider: prints figures, asserts nothing.
 //!
-//! Run with:
+//!     cargo bench -p diagmon-tests --bench egress [-- SIZE_MIB...]    (default 200 and 2048)
 //!
-//!     cargo bench -p diagmon-tests --bench egress
+//! It measures what issue #5 sets targets for:
+//! - **throughput**, per size: a synthetic nettrace streamed by the simulated runtime (a separate
+//!   process started with `--full-speed-bytes`) and read through diagmon's client
+//!   (`start_session`, then `next_chunk`), each chunk then going, as it comes, to
+//!   - (a) *native*: `std::fs::File::write_all` into a file of the target directory, on a writer
+//!     thread fed through a bounded queue (about 3 MiB, what an upload keeps in flight), as a
+//!     careful async implementation does: the reading task never blocks on the file;
+//!   - (b) *component*: [`diagmon::egress::Upload::write`], through the filesystem component into
+//!     the same directory, as the capture pipeline does; the host gathers the chunks into the
+//!     provider's `chunk_kib` (`BENCH_CHUNK_KIB` overrides it);
+//!   - for reference, native `write_all` inline on the reading task (no thread, no queue).
 //!
-//! It measures, for the built-in filesystem provider:
-//! - throughput of a synthetic stream (2 GiB by default; `DIAGMON_BENCH_EGRESS_MIB` changes it)
-//!   pushed in 64 KiB chunks, as the capture pipeline does, against a native Rust `write_all`
-//!   loop of the same chunks into the same directory (tmpfs `/dev/shm` when there is one); the
-//!   host coalesces them into the provider's `chunk_kib` (`DIAGMON_BENCH_CHUNK_KIB` overrides);
-//! - peak resident memory of the process while egressing, above what it used before;
-//! - per-upload overhead: instantiate + `configure` + `begin` + `finish` of an empty artifact;
-//! - start-up: `EgressHost::load` with the component already in the compile cache, and without.
+//!   After one warm-up run of each, the rows run interleaved, `BENCH_ROUNDS` times (3 by
+//!   default): the machine is shared by the simulator and the reader, so one run can land on a
+//!   busy core. The table shows each row's best and median rate (MiB/s from the session request
+//!   to the file being complete), every run, and the cores the simulator and this process used
+//!   in the best run; the component is compared with each native row best with best and median
+//!   with median. `BENCH_ROWS=native,component` runs only those rows (`inline` is the third);
+//! - **peak RSS** of this process while egressing (`VmHWM`, reset before each run), per size: it
+//!   should not grow with the trace;
+//! - **per-upload overhead**: instantiate + `configure` + `begin` + `finish` of an empty artifact;
+//! - **start-up**: `EgressHost::load` with the component already in the compile cache, and without.
+//!
+//! The target directory is under `BENCH_DIR` (default: tmpfs `/dev/shm` when there is one, so
+//! that disk write-back does not drown the difference). The knobs deliberately do not start with
+//! `DIAGMON_`: the monitor's configuration reads every such variable.
 
 use std::collections::BTreeMap;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
+use diagmon::diagnostics::endpoint::Endpoint;
+use diagmon::diagnostics::eventpipe::Rundown;
+use diagmon::diagnostics::{
+    DiagnosticsClient, EventPipeSession, EventProvider, SessionConfig, Timeouts,
+};
 use diagmon::egress::{Artifact, EgressConfig, EgressHost, ProviderConfig, ProviderLimits};
 
-const CHUNK: usize = 64 << 10;
+const MIB: u64 = 1 << 20;
 
-fn rss_kib() -> u64 {
+/// Chunks (256 KiB reads) queued for the native writer thread.
+const WRITER_QUEUE: usize = 12;
+
+/// The simulated runtime, serving full-speed sessions of `bytes` bytes.
+struct Simulator {
+    child: Child,
+    socket: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Simulator {
+    fn start(bytes: u64) -> Simulator {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut child = Command::new(env!("CARGO_BIN_EXE_simulated-runtime"))
+            .arg("--dir")
+            .arg(dir.path())
+            .arg("--full-speed-bytes")
+            .arg(bytes.to_string())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("start simulated-runtime");
+        let mut line = String::new();
+        let stdout = child.stdout.take().expect("stdout");
+        std::io::BufRead::read_line(&mut std::io::BufReader::new(stdout), &mut line)
+            .expect("socket path");
+        Simulator {
+            child,
+            socket: line.trim().to_owned(),
+            _dir: dir,
+        }
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    async fn session(&self) -> EventPipeSession {
+        let client = DiagnosticsClient::new(
+            Endpoint::Socket(self.socket.clone().into()),
+            Timeouts::default(),
+        );
+        let mut config =
+            SessionConfig::new(vec![EventProvider::new("Diagmon-Synthetic", u64::MAX, 5)]);
+        config.rundown = Rundown::Off;
+        client.start_session(&config).await.expect("session")
+    }
+}
+
+impl Drop for Simulator {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A field of `/proc/self/status` in KiB (`VmRSS`, `VmHWM`).
+fn status_kib(field: &str) -> u64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|status| {
             status
                 .lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|v| v.parse().ok())
+                .find_map(|line| line.strip_prefix(field)?.strip_prefix(':'))
+                .and_then(|value| value.split_whitespace().next()?.parse().ok())
         })
         .unwrap_or(0)
+}
+
+/// Resets this process's peak RSS (`VmHWM`) to its current RSS (Linux: 5 into clear_refs).
+fn reset_peak_rss() {
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
+}
+
+/// CPU time (user + system) `pid` has used so far, in seconds.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // The fields after the command name (which may hold spaces) start after the last ')';
+    // utime and stime are fields 14 and 15 of the line, 11 and 12 after the ')'.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map_or(Vec::new(), |(_, rest)| rest.split_whitespace().collect());
+    let ticks = |index: usize| {
+        fields
+            .get(index)
+            .and_then(|value| value.parse::<f64>().ok())
+            .unwrap_or(f64::NAN)
+    };
+    // SAFETY: sysconf has no preconditions.
+    let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    (ticks(11) + ticks(12))
+        / if per_second > 0 {
+            per_second as f64
+        } else {
+            100.0
+        }
 }
 
 fn artifact(pid: u64) -> Artifact {
@@ -55,7 +159,7 @@ fn artifact(pid: u64) -> Artifact {
 
 fn config(directory: &Path, cache: &Path) -> EgressConfig {
     let mut limits = ProviderLimits::default();
-    if let Some(kib) = std::env::var("DIAGMON_BENCH_CHUNK_KIB")
+    if let Some(kib) = std::env::var("BENCH_CHUNK_KIB")
         .ok()
         .and_then(|v| v.parse().ok())
     {
@@ -80,159 +184,297 @@ fn config(directory: &Path, cache: &Path) -> EgressConfig {
     }
 }
 
-/// The synthetic stream: one 64 KiB chunk of varied bytes, handed out `total / CHUNK` times.
-fn chunk() -> Bytes {
-    let mut state = 0x9e37_79b9_7f4a_7c15u64;
-    Bytes::from(
-        (0..CHUNK)
-            .map(|_| {
-                state ^= state << 13;
-                state ^= state >> 7;
-                state ^= state << 17;
-                state as u8
-            })
-            .collect::<Vec<u8>>(),
-    )
+/// The ways of egressing the stream that the table compares.
+#[derive(Clone, Copy, PartialEq)]
+enum Row {
+    /// (a) the baseline: native writes on a writer thread.
+    Native = 0,
+    /// (b) through the filesystem component.
+    Component = 1,
+    /// For reference: native writes inline on the reading task.
+    NativeInline = 2,
 }
 
-fn native(directory: &Path, chunk: &Bytes, chunks: usize) -> Duration {
-    let path = directory.join("native.bin");
-    let started = Instant::now();
-    let mut file = std::fs::File::create(&path).unwrap();
-    for _ in 0..chunks {
-        file.write_all(chunk).unwrap();
+impl Row {
+    const ALL: [Row; 3] = [Row::Native, Row::Component, Row::NativeInline];
+
+    /// The row's name in `BENCH_ROWS`.
+    fn key(self) -> &'static str {
+        match self {
+            Row::Native => "native",
+            Row::Component => "component",
+            Row::NativeInline => "inline",
+        }
     }
-    drop(file);
-    let elapsed = started.elapsed();
-    std::fs::remove_file(&path).unwrap();
-    elapsed
-}
 
-async fn component(host: &EgressHost, chunk: &Bytes, chunks: usize) -> Duration {
-    let started = Instant::now();
-    let mut upload = host.begin("artifacts", artifact(1)).await.unwrap();
-    for _ in 0..chunks {
-        upload.write(chunk.clone()).await.unwrap();
+    fn label(self) -> &'static str {
+        match self {
+            Row::Native => "(a) native, writer thread",
+            Row::Component => "(b) filesystem component",
+            Row::NativeInline => "native, inline on the task",
+        }
     }
-    let location = upload.finish().await.unwrap();
-    let elapsed = started.elapsed();
-    std::fs::remove_file(location).unwrap();
-    elapsed
 }
 
-fn median(mut values: Vec<Duration>) -> Duration {
+/// One run of one row.
+#[derive(Clone, Copy)]
+struct Sample {
+    /// MiB/s from the session request to the file being complete.
+    rate: f64,
+    /// Peak RSS of this process during the run, MiB.
+    rss: f64,
+    /// Cores used on average by the simulator and by this process.
+    cores: [f64; 2],
+}
+
+struct Bench<'a> {
+    simulator: &'a Simulator,
+    host: &'a EgressHost,
+    directory: &'a Path,
+}
+
+impl Bench<'_> {
+    async fn run(&self, row: Row) -> Sample {
+        let pids = [self.simulator.pid(), std::process::id()];
+        let cpu_before = pids.map(cpu_seconds);
+        reset_peak_rss();
+        let started = Instant::now();
+        let mut session = self.simulator.session().await;
+        let mut bytes = 0u64;
+        let path = self.directory.join("native.nettrace");
+        let path = match row {
+            Row::Native => {
+                // What a careful async implementation does: the reading task never blocks on the
+                // file; a thread of its own writes each chunk as it comes, as the upload's thread
+                // does, with as much queued (about 3 MiB) as an upload keeps in flight.
+                let mut file = std::fs::File::create(&path).expect("create");
+                let (sender, mut receiver) = tokio::sync::mpsc::channel::<Bytes>(WRITER_QUEUE);
+                let writer = tokio::task::spawn_blocking(move || {
+                    while let Some(chunk) = receiver.blocking_recv() {
+                        file.write_all(&chunk).expect("write");
+                    }
+                });
+                while let Some(chunk) = session.next_chunk().await.expect("complete trace") {
+                    bytes += chunk.len() as u64;
+                    sender.send(chunk).await.expect("the writer runs");
+                }
+                drop(sender);
+                writer.await.expect("writer");
+                path
+            }
+            Row::NativeInline => {
+                let mut file = std::fs::File::create(&path).expect("create");
+                while let Some(chunk) = session.next_chunk().await.expect("complete trace") {
+                    bytes += chunk.len() as u64;
+                    file.write_all(&chunk).expect("write");
+                }
+                drop(file);
+                path
+            }
+            Row::Component => {
+                let mut upload = self
+                    .host
+                    .begin("artifacts", artifact(1))
+                    .await
+                    .expect("begin");
+                while let Some(chunk) = session.next_chunk().await.expect("complete trace") {
+                    bytes += chunk.len() as u64;
+                    upload.write(chunk).await.expect("write");
+                }
+                PathBuf::from(upload.finish().await.expect("finish"))
+            }
+        };
+        let elapsed = started.elapsed();
+        let rss = status_kib("VmHWM") as f64 / 1024.0;
+        let mut cores = [0.0; 2];
+        for (index, pid) in pids.into_iter().enumerate() {
+            cores[index] = (cpu_seconds(pid) - cpu_before[index]) / elapsed.as_secs_f64();
+        }
+        assert_eq!(
+            std::fs::metadata(&path).expect("the written file").len(),
+            bytes,
+            "{} wrote every byte",
+            row.label()
+        );
+        std::fs::remove_file(&path).expect("remove");
+        Sample {
+            rate: bytes as f64 / MIB as f64 / elapsed.as_secs_f64(),
+            rss,
+            cores,
+        }
+    }
+}
+
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values.get(values.len() / 2).copied().unwrap_or(f64::NAN)
+}
+
+fn median_duration(mut values: Vec<Duration>) -> Duration {
     values.sort();
     values[values.len() / 2]
 }
 
-fn mb_per_s(bytes: u64, elapsed: Duration) -> f64 {
-    bytes as f64 / 1e6 / elapsed.as_secs_f64()
+fn ms(duration: Duration) -> f64 {
+    duration.as_secs_f64() * 1e3
 }
 
 #[tokio::main]
 async fn main() {
-    let mib: u64 = std::env::var("DIAGMON_BENCH_EGRESS_MIB")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(2048);
-    let bytes = mib << 20;
-    let chunks = (bytes as usize) / CHUNK;
-    let base = if Path::new("/dev/shm").is_dir() {
-        PathBuf::from("/dev/shm")
+    let sizes: Vec<u64> = std::env::args()
+        .skip(1)
+        .filter_map(|arg| arg.parse().ok())
+        .collect();
+    let sizes = if sizes.is_empty() {
+        vec![200, 2048]
     } else {
-        PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        sizes
     };
-    let work = tempfile::tempdir_in(&base).unwrap();
+    let rounds: usize = std::env::var("BENCH_ROUNDS")
+        .ok()
+        .and_then(|value| value.parse().ok())
+        .unwrap_or(3)
+        .max(1);
+    // A comma list of row keys, for profiling one row; all rows by default.
+    let only: Option<Vec<String>> = std::env::var("BENCH_ROWS")
+        .ok()
+        .map(|rows| rows.split(',').map(|row| row.trim().to_owned()).collect());
+    let base = std::env::var_os("BENCH_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            if Path::new("/dev/shm").is_dir() {
+                PathBuf::from("/dev/shm")
+            } else {
+                PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+            }
+        });
+    let work = tempfile::tempdir_in(&base).expect("work directory");
     let out = work.path().join("out");
+    std::fs::create_dir_all(&out).expect("output directory");
     let cache = work.path().join("cache");
+    let chunk_kib = config(&out, &cache).providers["artifacts"].limits.chunk_kib;
     println!(
-        "egress benchmark: {mib} MiB in {} KiB chunks into {}",
-        CHUNK >> 10,
+        "egress benchmark: filesystem component (chunk_kib {chunk_kib}) vs native, into {}",
         out.display()
     );
 
     // Start-up: cold (compiles and fills the cache), then warm (loads the precompiled component).
     let started = Instant::now();
-    EgressHost::load(&config(&out, &cache)).await.unwrap();
+    EgressHost::load(&config(&out, &cache)).await.expect("load");
     let cold = started.elapsed();
     let mut warm = Vec::new();
     for _ in 0..5 {
         let started = Instant::now();
-        EgressHost::load(&config(&out, &cache)).await.unwrap();
+        EgressHost::load(&config(&out, &cache)).await.expect("load");
         warm.push(started.elapsed());
     }
-    let host = EgressHost::load(&config(&out, &cache)).await.unwrap();
+    let host = EgressHost::load(&config(&out, &cache)).await.expect("load");
     println!(
         "start-up (load + check + settings validation): cold {:.1} ms, precompiled {:.2} ms (median of 5)",
-        cold.as_secs_f64() * 1e3,
-        median(warm).as_secs_f64() * 1e3
+        ms(cold),
+        ms(median_duration(warm))
     );
 
     // Per-upload overhead.
     let mut overhead = Vec::new();
     for i in 0..300 {
         let started = Instant::now();
-        let upload = host.begin("artifacts", artifact(i)).await.unwrap();
-        let location = upload.finish().await.unwrap();
+        let upload = host.begin("artifacts", artifact(i)).await.expect("begin");
+        let location = upload.finish().await.expect("finish");
         overhead.push(started.elapsed());
-        std::fs::remove_file(location).unwrap();
+        std::fs::remove_file(location).expect("remove");
     }
     overhead.sort();
     println!(
         "per upload (instantiate + configure + begin + finish, empty): p50 {:.3} ms, p99 {:.3} ms",
-        overhead[overhead.len() / 2].as_secs_f64() * 1e3,
-        overhead[overhead.len() * 99 / 100].as_secs_f64() * 1e3
+        ms(overhead[overhead.len() / 2]),
+        ms(overhead[overhead.len() * 99 / 100])
     );
 
-    // Throughput, alternating native and component runs after a native warm-up.
-    let chunk = chunk();
-    native(&out, &chunk, chunks);
-    let baseline_rss = rss_kib();
-    let peak = Arc::new(AtomicU64::new(baseline_rss));
-    let sampling = Arc::new(AtomicBool::new(true));
-    let sampler = {
-        let peak = peak.clone();
-        let sampling = sampling.clone();
-        std::thread::spawn(move || {
-            while sampling.load(Ordering::Relaxed) {
-                peak.fetch_max(rss_kib(), Ordering::Relaxed);
-                std::thread::sleep(Duration::from_millis(5));
+    let resident_before = status_kib("VmRSS") as f64 / 1024.0;
+    let mut peaks = Vec::new();
+    for size in sizes {
+        let simulator = Simulator::start(size * MIB);
+        let bench = Bench {
+            simulator: &simulator,
+            host: &host,
+            directory: &out,
+        };
+        let rows: Vec<Row> = Row::ALL
+            .into_iter()
+            .filter(|row| {
+                only.as_ref()
+                    .is_none_or(|only| only.iter().any(|key| key == row.key()))
+            })
+            .collect();
+        // Warm-up: the first run of each kind pays for fresh page-cache and heap pages.
+        for row in &rows {
+            bench.run(*row).await;
+        }
+        let mut samples: Vec<Vec<Sample>> = vec![Vec::new(); Row::ALL.len()];
+        for _ in 0..rounds {
+            for row in &rows {
+                samples[*row as usize].push(bench.run(*row).await);
             }
-        })
-    };
-    let mut native_runs = Vec::new();
-    let mut component_runs = Vec::new();
-    for _ in 0..3 {
-        native_runs.push(native(&out, &chunk, chunks));
-        component_runs.push(component(&host, &chunk, chunks).await);
+        }
+        println!(
+            "--- {size} MiB synthetic nettrace from the simulated runtime, {rounds} interleaved rounds ---"
+        );
+        println!(
+            "{:<32} {:>10} {:>8} {:>10}  cores sim/bench  runs MiB/s",
+            "", "best MiB/s", "median", "peak RSS"
+        );
+        let rates = |row: Row| -> Vec<f64> {
+            samples[row as usize]
+                .iter()
+                .map(|sample| sample.rate)
+                .collect()
+        };
+        let best = |row: Row| rates(row).into_iter().fold(f64::NAN, f64::max);
+        let middle = |row: Row| median(rates(row));
+        for row in &rows {
+            let runs = &samples[*row as usize];
+            let top = runs
+                .iter()
+                .max_by(|a, b| a.rate.total_cmp(&b.rate))
+                .expect("a run");
+            let rss = runs.iter().map(|sample| sample.rss).fold(0.0, f64::max);
+            println!(
+                "{:<32} {:>10.0} {:>8.0} {:>6.1} MiB  {:.2} / {:.2}      {:?}",
+                row.label(),
+                top.rate,
+                middle(*row),
+                rss,
+                top.cores[0],
+                top.cores[1],
+                rates(*row)
+                    .iter()
+                    .map(|rate| rate.round() as u64)
+                    .collect::<Vec<_>>(),
+            );
+            if *row == Row::Component {
+                peaks.push((size, rss));
+            }
+        }
+        let versus = |baseline: Row| {
+            if rows.contains(&Row::Component) && rows.contains(&baseline) {
+                println!(
+                    "component / {}: {:.2}x best vs best, {:.2}x median vs median",
+                    baseline.label(),
+                    best(Row::Component) / best(baseline),
+                    middle(Row::Component) / middle(baseline),
+                );
+            }
+        };
+        versus(Row::Native);
+        versus(Row::NativeInline);
     }
-    sampling.store(false, Ordering::Relaxed);
-    sampler.join().unwrap();
-    let native_median = median(native_runs.clone());
-    let component_median = median(component_runs.clone());
-    let total = (chunks * CHUNK) as u64;
     println!(
-        "native write_all:     {:7.0} MB/s (median of 3; runs {:?})",
-        mb_per_s(total, native_median),
-        native_runs
+        "peak RSS while egressing through the component: {} (process RSS before the runs: {resident_before:.1} MiB)",
+        peaks
             .iter()
-            .map(|d| format!("{:.0}", mb_per_s(total, *d)))
+            .map(|(size, rss)| format!("{size} MiB -> {rss:.1} MiB"))
             .collect::<Vec<_>>()
-    );
-    println!(
-        "filesystem component: {:7.0} MB/s (median of 3; runs {:?}) = {:.2}x native",
-        mb_per_s(total, component_median),
-        component_runs
-            .iter()
-            .map(|d| format!("{:.0}", mb_per_s(total, *d)))
-            .collect::<Vec<_>>(),
-        native_median.as_secs_f64() / component_median.as_secs_f64()
-    );
-    let peak = peak.load(Ordering::Relaxed);
-    println!(
-        "resident memory: {:.1} MiB before the runs, peak {:.1} MiB during them (+{:.1} MiB)",
-        baseline_rss as f64 / 1024.0,
-        peak as f64 / 1024.0,
-        (peak.saturating_sub(baseline_rss)) as f64 / 1024.0
+            .join(", ")
     );
 }
