@@ -25,6 +25,7 @@ use super::builtin;
 use super::check::{self, ImportNeed};
 use super::engine::{self, engine};
 use super::error::{EgressError, ProviderErrorKind};
+use super::in_place_write;
 use super::instance::{ProviderInstance, StoreState};
 use super::object_store::GrantedStore;
 use super::outbound_http::AllowList;
@@ -233,6 +234,8 @@ pub(crate) struct Grants {
 pub(crate) fn linker(grants: Grants) -> wasmtime::Result<Linker<StoreState>> {
     let mut linker = Linker::new(engine());
     wasmtime_wasi::p2::add_to_linker_sync(&mut linker)?;
+    // `descriptor.write` without copying the buffer out of the guest first.
+    in_place_write::add_to_linker(&mut linker)?;
     if grants.http {
         wasmtime_wasi_http::p2::add_only_http_to_linker_sync(&mut linker)?;
     }

@@ -58,6 +58,11 @@ pub(crate) struct ObjectStoreView<'a> {
 }
 
 impl StoreState {
+    /// The resource table (WASI handles, the provider's resources).
+    pub(crate) fn table(&self) -> &ResourceTable {
+        &self.table
+    }
+
     pub(crate) fn object_store_view(&mut self) -> ObjectStoreView<'_> {
         ObjectStoreView {
             ctx: self.object_store.as_mut(),

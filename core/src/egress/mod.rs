@@ -14,7 +14,8 @@
 //!
 //! Inside: `bindings` (the generated host bindings), `engine` (the wasmtime engine, epoch ticker
 //! and compile cache), `host` (loading and the registry), `instance` (one store and the calls
-//! into it), `upload` (the upload's thread and its async face), `check` (imports and exports),
+//! into it), `upload` (the upload's thread and its async face), `in_place_write` (the
+//! `wasi:filesystem` `write` that reads the guest's memory in place), `check` (imports and exports),
 //! `outbound_http` (`wasi:http` behind the `allowed_outbound_hosts` allow-list), `object_store`
 //! (the `object_store` grant: S3, Azure Blob, GCS or a directory through the `object_store`
 //! crate, behind `diagmon:egress/object-store`).
@@ -31,6 +32,7 @@ mod check;
 mod engine;
 mod error;
 mod host;
+mod in_place_write;
 mod instance;
 mod object_store;
 mod outbound_http;

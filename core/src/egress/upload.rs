@@ -9,10 +9,12 @@
 //! stuck inside a host call, which epochs cannot interrupt, is given up on by the async side's own
 //! timeout, a little longer than the deadline.
 //!
-//! Chunks are coalesced to the provider's chunk size (1 MiB by default; smaller chunks cost more
-//! per byte) and up to [`IN_FLIGHT`] writes are queued while the next chunk is gathered. Memory
-//! per upload is bounded by three chunks, whatever the artifact's size, and a slow provider makes
-//! [`Upload::write`] wait: backpressure reaches the reader.
+//! Chunks are gathered into writes of exactly the provider's chunk size (smaller writes cost more
+//! per byte; a chunk that is already that large goes as it is, without a copy) and up to
+//! [`IN_FLIGHT`] writes are queued while the next one is gathered. The thread hands each gathering
+//! buffer back once written, so the same few warm buffers are reused instead of fresh ones that
+//! fault in page by page. Memory per upload is bounded by three chunks, whatever the artifact's
+//! size, and a slow provider makes [`Upload::write`] wait: backpressure reaches the reader.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -38,8 +40,14 @@ const GRACE: Duration = Duration::from_secs(2);
 const IN_FLIGHT: usize = 2;
 
 enum Request {
-    Write(Bytes, oneshot::Sender<Result<(), EgressError>>),
+    Write(Bytes, oneshot::Sender<Written>),
     Finish(oneshot::Sender<Result<String, EgressError>>),
+}
+
+/// The outcome of a write, and the gathering buffer it came in, emptied, for reuse.
+struct Written {
+    result: Result<(), EgressError>,
+    buffer: Option<BytesMut>,
 }
 
 /// One artifact on its way into a provider. Drive it with [`Upload::write`], then end it with
@@ -47,8 +55,11 @@ enum Request {
 pub struct Upload {
     provider: Arc<LoadedProvider>,
     requests: Option<mpsc::Sender<Request>>,
-    pending: VecDeque<oneshot::Receiver<Result<(), EgressError>>>,
+    pending: VecDeque<oneshot::Receiver<Written>>,
+    /// The chunk being gathered; its capacity is `chunk_size` (none before the first byte).
     buffer: BytesMut,
+    /// Gathering buffers the thread handed back, ready for reuse.
+    spare: Vec<BytesMut>,
     chunk_size: usize,
     failed: Option<EgressError>,
     done: oneshot::Receiver<()>,
@@ -102,7 +113,8 @@ impl Upload {
             provider,
             requests: Some(requests),
             pending: VecDeque::with_capacity(IN_FLIGHT),
-            buffer: BytesMut::with_capacity(chunk_size),
+            buffer: BytesMut::new(),
+            spare: Vec::with_capacity(IN_FLIGHT),
             chunk_size,
             failed: None,
             done,
@@ -123,19 +135,29 @@ impl Upload {
     /// Hands the next chunk of the artifact to the provider. Returns once the chunk is buffered
     /// or on its way; an error from the provider may surface on a later call. After an error the
     /// upload is dead: every later call returns that error.
-    pub async fn write(&mut self, chunk: Bytes) -> Result<(), EgressError> {
+    pub async fn write(&mut self, mut chunk: Bytes) -> Result<(), EgressError> {
         if let Some(error) = &self.failed {
             return Err(error.clone());
         }
         self.bytes += chunk.len() as u64;
-        if self.buffer.is_empty() && chunk.len() >= self.chunk_size {
-            return self.send(chunk).await;
-        }
-        self.buffer.extend_from_slice(&chunk);
-        if self.buffer.len() >= self.chunk_size {
-            let data =
-                std::mem::replace(&mut self.buffer, BytesMut::with_capacity(self.chunk_size));
-            self.send(data.freeze()).await?;
+        while !chunk.is_empty() {
+            if self.buffer.is_empty() && chunk.len() >= self.chunk_size {
+                // Already a whole write: no copy.
+                return self.send(chunk).await;
+            }
+            if self.buffer.capacity() == 0 {
+                self.buffer = self
+                    .spare
+                    .pop()
+                    .unwrap_or_else(|| BytesMut::with_capacity(self.chunk_size));
+            }
+            let take = chunk.len().min(self.chunk_size - self.buffer.len());
+            self.buffer.extend_from_slice(&chunk.split_to(take));
+            if self.buffer.len() == self.chunk_size {
+                // The next buffer is taken after `send`, which may have been handed one back.
+                let full = std::mem::take(&mut self.buffer);
+                self.send(full.freeze()).await?;
+            }
         }
         Ok(())
     }
@@ -169,7 +191,10 @@ impl Upload {
     /// reply is there or dropped).
     async fn failed_write(&mut self) -> Option<EgressError> {
         while let Some(pending) = self.pending.pop_front() {
-            if let Ok(Err(error)) = pending.await {
+            if let Ok(Written {
+                result: Err(error), ..
+            }) = pending.await
+            {
                 return Some(error);
             }
         }
@@ -191,8 +216,16 @@ impl Upload {
         };
         let deadline = self.provider.limits.write_timeout();
         match tokio::time::timeout(deadline + GRACE, pending).await {
-            Ok(Ok(Ok(()))) => Ok(()),
-            Ok(Ok(Err(error))) => Err(self.fail(error)),
+            Ok(Ok(Written { result, buffer })) => {
+                // At most IN_FLIGHT spares: with the one being gathered, three buffers in all.
+                if let Some(buffer) = buffer
+                    && buffer.capacity() == self.chunk_size
+                    && self.spare.len() < IN_FLIGHT
+                {
+                    self.spare.push(buffer);
+                }
+                result.map_err(|error| self.fail(error))
+            }
             Ok(Err(_)) => Err(self.fail(EgressError::host(
                 &self.provider.name,
                 "the provider's thread ended during a write",
@@ -301,9 +334,14 @@ fn run(
         match request {
             Request::Write(chunk, reply) => {
                 let result = instance.write(upload, &chunk);
-                drop(chunk);
+                // A gathering buffer of the upload's comes back for reuse; a caller's chunk that
+                // went as it was (shared, or not from a `BytesMut`) is simply dropped.
+                let buffer = chunk.try_into_mut().ok().map(|mut buffer| {
+                    buffer.clear();
+                    buffer
+                });
                 let failed = result.is_err();
-                let _ = reply.send(result);
+                let _ = reply.send(Written { result, buffer });
                 if failed {
                     instance.abort(upload);
                     return;
