@@ -14,7 +14,7 @@
 //!     provider's `chunk_kib` (`BENCH_CHUNK_KIB` overrides it);
 //!   - for reference, native `write_all` inline on the reading task (no thread, no queue).
 //!
-//!   After one warm-up run of each, the rows run interleaved, `BENCH_ROUNDS` times (3 by
+//!   After one warm-up run of each, the rows run interleaved, `BENCH_ROUNDS` times (5 by
 //!   default): the machine is shared by the simulator and the reader, so one run can land on a
 //!   busy core. The table shows each row's best and median rate (MiB/s from the session request
 //!   to the file being complete), every run, and the cores the simulator and this process used
@@ -32,115 +32,19 @@
 use std::collections::BTreeMap;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
-use diagmon::diagnostics::endpoint::Endpoint;
-use diagmon::diagnostics::eventpipe::Rundown;
-use diagmon::diagnostics::{
-    DiagnosticsClient, EventPipeSession, EventProvider, SessionConfig, Timeouts,
-};
 use diagmon::egress::{Artifact, EgressConfig, EgressHost, ProviderConfig, ProviderLimits};
+use diagmon_tests::bench::{
+    SimulatorProcess, cpu_seconds, env_number, median, reset_peak_rss, rounds, sizes_mib,
+    status_mib,
+};
 
 const MIB: u64 = 1 << 20;
 
 /// Chunks (256 KiB reads) queued for the native writer thread.
 const WRITER_QUEUE: usize = 12;
-
-/// The simulated runtime, serving full-speed sessions of `bytes` bytes.
-struct Simulator {
-    child: Child,
-    socket: String,
-    _dir: tempfile::TempDir,
-}
-
-impl Simulator {
-    fn start(bytes: u64) -> Simulator {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let mut child = Command::new(env!("CARGO_BIN_EXE_simulated-runtime"))
-            .arg("--dir")
-            .arg(dir.path())
-            .arg("--full-speed-bytes")
-            .arg(bytes.to_string())
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("start simulated-runtime");
-        let mut line = String::new();
-        let stdout = child.stdout.take().expect("stdout");
-        std::io::BufRead::read_line(&mut std::io::BufReader::new(stdout), &mut line)
-            .expect("socket path");
-        Simulator {
-            child,
-            socket: line.trim().to_owned(),
-            _dir: dir,
-        }
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    async fn session(&self) -> EventPipeSession {
-        let client = DiagnosticsClient::new(
-            Endpoint::Socket(self.socket.clone().into()),
-            Timeouts::default(),
-        );
-        let mut config =
-            SessionConfig::new(vec![EventProvider::new("Diagmon-Synthetic", u64::MAX, 5)]);
-        config.rundown = Rundown::Off;
-        client.start_session(&config).await.expect("session")
-    }
-}
-
-impl Drop for Simulator {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// A field of `/proc/self/status` in KiB (`VmRSS`, `VmHWM`).
-fn status_kib(field: &str) -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|status| {
-            status
-                .lines()
-                .find_map(|line| line.strip_prefix(field)?.strip_prefix(':'))
-                .and_then(|value| value.split_whitespace().next()?.parse().ok())
-        })
-        .unwrap_or(0)
-}
-
-/// Resets this process's peak RSS (`VmHWM`) to its current RSS (Linux: 5 into clear_refs).
-fn reset_peak_rss() {
-    let _ = std::fs::write("/proc/self/clear_refs", "5");
-}
-
-/// CPU time (user + system) `pid` has used so far, in seconds.
-fn cpu_seconds(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // The fields after the command name (which may hold spaces) start after the last ')';
-    // utime and stime are fields 14 and 15 of the line, 11 and 12 after the ')'.
-    let fields: Vec<&str> = stat
-        .rsplit_once(')')
-        .map_or(Vec::new(), |(_, rest)| rest.split_whitespace().collect());
-    let ticks = |index: usize| {
-        fields
-            .get(index)
-            .and_then(|value| value.parse::<f64>().ok())
-            .unwrap_or(f64::NAN)
-    };
-    // SAFETY: sysconf has no preconditions.
-    let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
-    (ticks(11) + ticks(12))
-        / if per_second > 0 {
-            per_second as f64
-        } else {
-            100.0
-        }
-}
 
 fn artifact(pid: u64) -> Artifact {
     let started_at = SystemTime::now();
@@ -159,10 +63,7 @@ fn artifact(pid: u64) -> Artifact {
 
 fn config(directory: &Path, cache: &Path) -> EgressConfig {
     let mut limits = ProviderLimits::default();
-    if let Some(kib) = std::env::var("BENCH_CHUNK_KIB")
-        .ok()
-        .and_then(|v| v.parse().ok())
-    {
+    if let Some(kib) = env_number("BENCH_CHUNK_KIB") {
         limits.chunk_kib = kib;
     }
     let mut settings = BTreeMap::new();
@@ -228,7 +129,7 @@ struct Sample {
 }
 
 struct Bench<'a> {
-    simulator: &'a Simulator,
+    simulator: &'a SimulatorProcess,
     host: &'a EgressHost,
     directory: &'a Path,
 }
@@ -237,7 +138,7 @@ impl Bench<'_> {
     async fn run(&self, row: Row) -> Sample {
         let pids = [self.simulator.pid(), std::process::id()];
         let cpu_before = pids.map(cpu_seconds);
-        reset_peak_rss();
+        reset_peak_rss(std::process::id());
         let started = Instant::now();
         let mut session = self.simulator.session().await;
         let mut bytes = 0u64;
@@ -285,7 +186,7 @@ impl Bench<'_> {
             }
         };
         let elapsed = started.elapsed();
-        let rss = status_kib("VmHWM") as f64 / 1024.0;
+        let rss = status_mib(std::process::id(), "VmHWM");
         let mut cores = [0.0; 2];
         for (index, pid) in pids.into_iter().enumerate() {
             cores[index] = (cpu_seconds(pid) - cpu_before[index]) / elapsed.as_secs_f64();
@@ -305,11 +206,6 @@ impl Bench<'_> {
     }
 }
 
-fn median(mut values: Vec<f64>) -> f64 {
-    values.sort_by(f64::total_cmp);
-    values.get(values.len() / 2).copied().unwrap_or(f64::NAN)
-}
-
 fn median_duration(mut values: Vec<Duration>) -> Duration {
     values.sort();
     values[values.len() / 2]
@@ -321,20 +217,8 @@ fn ms(duration: Duration) -> f64 {
 
 #[tokio::main]
 async fn main() {
-    let sizes: Vec<u64> = std::env::args()
-        .skip(1)
-        .filter_map(|arg| arg.parse().ok())
-        .collect();
-    let sizes = if sizes.is_empty() {
-        vec![200, 2048]
-    } else {
-        sizes
-    };
-    let rounds: usize = std::env::var("BENCH_ROUNDS")
-        .ok()
-        .and_then(|value| value.parse().ok())
-        .unwrap_or(3)
-        .max(1);
+    let sizes = sizes_mib();
+    let rounds = rounds();
     // A comma list of row keys, for profiling one row; all rows by default.
     let only: Option<Vec<String>> = std::env::var("BENCH_ROWS")
         .ok()
@@ -391,10 +275,11 @@ async fn main() {
         ms(overhead[overhead.len() * 99 / 100])
     );
 
-    let resident_before = status_kib("VmRSS") as f64 / 1024.0;
+    let resident_before = status_mib(std::process::id(), "VmRSS");
     let mut peaks = Vec::new();
     for size in sizes {
-        let simulator = Simulator::start(size * MIB);
+        let simulator =
+            SimulatorProcess::start(env!("CARGO_BIN_EXE_simulated-runtime"), size * MIB);
         let bench = Bench {
             simulator: &simulator,
             host: &host,

@@ -20,127 +20,19 @@
 //! each side, run after run.
 
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use diagmon::diagnostics::endpoint::Endpoint;
-use diagmon::diagnostics::protocol::{
-    Command as IpcCommand, HEADER_LEN, PayloadWriter, encode_request,
-};
+use diagmon::diagnostics::protocol::{Command, HEADER_LEN, PayloadWriter, encode_request};
 use diagmon::diagnostics::summary::TraceSummarizer;
-use diagmon::diagnostics::{DiagnosticsClient, EventProvider, SessionConfig, Timeouts};
+use diagmon_tests::bench::{
+    SYNTHETIC_PROVIDER, SimulatorProcess, cpu_seconds, env_number, median, pin_to_cpu,
+    reset_peak_rss, rounds, sizes_mib, status_mib,
+};
 use diagmon_tests::monitor::Monitor;
 use futures_util::StreamExt;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const MIB: u64 = 1 << 20;
-
-/// The simulated runtime, serving full-speed sessions of `bytes` bytes.
-struct Simulator {
-    child: Child,
-    socket: String,
-    _dir: tempfile::TempDir,
-}
-
-impl Simulator {
-    fn start(bytes: u64) -> Simulator {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let mut child = Command::new(env!("CARGO_BIN_EXE_simulated-runtime"))
-            .arg("--dir")
-            .arg(dir.path())
-            .arg("--full-speed-bytes")
-            .arg(bytes.to_string())
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("start simulated-runtime");
-        let mut line = String::new();
-        let stdout = child.stdout.take().expect("stdout");
-        std::io::BufRead::read_line(&mut std::io::BufReader::new(stdout), &mut line)
-            .expect("socket path");
-        Simulator {
-            child,
-            socket: line.trim().to_owned(),
-            _dir: dir,
-        }
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.id()
-    }
-}
-
-impl Drop for Simulator {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Resets the peak-RSS counter of `pid` (Linux: writing 5 to clear_refs).
-fn reset_peak_rss(pid: u32) {
-    let _ = std::fs::write(format!("/proc/{pid}/clear_refs"), "5");
-}
-
-/// Peak RSS of `pid` in MiB since the last reset.
-fn peak_rss_mib(pid: u32) -> f64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find_map(|line| line.strip_prefix("VmHWM:"))
-        .and_then(|value| {
-            value
-                .trim()
-                .trim_end_matches("kB")
-                .trim()
-                .parse::<f64>()
-                .ok()
-        })
-        .map_or(f64::NAN, |kib| kib / 1024.0)
-}
-
-/// CPU time (user + system) `pid` has used so far, in seconds.
-fn cpu_seconds(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // The fields after the command name (which may hold spaces) start after the last ')'.
-    let fields: Vec<&str> = stat
-        .rsplit_once(')')
-        .map_or(Vec::new(), |(_, rest)| rest.split_whitespace().collect());
-    let ticks = |index: usize| {
-        fields
-            .get(index)
-            .and_then(|value| value.parse::<f64>().ok())
-            .unwrap_or(f64::NAN)
-    };
-    // utime and stime are fields 14 and 15 of the line, 11 and 12 after the ')'.
-    (ticks(11) + ticks(12)) / clock_ticks_per_second()
-}
-
-fn clock_ticks_per_second() -> f64 {
-    // SAFETY: sysconf has no preconditions.
-    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
-    if ticks > 0 { ticks as f64 } else { 100.0 }
-}
-
-/// Pins this process, and so every process it starts later, to CPU `cpu`.
-fn pin_to_cpu(cpu: usize) {
-    // SAFETY: the set is a zeroed cpu_set_t that CPU_SET fills in; sched_setaffinity only reads it.
-    let pinned = unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        libc::CPU_SET(cpu, &mut set);
-        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set)
-    };
-    if pinned != 0 {
-        panic!(
-            "cannot pin to CPU {cpu}: {}",
-            std::io::Error::last_os_error()
-        );
-    }
-    println!("(pinned to CPU {cpu}, with the simulator and the monitor)");
-}
-
-fn providers() -> Vec<EventProvider> {
-    vec![EventProvider::new("Diagmon-Synthetic", u64::MAX, 5)]
-}
 
 /// A plain copy: one CollectTracing2 request by hand, then a read/write loop into `sink`.
 async fn plain_copy<W: tokio::io::AsyncWrite + Unpin>(socket: &str, sink: &mut W) -> u64 {
@@ -149,10 +41,9 @@ async fn plain_copy<W: tokio::io::AsyncWrite + Unpin>(socket: &str, sink: &mut W
     payload
         .u64(u64::MAX)
         .u32(5)
-        .string("Diagmon-Synthetic")
+        .string(SYNTHETIC_PROVIDER)
         .string("");
-    let request =
-        encode_request(IpcCommand::CollectTracing2, &payload.into_bytes()).expect("request");
+    let request = encode_request(Command::CollectTracing2, &payload.into_bytes()).expect("request");
     let mut stream = tokio::net::UnixStream::connect(socket)
         .await
         .expect("connect");
@@ -173,18 +64,11 @@ async fn plain_copy<W: tokio::io::AsyncWrite + Unpin>(socket: &str, sink: &mut W
     }
 }
 
-async fn client_session(socket: &str) -> diagmon::diagnostics::EventPipeSession {
-    let client = DiagnosticsClient::new(Endpoint::Socket(socket.into()), Timeouts::default());
-    let mut config = SessionConfig::new(providers());
-    config.rundown = diagmon::diagnostics::eventpipe::Rundown::Off;
-    client.start_session(&config).await.expect("session")
-}
-
 /// The same stream through `POST /trace` of the monitor, read by reqwest. Returns the bytes
 /// and the time to the first byte.
 async fn http_trace(client: &reqwest::Client, monitor: &Monitor) -> (u64, Duration) {
     let body =
-        serde_json::json!({"providers": [{"name": "Diagmon-Synthetic"}], "requestRundown": false});
+        serde_json::json!({"providers": [{"name": SYNTHETIC_PROVIDER}], "requestRundown": false});
     let started = Instant::now();
     let response = client
         .post(monitor.url("/trace?durationSeconds=-1"))
@@ -277,7 +161,7 @@ struct Sample {
 struct Bench<'a> {
     /// Built once: building a client (its TLS set-up) takes milliseconds.
     http: reqwest::Client,
-    simulator: &'a Simulator,
+    simulator: &'a SimulatorProcess,
     monitor: Option<&'a Monitor>,
     scratch: &'a Path,
 }
@@ -295,7 +179,7 @@ impl Bench<'_> {
         reset_peak_rss(reader);
         let path = self.scratch.join("bench.nettrace");
         let started = Instant::now();
-        let socket = &self.simulator.socket;
+        let socket = self.simulator.socket();
         let mut first_byte = Duration::ZERO;
         let bytes = match row {
             Row::PlainNull => plain_copy(socket, &mut tokio::io::sink()).await,
@@ -304,7 +188,7 @@ impl Bench<'_> {
                 plain_copy(socket, &mut file).await
             }
             Row::ClientNull => {
-                let mut session = client_session(socket).await;
+                let mut session = self.simulator.session().await;
                 let mut bytes = 0;
                 while let Some(chunk) = session.next_chunk().await.expect("complete trace") {
                     bytes += chunk.len() as u64;
@@ -312,7 +196,7 @@ impl Bench<'_> {
                 bytes
             }
             Row::ClientFile => {
-                let mut session = client_session(socket).await;
+                let mut session = self.simulator.session().await;
                 let mut file = tokio::fs::File::create(&path).await.expect("file");
                 let mut bytes = 0;
                 while let Some(chunk) = session.next_chunk().await.expect("complete trace") {
@@ -323,7 +207,7 @@ impl Bench<'_> {
                 bytes
             }
             Row::ClientSummaryNull => {
-                let mut session = client_session(socket).await;
+                let mut session = self.simulator.session().await;
                 let mut summarizer = TraceSummarizer::start().expect("summarizer");
                 while let Some(chunk) = session.next_chunk().await.expect("complete trace") {
                     summarizer.feed(chunk).await.expect("valid trace");
@@ -337,7 +221,7 @@ impl Bench<'_> {
             }
         };
         let elapsed = started.elapsed();
-        let rss = peak_rss_mib(reader);
+        let rss = status_mib(reader, "VmHWM");
         if matches!(row, Row::PlainFile | Row::ClientFile) {
             // Untimed: write the file back now, so that the kernel's writeback does not run
             // during the next row.
@@ -360,32 +244,13 @@ impl Bench<'_> {
     }
 }
 
-fn median(mut values: Vec<f64>) -> f64 {
-    values.sort_by(f64::total_cmp);
-    values.get(values.len() / 2).copied().unwrap_or(f64::NAN)
-}
-
 #[tokio::main]
 async fn main() {
-    let sizes: Vec<u64> = std::env::args()
-        .skip(1)
-        .filter_map(|arg| arg.parse().ok())
-        .collect();
-    let sizes = if sizes.is_empty() {
-        vec![200, 2048]
-    } else {
-        sizes
-    };
-    let rounds: usize = std::env::var("BENCH_ROUNDS")
-        .ok()
-        .and_then(|value| value.parse().ok())
-        .unwrap_or(5)
-        .max(1);
-    if let Some(cpu) = std::env::var("BENCH_CPU")
-        .ok()
-        .and_then(|value| value.parse().ok())
-    {
+    let sizes = sizes_mib();
+    let rounds = rounds();
+    if let Some(cpu) = env_number("BENCH_CPU") {
         pin_to_cpu(cpu);
+        println!("(pinned to CPU {cpu}, with the simulator and the monitor)");
     }
     // A comma list of row keys (for profiling one row); all rows by default.
     let only = std::env::var("BENCH_ROWS").ok();
@@ -395,8 +260,9 @@ async fn main() {
     let have_monitor = binary.is_some_and(|binary| binary.is_file());
     let scratch = tempfile::tempdir().expect("tempdir");
     for size in sizes {
-        let simulator = Simulator::start(size * MIB);
-        let socket_dir = Path::new(&simulator.socket).parent().expect("socket dir");
+        let simulator =
+            SimulatorProcess::start(env!("CARGO_BIN_EXE_simulated-runtime"), size * MIB);
+        let socket_dir = Path::new(simulator.socket()).parent().expect("socket dir");
         let monitor = have_monitor.then(|| {
             Monitor::start(
                 &format!("socket_dir = {:?}\n", socket_dir.display().to_string()),
@@ -409,6 +275,8 @@ async fn main() {
             monitor: monitor.as_ref(),
             scratch: scratch.path(),
         };
+        // Untimed warm-up: the first session of a fresh simulator faults its buffers in.
+        plain_copy(simulator.socket(), &mut tokio::io::sink()).await;
         let mut samples: Vec<Vec<Sample>> = vec![Vec::new(); Row::ALL.len()];
         for _ in 0..rounds {
             for (index, row) in Row::ALL.into_iter().enumerate() {

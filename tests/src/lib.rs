@@ -8,6 +8,7 @@
 //! - [`storage`]: real object-storage servers (moto for S3, Azurite for Azure Blob) and an
 //!   independent client to read objects back.
 
+pub mod bench;
 pub mod guests;
 pub mod http_server;
 pub mod monitor;

@@ -1,0 +1,159 @@
+//! What the benchmarks share: the simulated runtime as a process of its own, and readings of a
+//! process's memory and CPU from `/proc`.
+
+use std::process::{Child, Command, Stdio};
+
+use diagmon::diagnostics::endpoint::Endpoint;
+use diagmon::diagnostics::eventpipe::Rundown;
+use diagmon::diagnostics::{
+    DiagnosticsClient, EventPipeSession, EventProvider, SessionConfig, Timeouts,
+};
+
+/// The provider the simulated runtime's synthetic trace comes from.
+pub const SYNTHETIC_PROVIDER: &str = "Diagmon-Synthetic";
+
+/// The `simulated-runtime` binary, serving full-speed sessions of a given size; killed on drop.
+pub struct SimulatorProcess {
+    child: Child,
+    socket: String,
+    _dir: tempfile::TempDir,
+}
+
+impl SimulatorProcess {
+    /// Starts `simulated-runtime` (the path comes from the bench's `CARGO_BIN_EXE_*`), serving
+    /// sessions of `bytes` bytes of synthetic nettrace as fast as they are read.
+    pub fn start(binary: &str, bytes: u64) -> SimulatorProcess {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut child = Command::new(binary)
+            .arg("--dir")
+            .arg(dir.path())
+            .arg("--full-speed-bytes")
+            .arg(bytes.to_string())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("start simulated-runtime");
+        let mut line = String::new();
+        let stdout = child.stdout.take().expect("stdout");
+        std::io::BufRead::read_line(&mut std::io::BufReader::new(stdout), &mut line)
+            .expect("socket path");
+        SimulatorProcess {
+            child,
+            socket: line.trim().to_owned(),
+            _dir: dir,
+        }
+    }
+
+    /// The diagnostic socket it listens on.
+    pub fn socket(&self) -> &str {
+        &self.socket
+    }
+
+    /// Its process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// A session of the synthetic provider through diagmon's client, without rundown.
+    pub async fn session(&self) -> EventPipeSession {
+        let client = DiagnosticsClient::new(
+            Endpoint::Socket(self.socket.clone().into()),
+            Timeouts::default(),
+        );
+        let mut config =
+            SessionConfig::new(vec![EventProvider::new(SYNTHETIC_PROVIDER, u64::MAX, 5)]);
+        config.rundown = Rundown::Off;
+        client.start_session(&config).await.expect("session")
+    }
+}
+
+impl Drop for SimulatorProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Resets the peak-RSS counter (`VmHWM`) of `pid` to its current RSS (Linux: 5 into
+/// `clear_refs`).
+pub fn reset_peak_rss(pid: u32) {
+    let _ = std::fs::write(format!("/proc/{pid}/clear_refs"), "5");
+}
+
+/// A memory field of `/proc/{pid}/status` (`VmRSS`, `VmHWM`) in MiB; NaN if unreadable.
+pub fn status_mib(pid: u32, field: &str) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|value| value.split_whitespace().next()?.parse::<f64>().ok())
+        .map_or(f64::NAN, |kib| kib / 1024.0)
+}
+
+/// CPU time (user + system) `pid` has used so far, in seconds; NaN if unreadable.
+pub fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // The fields after the command name (which may hold spaces) start after the last ')';
+    // utime and stime are fields 14 and 15 of the line, 11 and 12 after the ')'.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map_or(Vec::new(), |(_, rest)| rest.split_whitespace().collect());
+    let ticks = |index: usize| {
+        fields
+            .get(index)
+            .and_then(|value| value.parse::<f64>().ok())
+            .unwrap_or(f64::NAN)
+    };
+    // SAFETY: sysconf has no preconditions.
+    let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    let per_second = if per_second > 0 {
+        per_second as f64
+    } else {
+        100.0
+    };
+    (ticks(11) + ticks(12)) / per_second
+}
+
+/// Pins this process, and so every process it starts later, to CPU `cpu`.
+pub fn pin_to_cpu(cpu: usize) {
+    // SAFETY: the set is a zeroed cpu_set_t that CPU_SET fills in; sched_setaffinity only reads it.
+    let pinned = unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set)
+    };
+    if pinned != 0 {
+        panic!(
+            "cannot pin to CPU {cpu}: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+}
+
+/// The median of `values` (the upper one of an even count); NaN if there are none.
+pub fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values.get(values.len() / 2).copied().unwrap_or(f64::NAN)
+}
+
+/// The trace sizes in MiB given as the bench's arguments, or 200 and 2048.
+pub fn sizes_mib() -> Vec<u64> {
+    let sizes: Vec<u64> = std::env::args()
+        .skip(1)
+        .filter_map(|arg| arg.parse().ok())
+        .collect();
+    if sizes.is_empty() {
+        vec![200, 2048]
+    } else {
+        sizes
+    }
+}
+
+/// How many interleaved rounds to run: `BENCH_ROUNDS`, 5 by default, at least 1.
+pub fn rounds() -> usize {
+    env_number("BENCH_ROUNDS").unwrap_or(5).max(1)
+}
+
+/// The number in the environment variable `name`, if it is set and parses.
+pub fn env_number<T: std::str::FromStr>(name: &str) -> Option<T> {
+    std::env::var(name).ok()?.parse().ok()
+}
