@@ -25,6 +25,9 @@
 //! - **per-upload overhead**: instantiate + `configure` + `begin` + `finish` of an empty artifact;
 //! - **start-up**: `EgressHost::load` with the component already in the compile cache, and without.
 //!
+//! `BENCH_CPU=N` pins the bench and the simulator to CPU N, so that the rates measure the work per
+//! byte rather than where the scheduler put the threads.
+//!
 //! The target directory is under `BENCH_DIR` (default: tmpfs `/dev/shm` when there is one, so
 //! that disk write-back does not drown the difference). The knobs deliberately do not start with
 //! `DIAGMON_`: the monitor's configuration reads every such variable.
@@ -37,8 +40,8 @@ use std::time::{Duration, Instant, SystemTime};
 use bytes::Bytes;
 use diagmon::egress::{Artifact, EgressConfig, EgressHost, ProviderConfig, ProviderLimits};
 use diagmon_tests::bench::{
-    SimulatorProcess, cpu_seconds, env_number, median, reset_peak_rss, rounds, sizes_mib,
-    status_mib,
+    SimulatorProcess, cpu_seconds, env_number, median, pin_to_cpu, reset_peak_rss, rounds,
+    sizes_mib, status_mib,
 };
 
 const MIB: u64 = 1 << 20;
@@ -219,6 +222,10 @@ fn ms(duration: Duration) -> f64 {
 async fn main() {
     let sizes = sizes_mib();
     let rounds = rounds();
+    if let Some(cpu) = env_number("BENCH_CPU") {
+        pin_to_cpu(cpu);
+        println!("(pinned to CPU {cpu}, with the simulator)");
+    }
     // A comma list of row keys, for profiling one row; all rows by default.
     let only: Option<Vec<String>> = std::env::var("BENCH_ROWS")
         .ok()
