@@ -179,6 +179,28 @@ async fn a_stopped_session_is_complete_and_a_cut_one_is_truncated() {
         matches!(error, DiagnosticsError::Truncated { bytes: 150_000, .. }),
         "{error}"
     );
+
+    // Read by hand, the cut is an error, and so is every later read: never a clean end.
+    let mut session = client_for(&runtime)
+        .start_session(&SessionConfig::new(providers()))
+        .await
+        .unwrap();
+    let first_error = loop {
+        match session.next_chunk().await {
+            Ok(Some(_)) => {}
+            Ok(None) => panic!("a cut stream ended cleanly"),
+            Err(error) => break error,
+        }
+    };
+    assert!(
+        matches!(first_error, DiagnosticsError::Truncated { .. }),
+        "{first_error}"
+    );
+    let again = session.next_chunk().await.unwrap_err();
+    assert!(
+        matches!(&again, DiagnosticsError::SessionFailed(reason) if *reason == first_error.to_string()),
+        "{again}"
+    );
 }
 
 #[tokio::test]

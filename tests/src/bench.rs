@@ -24,7 +24,7 @@ impl SimulatorProcess {
     /// sessions of `bytes` bytes of synthetic nettrace as fast as they are read.
     pub fn start(binary: &str, bytes: u64) -> SimulatorProcess {
         let dir = tempfile::tempdir().expect("tempdir");
-        let mut child = Command::new(binary)
+        let child = Command::new(binary)
             .arg("--dir")
             .arg(dir.path())
             .arg("--full-speed-bytes")
@@ -32,15 +32,22 @@ impl SimulatorProcess {
             .stdout(Stdio::piped())
             .spawn()
             .expect("start simulated-runtime");
-        let mut line = String::new();
-        let stdout = child.stdout.take().expect("stdout");
-        std::io::BufRead::read_line(&mut std::io::BufReader::new(stdout), &mut line)
-            .expect("socket path");
-        SimulatorProcess {
+        // Owned from here on, so that a failure below still kills it.
+        let mut simulator = SimulatorProcess {
             child,
-            socket: line.trim().to_owned(),
+            socket: String::new(),
             _dir: dir,
-        }
+        };
+        let stdout = simulator.child.stdout.take().expect("stdout");
+        let mut line = String::new();
+        std::io::BufRead::read_line(&mut std::io::BufReader::new(stdout), &mut line)
+            .expect("the simulator's socket path");
+        simulator.socket = line.trim().to_owned();
+        assert!(
+            !simulator.socket.is_empty(),
+            "simulated-runtime exited without printing its socket path"
+        );
+        simulator
     }
 
     /// The diagnostic socket it listens on.
@@ -115,6 +122,12 @@ pub fn cpu_seconds(pid: u32) -> f64 {
 
 /// Pins this process, and so every process it starts later, to CPU `cpu`.
 pub fn pin_to_cpu(cpu: usize) {
+    // CPU_SET indexes a fixed-size set.
+    assert!(
+        cpu < libc::CPU_SETSIZE as usize,
+        "BENCH_CPU must be below {}",
+        libc::CPU_SETSIZE
+    );
     // SAFETY: the set is a zeroed cpu_set_t that CPU_SET fills in; sched_setaffinity only reads it.
     let pinned = unsafe {
         let mut set: libc::cpu_set_t = std::mem::zeroed();

@@ -292,7 +292,17 @@ pub struct EventPipeSession {
     stop_requested: watch::Receiver<bool>,
     framing: NettraceValidator,
     buffers: ReadBuffers,
-    ended: bool,
+    /// How the stream ended, once it has.
+    end: Option<End>,
+}
+
+/// How a session's stream ended.
+#[derive(Debug)]
+enum End {
+    /// After its end-of-stream marker.
+    Clean,
+    /// With an error, whose message later reads repeat.
+    Failed(String),
 }
 
 impl EventPipeSession {
@@ -310,7 +320,7 @@ impl EventPipeSession {
             stop_requested,
             framing: NettraceValidator::framing_only(),
             buffers: ReadBuffers::default(),
-            ended: false,
+            end: None,
         }
     }
 
@@ -336,11 +346,27 @@ impl EventPipeSession {
 
     /// The next chunk of the trace; `Ok(None)` once the stream ended after its end-of-stream
     /// marker. An end without the marker is [`DiagnosticsError::Truncated`]; after a stop, a
-    /// runtime that sends nothing for [`super::Timeouts::stop`] is a timeout.
+    /// runtime that sends nothing for [`super::Timeouts::stop`] is a timeout. Once it has
+    /// failed, every later call fails too ([`DiagnosticsError::SessionFailed`]), never reporting
+    /// a clean end.
     pub async fn next_chunk(&mut self) -> Result<Option<Bytes>, DiagnosticsError> {
-        if self.ended {
-            return Ok(None);
+        match &self.end {
+            Some(End::Clean) => return Ok(None),
+            Some(End::Failed(reason)) => {
+                return Err(DiagnosticsError::SessionFailed(reason.clone()));
+            }
+            None => {}
         }
+        let next = self.read_next().await;
+        match &next {
+            Ok(Some(_)) => {}
+            Ok(None) => self.end = Some(End::Clean),
+            Err(error) => self.end = Some(End::Failed(error.to_string())),
+        }
+        next
+    }
+
+    async fn read_next(&mut self) -> Result<Option<Bytes>, DiagnosticsError> {
         let read = loop {
             if *self.stop_requested.borrow() {
                 let after = self.stop.client.timeouts().stop;
@@ -365,7 +391,6 @@ impl EventPipeSession {
             source,
         })?;
         let Some(chunk) = read else {
-            self.ended = true;
             if self.framing.is_complete() {
                 return Ok(None);
             }
@@ -377,7 +402,6 @@ impl EventPipeSession {
             });
         };
         if let Err(error) = self.framing.feed(&chunk) {
-            self.ended = true;
             return Err(DiagnosticsError::InvalidTrace(error.to_string()));
         }
         Ok(Some(chunk))

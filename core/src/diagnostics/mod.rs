@@ -85,6 +85,12 @@ pub enum DiagnosticsError {
     /// No runtime (listen mode) is connected under this cookie.
     #[error("no runtime with cookie {0} is connected to the diagnostic port")]
     RuntimeGone(uuid::Uuid),
+    /// A session was read again after it had failed; the first error said why.
+    #[error("the session already failed: {0}")]
+    SessionFailed(String),
+    /// diagmon's own machinery failed, not the runtime (e.g. the trace summarizer's thread).
+    #[error("diagmon failed internally: {0}")]
+    Internal(String),
 }
 
 impl DiagnosticsError {

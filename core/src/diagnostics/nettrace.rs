@@ -2454,7 +2454,7 @@ impl<'a> Reader<'a> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     // ---------------------------------------------------------------------------------------
@@ -2737,7 +2737,7 @@ mod tests {
 
     /// A V4 trace: Trace, MetadataBlock (2 definitions), StackBlock (2 stacks), EventBlock (5
     /// events on 2 threads), SPBlock, end tag.
-    fn sample_v4() -> Vec<u8> {
+    pub(crate) fn sample_v4() -> Vec<u8> {
         sample_v4_with(&mut FsWriter::nettrace())
     }
 

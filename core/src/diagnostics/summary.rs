@@ -60,9 +60,8 @@ impl TraceSummarizer {
             .spawn(move || {
                 let _ = verdict.send(summarize(queue, &failed));
             })
-            .map_err(|source| DiagnosticsError::Io {
-                what: "starting the trace summarizer",
-                source,
+            .map_err(|error| {
+                DiagnosticsError::Internal(format!("cannot start the trace summarizer: {error}"))
             })?;
         Ok(TraceSummarizer {
             chunks: Some(chunks),
@@ -71,16 +70,22 @@ impl TraceSummarizer {
         })
     }
 
-    /// Queues the next chunk; fails once the validator found the stream malformed.
+    /// Queues the next chunk; fails once the validator found the stream malformed, or if the
+    /// summarizer's thread is gone.
     pub async fn feed(&mut self, chunk: Bytes) -> Result<(), DiagnosticsError> {
         if let Some(reason) = self.failure.get() {
             return Err(DiagnosticsError::InvalidTrace(reason.clone()));
         }
-        if let Some(chunks) = &self.chunks {
-            // A send fails only if the thread is gone; `finish` says why.
-            let _ = chunks.send(chunk).await;
+        let sent = match &self.chunks {
+            Some(chunks) => chunks.send(chunk).await.is_ok(),
+            None => false,
+        };
+        if sent {
+            Ok(())
+        } else {
+            // The thread drains its queue until the end, so it is gone only if it panicked.
+            Err(stopped())
         }
-        Ok(())
     }
 
     /// Ends the stream and waits for the summary. A stream without its end-of-stream marker is
@@ -95,11 +100,13 @@ impl TraceSummarizer {
                 reason: "the stream ended before its end-of-stream marker".to_owned(),
             }),
             Ok(Verdict::Invalid(reason)) => Err(DiagnosticsError::InvalidTrace(reason)),
-            Err(_) => Err(DiagnosticsError::InvalidTrace(
-                "the trace summarizer stopped unexpectedly".to_owned(),
-            )),
+            Err(_) => Err(stopped()),
         }
     }
+}
+
+fn stopped() -> DiagnosticsError {
+    DiagnosticsError::Internal("the trace summarizer stopped unexpectedly".to_owned())
 }
 
 /// The summarizer thread's work: validate and hash every chunk until the queue closes.
@@ -131,5 +138,73 @@ fn summarize(mut queue: mpsc::Receiver<Bytes>, failed: &OnceLock<String>) -> Ver
                 .collect(),
         }),
         Err(error) => Verdict::Invalid(error.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::diagnostics::nettrace::tests::sample_v4;
+
+    async fn summarize_in_chunks(bytes: &[u8]) -> Result<TraceDigest, DiagnosticsError> {
+        let mut summarizer = TraceSummarizer::start()?;
+        for piece in bytes.chunks(7) {
+            summarizer.feed(Bytes::copy_from_slice(piece)).await?;
+        }
+        summarizer.finish().await
+    }
+
+    /// Where the first EventBlock's contents start: after its type name, end tag, size and
+    /// alignment padding.
+    fn first_event_block_contents(bytes: &[u8]) -> usize {
+        let name = b"EventBlock";
+        let size_at = bytes
+            .windows(name.len())
+            .position(|window| window == name)
+            .expect("an EventBlock")
+            + name.len()
+            + 1;
+        let contents = size_at + 4;
+        contents + (4 - contents % 4) % 4
+    }
+
+    #[tokio::test]
+    async fn a_whole_trace_gives_its_events_and_the_sha256_of_its_bytes() {
+        let bytes = sample_v4();
+        let digest = summarize_in_chunks(&bytes).await.expect("a whole trace");
+        assert_eq!(digest.nettrace.bytes, bytes.len() as u64);
+        assert!(digest.nettrace.events > 0);
+        let expected: String = Sha256::digest(&bytes)
+            .iter()
+            .map(|byte| format!("{byte:02x}"))
+            .collect();
+        assert_eq!(digest.sha256, expected);
+    }
+
+    #[tokio::test]
+    async fn a_trace_cut_short_is_truncated() {
+        let bytes = sample_v4();
+        let error = summarize_in_chunks(&bytes[..bytes.len() - 1])
+            .await
+            .expect_err("cut short");
+        assert!(
+            matches!(error, DiagnosticsError::Truncated { bytes: cut, .. } if cut == bytes.len() as u64 - 1),
+            "{error}"
+        );
+    }
+
+    #[tokio::test]
+    async fn malformed_events_win_over_a_later_cut() {
+        let mut bytes = sample_v4();
+        // The block header's own size field claims more than the whole block holds.
+        let contents = first_event_block_contents(&bytes);
+        bytes[contents..contents + 2].copy_from_slice(&u16::MAX.to_le_bytes());
+        let error = summarize_in_chunks(&bytes[..bytes.len() - 1])
+            .await
+            .expect_err("malformed");
+        assert!(
+            matches!(error, DiagnosticsError::InvalidTrace(_)),
+            "{error}"
+        );
     }
 }

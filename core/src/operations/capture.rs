@@ -96,24 +96,26 @@ pub async fn capture_trace(
             return;
         }
     };
-    let result: Result<(), Outcome> = async {
+    let result: Result<(), Stop> = async {
         loop {
             let chunk = tokio::select! {
                 biased;
-                _ = cancelled.cancelled() => {
-                    return Err(Outcome::Cancelled("cancelled by request".to_owned()));
-                }
-                chunk = session.next_chunk() => chunk.map_err(failure)?,
+                _ = cancelled.cancelled() => return Err(Stop::cancelled()),
+                chunk = session.next_chunk() => chunk.map_err(Stop::Session)?,
             };
             let Some(chunk) = chunk else { return Ok(()) };
             operation.add_bytes(chunk.len() as u64);
-            summarizer.feed(chunk.clone()).await.map_err(failure)?;
             tokio::select! {
                 biased;
-                _ = cancelled.cancelled() => {
-                    return Err(Outcome::Cancelled("cancelled by request".to_owned()));
+                _ = cancelled.cancelled() => return Err(Stop::cancelled()),
+                fed = summarizer.feed(chunk.clone()) => {
+                    fed.map_err(|error| Stop::Outcome(failure(error)))?
                 }
-                written = sink.write(chunk) => written?,
+            }
+            tokio::select! {
+                biased;
+                _ = cancelled.cancelled() => return Err(Stop::cancelled()),
+                written = sink.write(chunk) => written.map_err(Stop::Outcome)?,
             }
         }
     }
@@ -132,8 +134,20 @@ pub async fn capture_trace(
                 outcome
             }
         },
-        Err(outcome) => {
+        Err(stop) => {
             drop(session);
+            let outcome = match stop {
+                Stop::Outcome(outcome) => outcome,
+                // A stream cut short after content the summarizer found malformed is reported as
+                // the malformed content: that is the first thing wrong with it.
+                Stop::Session(error @ DiagnosticsError::Truncated { .. }) => {
+                    match summarizer.finish().await {
+                        Err(invalid @ DiagnosticsError::InvalidTrace(_)) => failure(invalid),
+                        _ => failure(error),
+                    }
+                }
+                Stop::Session(error) => failure(error),
+            };
             let reason = match &outcome {
                 Outcome::Failed(error) => error.message.clone(),
                 Outcome::Cancelled(reason) => reason.clone(),
@@ -145,6 +159,20 @@ pub async fn capture_trace(
     };
     operation.finish(outcome);
     drop(permit);
+}
+
+/// Why the capture loop stopped before the end of the trace.
+enum Stop {
+    /// The session failed (the runtime, the socket, or the trace's framing).
+    Session(DiagnosticsError),
+    /// Anything else, already an outcome: a cancel, the summarizer, the sink.
+    Outcome(Outcome),
+}
+
+impl Stop {
+    fn cancelled() -> Stop {
+        Stop::Outcome(Outcome::Cancelled("cancelled by request".to_owned()))
+    }
 }
 
 fn egress_failure(error: EgressError) -> Outcome {
@@ -159,6 +187,7 @@ fn failure(error: DiagnosticsError) -> Outcome {
         DiagnosticsError::Truncated { .. } => "TraceTruncated",
         DiagnosticsError::InvalidTrace(_) => "TraceInvalid",
         DiagnosticsError::Timeout { .. } => "RuntimeTimeout",
+        DiagnosticsError::Internal(_) => "InternalError",
         _ => "RuntimeError",
     };
     Outcome::Failed(OperationError {
