@@ -50,18 +50,14 @@ const MIB: u64 = 1 << 20;
 const WRITER_QUEUE: usize = 12;
 
 fn artifact(pid: u64) -> Artifact {
-    let started_at = SystemTime::now();
-    Artifact {
-        file_name: Artifact::trace_file_name(started_at, pid),
-        content_type: "application/octet-stream".to_owned(),
-        kind: "trace".to_owned(),
+    Artifact::trace(
         pid,
-        uid: uuid::Uuid::new_v4(),
-        process_name: "bench".to_owned(),
-        operation_id: uuid::Uuid::new_v4(),
-        tags: Vec::new(),
-        started_at,
-    }
+        uuid::Uuid::new_v4(),
+        "bench",
+        uuid::Uuid::new_v4(),
+        Vec::new(),
+        SystemTime::now(),
+    )
 }
 
 fn config(directory: &Path, cache: &Path) -> EgressConfig {

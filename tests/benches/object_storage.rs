@@ -100,18 +100,14 @@ async fn bare(store: Arc<dyn ObjectStore>, total: usize) -> f64 {
 }
 
 fn artifact() -> Artifact {
-    let started_at = SystemTime::now();
-    Artifact {
-        file_name: Artifact::trace_file_name(started_at, 1),
-        content_type: "application/octet-stream".to_owned(),
-        kind: "trace".to_owned(),
-        pid: 1,
-        uid: uuid::Uuid::new_v4(),
-        process_name: "bench".to_owned(),
-        operation_id: uuid::Uuid::new_v4(),
-        tags: Vec::new(),
-        started_at,
-    }
+    Artifact::trace(
+        1,
+        uuid::Uuid::new_v4(),
+        "bench",
+        uuid::Uuid::new_v4(),
+        Vec::new(),
+        SystemTime::now(),
+    )
 }
 
 async fn through_diagmon(

@@ -4,14 +4,13 @@
 //! The fixtures are built once per run, before the first test that needs them, with
 //! `cargo build --release --target wasm32-wasip2` into `<target>/wasm-fixtures`.
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 use diagmon::egress::{
     Artifact, EgressConfig, EgressError, EgressHost, ProviderConfig, ProviderErrorKind,
-    ProviderLimits, check_component,
+    check_component,
 };
 use diagmon_tests::guests::{fixture, python_example, rust_example};
 use diagmon_tests::http_server::TestHttpServer;
@@ -19,17 +18,6 @@ use diagmon_tests::http_server::TestHttpServer;
 /// A compile cache shared by the tests of this run (compiling in a debug build is slow).
 fn shared_cache() -> PathBuf {
     Path::new(env!("CARGO_TARGET_TMPDIR")).join("egress-component-cache")
-}
-
-fn provider(component: impl Into<String>) -> ProviderConfig {
-    ProviderConfig {
-        component: component.into(),
-        directory: None,
-        allowed_outbound_hosts: Vec::new(),
-        object_store: None,
-        settings: BTreeMap::new(),
-        limits: ProviderLimits::default(),
-    }
 }
 
 fn config(providers: Vec<(&str, ProviderConfig)>) -> EgressConfig {
@@ -43,19 +31,14 @@ fn config(providers: Vec<(&str, ProviderConfig)>) -> EgressConfig {
 }
 
 fn artifact() -> Artifact {
-    let started_at = SystemTime::now();
-    let pid = 4242;
-    Artifact {
-        file_name: Artifact::trace_file_name(started_at, pid),
-        content_type: "application/octet-stream".to_owned(),
-        kind: "trace".to_owned(),
-        pid,
-        uid: uuid::Uuid::new_v4(),
-        process_name: "fixture".to_owned(),
-        operation_id: uuid::Uuid::new_v4(),
-        tags: vec!["test".to_owned()],
-        started_at,
-    }
+    Artifact::trace(
+        4242,
+        uuid::Uuid::new_v4(),
+        "fixture",
+        uuid::Uuid::new_v4(),
+        vec!["test".to_owned()],
+        SystemTime::now(),
+    )
 }
 
 /// Deterministic bytes that are not all alike.
@@ -82,7 +65,7 @@ fn listing(directory: &Path) -> Vec<String> {
 
 /// A filesystem provider granted `directory`.
 fn filesystem(directory: &Path) -> ProviderConfig {
-    let mut p = provider("filesystem");
+    let mut p = ProviderConfig::new("filesystem");
     p.directory = Some(directory.to_owned());
     p
 }
@@ -250,7 +233,7 @@ async fn assert_still_serving(host: &EgressHost, out: &Path) {
 #[tokio::test]
 async fn a_provider_that_traps_in_write_fails_its_upload_with_the_panic_message() {
     let dir = tempfile::tempdir().unwrap();
-    let host = host_with("trap-in-write", provider(""), dir.path()).await;
+    let host = host_with("trap-in-write", ProviderConfig::new(""), dir.path()).await;
     let started = Instant::now();
     let error = upload_through(&host, "trap-in-write", &payload(256 << 10))
         .await
@@ -277,7 +260,7 @@ async fn a_provider_that_traps_in_write_fails_its_upload_with_the_panic_message(
 #[tokio::test]
 async fn a_provider_that_loops_forever_is_stopped_at_its_deadline() {
     let dir = tempfile::tempdir().unwrap();
-    let mut p = provider("");
+    let mut p = ProviderConfig::new("");
     p.limits.write_timeout_ms = 500;
     let host = host_with("infinite-loop", p, dir.path()).await;
     let started = Instant::now();
@@ -308,7 +291,7 @@ async fn a_provider_that_loops_forever_is_stopped_at_its_deadline() {
 #[tokio::test]
 async fn a_provider_that_allocates_without_bound_hits_its_memory_limit() {
     let dir = tempfile::tempdir().unwrap();
-    let mut p = provider("");
+    let mut p = ProviderConfig::new("");
     p.limits.memory_mib = 32;
     let host = host_with("unbounded-alloc", p, dir.path()).await;
     let started = Instant::now();
@@ -336,7 +319,7 @@ async fn a_provider_cannot_reach_paths_outside_its_grant() {
     let dir = tempfile::tempdir().unwrap();
     let grant = dir.path().join("grant");
     let out = dir.path().join("out");
-    let mut p = provider("");
+    let mut p = ProviderConfig::new("");
     p.directory = Some(grant.clone());
     let host = host_with("path-escape", p, &out).await;
     let artifact = artifact();
@@ -377,7 +360,7 @@ async fn a_provider_cannot_open_a_tcp_connection_without_a_grant() {
     listener.set_nonblocking(true).unwrap();
     let address = listener.local_addr().unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let mut p = provider("");
+    let mut p = ProviderConfig::new("");
     p.settings
         .insert("address".to_owned(), serde_json::json!(address.to_string()));
     let host = host_with("tcp-connect", p, dir.path()).await;
@@ -406,7 +389,11 @@ async fn a_provider_cannot_open_a_tcp_connection_without_a_grant() {
 
 #[tokio::test]
 async fn a_missing_component_fails_the_load_naming_the_provider() {
-    let error = load_error(vec![("ghost", provider("/nonexistent/ghost.wasm"))]).await;
+    let error = load_error(vec![(
+        "ghost",
+        ProviderConfig::new("/nonexistent/ghost.wasm"),
+    )])
+    .await;
     assert_eq!(error.kind(), "EgressProviderLoadFailed");
     let message = error.to_string();
     assert!(
@@ -422,7 +409,11 @@ async fn a_file_that_is_not_a_component_fails_the_load() {
     let dir = tempfile::tempdir().unwrap();
     let text = dir.path().join("notes.wasm");
     std::fs::write(&text, "not wasm at all").unwrap();
-    let error = load_error(vec![("text", provider(text.display().to_string()))]).await;
+    let error = load_error(vec![(
+        "text",
+        ProviderConfig::new(text.display().to_string()),
+    )])
+    .await;
     assert!(
         error.to_string().contains("`text` cannot be loaded"),
         "{error}"
@@ -435,7 +426,11 @@ async fn a_file_that_is_not_a_component_fails_the_load() {
     // The smallest core module: a module, not a component.
     let module = dir.path().join("module.wasm");
     std::fs::write(&module, b"\0asm\x01\0\0\0").unwrap();
-    let error = load_error(vec![("module", provider(module.display().to_string()))]).await;
+    let error = load_error(vec![(
+        "module",
+        ProviderConfig::new(module.display().to_string()),
+    )])
+    .await;
     assert!(
         error.to_string().contains("`module` cannot be loaded"),
         "{error}"
@@ -450,7 +445,7 @@ async fn a_file_that_is_not_a_component_fails_the_load() {
 
 #[tokio::test]
 async fn an_unknown_built_in_fails_the_load() {
-    let error = load_error(vec![("s3", provider("object-store"))]).await;
+    let error = load_error(vec![("s3", ProviderConfig::new("object-store"))]).await;
     let message = error.to_string();
     assert!(message.contains("`s3` cannot be loaded"), "{message}");
     assert!(
@@ -463,7 +458,7 @@ async fn an_unknown_built_in_fails_the_load() {
 async fn a_component_of_another_world_version_fails_the_load() {
     let error = load_error(vec![(
         "future",
-        provider(fixture("wrong-version").display().to_string()),
+        ProviderConfig::new(fixture("wrong-version").display().to_string()),
     )])
     .await;
     let message = error.to_string();
@@ -479,7 +474,7 @@ async fn a_component_of_another_world_version_fails_the_load() {
 async fn a_component_whose_import_is_not_granted_fails_the_load() {
     let error = load_error(vec![(
         "webhook",
-        provider(fixture("needs-http").display().to_string()),
+        ProviderConfig::new(fixture("needs-http").display().to_string()),
     )])
     .await;
     let message = error.to_string();
@@ -516,7 +511,7 @@ async fn settings_the_provider_refuses_fail_the_load() {
         "{error}"
     );
 
-    let error = load_error(vec![("artifacts", provider("filesystem"))]).await;
+    let error = load_error(vec![("artifacts", ProviderConfig::new("filesystem"))]).await;
     assert!(
         error.to_string().contains("no directory is granted"),
         "{error}"
@@ -621,7 +616,7 @@ async fn uploads_run_concurrently_each_in_its_own_instance() {
 
 /// The HTTP PUT example, granted the test server's origin.
 fn http_put(server: &TestHttpServer, url_path: &str) -> ProviderConfig {
-    let mut p = provider(rust_example("http_put_provider").display().to_string());
+    let mut p = ProviderConfig::new(rust_example("http_put_provider").display().to_string());
     p.allowed_outbound_hosts = vec![server.origin()];
     p.settings.insert(
         "url".to_owned(),
@@ -770,7 +765,7 @@ async fn a_bad_allow_list_entry_fails_the_load() {
 async fn the_python_example_stores_the_artifact_and_its_sidecar() {
     let dir = tempfile::tempdir().unwrap();
     let canonical = dir.path().canonicalize().unwrap();
-    let mut p = provider(python_example().display().to_string());
+    let mut p = ProviderConfig::new(python_example().display().to_string());
     p.directory = Some(canonical.clone());
     p.settings.insert(
         "directory".to_owned(),

@@ -525,6 +525,32 @@ async fn process_routes_and_info() {
         openapi["components"]["schemas"]["OperationStatus"]["properties"]["bytesCaptured"]
             .is_object()
     );
+    let parameters = |method: &str| -> Vec<String> {
+        openapi["paths"]["/trace"][method]["parameters"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|parameter| Some(parameter["name"].as_str()?.to_owned()))
+            .collect()
+    };
+    for name in [
+        "pid",
+        "uid",
+        "name",
+        "durationSeconds",
+        "egressProvider",
+        "tags",
+    ] {
+        assert!(
+            parameters("post").iter().any(|p| p == name),
+            "POST /trace {name}"
+        );
+        assert!(
+            parameters("get").iter().any(|p| p == name),
+            "GET /trace {name}"
+        );
+    }
+    assert!(parameters("get").iter().any(|p| p == "profile"));
 }
 
 #[tokio::test]

@@ -138,8 +138,17 @@ mod tests {
         let data = vec![1u8; READ_SIZE];
         let mut source: &[u8] = &data;
         let chunk = buffers.read_chunk(&mut source).await.unwrap().unwrap();
+        let pool = Arc::downgrade(&buffers.free);
         drop(buffers);
+        assert!(
+            pool.upgrade().is_none(),
+            "the pool is gone with its session"
+        );
         assert_eq!(chunk.len(), READ_SIZE);
+        assert!(
+            chunk.iter().all(|byte| *byte == 1),
+            "the chunk still reads its bytes"
+        );
         drop(chunk);
     }
 }

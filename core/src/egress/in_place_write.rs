@@ -87,17 +87,14 @@ pub(crate) mod tests {
         };
         let host = EgressHost::load(&config).await.unwrap();
         let started_at = SystemTime::now();
-        let artifact = Artifact {
-            file_name: Artifact::trace_file_name(started_at, 7),
-            content_type: "application/octet-stream".to_owned(),
-            kind: "trace".to_owned(),
-            pid: 7,
-            uid: uuid::Uuid::new_v4(),
-            process_name: "test".to_owned(),
-            operation_id: uuid::Uuid::new_v4(),
-            tags: Vec::new(),
+        let artifact = Artifact::trace(
+            7,
+            uuid::Uuid::new_v4(),
+            "test",
+            uuid::Uuid::new_v4(),
+            Vec::new(),
             started_at,
-        };
+        );
         let bytes: Vec<u8> = (0..300_000u32).map(|i| (i * 7 + i / 251) as u8).collect();
         let before = CALLS.load(Ordering::Relaxed);
         let mut upload = host.begin("files", artifact).await.unwrap();

@@ -189,6 +189,29 @@ pub struct Artifact {
 }
 
 impl Artifact {
+    /// The artifact of a trace of process `pid` that started at `started_at`: named by
+    /// [`Artifact::trace_file_name`], kind `trace`, `application/octet-stream`.
+    pub fn trace(
+        pid: u64,
+        uid: uuid::Uuid,
+        process_name: impl Into<String>,
+        operation_id: uuid::Uuid,
+        tags: Vec<String>,
+        started_at: SystemTime,
+    ) -> Artifact {
+        Artifact {
+            file_name: Artifact::trace_file_name(started_at, pid),
+            content_type: "application/octet-stream".to_owned(),
+            kind: "trace".to_owned(),
+            pid,
+            uid,
+            process_name: process_name.into(),
+            operation_id,
+            tags,
+            started_at,
+        }
+    }
+
     /// The suggested file name of a trace: `{yyyyMMdd_HHmmss_fff}_{pid}.nettrace`, UTC, as
     /// dotnet-monitor names them.
     pub fn trace_file_name(started_at: SystemTime, pid: u64) -> String {

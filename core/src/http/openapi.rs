@@ -4,7 +4,26 @@
 use std::collections::BTreeMap;
 
 use axum::Json;
-use utoipa::{OpenApi, ToSchema};
+use utoipa::{IntoParams, OpenApi, ToSchema};
+
+/// The query parameters `POST /trace` and `GET /trace` share.
+#[derive(IntoParams)]
+#[into_params(parameter_in = Query, rename_all = "camelCase")]
+#[allow(dead_code)] // Describes the query the handlers parse by hand (`super::params`).
+pub struct TraceQuery {
+    /// Process id.
+    pid: Option<u64>,
+    /// Runtime instance uid.
+    uid: Option<uuid::Uuid>,
+    /// Process name.
+    name: Option<String>,
+    /// Default 30; -1 = until stopped.
+    duration_seconds: Option<i64>,
+    /// Send the trace to this provider (202) instead of the response (200).
+    egress_provider: Option<String>,
+    /// Comma-separated tags for the operation.
+    tags: Option<String>,
+}
 
 /// `POST /trace`'s body (dotnet-monitor's EventProvidersConfiguration). Property names are
 /// matched case-insensitively.

@@ -37,12 +37,7 @@ const BUFFER_SIZE_MB: std::ops::RangeInclusive<u64> = 1..=1024;
 
 /// `POST /trace`: a trace of the providers in the body (`EventProvidersConfiguration`).
 #[utoipa::path(post, path = "/trace", params(
-        ("pid" = Option<u64>, Query, description = "Process id"),
-        ("uid" = Option<uuid::Uuid>, Query, description = "Runtime instance uid"),
-        ("name" = Option<String>, Query, description = "Process name"),
-        ("durationSeconds" = Option<i64>, Query, description = "Default 30; -1 = until stopped"),
-        ("egressProvider" = Option<String>, Query, description = "Send the trace to this provider (202) instead of the response (200)"),
-        ("tags" = Option<String>, Query, description = "Comma-separated tags for the operation"),
+        super::openapi::TraceQuery,
     ),
     request_body(content = super::openapi::EventProvidersConfiguration, content_type = "application/json"),
     responses(
@@ -92,12 +87,7 @@ pub async fn post_trace(
 /// `GET /trace?profile=...`: a trace of predefined profiles.
 #[utoipa::path(get, path = "/trace", params(
         ("profile" = Option<String>, Query, description = "Comma list of Cpu, Http, Logs, Metrics, GcCollect (default Cpu,Http,Metrics,GcCollect)"),
-        ("pid" = Option<u64>, Query, description = "Process id"),
-        ("uid" = Option<uuid::Uuid>, Query, description = "Runtime instance uid"),
-        ("name" = Option<String>, Query, description = "Process name"),
-        ("durationSeconds" = Option<i64>, Query, description = "Default 30; -1 = until stopped"),
-        ("egressProvider" = Option<String>, Query, description = "Send the trace to this provider (202) instead of the response (200)"),
-        ("tags" = Option<String>, Query, description = "Comma-separated tags for the operation"),
+        super::openapi::TraceQuery,
     ),
     responses(
         (status = 200, description = "The trace, streamed (nettrace)", content_type = "application/octet-stream"),
@@ -193,20 +183,16 @@ async fn start_trace(
         }
     };
     let started_at = SystemTime::now();
-    let file_name = Artifact::trace_file_name(started_at, process.pid);
     match request.egress_provider {
         Some(provider) => {
-            let artifact = Artifact {
-                file_name,
-                content_type: "application/octet-stream".to_owned(),
-                kind: "trace".to_owned(),
-                pid: process.pid,
-                uid: process.uid,
-                process_name: process.name.clone(),
-                operation_id: operation.id(),
-                tags: operation.tags().iter().cloned().collect(),
+            let artifact = Artifact::trace(
+                process.pid,
+                process.uid,
+                process.name.clone(),
+                operation.id(),
+                operation.tags().iter().cloned().collect(),
                 started_at,
-            };
+            );
             let upload = match app.egress.begin(&provider, artifact).await {
                 Ok(upload) => upload,
                 Err(error) => return Err(fail(&operation, error.kind(), error.to_string())),
@@ -238,6 +224,7 @@ async fn start_trace(
                 header::CONTENT_TYPE,
                 HeaderValue::from_static("application/octet-stream"),
             );
+            let file_name = Artifact::trace_file_name(started_at, process.pid);
             if let Ok(value) = HeaderValue::from_str(&format!("attachment; filename={file_name}")) {
                 headers.insert(header::CONTENT_DISPOSITION, value);
             }

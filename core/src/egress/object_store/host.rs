@@ -110,9 +110,21 @@ fn unknown_upload() -> StoreError {
     )
 }
 
-impl ObjectStoreView<'_> {
+impl<'a> ObjectStoreView<'a> {
     fn ctx(&mut self) -> Result<&mut ObjectStoreCtx, StoreError> {
         self.ctx.as_deref_mut().ok_or_else(not_granted)
+    }
+
+    /// Takes `upload` out of the table for its last call (complete or abort); it no longer
+    /// counts as open.
+    fn take_upload(
+        self,
+        upload: Resource<MultipartWrite>,
+    ) -> Result<(&'a mut ObjectStoreCtx, MultipartWrite), StoreError> {
+        let ctx = self.ctx.ok_or_else(not_granted)?;
+        let write = self.table.delete(upload).map_err(|_| unknown_upload())?;
+        ctx.open_uploads = ctx.open_uploads.saturating_sub(1);
+        Ok((ctx, write))
     }
 }
 
@@ -222,13 +234,10 @@ impl wit::HostMultipartUpload for StoreState {
         let view = self.object_store_view();
         let deadline = view.deadline;
         let provider = view.provider.to_owned();
-        let result = (|| {
-            let ctx = view.ctx.ok_or_else(not_granted)?;
-            let mut write = view.table.delete(upload).map_err(|_| unknown_upload())?;
-            ctx.open_uploads = ctx.open_uploads.saturating_sub(1);
-            // On a timeout, dropping `write` aborts the upload in the background.
+        // On a timeout, dropping `write` aborts the upload in the background.
+        let result = view.take_upload(upload).and_then(|(ctx, mut write)| {
             ctx.block_on(deadline, "completing the upload", write.complete())
-        })();
+        });
         result.map(to_wit_info).map_err(|e| to_wit(&provider, e))
     }
 
@@ -236,12 +245,9 @@ impl wit::HostMultipartUpload for StoreState {
         let view = self.object_store_view();
         let deadline = view.deadline;
         let provider = view.provider.to_owned();
-        let result = (|| {
-            let ctx = view.ctx.ok_or_else(not_granted)?;
-            let mut write = view.table.delete(upload).map_err(|_| unknown_upload())?;
-            ctx.open_uploads = ctx.open_uploads.saturating_sub(1);
+        let result = view.take_upload(upload).and_then(|(ctx, mut write)| {
             ctx.block_on(deadline, "aborting the upload", write.abort())
-        })();
+        });
         result.map_err(|e| to_wit(&provider, e))
     }
 
