@@ -8,6 +8,8 @@ use figment::providers::{Env, Format, Json, Serialized, Toml, Yaml};
 use serde::{Deserialize, Serialize};
 
 use crate::auth::AuthenticationConfig;
+use crate::diagnostics::Timeouts;
+use crate::diagnostics::reverse::PortLimits;
 use crate::egress::EgressConfig;
 
 /// The default listening address, as dotnet-monitor's but on plain loopback HTTP.
@@ -26,6 +28,8 @@ pub struct Config {
     pub socket_dir: Option<PathBuf>,
     /// Listen mode: diagmon's own diagnostic port. Omit for connect mode.
     pub diagnostic_port: Option<DiagnosticPortConfig>,
+    /// How long diagmon waits for runtimes.
+    pub runtime: RuntimeConfig,
     /// Which process requests without `pid`, `uid` or `name` address.
     pub default_process: DefaultProcessConfig,
     /// Concurrency limits.
@@ -46,6 +50,7 @@ impl Default for Config {
             urls: vec![DEFAULT_URL.to_owned()],
             socket_dir: None,
             diagnostic_port: None,
+            runtime: RuntimeConfig::default(),
             default_process: DefaultProcessConfig::default(),
             limits: LimitsConfig::default(),
             operations: OperationsConfig::default(),
@@ -62,6 +67,60 @@ impl Default for Config {
 pub struct DiagnosticPortConfig {
     /// The socket path runtimes connect to (`DOTNET_DiagnosticPorts=<path>`).
     pub endpoint_name: PathBuf,
+    /// Runtimes (instance cookies) listed at once; connections advertising more are closed.
+    #[serde(default = "default_max_runtimes")]
+    pub max_runtimes: usize,
+    /// Idle connections kept per runtime (a runtime opens one at a time); extras are closed.
+    #[serde(default = "default_max_connections_per_runtime")]
+    pub max_connections_per_runtime: usize,
+}
+
+impl DiagnosticPortConfig {
+    /// The port's connection limits.
+    pub fn limits(&self) -> PortLimits {
+        PortLimits {
+            max_runtimes: self.max_runtimes,
+            max_connections_per_runtime: self.max_connections_per_runtime,
+        }
+    }
+}
+
+fn default_max_runtimes() -> usize {
+    PortLimits::default().max_runtimes
+}
+
+fn default_max_connections_per_runtime() -> usize {
+    PortLimits::default().max_connections_per_runtime
+}
+
+/// How long diagmon waits for runtimes.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RuntimeConfig {
+    /// Seconds after a graceful stop request within which StopTracing is retried and the runtime
+    /// must end the trace; a trace still running then is cut off and reported truncated (Failed).
+    pub stop_timeout_seconds: u64,
+}
+
+/// The longest accepted `runtime.stop_timeout_seconds`: a day.
+const MAX_STOP_TIMEOUT_SECONDS: u64 = 24 * 60 * 60;
+
+impl Default for RuntimeConfig {
+    fn default() -> Self {
+        RuntimeConfig {
+            stop_timeout_seconds: Timeouts::default().stop.as_secs(),
+        }
+    }
+}
+
+impl RuntimeConfig {
+    /// The timeouts of the diagnostics client.
+    pub fn timeouts(&self) -> Timeouts {
+        Timeouts {
+            stop: std::time::Duration::from_secs(self.stop_timeout_seconds),
+            ..Timeouts::default()
+        }
+    }
 }
 
 /// The default process: every filter must match.
@@ -215,6 +274,18 @@ impl Config {
         if self.limits.max_concurrent_traces == 0 {
             return Err(ConfigError(
                 "`limits.max_concurrent_traces` must be at least 1".into(),
+            ));
+        }
+        if !(1..=MAX_STOP_TIMEOUT_SECONDS).contains(&self.runtime.stop_timeout_seconds) {
+            return Err(ConfigError(format!(
+                "`runtime.stop_timeout_seconds` must be between 1 and {MAX_STOP_TIMEOUT_SECONDS}"
+            )));
+        }
+        if let Some(port) = &self.diagnostic_port
+            && (port.max_runtimes == 0 || port.max_connections_per_runtime == 0)
+        {
+            return Err(ConfigError(
+                "`diagnostic_port.max_runtimes` and `diagnostic_port.max_connections_per_runtime` must be at least 1".into(),
             ));
         }
         for filter in &self.default_process.filters {

@@ -9,7 +9,7 @@ use clap::{Args, Parser, Subcommand};
 use diagmon::auth::{Authenticator, KeyOutputFormat, generate_key, render_key};
 use diagmon::diagnostics::eventpipe::Rundown;
 use diagmon::diagnostics::nettrace;
-use diagmon::diagnostics::reverse::ReversePort;
+use diagmon::diagnostics::reverse::{PortLimits, ReversePort};
 use diagmon::diagnostics::{EventProvider, SessionConfig, Timeouts, endpoint};
 use diagmon::processes::{Discovery, ProcessDirectory, ProcessRecord};
 use diagmon::{config, http, profiles};
@@ -297,7 +297,7 @@ async fn shutdown_signal() {
 async fn directory(args: &DiscoveryArgs) -> Result<ProcessDirectory> {
     let discovery = match (&args.diagnostic_port, &args.socket_dir) {
         (Some(port), _) => {
-            let port = ReversePort::bind(port)
+            let port = ReversePort::bind(port, PortLimits::default())
                 .await
                 .with_context(|| format!("cannot listen on {}", port.display()))?;
             // Give runtimes that are already retrying a moment to connect and advertise.

@@ -89,16 +89,23 @@ impl ProcessDirectory {
     /// socket files and peers that break the protocol are left out (and logged).
     pub async fn list(&self) -> Vec<ProcessRecord> {
         let endpoints: Vec<(Option<u32>, Endpoint)> = match &self.discovery {
-            Discovery::Connect { socket_dir } => match endpoint::discover(socket_dir) {
-                Ok(sockets) => sockets
-                    .into_iter()
-                    .map(|socket| (Some(socket.pid), Endpoint::Socket(socket.path)))
-                    .collect(),
-                Err(error) => {
-                    tracing::warn!(dir = %socket_dir.display(), %error, "cannot list the socket directory");
-                    Vec::new()
+            Discovery::Connect { socket_dir } => {
+                let dir = socket_dir.clone();
+                match tokio::task::spawn_blocking(move || endpoint::discover(&dir)).await {
+                    Ok(Ok(sockets)) => sockets
+                        .into_iter()
+                        .map(|socket| (Some(socket.pid), Endpoint::Socket(socket.path)))
+                        .collect(),
+                    Ok(Err(error)) => {
+                        tracing::warn!(dir = %socket_dir.display(), %error, "cannot list the socket directory");
+                        Vec::new()
+                    }
+                    Err(error) => {
+                        tracing::error!(%error, "the socket directory scan failed");
+                        Vec::new()
+                    }
                 }
-            },
+            }
             Discovery::Listen(port) => port
                 .runtimes()
                 .into_iter()
@@ -140,7 +147,11 @@ impl ProcessDirectory {
                 endpoint,
             }),
             Err(error) if error.is_unknown_command() => {
-                pid.and_then(|pid| describe_from_proc(pid, endpoint))
+                let pid = pid?;
+                tokio::task::spawn_blocking(move || describe_from_proc(pid, endpoint))
+                    .await
+                    .ok()
+                    .flatten()
             }
             Err(error) => {
                 log_unreachable(&endpoint, &error);
@@ -258,6 +269,9 @@ fn filter_matches(filter: &ProcessFilter, process: &ProcessRecord) -> bool {
 
 fn log_unreachable(endpoint: &Endpoint, error: &DiagnosticsError) {
     match endpoint {
+        Endpoint::Socket(path) if matches!(error, DiagnosticsError::ImpostorPeer { .. }) => {
+            tracing::warn!(socket = %path.display(), %error, "ignoring an untrusted runtime socket")
+        }
         Endpoint::Socket(path) => {
             tracing::debug!(socket = %path.display(), %error, "skipping a runtime socket")
         }
@@ -267,7 +281,8 @@ fn log_unreachable(endpoint: &Endpoint, error: &DiagnosticsError) {
     }
 }
 
-/// Describes a runtime without Process commands from what `/proc` says about its pid.
+/// Describes a runtime without Process commands from what `/proc` says about its pid (blocking
+/// file reads: called on the blocking pool).
 fn describe_from_proc(pid: u32, endpoint: Endpoint) -> Option<ProcessRecord> {
     let stat = procfs::stat(pid)?;
     let command_line = procfs::command_line(pid)?;

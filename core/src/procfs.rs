@@ -32,6 +32,12 @@ fn parse_stat(text: &str) -> Option<ProcStat> {
     Some(ProcStat { state, start_time })
 }
 
+/// The uid that owns the process (the owner of `/proc/{pid}`); `None` when it does not exist.
+pub fn owner_uid(pid: u32) -> Option<u32> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(format!("/proc/{pid}")).ok().map(|meta| meta.uid())
+}
+
 /// True when the process exists and is not a zombie.
 pub fn is_alive(pid: u32) -> bool {
     stat(pid).is_some_and(|stat| stat.state != 'Z' && stat.state != 'X')
@@ -106,5 +112,8 @@ mod tests {
         assert!(command_line(pid).is_some());
         assert!(architecture(pid).is_some());
         assert!(!is_alive(u32::MAX));
+        // SAFETY: getuid(2) cannot fail.
+        assert_eq!(owner_uid(pid), Some(unsafe { libc::getuid() }));
+        assert_eq!(owner_uid(u32::MAX), None);
     }
 }

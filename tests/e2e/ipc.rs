@@ -246,3 +246,112 @@ async fn dropping_a_session_ends_it_in_the_target() {
         .unwrap();
     validate(&bytes);
 }
+
+/// A process that does nothing but live (a pid for impostor sockets to claim); killed on drop.
+struct Bystander(std::process::Child);
+
+impl Bystander {
+    fn start() -> Bystander {
+        Bystander(
+            std::process::Command::new("sleep")
+                .arg("120")
+                .spawn()
+                .expect("start sleep"),
+        )
+    }
+
+    fn pid(&self) -> u32 {
+        self.0.id()
+    }
+
+    /// The socket name a runtime with this pid would create.
+    fn socket_name(&self) -> String {
+        let start = diagmon::procfs::stat(self.pid()).unwrap().start_time;
+        format!("dotnet-diagnostic-{}-{start}-socket", self.pid())
+    }
+}
+
+impl Drop for Bystander {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[tokio::test]
+async fn impostor_sockets_beside_a_real_runtime_are_ignored() {
+    use diagmon_tests::simulated_runtime::{Fault, SimulatedRuntime, SimulatedRuntimeConfig};
+    let target = TestTarget::start(Program::Worker, &[]);
+    let dir = target.tmpdir().to_owned();
+    let pid = target.pid();
+    let start = diagmon::procfs::stat(pid).unwrap().start_time;
+    let invented = |pid: u32| SimulatedRuntimeConfig {
+        pid,
+        command_line: "/invented/by/an/impostor".to_owned(),
+        ..Default::default()
+    };
+    // The real pid and start time, spelled with a leading zero, answering invented data.
+    let _leading_zero = SimulatedRuntime::listen_at(
+        &dir.join(format!("dotnet-diagnostic-{pid}-0{start}-socket")),
+        invented(pid),
+    )
+    .await
+    .unwrap();
+    // A symlink to the real socket under another live process's exact name.
+    let linked = Bystander::start();
+    std::os::unix::fs::symlink(target.socket_path(), dir.join(linked.socket_name())).unwrap();
+    // Sockets under other live processes' exact names, served by this process: one answering
+    // invented data, one answering garbage.
+    let claimed = Bystander::start();
+    let _claiming = SimulatedRuntime::listen(&dir, invented(claimed.pid()))
+        .await
+        .unwrap();
+    let garbled = Bystander::start();
+    let _garbage = SimulatedRuntime::listen(
+        &dir,
+        SimulatedRuntimeConfig {
+            fault: Some(Fault::Garbage),
+            ..invented(garbled.pid())
+        },
+    )
+    .await
+    .unwrap();
+    assert!(std::fs::read_dir(&dir).unwrap().count() >= 5);
+
+    let check = |processes: &[ProcessRecord]| {
+        assert_eq!(processes.len(), 1, "{processes:?}");
+        assert_eq!(processes[0].pid, u64::from(pid));
+        assert!(
+            processes[0]
+                .command_line
+                .contains(&target.dll_path().display().to_string()),
+            "{}",
+            processes[0].command_line
+        );
+        assert!(!processes[0].supports_process_commands, "3.1's own data");
+    };
+    check(&directory(&target).list().await);
+
+    let monitor = diagmon_tests::monitor::Monitor::start(
+        &format!("socket_dir = {:?}\n", dir.display().to_string()),
+        &["--no-auth"],
+    );
+    let client = reqwest::Client::new();
+    let listed: serde_json::Value = client
+        .get(monitor.url("/processes"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let listed = listed.as_array().expect("a list");
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    assert_eq!(listed[0]["pid"], pid);
+    assert_eq!(listed[0]["uid"], directory(&target).list().await[0].uid.to_string());
+    let stderr = monitor.stderr_lines().join("\n") + &monitor.stdout_lines().join("\n");
+    assert!(
+        stderr.contains("untrusted runtime socket"),
+        "the impostors are logged: {stderr}"
+    );
+}

@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use diagmon::diagnostics::endpoint::Endpoint;
 use diagmon::diagnostics::eventpipe::{EventIdFilter, Rundown};
-use diagmon::diagnostics::reverse::ReversePort;
+use diagmon::diagnostics::reverse::{PortLimits, ReversePort};
 use diagmon::diagnostics::{
     Command, DiagnosticsClient, DiagnosticsError, EventProvider, SessionConfig, Timeouts,
 };
@@ -207,7 +207,7 @@ async fn a_stopped_session_is_complete_and_a_cut_one_is_truncated() {
 async fn listen_mode_takes_advertised_connections_and_resumes_a_suspended_runtime() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("port.sock");
-    let port = ReversePort::bind(&path).await.unwrap();
+    let port = ReversePort::bind(&path, PortLimits::default()).await.unwrap();
     let config = SimulatedRuntimeConfig::default();
     let runtime = SimulatedRuntime::connect(&path, true, config.clone())
         .await
@@ -252,8 +252,8 @@ async fn listen_mode_takes_advertised_connections_and_resumes_a_suspended_runtim
 async fn listen_mode_keeps_a_bound_port_from_being_stolen() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("port.sock");
-    let _port = ReversePort::bind(&path).await.unwrap();
-    let error = ReversePort::bind(&path).await.unwrap_err();
+    let _port = ReversePort::bind(&path, PortLimits::default()).await.unwrap();
+    let error = ReversePort::bind(&path, PortLimits::default()).await.unwrap_err();
     assert!(error.to_string().contains("already listening"), "{error}");
 }
 
@@ -308,4 +308,67 @@ async fn broken_peers_are_left_out_of_listings() {
         short_timeouts(),
     );
     assert!(directory.list().await.is_empty());
+}
+
+#[tokio::test]
+async fn a_refused_stop_is_retried_and_the_trace_completes() {
+    let config = SimulatedRuntimeConfig {
+        fault: Some(Fault::RefuseFirstStop),
+        ..Default::default()
+    };
+    let (_dir, runtime) = simulated(config).await;
+    let session = client_for(&runtime)
+        .start_session(&SessionConfig::new(providers()))
+        .await
+        .unwrap();
+    let stop = session.stop_handle();
+    let stopper = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        stop.stop().await
+    });
+    let mut bytes = Vec::new();
+    let summary = session.copy_to(&mut bytes).await.unwrap();
+    stopper.await.unwrap().unwrap();
+    assert!(summary.nettrace.events > 0);
+    let stops = runtime
+        .commands_received()
+        .iter()
+        .filter(|code| **code == Command::StopTracing.code())
+        .count();
+    assert_eq!(stops, 2, "the refused StopTracing was sent again");
+}
+
+#[tokio::test]
+async fn a_stop_the_runtime_ignores_ends_the_session_as_truncated_at_the_deadline() {
+    let config = SimulatedRuntimeConfig {
+        fault: Some(Fault::IgnoreStop),
+        ..Default::default()
+    };
+    let (_dir, runtime) = simulated(config).await;
+    let timeouts = Timeouts {
+        stop: Duration::from_secs(1),
+        ..short_timeouts()
+    };
+    let client = DiagnosticsClient::new(Endpoint::Socket(runtime.socket_path().unwrap()), timeouts);
+    let session = client
+        .start_session(&SessionConfig::new(providers()))
+        .await
+        .unwrap();
+    let stop = session.stop_handle();
+    let stopper = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        stop.stop().await
+    });
+    let started = Instant::now();
+    let error = session.copy_to(&mut Vec::new()).await.unwrap_err();
+    let elapsed = started.elapsed();
+    stopper.await.unwrap().unwrap();
+    assert!(
+        matches!(&error, DiagnosticsError::Truncated { reason, .. } if reason.contains("stop request")),
+        "{error}"
+    );
+    assert!(
+        elapsed >= Duration::from_millis(1100) && elapsed < Duration::from_secs(4),
+        "ended {elapsed:?} after the start, the deadline is 1 s after the stop"
+    );
 }

@@ -189,6 +189,12 @@ pub enum Fault {
     /// ProcessInfo/2/3 replies whose command-line string length prefix claims 2^31 code units
     /// (the header size is the bytes actually sent); other commands are answered normally.
     HugeStringLength,
+    /// The first StopTracing is refused with an E_FAIL error reply (a runtime too busy to stop
+    /// the session), and the session streams on; later ones are answered normally.
+    RefuseFirstStop,
+    /// Every StopTracing is answered OK at once but ignored: the session streams on until the
+    /// client closes it.
+    IgnoreStop,
 }
 
 /// One provider of a CollectTracing request.
@@ -253,6 +259,7 @@ struct Shared {
     server: tokio::sync::Mutex<()>,
     closing: AtomicBool,
     next_session: AtomicU64,
+    stop_requests: AtomicU64,
 }
 
 struct State {
@@ -304,6 +311,7 @@ impl SimulatedRuntime {
             server: tokio::sync::Mutex::new(()),
             closing: AtomicBool::new(false),
             next_session: AtomicU64::new(0),
+            stop_requests: AtomicU64::new(0),
         })
     }
 
@@ -316,6 +324,13 @@ impl SimulatedRuntime {
     pub async fn listen(dir: &Path, config: SimulatedRuntimeConfig) -> anyhow::Result<Self> {
         let key = process_start_time(config.pid).unwrap_or(4_242_424);
         let path = dir.join(format!("dotnet-diagnostic-{}-{key}-socket", config.pid));
+        Self::listen_at(&path, config).await
+    }
+
+    /// Listen mode at any socket path, e.g. a name a real runtime would not write (an impostor
+    /// in a shared TMPDIR); otherwise as [`SimulatedRuntime::listen`].
+    pub async fn listen_at(path: &Path, config: SimulatedRuntimeConfig) -> anyhow::Result<Self> {
+        let path = path.to_owned();
         let listener = UnixListener::bind(&path)
             .with_context(|| format!("binding the simulated runtime at {}", path.display()))?;
         {
@@ -681,6 +696,18 @@ async fn stop_tracing(shared: &Arc<Shared>, mut stream: UnixStream, payload: &[u
         send_error(&mut stream, hresult::BAD_ENCODING).await;
         return;
     };
+    let earlier_stops = shared.stop_requests.fetch_add(1, Ordering::SeqCst);
+    match shared.config.fault {
+        Some(Fault::RefuseFirstStop) if earlier_stops == 0 => {
+            send_error(&mut stream, hresult::E_FAIL).await;
+            return;
+        }
+        Some(Fault::IgnoreStop) => {
+            send_ok(&mut stream, &session_id.to_le_bytes()).await;
+            return;
+        }
+        _ => {}
+    }
     let entry = shared
         .state()
         .sessions

@@ -23,7 +23,8 @@ pub struct Timeouts {
     pub connect: Duration,
     /// Waiting for a reply to a command, and for each read of a reply.
     pub reply: Duration,
-    /// Waiting for the end of a trace stream after StopTracing (rundown can take seconds).
+    /// The stop deadline: how long after a stop request StopTracing is retried and the trace
+    /// stream may take to end (rundown can take seconds).
     pub stop: Duration,
 }
 

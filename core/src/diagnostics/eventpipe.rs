@@ -9,10 +9,12 @@
 //! thread of its own, for the callers that want a summary.
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 use bytes::Bytes;
 use tokio::net::UnixStream;
 use tokio::sync::watch;
+use tokio::time::Instant;
 
 use super::nettrace::NettraceValidator;
 use super::protocol::{Command, PayloadReader, PayloadWriter};
@@ -257,25 +259,68 @@ impl DiagnosticsClient {
 /// Stopping makes the runtime run rundown and write the end of the stream, which it can only do
 /// while someone keeps reading the session: await [`StopHandle::stop`] on a different task from
 /// the one reading the stream, or the two wait for each other.
+///
+/// The stop has a deadline, [`super::Timeouts::stop`] after it was first asked for: StopTracing
+/// is retried until the runtime accepts it or the deadline passes, and a session whose stream
+/// has not ended by then ends as [`DiagnosticsError::Truncated`] (its trace never got its end).
 #[derive(Debug, Clone)]
 pub struct StopHandle {
     client: DiagnosticsClient,
     session_id: u64,
-    requested: watch::Sender<bool>,
+    requested: watch::Sender<Option<Instant>>,
 }
 
+/// The first pause between two StopTracing attempts; it doubles up to [`MAX_STOP_RETRY_DELAY`].
+const FIRST_STOP_RETRY_DELAY: Duration = Duration::from_millis(50);
+
+/// The longest pause between two StopTracing attempts.
+const MAX_STOP_RETRY_DELAY: Duration = Duration::from_secs(1);
+
 impl StopHandle {
-    /// Sends StopTracing (once, however often it is called) and waits for the runtime's answer.
+    /// Sends StopTracing and waits for the runtime's answer, retrying a refused or failed
+    /// attempt until the stop deadline. Only the first call sends; later ones return at once.
     pub async fn stop(&self) -> Result<(), DiagnosticsError> {
-        if self.requested.send_replace(true) {
+        let now = Instant::now();
+        let first = self.requested.send_if_modified(|requested| {
+            let first = requested.is_none();
+            if first {
+                *requested = Some(now);
+            }
+            first
+        });
+        if !first {
             return Ok(());
         }
-        self.client.stop_tracing(self.session_id).await
+        let after = self.client.timeouts().stop;
+        let deadline = now + after;
+        let mut delay = FIRST_STOP_RETRY_DELAY;
+        let mut attempt = 1u32;
+        loop {
+            let sent = tokio::time::timeout_at(deadline, self.client.stop_tracing(self.session_id));
+            let error = match sent.await {
+                Ok(Ok(())) => return Ok(()),
+                Ok(Err(error)) if error.is_unknown_command() => return Err(error),
+                Ok(Err(error)) => error,
+                Err(_) => {
+                    return Err(DiagnosticsError::Timeout {
+                        what: "accept StopTracing",
+                        after,
+                    });
+                }
+            };
+            if Instant::now() + delay >= deadline {
+                return Err(error);
+            }
+            tracing::warn!(session = self.session_id, attempt, %error, "StopTracing failed; retrying");
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(MAX_STOP_RETRY_DELAY);
+            attempt += 1;
+        }
     }
 
     /// True once a stop was asked for.
     pub fn is_requested(&self) -> bool {
-        *self.requested.borrow()
+        self.requested.borrow().is_some()
     }
 }
 
@@ -289,7 +334,7 @@ pub struct EventPipeSession {
     command: Command,
     stream: UnixStream,
     stop: StopHandle,
-    stop_requested: watch::Receiver<bool>,
+    stop_requested: watch::Receiver<Option<Instant>>,
     framing: NettraceValidator,
     buffers: ReadBuffers,
     /// How the stream ended, once it has.
@@ -307,7 +352,7 @@ enum End {
 
 impl EventPipeSession {
     fn new(client: DiagnosticsClient, id: u64, command: Command, stream: UnixStream) -> Self {
-        let (requested, stop_requested) = watch::channel(false);
+        let (requested, stop_requested) = watch::channel(None);
         EventPipeSession {
             id,
             command,
@@ -345,8 +390,8 @@ impl EventPipeSession {
     }
 
     /// The next chunk of the trace; `Ok(None)` once the stream ended after its end-of-stream
-    /// marker. An end without the marker is [`DiagnosticsError::Truncated`]; after a stop, a
-    /// runtime that sends nothing for [`super::Timeouts::stop`] is a timeout. Once it has
+    /// marker. An end without the marker is [`DiagnosticsError::Truncated`], and so is a stream
+    /// still running [`super::Timeouts::stop`] after the stop request (see [`StopHandle`]). Once it has
     /// failed, every later call fails too ([`DiagnosticsError::SessionFailed`]), never reporting
     /// a clean end.
     pub async fn next_chunk(&mut self) -> Result<Option<Bytes>, DiagnosticsError> {
@@ -368,15 +413,19 @@ impl EventPipeSession {
 
     async fn read_next(&mut self) -> Result<Option<Bytes>, DiagnosticsError> {
         let read = loop {
-            if *self.stop_requested.borrow() {
+            let stop_requested_at = *self.stop_requested.borrow();
+            if let Some(requested_at) = stop_requested_at {
                 let after = self.stop.client.timeouts().stop;
                 let read = self.buffers.read_chunk(&mut self.stream);
-                match tokio::time::timeout(after, read).await {
+                match tokio::time::timeout_at(requested_at + after, read).await {
                     Ok(read) => break read,
                     Err(_) => {
-                        return Err(DiagnosticsError::Timeout {
-                            what: "finish the trace after StopTracing",
-                            after,
+                        return Err(DiagnosticsError::Truncated {
+                            bytes: self.framing.bytes_seen(),
+                            reason: format!(
+                                "the runtime did not end the trace within {after:?} of the stop \
+                                 request, so it has no end-of-stream marker"
+                            ),
                         });
                     }
                 }

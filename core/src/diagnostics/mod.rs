@@ -48,6 +48,20 @@ pub enum DiagnosticsError {
         /// The timeout that expired.
         after: Duration,
     },
+    /// The process serving a runtime socket is not the one its name gives: a socket in a shared
+    /// directory that another process planted.
+    #[error(
+        "the socket {path} claims pid {claimed} but is served by {}",
+        .peer.map_or_else(|| "an unknown process".to_owned(), |pid| format!("pid {pid}"))
+    )]
+    ImpostorPeer {
+        /// The socket path.
+        path: PathBuf,
+        /// The pid in the socket's name.
+        claimed: u32,
+        /// The pid of the peer (`SO_PEERCRED`), when the kernel names one.
+        peer: Option<i32>,
+    },
     /// Reading or writing the socket failed.
     #[error("the connection to the runtime failed while {what}: {source}")]
     Io {

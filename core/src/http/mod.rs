@@ -183,8 +183,9 @@ pub async fn serve(
     use anyhow::Context;
     let discovery = match &config.diagnostic_port {
         Some(port) => {
-            let port = crate::diagnostics::reverse::ReversePort::bind(&port.endpoint_name)
-                .await
+            let port =
+                crate::diagnostics::reverse::ReversePort::bind(&port.endpoint_name, port.limits())
+                    .await
                 .with_context(|| {
                     format!(
                         "cannot listen on the diagnostic port {}",
@@ -216,7 +217,7 @@ pub async fn serve(
     }
     let operations = Arc::new(OperationRegistry::new(&config.limits, &config.operations));
     let state = AppState {
-        processes: ProcessDirectory::new(discovery, crate::diagnostics::Timeouts::default()),
+        processes: ProcessDirectory::new(discovery, config.runtime.timeouts()),
         operations: operations.clone(),
         egress,
         config: Arc::new(config.clone()),
