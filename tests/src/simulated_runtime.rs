@@ -1,6 +1,6 @@
 //! A simulated .NET runtime: the runtime's side of the diagnostics IPC protocol, for tests.
 //!
-//! It is a test oracle written from the protocol notes (`ipc-protocol.md`), with its own framing
+//! It is a test oracle written from the protocol notes (`docs/ipc-protocol.md`), with its own framing
 //! code, deliberately independent of diagmon's client. It covers what a real .NET Core 3.1
 //! runtime cannot show: the Process command set (ProcessInfo 1–3, ResumeRuntime,
 //! ProcessEnvironment), CollectTracing 3–6, reverse ("connect") diagnostic ports with suspension,
