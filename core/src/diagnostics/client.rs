@@ -125,15 +125,7 @@ impl DiagnosticsClient {
             "send its environment",
         )
         .await?;
-        let mut reader = PayloadReader::new(&block);
-        let count = reader.count("environment variable count", 4)?;
-        let mut variables = BTreeMap::new();
-        for _ in 0..count {
-            let entry = reader.string("environment variable")?;
-            let (name, value) = entry.split_once('=').unwrap_or((entry.as_str(), ""));
-            variables.insert(name.to_owned(), value.to_owned());
-        }
-        Ok(variables)
+        Ok(parse_environment_block(&block)?)
     }
 
     /// Sends one command on a fresh connection and returns the OK reply's payload together with the
@@ -207,8 +199,23 @@ async fn read_exact_within(
     }
 }
 
-/// Decodes a ProcessInfo, ProcessInfo2 or ProcessInfo3 reply.
-fn parse_process_info(command: Command, payload: &[u8]) -> Result<ProcessInfo, FrameError> {
+/// Decodes the continuation of a ProcessEnvironment reply: a count and that many `NAME=value`
+/// strings (a string without `=` is a name with an empty value).
+pub fn parse_environment_block(block: &[u8]) -> Result<BTreeMap<String, String>, FrameError> {
+    let mut reader = PayloadReader::new(block);
+    let count = reader.count("environment variable count", 4)?;
+    let mut variables = BTreeMap::new();
+    for _ in 0..count {
+        let entry = reader.string("environment variable")?;
+        let (name, value) = entry.split_once('=').unwrap_or((entry.as_str(), ""));
+        variables.insert(name.to_owned(), value.to_owned());
+    }
+    Ok(variables)
+}
+
+/// Decodes the OK payload of a ProcessInfo, ProcessInfo2 or ProcessInfo3 reply (`command` says
+/// which).
+pub fn parse_process_info(command: Command, payload: &[u8]) -> Result<ProcessInfo, FrameError> {
     let mut reader = PayloadReader::new(payload);
     let version = match command {
         Command::ProcessInfo3 => Some(reader.u32("ProcessInfo3 version")?),
