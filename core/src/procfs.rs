@@ -35,7 +35,9 @@ fn parse_stat(text: &str) -> Option<ProcStat> {
 /// The uid that owns the process (the owner of `/proc/{pid}`); `None` when it does not exist.
 pub fn owner_uid(pid: u32) -> Option<u32> {
     use std::os::unix::fs::MetadataExt;
-    std::fs::metadata(format!("/proc/{pid}")).ok().map(|meta| meta.uid())
+    std::fs::metadata(format!("/proc/{pid}"))
+        .ok()
+        .map(|meta| meta.uid())
 }
 
 /// True when the process exists and is not a zombie.

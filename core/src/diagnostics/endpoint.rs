@@ -148,8 +148,8 @@ pub fn check_socket(path: &Path, pid: u32, key: u64) -> Result<RuntimeSocket, Un
             start_time: stat.start_time,
         });
     }
-    let metadata =
-        std::fs::symlink_metadata(path).map_err(|error| Untrusted::Unreadable(error.to_string()))?;
+    let metadata = std::fs::symlink_metadata(path)
+        .map_err(|error| Untrusted::Unreadable(error.to_string()))?;
     if !metadata.file_type().is_socket() {
         return Err(Untrusted::NotASocket);
     }
@@ -261,7 +261,9 @@ mod tests {
         ] {
             assert_eq!(parse_socket_name(bad), None, "{bad}");
         }
-        assert!(looks_like_socket_name("dotnet-diagnostic-31339-0109949-socket"));
+        assert!(looks_like_socket_name(
+            "dotnet-diagnostic-31339-0109949-socket"
+        ));
         assert!(!looks_like_socket_name("clr-debug-pipe-1-2-in"));
     }
 
@@ -270,9 +272,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let me = std::process::id();
         let start = procfs::stat(me).unwrap().start_time;
-        let bind = |name: String| {
-            std::os::unix::net::UnixListener::bind(dir.path().join(name)).unwrap()
-        };
+        let bind =
+            |name: String| std::os::unix::net::UnixListener::bind(dir.path().join(name)).unwrap();
         let _real = bind(format!("dotnet-diagnostic-{me}-{start}-socket"));
         let _stale = bind(format!("dotnet-diagnostic-{me}-{}-socket", start + 1));
         let _leading_zero = bind(format!("dotnet-diagnostic-{me}-0{start}-socket"));
@@ -311,7 +312,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         // This process serves a socket named after another live process (pid 1).
         let start = procfs::stat(1).map_or(1, |stat| stat.start_time);
-        let path = dir.path().join(format!("dotnet-diagnostic-1-{start}-socket"));
+        let path = dir
+            .path()
+            .join(format!("dotnet-diagnostic-1-{start}-socket"));
         let _listener = tokio::net::UnixListener::bind(&path).unwrap();
         let error = Endpoint::Socket(path)
             .open(Duration::from_secs(1))
@@ -323,7 +326,9 @@ mod tests {
         );
         let me = std::process::id();
         let own_start = procfs::stat(me).unwrap().start_time;
-        let own = dir.path().join(format!("dotnet-diagnostic-{me}-{own_start}-socket"));
+        let own = dir
+            .path()
+            .join(format!("dotnet-diagnostic-{me}-{own_start}-socket"));
         let _own_listener = tokio::net::UnixListener::bind(&own).unwrap();
         Endpoint::Socket(own)
             .open(Duration::from_secs(1))

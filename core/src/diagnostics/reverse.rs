@@ -152,10 +152,7 @@ impl ReversePort {
     /// The runtimes currently connected (or reconnecting after a command).
     pub fn runtimes(&self) -> Vec<AdvertisedRuntime> {
         let mut slots = self.lock();
-        slots.retain(|_, slot| {
-            slot.idle.retain(is_idle_and_open);
-            !slot.idle.is_empty() || slot.last_seen.elapsed() < RECONNECT_GRACE
-        });
+        forget_gone_runtimes(&mut slots);
         let mut runtimes: Vec<_> = slots
             .iter()
             .map(|(cookie, slot)| AdvertisedRuntime {
@@ -241,6 +238,9 @@ fn file_connection(shared: &Shared, runtime: AdvertisedRuntime, stream: UnixStre
         .unwrap_or_else(|poisoned| poisoned.into_inner());
     let is_new = !slots.contains_key(&runtime.cookie);
     if is_new && slots.len() >= shared.limits.max_runtimes {
+        forget_gone_runtimes(&mut slots);
+    }
+    if is_new && slots.len() >= shared.limits.max_runtimes {
         drop(slots);
         tracing::warn!(
             pid = runtime.pid,
@@ -268,6 +268,15 @@ fn file_connection(shared: &Shared, runtime: AdvertisedRuntime, stream: UnixStre
         tracing::info!(pid = runtime.pid, cookie = %runtime.cookie, "runtime connected to the diagnostic port");
         let _ = shared.first_seen.send(runtime);
     }
+}
+
+/// Drops closed idle connections, and runtimes with none left that have not reconnected within
+/// [`RECONNECT_GRACE`].
+fn forget_gone_runtimes(slots: &mut HashMap<Uuid, Slot>) {
+    slots.retain(|_, slot| {
+        slot.idle.retain(is_idle_and_open);
+        !slot.idle.is_empty() || slot.last_seen.elapsed() < RECONNECT_GRACE
+    });
 }
 
 /// Decodes the 34-byte advertise message: magic, cookie (GUID, little-endian fields), pid, two
@@ -358,7 +367,10 @@ mod tests {
         let mut second = connect(&path, Uuid::from_u128(2)).await;
         let mut third = connect(&path, Uuid::from_u128(3)).await;
         assert!(!closed_by_the_port(&mut second).await);
-        assert!(closed_by_the_port(&mut third).await, "a third runtime is refused");
+        assert!(
+            closed_by_the_port(&mut third).await,
+            "a third runtime is refused"
+        );
         let cookies: Vec<Uuid> = port.runtimes().iter().map(|r| r.cookie).collect();
         assert_eq!(cookies.len(), 2, "{cookies:?}");
         assert!(cookies.contains(&first) && cookies.contains(&Uuid::from_u128(2)));

@@ -186,12 +186,12 @@ pub async fn serve(
             let port =
                 crate::diagnostics::reverse::ReversePort::bind(&port.endpoint_name, port.limits())
                     .await
-                .with_context(|| {
-                    format!(
-                        "cannot listen on the diagnostic port {}",
-                        port.endpoint_name.display()
-                    )
-                })?;
+                    .with_context(|| {
+                        format!(
+                            "cannot listen on the diagnostic port {}",
+                            port.endpoint_name.display()
+                        )
+                    })?;
             tokio::spawn(resume_new_runtimes(port.clone()));
             Discovery::Listen(port)
         }

@@ -4,7 +4,11 @@
 use super::*;
 
 impl NettraceValidator {
-    pub(super) fn parse_v6_trace(&mut self, body: &[u8], block: Block) -> Result<(), NettraceError> {
+    pub(super) fn parse_v6_trace(
+        &mut self,
+        body: &[u8],
+        block: Block,
+    ) -> Result<(), NettraceError> {
         let mut r = Reader::new(body);
         let fixed = (|| {
             r.skip(16)?; // SYSTEMTIME
@@ -48,7 +52,11 @@ impl NettraceValidator {
         Ok(())
     }
 
-    pub(super) fn parse_v6_metadata_block(&mut self, body: &[u8], block: Block) -> Result<(), NettraceError> {
+    pub(super) fn parse_v6_metadata_block(
+        &mut self,
+        body: &[u8],
+        block: Block,
+    ) -> Result<(), NettraceError> {
         let mut r = Reader::new(body);
         // The header size does not count its own two bytes.
         let header = (|| {
@@ -327,7 +335,11 @@ impl NettraceValidator {
         self.define_metadata_fast_serialization(payload, at);
     }
 
-    pub(super) fn parse_stack_block(&mut self, body: &[u8], block: Block) -> Result<(), NettraceError> {
+    pub(super) fn parse_stack_block(
+        &mut self,
+        body: &[u8],
+        block: Block,
+    ) -> Result<(), NettraceError> {
         let mut r = Reader::new(body);
         let Some((_first_id, count)) = (|| Some((r.u32()?, r.u32()?)))() else {
             return Err(block.overrun(&r, "the stack block's header"));
@@ -382,7 +394,6 @@ impl NettraceValidator {
         }
         Ok(())
     }
-
 }
 
 pub(super) fn parse_v6_thread_block(body: &[u8], block: Block) -> Result<(), NettraceError> {

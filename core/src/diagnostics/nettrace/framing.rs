@@ -123,7 +123,11 @@ impl NettraceValidator {
         Ok(())
     }
 
-    pub(super) fn on_nettrace_version(&mut self, unit: &[u8], at: u64) -> Result<(), NettraceError> {
+    pub(super) fn on_nettrace_version(
+        &mut self,
+        unit: &[u8],
+        at: u64,
+    ) -> Result<(), NettraceError> {
         match Reader::new(unit).u32() {
             // V6: a reserved zero where V4/V5 have the FastSerialization signature's length.
             Some(0) => {

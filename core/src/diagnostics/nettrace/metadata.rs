@@ -118,7 +118,6 @@ impl NettraceValidator {
     pub(super) fn warn(&mut self, message: impl FnOnce() -> String) {
         self.warnings.push_with(message);
     }
-
 }
 
 #[derive(Debug)]
@@ -161,7 +160,13 @@ impl MetadataTable {
         }
     }
 
-    pub(super) fn define(&mut self, id: u32, provider: String, event_id: u32, name: String) -> Defined {
+    pub(super) fn define(
+        &mut self,
+        id: u32,
+        provider: String,
+        event_id: u32,
+        name: String,
+    ) -> Defined {
         if self.entries.len() >= MAX_METADATA_ENTRIES {
             return Defined::TableFull;
         }
@@ -219,7 +224,6 @@ impl MetadataTable {
 #[cfg(test)]
 mod tests {
     use super::super::tests::*;
-    use super::super::*;
 
     #[test]
     fn events_with_undefined_metadata_count_as_unknown() {

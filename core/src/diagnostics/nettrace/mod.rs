@@ -35,6 +35,7 @@ use std::fs::File;
 use std::io::{self, Read};
 use std::path::Path;
 
+use blocks::{parse_v6_label_list_block, parse_v6_thread_block};
 use metadata::MetadataTable;
 use reader::Reader;
 use records::*;
@@ -397,5 +398,4 @@ impl NettraceValidator {
         }
         Ok(self.into_summary())
     }
-
 }

@@ -3,6 +3,7 @@
 
 use super::*;
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Role {
     /// An event block: records with a metadata id are events.
     Events,
@@ -28,7 +29,11 @@ pub(super) struct HeaderState {
 }
 
 #[inline(always)]
-pub(super) fn read_compressed_header(r: &mut Reader<'_>, h: &mut HeaderState, v6: bool) -> Option<()> {
+pub(super) fn read_compressed_header(
+    r: &mut Reader<'_>,
+    h: &mut HeaderState,
+    v6: bool,
+) -> Option<()> {
     let flags = r.u8()?;
     if flags & FLAG_METADATA_ID != 0 {
         h.metadata_id = r.varu32()?;

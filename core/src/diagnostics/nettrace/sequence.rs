@@ -72,7 +72,12 @@ impl SequenceTracker {
         }
     }
 
-    pub(super) fn gap(&mut self, thread: u64, previous: u32, sequence: u32) -> Option<SequenceIssue> {
+    pub(super) fn gap(
+        &mut self,
+        thread: u64,
+        previous: u32,
+        sequence: u32,
+    ) -> Option<SequenceIssue> {
         if previous == 0 && !self.v6 {
             return None;
         }
@@ -140,7 +145,6 @@ impl SequenceTracker {
 #[cfg(test)]
 mod tests {
     use super::super::tests::*;
-    use super::super::*;
 
     #[test]
     fn sequence_gaps_and_sequence_points_estimate_dropped_events() {

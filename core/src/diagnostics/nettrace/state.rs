@@ -131,7 +131,7 @@ impl V6Kind {
 }
 
 impl fmt::Display for V6Kind {
-    pub(super) fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             V6Kind::Unknown(byte) => write!(f, "a block of unknown kind {byte}"),
             other => write!(f, "a {} block", other.block_name()),
@@ -233,5 +233,3 @@ impl Block {
         )
     }
 }
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -375,7 +375,13 @@ pub(super) fn v6_trace_body(pairs: &[(&str, &str)]) -> Vec<u8> {
     out
 }
 
-pub(super) fn v6_metadata_row(out: &mut Vec<u8>, id: u32, provider: &str, event_id: u32, name: &str) {
+pub(super) fn v6_metadata_row(
+    out: &mut Vec<u8>,
+    id: u32,
+    provider: &str,
+    event_id: u32,
+    name: &str,
+) {
     let mut row = Vec::new();
     var(&mut row, id.into());
     v6_string(&mut row, provider);
@@ -456,7 +462,10 @@ pub(super) fn validate(bytes: &[u8]) -> Result<NettraceSummary, NettraceError> {
     validator.finish()
 }
 
-pub(super) fn validate_in_chunks(bytes: &[u8], chunk: usize) -> Result<NettraceSummary, NettraceError> {
+pub(super) fn validate_in_chunks(
+    bytes: &[u8],
+    chunk: usize,
+) -> Result<NettraceSummary, NettraceError> {
     let mut validator = NettraceValidator::new();
     for piece in bytes.chunks(chunk) {
         validator.feed(piece)?;
