@@ -372,3 +372,69 @@ async fn a_stop_the_runtime_ignores_ends_the_session_as_truncated_at_the_deadlin
         "ended {elapsed:?} after the start, the deadline is 1 s after the stop"
     );
 }
+
+#[tokio::test]
+async fn a_stop_the_runtime_ignores_fails_the_operation_at_the_configured_deadline() {
+    use diagmon_tests::monitor::Monitor;
+    let config = SimulatedRuntimeConfig {
+        fault: Some(Fault::IgnoreStop),
+        ..Default::default()
+    };
+    let (dir, _runtime) = simulated(config).await;
+    let monitor = Monitor::start(
+        &format!(
+            "socket_dir = {:?}\n[runtime]\nstop_timeout_seconds = 1\n",
+            dir.path().display().to_string()
+        ),
+        &["--no-auth"],
+    );
+    let client = reqwest::Client::new();
+    let response = client
+        .get(monitor.url("/trace?profile=Cpu&durationSeconds=-1"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), reqwest::StatusCode::OK);
+    let location = response
+        .headers()
+        .get("location")
+        .expect("a Location header")
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let body = tokio::spawn(response.bytes());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let stop = client
+        .delete(format!("{location}?stop=true"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(stop.status(), reqwest::StatusCode::ACCEPTED);
+    let stopped = Instant::now();
+    assert!(
+        body.await.unwrap().is_err(),
+        "a trace without its end is cut off, not completed"
+    );
+    let elapsed = stopped.elapsed();
+    assert!(
+        elapsed >= Duration::from_millis(900) && elapsed < Duration::from_secs(5),
+        "ended {elapsed:?} after the stop; the deadline is 1 s"
+    );
+    let mut operation = serde_json::Value::Null;
+    for _ in 0..50 {
+        operation = client
+            .get(&location)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if operation["status"] != "Stopping" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(operation["status"], "Failed", "{operation}");
+    assert_eq!(operation["error"]["code"], "TraceTruncated", "{operation}");
+}
