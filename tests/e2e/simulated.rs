@@ -438,3 +438,53 @@ async fn a_stop_the_runtime_ignores_fails_the_operation_at_the_configured_deadli
     assert_eq!(operation["status"], "Failed", "{operation}");
     assert_eq!(operation["error"]["code"], "TraceTruncated", "{operation}");
 }
+
+#[tokio::test]
+async fn listen_mode_lists_no_more_runtimes_than_configured() {
+    use diagmon_tests::monitor::Monitor;
+    let dir = tempfile::tempdir().unwrap();
+    let port = dir.path().join("port.sock");
+    let monitor = Monitor::start(
+        &format!(
+            "[diagnostic_port]\nendpoint_name = {:?}\nmax_runtimes = 1\n",
+            port.display().to_string()
+        ),
+        &["--no-auth"],
+    );
+    let first = SimulatedRuntime::connect(&port, false, SimulatedRuntimeConfig::default())
+        .await
+        .unwrap();
+    let client = reqwest::Client::new();
+    let listed = |client: reqwest::Client| {
+        let url = monitor.url("/processes");
+        async move {
+            let processes: serde_json::Value =
+                client.get(url).send().await.unwrap().json().await.unwrap();
+            processes
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|process| process["uid"].as_str().unwrap().to_owned())
+                .collect::<Vec<_>>()
+        }
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while listed(client.clone()).await.is_empty() {
+        assert!(Instant::now() < deadline, "the first runtime never appeared");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let second = SimulatedRuntime::connect(&port, false, SimulatedRuntimeConfig::default())
+        .await
+        .unwrap();
+    for _ in 0..5 {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert_eq!(
+            listed(client.clone()).await,
+            [first.config().cookie.to_string()],
+            "only the first runtime is listed"
+        );
+    }
+    drop(second);
+    let log = monitor.stderr_lines().join("\n") + &monitor.stdout_lines().join("\n");
+    assert!(log.contains("too many runtimes"), "{log}");
+}

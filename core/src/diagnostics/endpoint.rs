@@ -89,8 +89,9 @@ pub fn parse_socket_name(name: &str) -> Option<(u32, u64)> {
 /// Why a file named like a runtime socket is not taken for one.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Untrusted {
-    /// The name has the shape of a runtime socket but not the runtime's spelling (leading zeros).
-    #[error("the name is not spelled the way a runtime writes it (leading zeros)")]
+    /// The name has the shape of a runtime socket but not the runtime's spelling (leading zeros,
+    /// or numbers out of range).
+    #[error("the name is not spelled the way a runtime writes it (leading zeros or out of range)")]
     NonCanonicalName,
     /// No live process has the pid of the name.
     #[error("no live process has pid {0}")]
@@ -305,6 +306,31 @@ mod tests {
             Untrusted::NotASocket
         );
         assert!(discover(dir.path()).unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_socket_of_another_user_than_the_process_is_refused() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().unwrap();
+        let me = std::process::id();
+        let start = procfs::stat(me).unwrap().start_time;
+        let path = dir.path().join(format!("dotnet-diagnostic-{me}-{start}-socket"));
+        let _listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
+        let owner = procfs::owner_uid(me).unwrap();
+        let other = if owner == 65534 { 65533 } else { 65534 };
+        if let Err(error) = std::os::unix::fs::lchown(&path, Some(other), None) {
+            // Giving a file away takes root (as in CI); elsewhere there is nothing to check.
+            assert_eq!(error.kind(), std::io::ErrorKind::PermissionDenied, "{error}");
+            return;
+        }
+        assert_eq!(std::fs::symlink_metadata(&path).unwrap().uid(), other);
+        assert_eq!(
+            check_socket(&path, me, start).unwrap_err(),
+            Untrusted::WrongOwner {
+                socket_owner: other,
+                process_owner: owner
+            }
+        );
     }
 
     #[tokio::test]

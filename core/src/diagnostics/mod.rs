@@ -5,10 +5,14 @@
 //!   connections they open to diagmon (listen mode, [`reverse`]);
 //! - [`client`]: the commands (process information, environment, resume, tracing);
 //! - [`eventpipe`]: EventPipe sessions and their nettrace byte stream;
-//! - [`nettrace`]: a streaming validator of the nettrace format.
+//! - [`nettrace`]: a streaming validator of the nettrace format;
+//! - [`summary`]: the summary of a whole trace, computed on a thread of its own.
 //!
 //! This layer knows nothing of HTTP or egress: it turns a runtime into typed answers and a byte
 //! stream, and reports every failure of the peer as a [`DiagnosticsError`].
+//!
+//! `docs/ipc-protocol.md` describes the protocol as diagmon speaks it (framing, commands,
+//! transports, the trust checks on runtime sockets); `docs/nettrace.md` the trace format.
 
 pub mod client;
 pub mod endpoint;
