@@ -229,9 +229,18 @@ impl Config {
         for (key, value) in [
             ("max_concurrent_traces", limits.max_concurrent_traces as u64),
             ("max_concurrent_dumps", limits.max_concurrent_dumps as u64),
-            ("max_concurrent_gcdumps", limits.max_concurrent_gcdumps as u64),
-            ("max_concurrent_livemetrics", limits.max_concurrent_livemetrics as u64),
-            ("stream_send_timeout_seconds", limits.stream_send_timeout_seconds),
+            (
+                "max_concurrent_gcdumps",
+                limits.max_concurrent_gcdumps as u64,
+            ),
+            (
+                "max_concurrent_livemetrics",
+                limits.max_concurrent_livemetrics as u64,
+            ),
+            (
+                "stream_send_timeout_seconds",
+                limits.stream_send_timeout_seconds,
+            ),
         ] {
             if value == 0 {
                 return Err(ConfigError(format!("`limits.{key}` must be at least 1")));

@@ -45,7 +45,9 @@ pub enum ProviderSpecError {
     )]
     Keywords(String),
     /// The level is not one of the six.
-    #[error("level `{0}` is not 0 to 5 or one of LogAlways, Critical, Error, Warning, Informational, Verbose")]
+    #[error(
+        "level `{0}` is not 0 to 5 or one of LogAlways, Critical, Error, Warning, Informational, Verbose"
+    )]
     Level(String),
     /// An argument is not `key=value`.
     #[error("provider argument `{0}` is not key=value")]
@@ -225,10 +227,20 @@ mod tests {
     #[test]
     fn keywords_are_signed_decimal_or_hex_for_every_caller() {
         assert_eq!(parse_keywords("-1"), Ok(u64::MAX));
-        assert_eq!(parse_keywords(" 0x14C14FCCBD "), Ok(RUNTIME_DEFAULT_KEYWORDS));
+        assert_eq!(
+            parse_keywords(" 0x14C14FCCBD "),
+            Ok(RUNTIME_DEFAULT_KEYWORDS)
+        );
         assert_eq!(parse_keywords("0XFF"), Ok(0xFF));
         assert_eq!(parse_keywords("12"), Ok(12));
-        for bad in ["", "0x", "0xZZ", "18446744073709551615", "0x1FFFFFFFFFFFFFFFF", "1.5"] {
+        for bad in [
+            "",
+            "0x",
+            "0xZZ",
+            "18446744073709551615",
+            "0x1FFFFFFFFFFFFFFFF",
+            "1.5",
+        ] {
             assert!(parse_keywords(bad).is_err(), "{bad}");
         }
     }
@@ -248,7 +260,10 @@ mod tests {
         assert_eq!(provider.level, 3);
         assert_eq!(provider.arguments["b"], "x=y");
         let bare = parse_provider("P::").unwrap();
-        assert_eq!((bare.keywords, bare.level), (DEFAULT_KEYWORDS, DEFAULT_LEVEL));
+        assert_eq!(
+            (bare.keywords, bare.level),
+            (DEFAULT_KEYWORDS, DEFAULT_LEVEL)
+        );
         assert_eq!(parse_provider(":1"), Err(ProviderSpecError::MissingName));
         assert!(matches!(
             parse_provider("P:1:5:novalue"),

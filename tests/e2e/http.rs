@@ -771,14 +771,24 @@ async fn cancelling_a_trace_whose_client_stopped_reading_frees_its_slot_at_once(
     // stop growing.
     let deadline = std::time::Instant::now() + Duration::from_secs(120);
     let operations = loop {
-        let before = operations_once(&client, &monitor, "full", 3, Duration::from_secs(30), |op| {
-            op["status"] == "Running"
-        })
+        let before = operations_once(
+            &client,
+            &monitor,
+            "full",
+            3,
+            Duration::from_secs(30),
+            |op| op["status"] == "Running",
+        )
         .await;
         tokio::time::sleep(Duration::from_secs(2)).await;
-        let after = operations_once(&client, &monitor, "full", 3, Duration::from_secs(30), |op| {
-            op["status"] == "Running"
-        })
+        let after = operations_once(
+            &client,
+            &monitor,
+            "full",
+            3,
+            Duration::from_secs(30),
+            |op| op["status"] == "Running",
+        )
         .await;
         let bytes = |ops: &[Value]| -> Vec<u64> {
             ops.iter()
@@ -878,10 +888,9 @@ async fn clients_that_leave_while_a_trace_starts_leave_no_operation_behind() {
     let operations = loop {
         let listed = get_json(&client, monitor.url("/operations?tags=leaving")).await;
         let all = listed.as_array().unwrap().clone();
-        if all
-            .iter()
-            .all(|op| ["Succeeded", "Failed", "Cancelled"].contains(&op["status"].as_str().unwrap()))
-        {
+        if all.iter().all(|op| {
+            ["Succeeded", "Failed", "Cancelled"].contains(&op["status"].as_str().unwrap())
+        }) {
             break all;
         }
         assert!(
@@ -903,6 +912,9 @@ async fn clients_that_leave_while_a_trace_starts_leave_no_operation_behind() {
         .filter(|op| op["status"] == "Succeeded")
         .count();
     let files = std::fs::read_dir(traces.path()).unwrap().count();
-    assert_eq!(files, succeeded, "one file per egressed trace that succeeded");
+    assert_eq!(
+        files, succeeded,
+        "one file per egressed trace that succeeded"
+    );
     a_new_trace_is_accepted(&client, &monitor, target.pid()).await;
 }

@@ -148,11 +148,23 @@ async fn bad_trace_requests_are_problems_that_name_the_field() {
             Some(json!({"providers": [{"name": "P"}], "requestRundown": "yes"})),
             "requestRundown",
         ),
-        ("pid=1&durationSeconds=-2", Some(sample_body()), "durationSeconds"),
-        ("pid=1&durationSeconds=abc", Some(sample_body()), "durationSeconds"),
+        (
+            "pid=1&durationSeconds=-2",
+            Some(sample_body()),
+            "durationSeconds",
+        ),
+        (
+            "pid=1&durationSeconds=abc",
+            Some(sample_body()),
+            "durationSeconds",
+        ),
         ("pid=x", Some(sample_body()), "pid"),
         ("uid=not-a-guid", Some(sample_body()), "uid"),
-        ("pid=1&egressProvider=nowhere", Some(sample_body()), "egressProvider"),
+        (
+            "pid=1&egressProvider=nowhere",
+            Some(sample_body()),
+            "egressProvider",
+        ),
     ];
     for (query, body, field) in cases {
         let uri = format!("/trace?{query}");
@@ -275,7 +287,11 @@ async fn every_route_but_health_and_the_description_needs_a_valid_token() {
             .body(Body::empty())
             .unwrap();
         let (status, _, _) = send_to(app.clone(), forged).await;
-        assert_eq!(status, StatusCode::UNAUTHORIZED, "{uri} with a forged token");
+        assert_eq!(
+            status,
+            StatusCode::UNAUTHORIZED,
+            "{uri} with a forged token"
+        );
     }
     for uri in ["/healthz", "/openapi.json"] {
         let (status, _, _) = send_to(app.clone(), get(uri)).await;

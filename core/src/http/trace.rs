@@ -155,11 +155,11 @@ async fn start_trace(
         })
         .await
         .map_err(start_problem)?;
-    let location = HeaderValue::from_str(&origin.url(&format!(
-        "/operations/{}",
-        started.operation.id()
-    )))
-    .map_err(|_| Problem::bad_request("The request's Host header cannot form a Location URL."))?;
+    let location =
+        HeaderValue::from_str(&origin.url(&format!("/operations/{}", started.operation.id())))
+            .map_err(|_| {
+                Problem::bad_request("The request's Host header cannot form a Location URL.")
+            })?;
     let mut response = match started.stream {
         None => StatusCode::ACCEPTED.into_response(),
         Some(stream) => {
@@ -317,7 +317,10 @@ fn provider_from_json(
     if level.is_none() {
         validation.error(
             field("eventLevel"),
-            format!("Must be one of {} (or 0 to 5).", profiles::LEVELS.join(", ")),
+            format!(
+                "Must be one of {} (or 0 to 5).",
+                profiles::LEVELS.join(", ")
+            ),
         );
     }
     let mut arguments = BTreeMap::new();

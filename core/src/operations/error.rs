@@ -127,9 +127,7 @@ fn egress_code(error: &EgressError) -> ErrorCode {
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum StartError {
     /// The request names an egress provider that is not configured; nothing was registered.
-    #[error(
-        "Egress provider `{0}` does not exist; configure it under [egress.providers.{0}]."
-    )]
+    #[error("Egress provider `{0}` does not exist; configure it under [egress.providers.{0}].")]
     UnknownEgressProvider(String),
     /// No single process matches the target; nothing was registered.
     #[error(transparent)]

@@ -225,7 +225,10 @@ impl Operation {
 
     /// True when the running source can be stopped gracefully.
     pub fn is_stoppable(&self) -> bool {
-        self.stop.lock().unwrap_or_else(|p| p.into_inner()).is_some()
+        self.stop
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_some()
     }
 
     /// Cancels the operation: the capture ends at once, the artifact is incomplete, and the
@@ -551,7 +554,9 @@ mod tests {
         let first = register(&registry, &[]);
         let _second = register(&registry, &[]);
         assert!(registry.try_reserve(ArtifactKind::Trace).is_none());
-        let dump = registry.try_reserve(ArtifactKind::Dump).expect("a dump slot");
+        let dump = registry
+            .try_reserve(ArtifactKind::Dump)
+            .expect("a dump slot");
         assert!(registry.try_reserve(ArtifactKind::Dump).is_none());
         drop(dump);
         assert!(registry.try_reserve(ArtifactKind::Dump).is_some());

@@ -71,18 +71,17 @@ pub(crate) async fn run<S: ArtifactSource>(
     let outcome = match copied {
         Ok(()) => match summarizer.finish().await {
             Ok(summary) => {
-                if operation.begin_commit() {
-                    match sink.finish().await {
-                        Ok(resource_location) => Outcome::Succeeded {
-                            resource_location,
-                            summary,
-                        },
-                        Err(outcome) => outcome,
-                    }
-                } else {
+                if sink.commits() && !operation.begin_commit() {
                     // Cancelled between the end of the source and the commit.
                     sink.abort().await;
                     return;
+                }
+                match sink.finish(&cancelled).await {
+                    Ok(resource_location) => Outcome::Succeeded {
+                        resource_location,
+                        summary,
+                    },
+                    Err(outcome) => outcome,
                 }
             }
             Err(error) => {

@@ -18,6 +18,7 @@ use bytes::Bytes;
 use futures_util::Stream;
 use tokio::io::AsyncWriteExt;
 use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
 
 use super::{ErrorCode, OperationError, Outcome};
 use crate::egress::Upload;
@@ -173,29 +174,50 @@ impl Sink {
         }
     }
 
+    /// True when finishing commits the artifact for good (an upload, a file): from then on a
+    /// cancel cannot undo it. A streamed artifact can still be cut until its reader took the end.
+    pub(crate) fn commits(&self) -> bool {
+        !matches!(self, Sink::Stream(_))
+    }
+
     /// Completes the artifact and returns its resource location, where it has one. A streamed
-    /// artifact completes once the reader took its end.
-    pub(crate) async fn finish(self) -> Result<Option<String>, Outcome> {
+    /// artifact completes once the reader took its end; until then `cancelled` cuts it (the
+    /// reader then sees an error instead of the end).
+    pub(crate) async fn finish(
+        self,
+        cancelled: &CancellationToken,
+    ) -> Result<Option<String>, Outcome> {
         match self {
             Sink::Stream(stream) => {
                 stream.whole.store(true, Ordering::Release);
                 let StreamSender {
                     chunks,
+                    whole,
                     delivery,
                     send_timeout,
-                    ..
                 } = stream;
                 drop(chunks);
-                match tokio::time::timeout(send_timeout, delivery).await {
+                let delivered = tokio::select! {
+                    biased;
+                    delivered = tokio::time::timeout(send_timeout, delivery) => delivered,
+                    _ = cancelled.cancelled() => {
+                        whole.store(false, Ordering::Release);
+                        return Err(Outcome::Cancelled("cancelled by request".to_owned()));
+                    }
+                };
+                match delivered {
                     Ok(Ok(Delivery::Delivered)) => Ok(None),
                     Ok(Ok(Delivery::ReaderGone) | Err(_)) => Err(reader_gone()),
-                    Err(_) => Err(Outcome::Failed(OperationError::new(
-                        ErrorCode::ClientStalled,
-                        format!(
-                            "the client did not take the end of the streamed artifact within {}",
-                            humantime::format_duration(send_timeout)
-                        ),
-                    ))),
+                    Err(_) => {
+                        whole.store(false, Ordering::Release);
+                        Err(Outcome::Failed(OperationError::new(
+                            ErrorCode::ClientStalled,
+                            format!(
+                                "the client did not take the end of the streamed artifact within {}",
+                                humantime::format_duration(send_timeout)
+                            ),
+                        )))
+                    }
                 }
             }
             Sink::Egress(upload) => upload
@@ -247,7 +269,12 @@ mod tests {
         let (sender, mut reader) = stream(Duration::from_secs(5));
         let mut sink = Sink::Stream(sender);
         sink.write(Bytes::from_static(b"abc")).await.unwrap();
-        let finish = tokio::spawn(sink.finish());
+        let finish = tokio::spawn(async move { sink.finish(&CancellationToken::new()).await });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(
+            !finish.is_finished(),
+            "not delivered before the reader took it"
+        );
         assert_eq!(reader.next().await.unwrap().unwrap(), "abc");
         assert!(reader.next().await.is_none());
         assert_eq!(finish.await.unwrap().unwrap(), None);
@@ -289,6 +316,24 @@ mod tests {
         tokio::time::timeout(Duration::from_secs(1), sink.gone())
             .await
             .expect("noticed");
-        assert!(matches!(sink.finish().await, Err(Outcome::Cancelled(_))));
+        assert!(matches!(
+            sink.finish(&CancellationToken::new()).await,
+            Err(Outcome::Cancelled(_))
+        ));
+    }
+
+    #[tokio::test]
+    async fn a_cancel_while_the_end_is_undelivered_cuts_the_stream() {
+        let (sender, mut reader) = stream(Duration::from_secs(5));
+        let mut sink = Sink::Stream(sender);
+        sink.write(Bytes::from_static(b"abc")).await.unwrap();
+        let cancelled = CancellationToken::new();
+        cancelled.cancel();
+        assert!(matches!(
+            sink.finish(&cancelled).await,
+            Err(Outcome::Cancelled(_))
+        ));
+        assert!(reader.next().await.unwrap().is_ok());
+        assert!(reader.next().await.unwrap().is_err());
     }
 }

@@ -130,9 +130,12 @@ impl Operations {
             Destination::Egress(provider) => Some(provider.clone()),
             Destination::Stream | Destination::File(_) => None,
         };
-        let operation =
-            self.registry
-                .register(OperationProcess::from(&process), slot, egress_provider, tags);
+        let operation = self.registry.register(
+            OperationProcess::from(&process),
+            slot,
+            egress_provider,
+            tags,
+        );
         let (planned, stream) = match destination {
             Destination::Stream => {
                 let (sender, stream) = sink::stream(self.stream_send_timeout);

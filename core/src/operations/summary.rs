@@ -168,7 +168,10 @@ mod tests {
     #[tokio::test]
     async fn opaque_bytes_give_their_size_and_sha256_and_no_event_counts() {
         let mut summarizer = Summarizer::start(SummaryKind::Bytes).unwrap();
-        summarizer.feed(Bytes::from_static(b"hello ")).await.unwrap();
+        summarizer
+            .feed(Bytes::from_static(b"hello "))
+            .await
+            .unwrap();
         summarizer.feed(Bytes::from_static(b"world")).await.unwrap();
         let summary = summarizer.finish().await.unwrap();
         assert_eq!(summary.bytes, 11);

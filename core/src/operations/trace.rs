@@ -43,15 +43,12 @@ impl ArtifactSpec for TraceSpec {
         client: DiagnosticsClient,
         process: &ProcessRecord,
     ) -> Result<EventPipeSession, OperationError> {
-        client
-            .start_session(&self.config)
-            .await
-            .map_err(|error| {
-                OperationError::new(
-                    ErrorCode::RuntimeError,
-                    format!("Cannot start a trace of process {}: {error}", process.pid),
-                )
-            })
+        client.start_session(&self.config).await.map_err(|error| {
+            OperationError::new(
+                ErrorCode::RuntimeError,
+                format!("Cannot start a trace of process {}: {error}", process.pid),
+            )
+        })
     }
 }
 
