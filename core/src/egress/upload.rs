@@ -4,7 +4,7 @@
 //! Why a blocking thread per upload and synchronous bindings, not async ones: filesystem egress
 //! measured 0.84–0.92× native with synchronous WASI on a thread of its own, against 0.45–0.69×
 //! with async bindings, where every filesystem call hops to another thread
-//! (measured with a prototype; `docs/egress-host.md`). The tokio runtime is never blocked either way: the async side
+//! (measured with a prototype host). The tokio runtime is never blocked either way: the async side
 //! only awaits channels. A runaway guest is stopped by its epoch deadline (it traps); a guest
 //! waiting inside a host call, which epochs cannot interrupt, is stopped when the wait reaches the
 //! same deadline ([`super::host_waits`]), so the thread ends with the call. The async side still

@@ -17,8 +17,8 @@
 //!   most until the deadline of the provider call they are made from.
 //!
 //! Timeouts and retries. object_store's defaults (30 s per request, 10 retries within 3 minutes)
-//! can stall an upload for 3 minutes on a hung endpoint (measured: 181 s,
-//! `shared/docs/object-storage.md`). A grant gets 5 s to connect, 30 s per request and at most 3
+//! can stall an upload for 3 minutes on a hung endpoint (measured: 181 s).
+//! A grant gets 5 s to connect, 30 s per request and at most 3
 //! retries within 10 s unless its options say otherwise (`connect_timeout`, `timeout`, and
 //! diagmon's own `max_retries`, `retry_timeout`).
 

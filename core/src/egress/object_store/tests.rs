@@ -9,7 +9,6 @@ use tokio::runtime::Handle;
 
 use super::grant::*;
 use super::store::*;
-use super::*;
 use crate::egress::budget::{MemoryBudget, ProviderUsage};
 use crate::egress::error::EgressError;
 
