@@ -509,12 +509,16 @@ impl fmt::Debug for MultipartWrite {
 }
 
 impl MultipartWrite {
-    /// Waits for the oldest part in flight.
+    /// Waits for the oldest part in flight. The part stays in `in_flight` until it ended, so
+    /// that a wait given up on (the provider call's deadline) leaves it to be aborted with the
+    /// upload, not running on.
     async fn wait_oldest(&mut self) -> Result<(), StoreError> {
-        let Some(part) = self.in_flight.pop_front() else {
+        let Some(part) = self.in_flight.front_mut() else {
             return Ok(());
         };
-        match part.await {
+        let result = part.await;
+        self.in_flight.pop_front();
+        match result {
             Ok(Ok(())) => Ok(()),
             Ok(Err(error)) => Err(self.store.classify(&error, Operation::Write)),
             Err(join) => Err(StoreError::new(
