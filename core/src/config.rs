@@ -123,6 +123,8 @@ pub struct LimitsConfig {
     pub max_concurrent_gcdumps: usize,
     /// Live metrics operations running at once; more get 429.
     pub max_concurrent_livemetrics: usize,
+    /// Log stream operations running at once; more get 429.
+    pub max_concurrent_logs: usize,
     /// How long a streamed artifact waits for a client that takes no bytes before the operation
     /// fails (`ClientStalled`) and its slot is freed, in seconds.
     pub stream_send_timeout_seconds: u64,
@@ -137,6 +139,7 @@ impl Default for LimitsConfig {
             max_concurrent_dumps: 1,
             max_concurrent_gcdumps: 1,
             max_concurrent_livemetrics: 3,
+            max_concurrent_logs: 3,
             stream_send_timeout_seconds: 30,
             max_request_body_bytes: 1 << 20,
         }

@@ -37,6 +37,8 @@ pub enum ErrorCode {
     EgressDeadlineExceeded,
     /// The egress provider tried to grow past its memory limit.
     EgressMemoryLimitExceeded,
+    /// Every instance the egress provider may have stayed busy.
+    EgressProviderBusy,
     /// The egress provider could not be loaded.
     EgressProviderLoadFailed,
     /// The egress host failed around the provider.
@@ -59,6 +61,7 @@ impl ErrorCode {
             ErrorCode::EgressProviderCrashed => "EgressProviderCrashed",
             ErrorCode::EgressDeadlineExceeded => "EgressDeadlineExceeded",
             ErrorCode::EgressMemoryLimitExceeded => "EgressMemoryLimitExceeded",
+            ErrorCode::EgressProviderBusy => "EgressProviderBusy",
             ErrorCode::EgressProviderLoadFailed => "EgressProviderLoadFailed",
             ErrorCode::EgressHostError => "EgressHostError",
         }
@@ -117,6 +120,7 @@ fn egress_code(error: &EgressError) -> ErrorCode {
         EgressError::Trap { .. } => ErrorCode::EgressProviderCrashed,
         EgressError::DeadlineExceeded { .. } => ErrorCode::EgressDeadlineExceeded,
         EgressError::MemoryLimit { .. } => ErrorCode::EgressMemoryLimitExceeded,
+        EgressError::Busy { .. } => ErrorCode::EgressProviderBusy,
         EgressError::Load { .. } => ErrorCode::EgressProviderLoadFailed,
         EgressError::Closed { first, .. } => egress_code(first),
         EgressError::Host { .. } => ErrorCode::EgressHostError,

@@ -15,14 +15,15 @@ mod start;
 mod summary;
 pub mod trace;
 
+pub use crate::egress::ArtifactKind;
 pub use error::{ErrorCode, OperationError, StartError};
 pub use sink::ArtifactStream;
-pub use source::{ArtifactKind, ArtifactSource, ArtifactSpec, GracefulStop, SummaryKind};
+pub use source::{ArtifactSource, ArtifactSpec, GracefulStop, SummaryKind};
 pub use start::{Destination, Operations, StartRequest, Started};
 pub use summary::ArtifactSummary;
 pub use trace::TraceSpec;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime};
@@ -366,7 +367,7 @@ pub struct OperationFilter {
 #[derive(Debug)]
 pub struct OperationRegistry {
     operations: Mutex<Vec<Arc<Operation>>>,
-    slots: BTreeMap<ArtifactKind, Arc<Semaphore>>,
+    slots: HashMap<ArtifactKind, Arc<Semaphore>>,
     retention: OperationsConfig,
 }
 
@@ -376,7 +377,8 @@ fn slot_limit(limits: &LimitsConfig, kind: ArtifactKind) -> usize {
         ArtifactKind::Trace => limits.max_concurrent_traces,
         ArtifactKind::Dump => limits.max_concurrent_dumps,
         ArtifactKind::GcDump => limits.max_concurrent_gcdumps,
-        ArtifactKind::LiveMetrics => limits.max_concurrent_livemetrics,
+        ArtifactKind::Metrics => limits.max_concurrent_livemetrics,
+        ArtifactKind::Logs => limits.max_concurrent_logs,
     }
 }
 

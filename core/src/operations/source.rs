@@ -5,55 +5,13 @@
 use std::fmt::Debug;
 use std::future::Future;
 use std::sync::Arc;
-use std::time::SystemTime;
-
-use bytes::Bytes;
-use futures_util::future::BoxFuture;
-use serde::Serialize;
 
 use super::OperationError;
 use crate::diagnostics::DiagnosticsClient;
+use crate::egress::ArtifactKind;
 use crate::processes::ProcessRecord;
-
-/// The kinds of artifact an operation captures. Each has its own concurrency limit.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, utoipa::ToSchema)]
-#[serde(rename_all = "lowercase")]
-pub enum ArtifactKind {
-    /// An EventPipe trace (nettrace).
-    Trace,
-    /// A process dump.
-    Dump,
-    /// A GC heap dump.
-    GcDump,
-    /// A live metrics stream.
-    LiveMetrics,
-}
-
-impl ArtifactKind {
-    /// Every kind.
-    pub const ALL: [ArtifactKind; 4] = [
-        ArtifactKind::Trace,
-        ArtifactKind::Dump,
-        ArtifactKind::GcDump,
-        ArtifactKind::LiveMetrics,
-    ];
-
-    /// The kind's name as egress providers and file names see it (`trace`, `dump`, ...).
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ArtifactKind::Trace => "trace",
-            ArtifactKind::Dump => "dump",
-            ArtifactKind::GcDump => "gcdump",
-            ArtifactKind::LiveMetrics => "livemetrics",
-        }
-    }
-}
-
-impl std::fmt::Display for ArtifactKind {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
+use bytes::Bytes;
+use futures_util::future::BoxFuture;
 
 /// How the pipeline summarises an artifact once it is whole.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -70,16 +28,8 @@ pub trait ArtifactSpec: Send + 'static {
     /// The running capture this spec opens.
     type Source: ArtifactSource;
 
-    /// The artifact kind (its concurrency limit, its egress `kind`).
+    /// The artifact kind: its concurrency limit, its file name and MIME type, its egress `kind`.
     fn kind(&self) -> ArtifactKind;
-
-    /// The suggested file name of the artifact of process `pid` started at `started_at`.
-    fn file_name(&self, started_at: SystemTime, pid: u64) -> String;
-
-    /// The MIME type of the artifact.
-    fn content_type(&self) -> &'static str {
-        "application/octet-stream"
-    }
 
     /// Starts the capture on `process` through `client`. A failure here fails the operation
     /// before any byte is produced.

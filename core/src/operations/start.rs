@@ -144,7 +144,7 @@ impl Operations {
             Destination::Egress(provider) => (PlannedSink::Egress(provider), None),
             Destination::File(path) => (PlannedSink::File(path), None),
         };
-        let content_type = artifact.content_type();
+        let content_type = kind.content_type();
         let (ready, started) = oneshot::channel();
         tokio::spawn(launch(
             Launch {
@@ -205,8 +205,7 @@ async fn launch<A: ArtifactSpec>(
     };
     let started_at = SystemTime::now();
     let kind = artifact.kind();
-    let file_name = artifact.file_name(started_at, process.pid);
-    let content_type = artifact.content_type();
+    let file_name = kind.file_name(started_at, process.pid);
     let source = match artifact.open(directory.client(&process), &process).await {
         Ok(source) => source,
         Err(error) => return fail(error, ready),
@@ -214,17 +213,15 @@ async fn launch<A: ArtifactSpec>(
     let sink = match sink {
         PlannedSink::Stream(sender) => Sink::Stream(sender),
         PlannedSink::Egress(provider) => {
-            let described = Artifact {
-                file_name: file_name.clone(),
-                content_type: content_type.to_owned(),
-                kind: kind.as_str().to_owned(),
-                pid: process.pid,
-                uid: process.uid,
-                process_name: process.name.clone(),
-                operation_id: operation.id(),
-                tags: operation.tags().iter().cloned().collect(),
+            let described = Artifact::new(
+                kind,
+                process.pid,
+                process.uid,
+                process.name.clone(),
+                operation.id(),
+                operation.tags().iter().cloned().collect(),
                 started_at,
-            };
+            );
             match egress.begin(&provider, described).await {
                 Ok(upload) => Sink::Egress(upload),
                 Err(error) => return fail(error.into(), ready),

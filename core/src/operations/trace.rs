@@ -1,16 +1,15 @@
 //! The trace artifact: an EventPipe session on the target, streamed as nettrace.
 
 use std::sync::Arc;
-use std::time::SystemTime;
 
 use bytes::Bytes;
 use futures_util::FutureExt;
 use futures_util::future::BoxFuture;
 
-use super::source::{ArtifactKind, ArtifactSource, ArtifactSpec, GracefulStop, SummaryKind};
+use super::source::{ArtifactSource, ArtifactSpec, GracefulStop, SummaryKind};
 use super::{ErrorCode, OperationError};
 use crate::diagnostics::{DiagnosticsClient, EventPipeSession, SessionConfig, StopHandle};
-use crate::egress::Artifact;
+use crate::egress::ArtifactKind;
 use crate::processes::ProcessRecord;
 
 /// An EventPipe trace of the providers in `config`.
@@ -32,10 +31,6 @@ impl ArtifactSpec for TraceSpec {
 
     fn kind(&self) -> ArtifactKind {
         ArtifactKind::Trace
-    }
-
-    fn file_name(&self, started_at: SystemTime, pid: u64) -> String {
-        Artifact::trace_file_name(started_at, pid)
     }
 
     async fn open(
