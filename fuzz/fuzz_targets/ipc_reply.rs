@@ -10,10 +10,10 @@ use diagmon::diagnostics::protocol::{HEADER_LEN, Header};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    if let Some(header) = data.first_chunk::<HEADER_LEN>() {
-        if let Ok(header) = Header::parse(header) {
-            assert!(header.payload_len() <= usize::from(u16::MAX));
-        }
+    if let Some(header) = data.first_chunk::<HEADER_LEN>()
+        && let Ok(header) = Header::parse(header)
+    {
+        assert!(header.payload_len() <= usize::from(u16::MAX));
     }
     for command in [
         Command::ProcessInfo,

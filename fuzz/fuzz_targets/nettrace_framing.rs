@@ -13,5 +13,8 @@ fuzz_target!(|data: &[u8]| {
     let (split, trace) = split_points(data);
     let whole = verdict(NettraceValidator::framing_only(), [trace]);
     let pieces = verdict(NettraceValidator::framing_only(), split.pieces(trace));
-    assert_eq!(whole, pieces, "the verdict depends on how the bytes were split");
+    assert_eq!(
+        whole, pieces,
+        "the verdict depends on how the bytes were split"
+    );
 });

@@ -14,7 +14,10 @@ fuzz_target!(|data: &[u8]| {
     let (split, trace) = split_points(data);
     let whole = verdict(NettraceValidator::new(), [trace]);
     let pieces = verdict(NettraceValidator::new(), split.pieces(trace));
-    assert_eq!(whole, pieces, "the verdict depends on how the bytes were split");
+    assert_eq!(
+        whole, pieces,
+        "the verdict depends on how the bytes were split"
+    );
     if whole.starts_with("complete") {
         let framing = verdict(NettraceValidator::framing_only(), [trace]);
         assert!(

@@ -12,7 +12,14 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     if let Ok(provider) = parse_provider(spec) {
-        assert!(!provider.name.trim().is_empty(), "accepted {spec:?} without a name");
-        assert!(provider.level <= 5, "accepted level {} from {spec:?}", provider.level);
+        assert!(
+            !provider.name.trim().is_empty(),
+            "accepted {spec:?} without a name"
+        );
+        assert!(
+            provider.level <= 5,
+            "accepted level {} from {spec:?}",
+            provider.level
+        );
     }
 });

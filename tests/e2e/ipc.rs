@@ -348,7 +348,10 @@ async fn impostor_sockets_beside_a_real_runtime_are_ignored() {
     let listed = listed.as_array().expect("a list");
     assert_eq!(listed.len(), 1, "{listed:?}");
     assert_eq!(listed[0]["pid"], pid);
-    assert_eq!(listed[0]["uid"], directory(&target).list().await[0].uid.to_string());
+    assert_eq!(
+        listed[0]["uid"],
+        directory(&target).list().await[0].uid.to_string()
+    );
     let stderr = monitor.stderr_lines().join("\n") + &monitor.stdout_lines().join("\n");
     assert!(
         stderr.contains("untrusted runtime socket"),

@@ -207,7 +207,9 @@ async fn a_stopped_session_is_complete_and_a_cut_one_is_truncated() {
 async fn listen_mode_takes_advertised_connections_and_resumes_a_suspended_runtime() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("port.sock");
-    let port = ReversePort::bind(&path, PortLimits::default()).await.unwrap();
+    let port = ReversePort::bind(&path, PortLimits::default())
+        .await
+        .unwrap();
     let config = SimulatedRuntimeConfig::default();
     let runtime = SimulatedRuntime::connect(&path, true, config.clone())
         .await
@@ -252,8 +254,12 @@ async fn listen_mode_takes_advertised_connections_and_resumes_a_suspended_runtim
 async fn listen_mode_keeps_a_bound_port_from_being_stolen() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("port.sock");
-    let _port = ReversePort::bind(&path, PortLimits::default()).await.unwrap();
-    let error = ReversePort::bind(&path, PortLimits::default()).await.unwrap_err();
+    let _port = ReversePort::bind(&path, PortLimits::default())
+        .await
+        .unwrap();
+    let error = ReversePort::bind(&path, PortLimits::default())
+        .await
+        .unwrap_err();
     assert!(error.to_string().contains("already listening"), "{error}");
 }
 
@@ -470,7 +476,10 @@ async fn listen_mode_lists_no_more_runtimes_than_configured() {
     };
     let deadline = Instant::now() + Duration::from_secs(10);
     while listed(client.clone()).await.is_empty() {
-        assert!(Instant::now() < deadline, "the first runtime never appeared");
+        assert!(
+            Instant::now() < deadline,
+            "the first runtime never appeared"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let second = SimulatedRuntime::connect(&port, false, SimulatedRuntimeConfig::default())

@@ -314,13 +314,19 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let me = std::process::id();
         let start = procfs::stat(me).unwrap().start_time;
-        let path = dir.path().join(format!("dotnet-diagnostic-{me}-{start}-socket"));
+        let path = dir
+            .path()
+            .join(format!("dotnet-diagnostic-{me}-{start}-socket"));
         let _listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
         let owner = procfs::owner_uid(me).unwrap();
         let other = if owner == 65534 { 65533 } else { 65534 };
         if let Err(error) = std::os::unix::fs::lchown(&path, Some(other), None) {
             // Giving a file away takes root (as in CI); elsewhere there is nothing to check.
-            assert_eq!(error.kind(), std::io::ErrorKind::PermissionDenied, "{error}");
+            assert_eq!(
+                error.kind(),
+                std::io::ErrorKind::PermissionDenied,
+                "{error}"
+            );
             return;
         }
         assert_eq!(std::fs::symlink_metadata(&path).unwrap().uid(), other);
