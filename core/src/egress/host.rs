@@ -340,7 +340,7 @@ async fn load_provider(
         origin,
         pre,
         directory,
-        settings: settings_pairs(&config.settings),
+        settings: settings_pairs(name, &config.settings)?,
         allowed_outbound_hosts: Arc::new(allowed_outbound_hosts),
         object_store,
         limits: config.limits.clone(),
@@ -390,18 +390,23 @@ fn grant_directory(provider: &str, directory: &Path) -> Result<PathBuf, EgressEr
     Ok(canonical)
 }
 
-/// Settings as `configure` receives them: strings as they are, anything else as JSON text.
+/// Settings as `configure` receives them: strings as they are, `{ env = "NAME" }` and
+/// `{ file = "/path" }` read now (see [`crate::secret::ValueSource`]), anything else as JSON text.
 pub(crate) fn settings_pairs(
+    provider: &str,
     settings: &BTreeMap<String, serde_json::Value>,
-) -> Vec<(String, String)> {
+) -> Result<Vec<(String, String)>, EgressError> {
     settings
         .iter()
         .map(|(key, value)| {
-            let text = match value {
-                serde_json::Value::String(text) => text.clone(),
-                other => other.to_string(),
+            let text = match (value, crate::secret::ValueSource::from_json(value)) {
+                (_, Some(source)) => source.read().map_err(|error| {
+                    EgressError::load(provider, format!("setting `{key}`: {error}"))
+                })?,
+                (serde_json::Value::String(text), None) => text.clone(),
+                (other, None) => other.to_string(),
             };
-            (key.clone(), text)
+            Ok((key.clone(), text))
         })
         .collect()
 }

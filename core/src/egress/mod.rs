@@ -82,7 +82,9 @@ pub struct ProviderConfig {
     /// value may be `{ env = "NAME" }` or `{ file = "/path" }` (see [`ObjectStoreGrant`]).
     #[serde(default)]
     pub object_store: Option<ObjectStoreGrant>,
-    /// Settings passed to the component as they are.
+    /// Settings passed to the component: strings as they are, other values as JSON text; a
+    /// value `{ env = "NAME" }` or `{ file = "/path" }` is read at start-up, so that secrets
+    /// (HTTP headers, tokens) stay out of the file.
     #[serde(default)]
     pub settings: BTreeMap<String, serde_json::Value>,
     /// Memory and time limits.

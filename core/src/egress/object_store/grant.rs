@@ -22,6 +22,7 @@ use serde::{Deserialize, Serialize};
 use super::store::GrantedStore;
 use super::*;
 use crate::egress::error::EgressError;
+use crate::secret::{REDACTED, is_secret_key, read_env, read_file};
 
 /// The `object_store` grant of a provider: where it may write, and how to reach it.
 ///
@@ -80,26 +81,6 @@ pub struct FromFile {
     pub file: PathBuf,
 }
 
-/// True for option keys whose values are secrets: never shown in `config show`, logs or
-/// messages.
-fn is_secret(key: &str) -> bool {
-    let key = key.to_ascii_lowercase();
-    [
-        "secret",
-        "token",
-        "password",
-        "access_key",
-        "account_key",
-        "master_key",
-        "sas",
-        "private_key",
-        "service_account_key",
-    ]
-    .iter()
-    .any(|word| key.contains(word))
-        && !key.ends_with("access_key_id")
-}
-
 impl GrantValue {
     /// The value as shown: secrets written inline are redacted; env and file references are
     /// shown as references.
@@ -107,7 +88,7 @@ impl GrantValue {
         match self {
             GrantValue::Env(from) => serde_json::json!({ "env": from.env }),
             GrantValue::File(from) => serde_json::json!({ "file": from.file }),
-            _ if is_secret(key) => serde_json::Value::String("<redacted>".to_owned()),
+            _ if is_secret_key(key) => serde_json::Value::String(REDACTED.to_owned()),
             GrantValue::Text(text) => serde_json::Value::String(text.clone()),
             GrantValue::Bool(value) => serde_json::Value::Bool(*value),
             GrantValue::Number(number) => serde_json::Value::Number(number.clone()),
@@ -116,30 +97,16 @@ impl GrantValue {
 
     /// The value as object_store reads it.
     fn resolve(&self, provider: &str, key: &str) -> Result<String, EgressError> {
-        match self {
-            GrantValue::Text(text) => Ok(text.clone()),
-            GrantValue::Bool(value) => Ok(value.to_string()),
-            GrantValue::Number(number) => Ok(number.to_string()),
-            GrantValue::Env(from) => std::env::var(&from.env).map_err(|_| {
-                EgressError::load(
-                    provider,
-                    format!(
-                        "`object_store` option `{key}` comes from the environment variable `{}`, which is not set",
-                        from.env
-                    ),
-                )
-            }),
-            GrantValue::File(from) => match std::fs::read_to_string(&from.file) {
-                Ok(text) => Ok(text.trim_end_matches(['\r', '\n']).to_owned()),
-                Err(error) => Err(EgressError::load(
-                    provider,
-                    format!(
-                        "`object_store` option `{key}` comes from the file {}, which cannot be read: {error}",
-                        from.file.display()
-                    ),
-                )),
-            },
-        }
+        let read = match self {
+            GrantValue::Text(text) => return Ok(text.clone()),
+            GrantValue::Bool(value) => return Ok(value.to_string()),
+            GrantValue::Number(number) => return Ok(number.to_string()),
+            GrantValue::Env(from) => read_env(&from.env),
+            GrantValue::File(from) => read_file(&from.file),
+        };
+        read.map_err(|error| {
+            EgressError::load(provider, format!("`object_store` option `{key}`: {error}"))
+        })
     }
 }
 
@@ -494,10 +461,10 @@ enum BuildError {
     Other(String),
 }
 
-/// Replaces every occurrence of a secret value with `<redacted>`.
+/// Replaces every occurrence of a secret value with [`REDACTED`].
 fn redact(mut text: String, secrets: &[String]) -> String {
     for secret in secrets.iter().filter(|s| s.len() >= 4) {
-        text = text.replace(secret.as_str(), "<redacted>");
+        text = text.replace(secret.as_str(), REDACTED);
     }
     text
 }
@@ -530,7 +497,7 @@ impl GrantedStore {
         let secrets: Vec<String> = options
             .store
             .iter()
-            .filter(|(key, _)| is_secret(key))
+            .filter(|(key, _)| is_secret_key(key))
             .map(|(_, value)| value.clone())
             .collect();
         let redact = |text: String| redact(text, &secrets);
