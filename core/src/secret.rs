@@ -23,6 +23,8 @@ const SECRET_WORDS: &[&str] = &[
     "signature",
     "sas",
     "apikey",
+    // HTTP headers (a provider's `headers` setting) usually carry credentials.
+    "headers",
 ];
 
 /// True for configuration keys whose values are secrets: never shown by `config show`, in logs
@@ -135,6 +137,7 @@ mod tests {
             "client_secret",
             "cookie",
             "apikey",
+            "headers",
         ] {
             assert!(is_secret_key(key), "{key} is a secret");
         }

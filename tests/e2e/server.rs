@@ -503,7 +503,8 @@ fn config_show_redacts_provider_settings_secrets() {
          allowed_outbound_hosts = [\"https://hooks.example.com\"]\n\
          [egress.providers.hook.settings]\nurl = \"https://hooks.example.com/t\"\n\
          authorization = \"Bearer hunter2\"\nx-api-key = \"hunter3\"\n\
-         password = \"hunter4\"\ntoken = { env = \"HOOK_TOKEN\" }\n",
+         password = \"hunter4\"\nheaders = \"Authorization: Bearer hunter5\"\n\
+         token = { env = \"HOOK_TOKEN\" }\n",
     )
     .expect("write the config");
     let output = Command::new(monitor_binary())
@@ -513,7 +514,7 @@ fn config_show_redacts_provider_settings_secrets() {
         .expect("run diagmon config show");
     assert!(output.status.success(), "{output:?}");
     let shown = String::from_utf8_lossy(&output.stdout);
-    for secret in ["hunter2", "hunter3", "hunter4"] {
+    for secret in ["hunter2", "hunter3", "hunter4", "hunter5"] {
         assert!(!shown.contains(secret), "{secret} is shown:\n{shown}");
     }
     assert!(shown.contains("https://hooks.example.com/t"), "{shown}");
