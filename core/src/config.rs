@@ -251,9 +251,19 @@ impl ListenUrl {
             .host()
             .filter(|host| !host.is_empty())
             .ok_or_else(|| format!("`{url}` has no host"))?;
-        if uri.path_and_query().is_some_and(|path| path.as_str() != "/") {
+        if uri
+            .path_and_query()
+            .is_some_and(|path| path.as_str() != "/")
+        {
             return Err(format!(
                 "`{url}` has a path; give only scheme, host and port"
+            ));
+        }
+        let authority = uri.authority().map_or("", |authority| authority.as_str());
+        let after_host = &authority[authority.rfind(']').map_or(0, |end| end + 1)..];
+        if after_host.contains(':') && uri.port_u16().is_none() {
+            return Err(format!(
+                "`{url}`: the port must be a number from 0 to 65535"
             ));
         }
         let port = uri.port_u16().unwrap_or(match scheme {
@@ -505,12 +515,27 @@ mod tests {
     #[test]
     fn out_of_range_values_and_bad_urls_are_errors_naming_the_key() {
         for (toml, key) in [
-            ("[limits]\nmax_concurrent_traces = 9223372036854775807\n", "limits.max_concurrent_traces"),
-            ("[limits]\nmax_concurrent_traces = 0\n", "limits.max_concurrent_traces"),
+            (
+                "[limits]\nmax_concurrent_traces = 9223372036854775807\n",
+                "limits.max_concurrent_traces",
+            ),
+            (
+                "[limits]\nmax_concurrent_traces = 0\n",
+                "limits.max_concurrent_traces",
+            ),
             ("[http]\nmax_connections = 0\n", "http.max_connections"),
-            ("[http]\nshutdown_timeout_seconds = 0\n", "http.shutdown_timeout_seconds"),
-            ("[http]\nheader_read_timeout_seconds = 99999999\n", "http.header_read_timeout_seconds"),
-            ("[http]\nallowed_hosts = [\"a b\"]\n", "http.allowed_hosts[0]"),
+            (
+                "[http]\nshutdown_timeout_seconds = 0\n",
+                "http.shutdown_timeout_seconds",
+            ),
+            (
+                "[http]\nheader_read_timeout_seconds = 99999999\n",
+                "http.header_read_timeout_seconds",
+            ),
+            (
+                "[http]\nallowed_hosts = [\"a b\"]\n",
+                "http.allowed_hosts[0]",
+            ),
             ("urls = [\"http://127.0.0.1:1\", \"ftp://x\"]\n", "urls[1]"),
             ("urls = [\"127.0.0.1:52323\"]\n", "urls[0]"),
             ("urls = [\"http://127.0.0.1:99999\"]\n", "urls[0]"),
@@ -562,7 +587,12 @@ mod tests {
         for secret in ["hunter2", "hunter3", "hunter4"] {
             assert!(!shown.contains(secret), "{secret} leaked:\n{shown}");
         }
-        for visible in ["https://example.com", "text/plain", "HOOK_TOKEN", "ProcessName"] {
+        for visible in [
+            "https://example.com",
+            "text/plain",
+            "HOOK_TOKEN",
+            "ProcessName",
+        ] {
             assert!(shown.contains(visible), "{visible} is hidden:\n{shown}");
         }
         assert_eq!(shown.matches(REDACTED).count(), 3, "{shown}");

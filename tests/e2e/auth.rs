@@ -601,7 +601,14 @@ async fn rewriting_the_config_file_rotates_the_key_without_a_restart() {
         config_for(&new.public_key(), SUBJECT),
     )
     .expect("rewrite the config file");
-    wait_until(&client, &monitor, &new_token, true, "the new key after rotation").await;
+    wait_until(
+        &client,
+        &monitor,
+        &new_token,
+        true,
+        "the new key after rotation",
+    )
+    .await;
     let (status, _, _) = get(
         &client,
         &monitor.url(PROTECTED),
@@ -646,7 +653,14 @@ async fn a_deleted_or_broken_config_file_fails_closed() {
     wait_until(&client, &monitor, &token, true, "after the repair").await;
 
     std::fs::remove_file(monitor.config_path()).expect("delete the config file");
-    wait_until(&client, &monitor, &token, false, "after the file was deleted").await;
+    wait_until(
+        &client,
+        &monitor,
+        &token,
+        false,
+        "after the file was deleted",
+    )
+    .await;
     let logs = monitor.stderr_lines().join("\n");
     assert!(
         logs.contains("cannot be examined"),
@@ -671,7 +685,11 @@ async fn unknown_methods_and_routes_need_a_key_first() {
             .send()
             .await
             .expect("the monitor answers");
-        assert_eq!(response.status(), StatusCode::UNAUTHORIZED, "{method} {path}");
+        assert_eq!(
+            response.status(),
+            StatusCode::UNAUTHORIZED,
+            "{method} {path}"
+        );
         assert!(response.headers().get(reqwest::header::ALLOW).is_none());
         assert_eq!(
             response

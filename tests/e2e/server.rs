@@ -65,7 +65,9 @@ fn status_and_body(response: &str) -> (u16, String) {
 }
 
 fn header<'a>(response: &'a str, name: &str) -> Option<&'a str> {
-    let head = response.split_once("\r\n\r\n").map_or(response, |(head, _)| head);
+    let head = response
+        .split_once("\r\n\r\n")
+        .map_or(response, |(head, _)| head);
     head.lines().find_map(|line| {
         let (key, value) = line.split_once(':')?;
         key.eq_ignore_ascii_case(name).then(|| value.trim())
@@ -109,7 +111,11 @@ async fn without_auth_only_loopback_hosts_and_same_origin_requests_get_through()
         assert_problem(&response, 403, "Host");
     }
     // A cross-site POST that would start a trace, and a cross-origin read of /env.
-    for (method, path) in [("POST", "/trace"), ("GET", "/env"), ("DELETE", "/operations/x")] {
+    for (method, path) in [
+        ("POST", "/trace"),
+        ("GET", "/env"),
+        ("DELETE", "/operations/x"),
+    ] {
         let response = exchange(
             &address,
             &format!(
@@ -213,10 +219,7 @@ async fn slow_and_idle_clients_are_closed_and_the_cap_holds() {
         "{} idle clients, cap {CAP}, 2 s timeout: all closed in {elapsed:?}",
         3 * CAP
     );
-    assert!(
-        open_files() <= baseline + 2,
-        "the descriptors are released"
-    );
+    assert!(open_files() <= baseline + 2, "the descriptors are released");
 }
 
 #[tokio::test]
@@ -259,17 +262,17 @@ async fn every_complete_request_is_answered_even_after_a_half_close() {
     for _ in 0..200 {
         let address = address.clone();
         clients.spawn(async move {
-            exchange(
-                &address,
-                "GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n",
-            )
-            .await
+            exchange(&address, "GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n").await
         });
     }
     let mut answered = 0;
     while let Some(response) = clients.join_next().await {
         let response = response.expect("the client task");
-        assert_eq!(status_and_body(&response), (200, "ok".to_owned()), "{response}");
+        assert_eq!(
+            status_and_body(&response),
+            (200, "ok".to_owned()),
+            "{response}"
+        );
         answered += 1;
     }
     assert_eq!(answered, 200);
@@ -316,7 +319,10 @@ async fn stalled_stream(monitor: &Monitor, pid: u32) -> (TcpStream, String) {
     let mut head = Vec::new();
     let mut byte = [0u8; 1];
     while !head.ends_with(b"\r\n\r\n") {
-        stream.read_exact(&mut byte).await.expect("the response head");
+        stream
+            .read_exact(&mut byte)
+            .await
+            .expect("the response head");
         head.push(byte[0]);
     }
     let head = String::from_utf8_lossy(&head).into_owned();
@@ -429,7 +435,13 @@ fn collect_fails(config_toml: &str, env: &[(&str, &str)]) -> (Option<i32>, Strin
     let config = dir.path().join("diagmon.toml");
     std::fs::write(&config, config_toml).expect("write the config");
     let mut child = Command::new(monitor_binary())
-        .args(["collect", "--no-auth", "--urls", "http://127.0.0.1:0", "--config"])
+        .args([
+            "collect",
+            "--no-auth",
+            "--urls",
+            "http://127.0.0.1:0",
+            "--config",
+        ])
         .arg(&config)
         .envs(env.iter().copied())
         .stdout(std::process::Stdio::null())
@@ -463,7 +475,10 @@ fn out_of_range_limits_and_bad_urls_stop_start_up_naming_the_key() {
             "limits.max_concurrent_traces",
         ),
         ("[http]\nmax_connections = 0\n", "http.max_connections"),
-        ("urls = [\"http://127.0.0.1:0\", \"tcp://0.0.0.0:1\"]\n", "urls[1]"),
+        (
+            "urls = [\"http://127.0.0.1:0\", \"tcp://0.0.0.0:1\"]\n",
+            "urls[1]",
+        ),
     ] {
         // `--urls` on the command line would replace the file's; pass none for the URL case.
         let (code, stderr) = if config.starts_with("urls") {
@@ -518,7 +533,10 @@ fn config_show_redacts_provider_settings_secrets() {
         assert!(!shown.contains(secret), "{secret} is shown:\n{shown}");
     }
     assert!(shown.contains("https://hooks.example.com/t"), "{shown}");
-    assert!(shown.contains("HOOK_TOKEN"), "references stay visible:\n{shown}");
+    assert!(
+        shown.contains("HOOK_TOKEN"),
+        "references stay visible:\n{shown}"
+    );
 }
 
 #[test]
@@ -555,7 +573,10 @@ fn provider_settings_can_come_from_the_environment_or_a_file() {
     let template = dir.path().join("template");
     std::fs::write(&template, "{pid}_{file_name}\n").expect("write the template file");
     let monitor = Monitor::start(
-        &provider(&format!("{{ file = {:?} }}", template.display().to_string())),
+        &provider(&format!(
+            "{{ file = {:?} }}",
+            template.display().to_string()
+        )),
         &["--no-auth"],
     );
     assert!(

@@ -290,7 +290,11 @@ mod tests {
             "two Authorization headers are ambiguous"
         );
         assert_eq!(Unauthorized::MissingToken.challenge(), "Bearer");
-        assert!(Unauthorized::InvalidToken.detail().contains("diagmon generatekey"));
+        assert!(
+            Unauthorized::InvalidToken
+                .detail()
+                .contains("diagmon generatekey")
+        );
     }
 
     #[test]

@@ -152,7 +152,11 @@ fn request_authority(request: &Request) -> Option<Authority> {
 }
 
 /// Why the request comes from a page of another origin, if it does.
-fn cross_origin(request: &Request, scheme: Scheme, authority: Option<&Authority>) -> Option<String> {
+fn cross_origin(
+    request: &Request,
+    scheme: Scheme,
+    authority: Option<&Authority>,
+) -> Option<String> {
     let headers = request.headers();
     if let Some(site) = headers.get(SEC_FETCH_SITE) {
         let site = site.to_str().unwrap_or_default();
@@ -201,13 +205,29 @@ mod tests {
     #[test]
     fn same_origin_compares_scheme_host_and_port() {
         let local: Authority = "127.0.0.1:52323".parse().unwrap();
-        assert!(is_same_origin("http://127.0.0.1:52323", Scheme::Http, &local));
-        assert!(!is_same_origin("https://127.0.0.1:52323", Scheme::Http, &local));
-        assert!(!is_same_origin("http://evil.example:52323", Scheme::Http, &local));
+        assert!(is_same_origin(
+            "http://127.0.0.1:52323",
+            Scheme::Http,
+            &local
+        ));
+        assert!(!is_same_origin(
+            "https://127.0.0.1:52323",
+            Scheme::Http,
+            &local
+        ));
+        assert!(!is_same_origin(
+            "http://evil.example:52323",
+            Scheme::Http,
+            &local
+        ));
         assert!(!is_same_origin("http://127.0.0.1", Scheme::Http, &local));
         assert!(!is_same_origin("null", Scheme::Http, &local));
         let default_port: Authority = "localhost".parse().unwrap();
-        assert!(is_same_origin("http://LOCALHOST:80", Scheme::Http, &default_port));
+        assert!(is_same_origin(
+            "http://LOCALHOST:80",
+            Scheme::Http,
+            &default_port
+        ));
     }
 
     #[test]

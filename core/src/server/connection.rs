@@ -213,7 +213,7 @@ impl Connection {
             }
             () = self.drain.cancelled() => {
                 connection.as_mut().graceful_shutdown();
-                if let Err(error) = connection.await {
+                if let Err(error) = connection.as_mut().await {
                     tracing::debug!(peer = %peer, %error, "connection ended with an error");
                 }
             }

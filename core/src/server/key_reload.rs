@@ -57,10 +57,9 @@ pub async fn watch_config_file(file: PathBuf, authenticator: Authenticator) {
             continue;
         }
         let path = file.clone();
-        let loaded = tokio::task::spawn_blocking(move || {
-            config::load(Some(&path), serde_json::json!({}))
-        })
-        .await;
+        let loaded =
+            tokio::task::spawn_blocking(move || config::load(Some(&path), serde_json::json!({})))
+                .await;
         match loaded {
             Ok(Ok(config)) => {
                 tracing::info!(file = %file.display(), "the config file changed; reloading the API key");

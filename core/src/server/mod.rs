@@ -154,7 +154,10 @@ pub async fn run(
         .await;
     stopping.drain.cancel();
     let mut servers = futures_util::future::join_all(servers);
-    if tokio::time::timeout_at(deadline, &mut servers).await.is_err() {
+    if tokio::time::timeout_at(deadline, &mut servers)
+        .await
+        .is_err()
+    {
         let unfinished = cancel_unfinished(&operations);
         tracing::warn!(
             unfinished,
