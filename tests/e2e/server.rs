@@ -346,7 +346,8 @@ async fn stalled_stream(monitor: &Monitor, pid: u32) -> (TcpStream, String) {
         let bytes = operation["bytesCaptured"].as_u64().unwrap_or(0);
         if bytes != last.0 {
             last = (bytes, Instant::now());
-        } else if bytes > 0 && last.1.elapsed() > Duration::from_secs(2) {
+        } else if bytes > 0 && last.1.elapsed() > Duration::from_secs(3) {
+            eprintln!("the capture stalled at {bytes} bytes");
             return (stream, location);
         }
         assert!(

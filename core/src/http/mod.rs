@@ -139,11 +139,12 @@ async fn method_not_allowed() -> Problem {
     )
 }
 
-/// The API routes, with [`guard::screen`] around all of them (and around the answers for
-/// unknown routes and methods).
+/// The API routes, with [`guard::screen`] around the routing itself: it runs before a route
+/// is chosen, so answers for unknown routes and methods (404, 405 with `Allow`) are only given
+/// to requests that passed it.
 pub fn router(state: AppState, screen: Screen) -> Router {
     let body_limit = state.config.limits.max_request_body_bytes;
-    Router::new()
+    let routes = Router::new()
         .route("/processes", get(processes::list_processes))
         .route("/process", get(processes::get_process))
         .route("/env", get(processes::get_environment))
@@ -159,7 +160,9 @@ pub fn router(state: AppState, screen: Screen) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(body_limit))
-        .with_state(state)
+        .with_state(state);
+    Router::new()
+        .fallback_service(routes)
         .layer(axum::middleware::from_fn_with_state(screen, guard::screen))
         .layer(
             TraceLayer::new_for_http()
