@@ -122,6 +122,17 @@ pub enum MatchType {
 pub struct LimitsConfig {
     /// Trace operations running at once, streamed and egressed alike; more get 429.
     pub max_concurrent_traces: usize,
+    /// Process dump operations running at once; more get 429.
+    pub max_concurrent_dumps: usize,
+    /// GC dump operations running at once; more get 429.
+    pub max_concurrent_gcdumps: usize,
+    /// Live metrics operations running at once; more get 429.
+    pub max_concurrent_livemetrics: usize,
+    /// Log stream operations running at once; more get 429.
+    pub max_concurrent_logs: usize,
+    /// How long a streamed artifact waits for a client that takes no bytes before the operation
+    /// fails (`ClientStalled`) and its slot is freed, in seconds.
+    pub stream_send_timeout_seconds: u64,
     /// Largest accepted request body in bytes; larger bodies get 413.
     pub max_request_body_bytes: usize,
 }
@@ -130,6 +141,11 @@ impl Default for LimitsConfig {
     fn default() -> Self {
         LimitsConfig {
             max_concurrent_traces: 3,
+            max_concurrent_dumps: 1,
+            max_concurrent_gcdumps: 1,
+            max_concurrent_livemetrics: 3,
+            max_concurrent_logs: 3,
+            stream_send_timeout_seconds: 30,
             max_request_body_bytes: 1 << 20,
         }
     }
@@ -186,9 +202,9 @@ impl HttpConfig {
     }
 }
 
-/// The largest `limits.max_concurrent_traces`: each trace holds a runtime session, a
+/// The largest `limits.max_concurrent_*`: each operation holds a runtime session, a
 /// connection and buffers, so more than this is a typo, not a plan.
-pub const MAX_CONCURRENT_TRACES: usize = 1024;
+pub const MAX_CONCURRENT_OPERATIONS: usize = 1024;
 
 /// The largest `http.max_connections`.
 pub const MAX_CONNECTIONS: usize = 1 << 20;
@@ -379,11 +395,27 @@ impl Config {
                 )));
             }
         }
+        let limits = &self.limits;
+        for (key, value) in [
+            ("limits.max_concurrent_traces", limits.max_concurrent_traces),
+            ("limits.max_concurrent_dumps", limits.max_concurrent_dumps),
+            (
+                "limits.max_concurrent_gcdumps",
+                limits.max_concurrent_gcdumps,
+            ),
+            (
+                "limits.max_concurrent_livemetrics",
+                limits.max_concurrent_livemetrics,
+            ),
+            ("limits.max_concurrent_logs", limits.max_concurrent_logs),
+        ] {
+            check_range(key, value, 1, MAX_CONCURRENT_OPERATIONS)?;
+        }
         check_range(
-            "limits.max_concurrent_traces",
-            self.limits.max_concurrent_traces,
+            "limits.stream_send_timeout_seconds",
+            limits.stream_send_timeout_seconds,
             1,
-            MAX_CONCURRENT_TRACES,
+            MAX_TIMEOUT_SECONDS,
         )?;
         check_range(
             "http.max_connections",

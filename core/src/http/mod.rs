@@ -13,6 +13,9 @@ pub mod problem;
 pub mod processes;
 pub mod trace;
 
+#[cfg(test)]
+mod tests;
+
 use std::sync::Arc;
 
 use axum::extract::{DefaultBodyLimit, FromRequestParts};
