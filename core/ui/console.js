@@ -37,6 +37,14 @@ function el(tag, props = {}, ...children) {
   return element;
 }
 
+/** Puts `child` at position `index` of `parent`, moving it only if it is elsewhere (a moved
+ * element loses the keyboard focus). */
+function placeAt(parent, child, index) {
+  if (parent.children[index] !== child) {
+    parent.insertBefore(child, parent.children[index] || null);
+  }
+}
+
 /** `1536` -> `1.5 KiB`. */
 function formatBytes(bytes) {
   const units = ["B", "KiB", "MiB", "GiB", "TiB"];
@@ -73,6 +81,7 @@ function showUnauthorized(error) {
     ? "diagmon refused the API key of this tab: it is not the configured key, or it expired."
     : "This diagmon requires an API key.";
   $("auth-notice").hidden = false;
+  $("key-form").hidden = false;
   $("api-key").focus();
   markFirstRender();
 }
@@ -81,6 +90,8 @@ function showAuthorized() {
   if (state.authorized !== true) {
     state.authorized = true;
     $("auth-notice").hidden = true;
+    // Without a key and still let in: authentication is off (--no-auth), nothing to paste.
+    $("key-form").hidden = !apiKey();
     loadServerFacts();
   }
 }
@@ -195,7 +206,7 @@ function renderProcesses() {
   const count = state.processes.length;
   $("processes-status").textContent =
     count === 0 ? "No .NET process is visible to diagmon." : `${count} .NET process${count === 1 ? "" : "es"}.`;
-  for (const process of state.processes) {
+  state.processes.forEach((process, index) => {
     const row = rows.get(process.uid) || newProcessRow(process);
     rows.delete(process.uid);
     const details = state.details.get(process.uid) || {};
@@ -210,8 +221,8 @@ function renderProcesses() {
     row.cells[4].textContent = process.isDefault ? "default" : "";
     row.cells[5].textContent = process.uid;
     row.cells[6].textContent = details.commandLine || "…";
-    body.append(row);
-  }
+    placeAt(body, row, index);
+  });
   for (const row of rows.values()) {
     row.remove();
   }
@@ -280,10 +291,15 @@ function clearErrors() {
   }
 }
 
+/** Shows `message` in the element that describes `control`; false if it has none. */
 function showFieldError(control, message) {
-  control.setAttribute("aria-invalid", "true");
   const target = $(control.getAttribute("aria-describedby"));
+  if (!target) {
+    return false;
+  }
+  control.setAttribute("aria-invalid", "true");
   target.textContent = target.textContent ? `${target.textContent} ${message}` : message;
+  return true;
 }
 
 /** Shows why a request failed: field errors beside their fields, the rest in `formError`. */
@@ -301,9 +317,7 @@ function showRequestError(error, formError) {
   const fieldErrors = Object.entries(error.fieldErrors);
   for (const [field, messages] of fieldErrors) {
     const control = controlFor(field);
-    if (control) {
-      showFieldError(control, messages.join(" "));
-    } else {
+    if (!control || !showFieldError(control, messages.join(" "))) {
       unplaced.push(`${field}: ${messages.join(" ")}`);
     }
   }
@@ -498,7 +512,7 @@ async function refreshOperations() {
   operations.sort((a, b) => b.createdDateTime.localeCompare(a.createdDateTime));
   const list = $("operations");
   const listed = new Set();
-  for (const operation of operations) {
+  operations.forEach((operation, index) => {
     listed.add(operation.operationId);
     trackProgress(operation, now);
     let view = state.operationViews.get(operation.operationId);
@@ -507,16 +521,19 @@ async function refreshOperations() {
       state.operationViews.set(operation.operationId, view);
     }
     view.update(operation);
-    list.append(view.element);
-  }
+    placeAt(list, view.element, index);
+  });
   for (const [id, view] of state.operationViews) {
     if (!listed.has(id)) {
       view.element.remove();
       state.operationViews.delete(id);
     }
   }
+  const status = $("operations-status");
   if (operations.length === 0) {
-    $("operations-status").textContent ||= "No operation yet.";
+    status.textContent ||= "No operation yet.";
+  } else if (status.textContent === "No operation yet.") {
+    status.textContent = "";
   }
 }
 
