@@ -130,13 +130,15 @@ impl Browser {
             .unwrap_or_else(|error| panic!("run script `{script}`: {error}"))
     }
 
-    /// Evaluates `script` every 100 ms until it returns something other than null, false or
-    /// undefined, and returns that; panics after `timeout` naming `what`.
+    /// Evaluates `script` every 100 ms until it returns something other than null, undefined,
+    /// false or an empty string, and returns that; panics after `timeout` naming `what`.
     pub async fn wait_until(&self, what: &str, timeout: Duration, script: &str) -> Value {
         let deadline = Instant::now() + timeout;
         loop {
             let value = self.eval(script, Vec::new()).await;
-            if !matches!(value, Value::Null | Value::Bool(false)) {
+            let not_yet = matches!(value, Value::Null | Value::Bool(false))
+                || value.as_str().is_some_and(str::is_empty);
+            if !not_yet {
                 return value;
             }
             assert!(
