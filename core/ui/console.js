@@ -176,6 +176,10 @@ async function refreshProcesses() {
   const processes = await getJson("/processes");
   showAuthorized();
   clearBackgroundError();
+  state.processes = processes.sort((a, b) => a.pid - b.pid);
+  // The list shows at once; command lines and runtime versions follow from `GET /process`.
+  renderProcesses();
+  markFirstRender();
   const missing = processes.filter((process) => !state.details.has(process.uid));
   await Promise.all(
     missing.map(async (process) => {
@@ -195,9 +199,9 @@ async function refreshProcesses() {
       state.details.delete(uid);
     }
   }
-  state.processes = processes.sort((a, b) => a.pid - b.pid);
-  renderProcesses();
-  markFirstRender();
+  if (missing.length > 0) {
+    renderProcesses();
+  }
 }
 
 function renderProcesses() {

@@ -256,12 +256,13 @@ async fn a_bad_keyword_shows_the_api_error_beside_its_field_and_the_console_fits
                  .filter(control => !(control.labels && control.labels.length)
                      && !control.getAttribute('aria-label') && !control.textContent.trim())
                  .map(control => control.outerHTML);
-             return { unlabelled,
+             return { unlabelled, width: window.innerWidth,
                       overflow: document.documentElement.scrollWidth - window.innerWidth };",
             Vec::new(),
         )
         .await;
     assert_eq!(layout["unlabelled"], json!([]), "{layout}");
+    assert_eq!(layout["width"], 390, "{layout}");
     assert!(
         layout["overflow"].as_i64().expect("pixels") <= 0,
         "the page is wider than a 390 px screen: {layout}"
@@ -316,12 +317,17 @@ async fn stop_completes_an_endless_egressed_trace_and_cancel_offers_no_file() {
         .await;
     println!("running: {running}");
     browser.screenshot("operation-running").await;
-    browser.click("#operations .operation button[aria-label^=Stop]").await;
+    browser
+        .click("#operations .operation button[aria-label^=Stop]")
+        .await;
     let done = newest_operation(&browser, "Succeeded", false, Duration::from_secs(60)).await;
     let location = done["shown"]["Resource location"]
         .as_str()
         .expect("a resource location");
-    assert!(location.starts_with(&traces.path().display().to_string()), "{done}");
+    assert!(
+        location.starts_with(&traces.path().display().to_string()),
+        "{done}"
+    );
     let bytes = std::fs::read(location).expect("the egressed trace");
     let summary = validate(&bytes);
     assert_eq!(done["shown"]["SHA-256"], sha256_hex(&bytes), "{done}");
@@ -391,7 +397,10 @@ async fn with_auth_on_the_console_asks_for_the_key_then_works() {
         )
         .await;
     assert!(
-        notice.as_str().expect("text").contains("diagmon generatekey"),
+        notice
+            .as_str()
+            .expect("text")
+            .contains("diagmon generatekey"),
         "{notice}"
     );
     let focused = browser
@@ -440,7 +449,11 @@ async fn the_console_is_static_locked_down_and_the_only_unauthenticated_addition
     assert!(root.status().is_redirection(), "{}", root.status());
     assert_eq!(root.headers()["location"], "/ui");
 
-    let page = client.get(monitor.url("/ui")).send().await.expect("GET /ui");
+    let page = client
+        .get(monitor.url("/ui"))
+        .send()
+        .await
+        .expect("GET /ui");
     assert_eq!(page.status(), StatusCode::OK);
     let headers = page.headers().clone();
     assert_eq!(headers["content-type"], "text/html; charset=utf-8");

@@ -17,6 +17,8 @@ use serde_json::{Value, json};
 const CHROMIUM: &str = "/usr/bin/chromium";
 /// Debian's chromedriver, of the same version.
 const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
+/// The narrowest window headless Chromium makes; narrower screens are emulated.
+const MINIMUM_WINDOW_WIDTH: u32 = 500;
 /// How long [`Browser::wait_until`] waits unless told otherwise.
 pub const DEFAULT_WAIT: Duration = Duration::from_secs(20);
 
@@ -29,8 +31,8 @@ pub struct Browser {
 }
 
 impl Browser {
-    /// Starts chromedriver and a headless Chromium with a fresh profile and a window of
-    /// `width` x `height` CSS pixels.
+    /// Starts chromedriver and a headless Chromium with a fresh profile and a viewport of
+    /// `width` x `height` CSS pixels (a phone's screen is emulated).
     pub async fn start(width: u32, height: u32) -> Browser {
         for program in [CHROMIUM, CHROMEDRIVER] {
             assert!(
@@ -56,7 +58,7 @@ impl Browser {
             .prefix("diagmon-downloads-")
             .tempdir()
             .expect("a download folder");
-        let capabilities = json!({
+        let mut capabilities = json!({
             "browserName": "chrome",
             "goog:chromeOptions": {
                 "binary": CHROMIUM,
@@ -80,6 +82,12 @@ impl Browser {
                 },
             },
         });
+        if width < MINIMUM_WINDOW_WIDTH {
+            // Chromium will not make a window that narrow: emulate the screen instead.
+            capabilities["goog:chromeOptions"]["mobileEmulation"] = json!({
+                "deviceMetrics": {"width": width, "height": height, "pixelRatio": 1.0},
+            });
+        }
         let Value::Object(capabilities) = capabilities else {
             unreachable!("a JSON object literal")
         };
@@ -144,7 +152,8 @@ impl Browser {
             assert!(
                 Instant::now() < deadline,
                 "timed out after {timeout:?} waiting for {what}; the page shows:\n{}",
-                self.eval("return document.body.innerText", Vec::new()).await
+                self.eval("return document.body.innerText", Vec::new())
+                    .await
             );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
@@ -204,19 +213,14 @@ impl Browser {
         path
     }
 
-    /// Resizes the window to `width` x `height`.
-    pub async fn resize(&self, width: u32, height: u32) {
-        self.client
-            .set_window_size(width, height)
-            .await
-            .unwrap_or_else(|error| panic!("resize to {width}x{height}: {error}"));
-    }
-
     /// Waits (≤ `timeout`) until a finished download named `file_name` is in the download folder
     /// and returns its bytes.
     pub async fn downloaded(&self, file_name: &str, timeout: Duration) -> Vec<u8> {
         let path = self.downloads.path().join(file_name);
-        let partial = self.downloads.path().join(format!("{file_name}.crdownload"));
+        let partial = self
+            .downloads
+            .path()
+            .join(format!("{file_name}.crdownload"));
         let deadline = Instant::now() + timeout;
         while !(path.is_file() && !partial.exists()) {
             assert!(

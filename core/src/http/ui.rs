@@ -91,7 +91,9 @@ async fn page(headers: HeaderMap) -> Response {
 async fn file(Path(name): Path<String>, headers: HeaderMap) -> Response {
     match ASSETS.iter().position(|asset| asset.name == name) {
         Some(index) => serve(index, &headers),
-        None => Problem::new(StatusCode::NOT_FOUND, "The console has no such file.").into_response(),
+        None => {
+            Problem::new(StatusCode::NOT_FOUND, "The console has no such file.").into_response()
+        }
     }
 }
 
@@ -173,7 +175,10 @@ mod tests {
     fn the_page_has_no_inline_script_or_style() {
         let page = std::str::from_utf8(ASSETS[0].body).unwrap();
         assert!(!page.contains("<style"), "inline <style> in index.html");
-        assert!(!page.contains(" style="), "inline style attribute in index.html");
+        assert!(
+            !page.contains(" style="),
+            "inline style attribute in index.html"
+        );
         let handler = page.match_indices(" on").find(|(at, _)| {
             let attribute: String = page[at + 3..]
                 .chars()
@@ -184,7 +189,11 @@ mod tests {
         assert!(handler.is_none(), "inline event handler in index.html");
         for script in page.split("<script").skip(1) {
             assert!(
-                script.split('>').next().unwrap_or_default().contains("src="),
+                script
+                    .split('>')
+                    .next()
+                    .unwrap_or_default()
+                    .contains("src="),
                 "inline <script> in index.html"
             );
         }
