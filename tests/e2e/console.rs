@@ -119,8 +119,9 @@ async fn newest_operation(
 }
 
 /// What the browser measured of the first load: bytes transferred (all, and the console's own
-/// files) and milliseconds from navigation to the first render with data and to the first
-/// contentful paint.
+/// files) and milliseconds from navigation to the page's scripts having run, to the first
+/// contentful paint and to the first render with data, and how long `GET /processes` (the
+/// server asking each runtime who it is) took of that.
 async fn first_load_figures(browser: &Browser) -> Value {
     browser
         .wait_until(
@@ -137,7 +138,11 @@ async fn first_load_figures(browser: &Browser) -> Value {
              const own = resources.filter(entry => new URL(entry.name).pathname.startsWith('/ui/'));
              const render = performance.getEntriesByName('diagmon-console-first-render')[0];
              const paint = performance.getEntriesByName('first-contentful-paint')[0];
+             const processes = resources.find(entry => new URL(entry.name).pathname === '/processes');
              return {
+                 domContentLoadedMs: navigation.domContentLoadedEventEnd,
+                 processesRequestStartMs: processes.startTime,
+                 processesRequestMs: processes.duration,
                  totalBytes: navigation.transferSize + sum(resources),
                  consoleBytes: navigation.transferSize + sum(own),
                  requests: 1 + resources.length,

@@ -222,7 +222,8 @@ impl Browser {
             .path()
             .join(format!("{file_name}.crdownload"));
         let deadline = Instant::now() + timeout;
-        while !(path.is_file() && !partial.exists()) {
+        // Chromium writes `<name>.crdownload` and renames it when the download is complete.
+        while !path.is_file() || partial.exists() {
             assert!(
                 Instant::now() < deadline,
                 "{file_name} was not downloaded within {timeout:?}; the folder holds {:?}",
