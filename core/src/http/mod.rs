@@ -12,6 +12,9 @@ pub mod processes;
 pub mod trace;
 pub mod ui;
 
+#[cfg(test)]
+mod tests;
+
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
