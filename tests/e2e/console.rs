@@ -230,11 +230,24 @@ async fn a_bad_keyword_shows_the_api_error_beside_its_field_and_the_console_fits
             "return document.getElementById('providers-0-keywords-error').textContent",
         )
         .await;
-    let message = message.as_str().expect("text");
-    assert!(
-        message.contains("`0xZZ` is not a decimal or 0x-prefixed hexadecimal"),
-        "{message}"
-    );
+    // The page shows the API's own words for that field.
+    let problem: Value = reqwest::Client::new()
+        .post(monitor.url(&format!(
+            "/trace?pid={}&durationSeconds=2",
+            target.pid()
+        )))
+        .json(&json!({"providers": [{"name": "Microsoft-Windows-DotNETRuntime", "keywords": "0xZZ"}]}))
+        .send()
+        .await
+        .expect("POST /trace")
+        .json()
+        .await
+        .expect("a problem+json body");
+    let expected = problem["errors"]["providers[0].keywords"][0]
+        .as_str()
+        .expect("the API names providers[0].keywords");
+    assert!(expected.contains("0xZZ"), "{problem}");
+    assert_eq!(message, expected, "{problem}");
     let field = browser
         .eval(
             "const input = document.getElementById('providers-0-keywords');
