@@ -182,6 +182,24 @@ async fn the_console_lists_the_target_and_downloads_a_complete_two_second_trace(
     browser.screenshot("processes").await;
 
     select_process(&browser, target.pid()).await;
+    // The dump control is there exactly when the server's API description lists `/dump`.
+    let description: Value = reqwest::get(monitor.url("/openapi.json"))
+        .await
+        .expect("GET /openapi.json")
+        .json()
+        .await
+        .expect("JSON");
+    let has_dump = description["paths"].get("/dump").is_some();
+    let dump_shown = browser
+        .eval(
+            "return !document.getElementById('dump-form').hidden",
+            Vec::new(),
+        )
+        .await;
+    assert_eq!(
+        dump_shown, has_dump,
+        "dump control vs /dump in /openapi.json"
+    );
     choose_profiles(&browser, &["Cpu"]).await;
     browser.type_into("#duration", "2").await;
     browser.click("#trace-form button[type=submit]").await;
