@@ -7,8 +7,9 @@
 //! 2. a request from a browser page of another origin (an `Origin` that is not this server's
 //!    own, or `Sec-Fetch-Site: cross-site`/`same-site`) is refused; diagmon sends no CORS
 //!    headers, so browsers cannot read its answers either;
-//! 3. every route but `/healthz` and `/openapi.json` needs an API key (when authentication is
-//!    on): a refusal is a 401 problem that says how to get a key, with `WWW-Authenticate`;
+//! 3. every route but `/healthz`, `/openapi.json` and the console's static files (`/`, `/ui`,
+//!    `/ui/...`) needs an API key (when authentication is on): a refusal is a 401 problem that
+//!    says how to get a key, with `WWW-Authenticate`;
 //! 4. while the server shuts down, `/trace` (which starts a trace) answers 503.
 //!
 //! Every refusal is `application/problem+json` naming the header at fault.
@@ -28,8 +29,14 @@ use super::problem::Problem;
 use crate::auth::{Authenticator, Unauthorized};
 use crate::config::{HttpConfig, Scheme};
 
-/// Routes that need no API key and are never refused for a shutdown.
-const PUBLIC_PATHS: &[&str] = &["/healthz", "/openapi.json"];
+/// Routes that need no API key: liveness, the API description and the web console's static
+/// files (which call the API with a key of their own).
+const PUBLIC_PATHS: &[&str] = &["/healthz", "/openapi.json", "/", "/ui"];
+
+/// Whether `path` needs no API key and no same-origin check.
+fn is_public(path: &str) -> bool {
+    PUBLIC_PATHS.contains(&path) || path.starts_with("/ui/")
+}
 
 /// The route that starts traces.
 const TRACE_PATH: &str = "/trace";
@@ -88,7 +95,7 @@ impl Screen {
 /// The middleware: `axum::middleware::from_fn_with_state(screen, guard::screen)`, outermost.
 pub async fn screen(State(screen): State<Screen>, request: Request, next: Next) -> Response {
     let path = request.uri().path();
-    let public = PUBLIC_PATHS.contains(&path);
+    let public = is_public(path);
     let scheme = request
         .extensions()
         .get::<ListenerScheme>()

@@ -5,6 +5,7 @@
 //! request before routing (Host, Origin, API key, shutdown). Serving the router on sockets is
 //! [`crate::server`]'s job.
 
+pub mod egress_providers;
 pub mod guard;
 pub mod openapi;
 pub mod operations;
@@ -12,6 +13,7 @@ pub mod params;
 pub mod problem;
 pub mod processes;
 pub mod trace;
+pub mod ui;
 
 #[cfg(test)]
 mod tests;
@@ -142,9 +144,9 @@ async fn method_not_allowed() -> Problem {
     )
 }
 
-/// The API routes, with [`guard::screen`] around the routing itself: it runs before a route
-/// is chosen, so answers for unknown routes and methods (404, 405 with `Allow`) are only given
-/// to requests that passed it.
+/// The API routes and the web console's static files ([`ui`]), with [`guard::screen`] around
+/// the routing itself: it runs before a route is chosen, so answers for unknown routes and
+/// methods (404, 405 with `Allow`) are only given to requests that passed it.
 pub fn router(state: AppState, screen: Screen) -> Router {
     let body_limit = state.config.limits.max_request_body_bytes;
     let routes = Router::new()
@@ -158,8 +160,10 @@ pub fn router(state: AppState, screen: Screen) -> Router {
             get(operations::get_operation).delete(operations::delete_operation),
         )
         .route("/info", get(info))
+        .route("/egress", get(egress_providers::list_egress_providers))
         .route("/healthz", get(health))
         .route("/openapi.json", get(openapi::openapi_json))
+        .merge(ui::routes())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(body_limit))
