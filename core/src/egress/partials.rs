@@ -88,11 +88,11 @@ fn flock(file: &File, operation: libc::c_int) -> std::io::Result<bool> {
 
 impl DirectoryLock {
     /// Locks `path` (a directory) for `provider`, sweeping it of partial files first when no
-    /// other diagmon process has it.
+    /// other diagmon process has it. A file system without locks gets no sweep, not an error.
     pub(crate) fn acquire(provider: &str, path: PathBuf) -> std::io::Result<DirectoryLock> {
         let handle = File::open(&path)?;
-        if flock(&handle, libc::LOCK_EX)? {
-            match remove_partials(&path, |_| true) {
+        match flock(&handle, libc::LOCK_EX) {
+            Ok(true) => match remove_partials(&path, |_| true) {
                 Ok(0) => {}
                 Ok(removed) => tracing::info!(
                     provider,
@@ -104,18 +104,22 @@ impl DirectoryLock {
                     "cannot sweep partial files from {}: {error}",
                     path.display()
                 ),
-            }
-        } else {
-            tracing::info!(
+            },
+            Ok(false) => tracing::info!(
                 provider,
                 "another diagmon process has {} loaded: its partial files are left alone",
                 path.display()
-            );
+            ),
+            Err(error) => tracing::warn!(
+                provider,
+                "cannot lock {} ({error}): its partial files are not swept",
+                path.display()
+            ),
         }
-        if !flock(&handle, libc::LOCK_SH)? {
+        if !matches!(flock(&handle, libc::LOCK_SH), Ok(true)) {
             tracing::warn!(
                 provider,
-                "cannot hold {} shared: another process locked it",
+                "cannot hold {} shared: another diagmon starting up may sweep its partial files",
                 path.display()
             );
         }
