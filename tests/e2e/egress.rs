@@ -1325,3 +1325,35 @@ async fn a_partial_file_left_by_a_killed_monitor_is_swept_when_it_starts_again()
         again.stderr_lines()
     );
 }
+
+#[test]
+fn a_limit_that_would_wrap_stops_the_monitor_at_start_naming_the_provider_and_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("diagmon.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[egress.providers.files]\ncomponent = \"filesystem\"\ndirectory = {:?}\n\
+             [egress.providers.files.limits]\nchunk_kib = 18014398509481984\n",
+            dir.path().join("out").display().to_string()
+        ),
+    )
+    .unwrap();
+    let run = std::process::Command::new(diagmon_tests::monitor::monitor_binary())
+        .args([
+            "collect",
+            "--no-auth",
+            "--urls",
+            "http://127.0.0.1:0",
+            "--config",
+        ])
+        .arg(&config)
+        .output()
+        .expect("run diagmon");
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(!run.status.success(), "diagmon started: {stderr}");
+    assert!(
+        stderr.contains("egress provider `files` cannot be loaded: `limits.chunk_kib` is 18014398509481984; it must be between 1 and 16384"),
+        "{stderr}"
+    );
+}
