@@ -6,8 +6,8 @@
 //! hyphenated UUID. Such a file outlives its upload when the provider cannot remove it itself:
 //! its instance trapped or ran out of time (nothing more is called in it), or diagmon was killed.
 //!
-//! - After an instance was stopped, the host removes the partial files of that upload's
-//!   operation ([`remove_for_operation`]).
+//! - After an upload that did not complete (aborted, failed, or its instance stopped), the host
+//!   removes the partial files of that upload's operation ([`remove_for_operation`]).
 //! - At start-up, every loaded provider's directory is swept of partial files
 //!   ([`DirectoryLock::acquire`]), unless another diagmon process has the directory loaded: each
 //!   process holds a shared `flock` on the directory while it has it loaded, and sweeps only when
@@ -47,8 +47,8 @@ fn remove_partials(directory: &Path, keep: impl Fn(uuid::Uuid) -> bool) -> std::
     Ok(removed)
 }
 
-/// Removes the partial files of `operation` from `directory`, after its provider's instance was
-/// stopped before it could. Failures are logged: the operation has failed already.
+/// Removes the partial files of `operation` from `directory`, after its upload did not
+/// complete. Failures are logged: the operation has failed already.
 pub(crate) fn remove_for_operation(provider: &str, directory: &Path, operation: uuid::Uuid) {
     match remove_partials(directory, |id| id == operation) {
         Ok(0) => {}
