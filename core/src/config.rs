@@ -2,6 +2,7 @@
 //! variables `DIAGMON_...` (`__` separates nested keys) < command-line flags.
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use figment::Figment;
 use figment::providers::{Env, Format, Json, Serialized, Toml, Yaml};
@@ -11,6 +12,7 @@ use crate::auth::AuthenticationConfig;
 use crate::diagnostics::Timeouts;
 use crate::diagnostics::reverse::PortLimits;
 use crate::egress::EgressConfig;
+use crate::secret::{REDACTED, is_secret_key};
 
 /// The default listening address, as dotnet-monitor's but on plain loopback HTTP.
 pub const DEFAULT_URL: &str = "http://127.0.0.1:52323";
@@ -40,6 +42,8 @@ pub struct Config {
     pub authentication: AuthenticationConfig,
     /// HTTPS certificate and key, for `https://` URLs.
     pub tls: Option<crate::tls::TlsConfig>,
+    /// Connection limits, timeouts, the shutdown deadline and the Host allow-list.
+    pub http: HttpConfig,
     /// Egress providers.
     pub egress: EgressConfig,
 }
@@ -56,6 +60,7 @@ impl Default for Config {
             operations: OperationsConfig::default(),
             authentication: AuthenticationConfig::default(),
             tls: None,
+            http: HttpConfig::default(),
             egress: EgressConfig::default(),
         }
     }
@@ -205,6 +210,159 @@ impl Default for LimitsConfig {
     }
 }
 
+/// `[http]`: how the server treats connections, shutdown and Host names.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    /// Seconds a client has to send a request's headers, from the moment the server waits for
+    /// them (a new connection, or a kept-alive one between requests); then the connection is
+    /// closed. Also bounds the TLS handshake.
+    pub header_read_timeout_seconds: u64,
+    /// Seconds a connection may stay open with no request in flight and no bytes moving.
+    pub idle_timeout_seconds: u64,
+    /// Connections served at once, over all listeners. Further clients wait in the listen
+    /// backlog until one closes.
+    pub max_connections: usize,
+    /// Seconds a shutdown (SIGTERM, Ctrl-C) waits for running operations and open
+    /// connections; then unfinished operations are cancelled and connections dropped.
+    pub shutdown_timeout_seconds: u64,
+    /// With authentication off (`--no-auth`): Host names accepted besides the loopback ones
+    /// (`localhost`, `127.0.0.1`, `[::1]`), as `name` or `name:port`. Other Host headers are
+    /// refused (DNS rebinding).
+    pub allowed_hosts: Vec<String>,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            header_read_timeout_seconds: 10,
+            idle_timeout_seconds: 120,
+            max_connections: 512,
+            shutdown_timeout_seconds: 30,
+            allowed_hosts: Vec::new(),
+        }
+    }
+}
+
+impl HttpConfig {
+    /// [`HttpConfig::header_read_timeout_seconds`] as a duration.
+    pub fn header_read_timeout(&self) -> Duration {
+        Duration::from_secs(self.header_read_timeout_seconds)
+    }
+
+    /// [`HttpConfig::idle_timeout_seconds`] as a duration.
+    pub fn idle_timeout(&self) -> Duration {
+        Duration::from_secs(self.idle_timeout_seconds)
+    }
+
+    /// [`HttpConfig::shutdown_timeout_seconds`] as a duration.
+    pub fn shutdown_timeout(&self) -> Duration {
+        Duration::from_secs(self.shutdown_timeout_seconds)
+    }
+}
+
+/// The largest `limits.max_concurrent_*`: each operation holds a runtime session, a
+/// connection and buffers, so more than this is a typo, not a plan.
+pub const MAX_CONCURRENT_OPERATIONS: usize = 1024;
+
+/// The largest `http.max_connections`.
+pub const MAX_CONNECTIONS: usize = 1 << 20;
+
+/// The largest value of the `http` timeouts, in seconds (one day).
+pub const MAX_TIMEOUT_SECONDS: u64 = 86_400;
+
+/// The scheme of a listen URL.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scheme {
+    /// Plain HTTP.
+    Http,
+    /// HTTP over TLS, with the `[tls]` certificate.
+    Https,
+}
+
+impl Scheme {
+    /// `http` or `https`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Scheme::Http => "http",
+            Scheme::Https => "https",
+        }
+    }
+}
+
+/// One entry of `urls`, checked: its scheme and a bindable `host:port`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListenUrl {
+    /// `http` or `https`.
+    pub scheme: Scheme,
+    /// `host:port` (`[v6]:port` for IPv6), for `TcpListener::bind`.
+    pub address: String,
+    /// Whether the host is a loopback address or `localhost`.
+    pub is_loopback: bool,
+}
+
+impl ListenUrl {
+    /// Parses `http(s)://host[:port]` (no path beyond `/`); the error says what is wrong
+    /// without naming the key (the caller knows it).
+    pub fn parse(url: &str) -> Result<ListenUrl, String> {
+        let uri: axum::http::Uri = url
+            .parse()
+            .map_err(|error| format!("`{url}` is not a URL: {error}"))?;
+        let scheme = match uri.scheme_str() {
+            Some("http") => Scheme::Http,
+            Some("https") => Scheme::Https,
+            Some(other) => {
+                return Err(format!(
+                    "`{url}`: the scheme `{other}` is not supported; use http:// or https://"
+                ));
+            }
+            None => {
+                return Err(format!(
+                    "`{url}` needs a scheme, e.g. http://127.0.0.1:52323"
+                ));
+            }
+        };
+        let host = uri
+            .host()
+            .filter(|host| !host.is_empty())
+            .ok_or_else(|| format!("`{url}` has no host"))?;
+        if uri
+            .path_and_query()
+            .is_some_and(|path| path.as_str() != "/")
+        {
+            return Err(format!(
+                "`{url}` has a path; give only scheme, host and port"
+            ));
+        }
+        let authority = uri.authority().map_or("", |authority| authority.as_str());
+        let after_host = &authority[authority.rfind(']').map_or(0, |end| end + 1)..];
+        if after_host.contains(':') && uri.port_u16().is_none() {
+            return Err(format!(
+                "`{url}`: the port must be a number from 0 to 65535"
+            ));
+        }
+        let port = uri.port_u16().unwrap_or(match scheme {
+            Scheme::Https => 443,
+            Scheme::Http => 80,
+        });
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        let is_loopback = host.eq_ignore_ascii_case("localhost")
+            || host
+                .parse::<std::net::IpAddr>()
+                .is_ok_and(|ip| ip.is_loopback());
+        let address = if host.contains(':') {
+            format!("[{host}]:{port}")
+        } else {
+            format!("{host}:{port}")
+        };
+        Ok(ListenUrl {
+            scheme,
+            address,
+            is_loopback,
+        })
+    }
+}
+
 /// Retention of finished operations.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -287,25 +445,61 @@ impl Config {
         if self.urls.is_empty() {
             return Err(ConfigError("`urls` must list at least one address".into()));
         }
+        for (index, url) in self.urls.iter().enumerate() {
+            let url = ListenUrl::parse(url)
+                .map_err(|error| ConfigError(format!("`urls[{index}]`: {error}")))?;
+            if url.scheme == Scheme::Https && self.tls.is_none() {
+                return Err(ConfigError(format!(
+                    "`urls[{index}]` is an https:// address but no [tls] certificate and key are configured"
+                )));
+            }
+        }
         let limits = &self.limits;
         for (key, value) in [
-            ("max_concurrent_traces", limits.max_concurrent_traces as u64),
-            ("max_concurrent_dumps", limits.max_concurrent_dumps as u64),
+            ("limits.max_concurrent_traces", limits.max_concurrent_traces),
+            ("limits.max_concurrent_dumps", limits.max_concurrent_dumps),
             (
-                "max_concurrent_gcdumps",
-                limits.max_concurrent_gcdumps as u64,
+                "limits.max_concurrent_gcdumps",
+                limits.max_concurrent_gcdumps,
             ),
             (
-                "max_concurrent_livemetrics",
-                limits.max_concurrent_livemetrics as u64,
+                "limits.max_concurrent_livemetrics",
+                limits.max_concurrent_livemetrics,
             ),
+            ("limits.max_concurrent_logs", limits.max_concurrent_logs),
+        ] {
+            check_range(key, value, 1, MAX_CONCURRENT_OPERATIONS)?;
+        }
+        check_range(
+            "limits.stream_send_timeout_seconds",
+            limits.stream_send_timeout_seconds,
+            1,
+            MAX_TIMEOUT_SECONDS,
+        )?;
+        check_range(
+            "http.max_connections",
+            self.http.max_connections,
+            1,
+            MAX_CONNECTIONS,
+        )?;
+        for (key, seconds) in [
             (
-                "stream_send_timeout_seconds",
-                limits.stream_send_timeout_seconds,
+                "http.header_read_timeout_seconds",
+                self.http.header_read_timeout_seconds,
+            ),
+            ("http.idle_timeout_seconds", self.http.idle_timeout_seconds),
+            (
+                "http.shutdown_timeout_seconds",
+                self.http.shutdown_timeout_seconds,
             ),
         ] {
-            if value == 0 {
-                return Err(ConfigError(format!("`limits.{key}` must be at least 1")));
+            check_range(key, seconds, 1, MAX_TIMEOUT_SECONDS)?;
+        }
+        for (index, host) in self.http.allowed_hosts.iter().enumerate() {
+            if host.is_empty() || host.parse::<axum::http::uri::Authority>().is_err() {
+                return Err(ConfigError(format!(
+                    "`http.allowed_hosts[{index}]`: `{host}` is not a host name or host:port"
+                )));
             }
         }
         if !(1..=MAX_STOP_TIMEOUT_SECONDS).contains(&self.runtime.stop_timeout_seconds) {
@@ -331,6 +525,18 @@ impl Config {
         Ok(())
     }
 
+    /// The checked `urls`, in order.
+    pub fn listen_urls(&self) -> Result<Vec<ListenUrl>, ConfigError> {
+        self.urls
+            .iter()
+            .enumerate()
+            .map(|(index, url)| {
+                ListenUrl::parse(url)
+                    .map_err(|error| ConfigError(format!("`urls[{index}]`: {error}")))
+            })
+            .collect()
+    }
+
     /// The configuration as TOML, with secrets replaced by `:REDACTED:`.
     pub fn to_redacted_toml(&self) -> String {
         let mut value = match toml::Value::try_from(self) {
@@ -342,30 +548,31 @@ impl Config {
     }
 }
 
-/// Keys whose values are secrets.
-fn is_secret(key: &str) -> bool {
-    let key = key.to_ascii_lowercase();
-    [
-        "secret",
-        "password",
-        "private",
-        "token",
-        "access_key",
-        "account_key",
-        "sas",
-    ]
-    .iter()
-    .any(|word| key.contains(word))
+/// Fails unless `min <= value <= max`, naming `key`.
+fn check_range<T: PartialOrd + std::fmt::Display>(
+    key: &str,
+    value: T,
+    min: T,
+    max: T,
+) -> Result<(), ConfigError> {
+    if value < min || value > max {
+        return Err(ConfigError(format!(
+            "`{key}` is {value}; it must be between {min} and {max}"
+        )));
+    }
+    Ok(())
 }
 
+/// Replaces the values of secret keys (see [`is_secret_key`]) with [`REDACTED`]; tables are
+/// searched, not replaced, so that `{ env = "NAME" }` references stay visible.
 fn redact(value: &mut toml::Value) {
     match value {
         toml::Value::Table(table) => {
             for (key, value) in table.iter_mut() {
-                if is_secret(key) {
-                    *value = toml::Value::String(":REDACTED:".into());
-                } else {
-                    redact(value);
+                match value {
+                    toml::Value::Table(_) => redact(value),
+                    _ if is_secret_key(key) => *value = toml::Value::String(REDACTED.into()),
+                    _ => redact(value),
                 }
             }
         }
@@ -406,6 +613,92 @@ mod tests {
             config.default_process.filters[0].match_type,
             MatchType::Contains
         );
+    }
+
+    #[test]
+    fn out_of_range_values_and_bad_urls_are_errors_naming_the_key() {
+        for (toml, key) in [
+            (
+                "[limits]\nmax_concurrent_traces = 9223372036854775807\n",
+                "limits.max_concurrent_traces",
+            ),
+            (
+                "[limits]\nmax_concurrent_traces = 0\n",
+                "limits.max_concurrent_traces",
+            ),
+            ("[http]\nmax_connections = 0\n", "http.max_connections"),
+            (
+                "[http]\nshutdown_timeout_seconds = 0\n",
+                "http.shutdown_timeout_seconds",
+            ),
+            (
+                "[http]\nheader_read_timeout_seconds = 99999999\n",
+                "http.header_read_timeout_seconds",
+            ),
+            (
+                "[http]\nallowed_hosts = [\"a b\"]\n",
+                "http.allowed_hosts[0]",
+            ),
+            ("urls = [\"http://127.0.0.1:1\", \"ftp://x\"]\n", "urls[1]"),
+            ("urls = [\"127.0.0.1:52323\"]\n", "urls[0]"),
+            ("urls = [\"http://127.0.0.1:99999\"]\n", "urls[0]"),
+            ("urls = [\"http://127.0.0.1:1/api\"]\n", "urls[0]"),
+            ("urls = [\"https://127.0.0.1:1\"]\n", "urls[0]"),
+        ] {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("c.toml");
+            std::fs::write(&path, toml).unwrap();
+            let error = load(Some(&path), serde_json::json!({}))
+                .unwrap_err()
+                .to_string();
+            assert!(error.contains(&format!("`{key}`")), "{toml}: {error}");
+        }
+    }
+
+    #[test]
+    fn listen_urls_are_parsed_once() {
+        let url = ListenUrl::parse("http://[::1]:8080").unwrap();
+        assert_eq!(
+            (url.scheme, url.address.as_str(), url.is_loopback),
+            (Scheme::Http, "[::1]:8080", true)
+        );
+        let url = ListenUrl::parse("https://0.0.0.0").unwrap();
+        assert_eq!(
+            (url.scheme, url.address.as_str(), url.is_loopback),
+            (Scheme::Https, "0.0.0.0:443", false)
+        );
+        assert!(ListenUrl::parse("http://localhost:1").unwrap().is_loopback);
+    }
+
+    #[test]
+    fn config_show_redacts_secrets_in_provider_settings_but_shows_references() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(
+            &path,
+            "[egress.providers.hook]\ncomponent = \"filesystem\"\n\
+             [egress.providers.hook.settings]\nurl = \"https://example.com\"\n\
+             authorization = \"Bearer hunter2\"\napi_key = \"hunter3\"\n\
+             headers = { x-api-key = \"hunter4\", accept = \"text/plain\" }\n\
+             token = { env = \"HOOK_TOKEN\" }\n\
+             [[default_process.filters]]\nkey = \"ProcessName\"\nvalue = \"app\"\n",
+        )
+        .unwrap();
+        let shown = load(Some(&path), serde_json::json!({}))
+            .unwrap()
+            .to_redacted_toml();
+        for secret in ["hunter2", "hunter3", "hunter4"] {
+            assert!(!shown.contains(secret), "{secret} leaked:\n{shown}");
+        }
+        for visible in [
+            "https://example.com",
+            "text/plain",
+            "HOOK_TOKEN",
+            "ProcessName",
+        ] {
+            assert!(shown.contains(visible), "{visible} is hidden:\n{shown}");
+        }
+        assert_eq!(shown.matches(REDACTED).count(), 3, "{shown}");
     }
 
     #[test]

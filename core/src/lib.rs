@@ -2,9 +2,12 @@
 //!
 //! The library behind the `diagmon` binary, one module per concern:
 //! - [`config`]: the merged configuration (defaults, file, environment, flags);
-//! - [`http`]: the HTTP API (routes, extractors, problem+json errors) and the server;
+//! - [`server`]: what `diagmon collect` runs: discovery, listeners under connection limits and
+//!   timeouts, key reload, signals and the shutdown deadline;
+//! - [`http`]: the HTTP API (routes, the screen before them, extractors, problem+json errors);
 //! - [`auth`]: API-key authentication of requests;
-//! - [`tls`]: HTTPS serving;
+//! - [`tls`]: the HTTPS certificate and key;
+//! - [`secret`]: which configuration keys are secrets, and values read from env or files;
 //! - [`egress`]: the WebAssembly egress host and its providers;
 //! - [`operations`]: the registry of artifact operations, their limits and their capture;
 //! - [`processes`]: which runtimes diagmon can see, what identifies them, and process selection;
@@ -22,4 +25,6 @@ pub mod operations;
 pub mod processes;
 pub mod procfs;
 pub mod profiles;
+pub mod secret;
+pub mod server;
 pub mod tls;

@@ -18,7 +18,11 @@ use diagmon::operations::{
     Destination, OperationRegistry, Operations, StartError, StartRequest, TraceSpec,
 };
 use diagmon::processes::{Discovery, ProcessDirectory, ProcessSelector};
-use diagmon::{config, http, profiles};
+use diagmon::server::{self, ServerAuth};
+use diagmon::{config, profiles};
+
+/// How long the process waits for leftover blocking tasks once a command has returned.
+const RUNTIME_SHUTDOWN_GRACE: Duration = Duration::from_secs(1);
 
 /// A diagnostics monitor for .NET processes.
 #[derive(Debug, Parser)]
@@ -164,7 +168,11 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(cli)) {
+    let result = runtime.block_on(run(cli));
+    // Do not wait for blocking work that outlived the command (an upload thread stuck in a
+    // provider, a runtime that does not answer): what had to finish has finished.
+    runtime.shutdown_timeout(RUNTIME_SHUTDOWN_GRACE);
+    match result {
         Ok(code) => code,
         Err(error) => {
             eprintln!("error: {error:#}");
@@ -226,6 +234,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
 }
 
 async fn collect(args: CollectArgs) -> Result<ExitCode> {
+    let stop = server::signals::stop_signal().context("cannot watch SIGTERM and SIGINT")?;
     let file = config::config_file(args.config.as_deref());
     let overrides = if args.urls.is_empty() {
         serde_json::json!({})
@@ -236,69 +245,32 @@ async fn collect(args: CollectArgs) -> Result<ExitCode> {
     if let Some(file) = &file {
         tracing::info!(file = %file.display(), "configuration loaded");
     }
-    let authenticator = if args.no_auth {
-        let remote: Vec<&String> = config
-            .urls
-            .iter()
-            .filter(|url| !is_loopback_url(url))
-            .collect();
-        if !remote.is_empty() && !args.allow_no_auth_on_network {
-            bail!(
-                "--no-auth would open {} to other machines without authentication; \
-                 serve on 127.0.0.1 or add --allow-no-auth-on-network if that is really meant",
-                remote
-                    .iter()
-                    .map(|url| url.as_str())
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            );
-        }
+    let auth = if args.no_auth {
         tracing::warn!(
             "AUTHENTICATION IS DISABLED (--no-auth): anyone who can reach the API can trace processes"
         );
-        Authenticator::disabled()
+        ServerAuth {
+            authenticator: Authenticator::disabled(),
+            watched_file: None,
+            no_auth_on_network: args.allow_no_auth_on_network,
+        }
     } else if args.temp_apikey {
         let (authenticator, token) = Authenticator::temporary()?;
         println!("Authorization: Bearer {token}");
-        authenticator
+        ServerAuth {
+            authenticator,
+            watched_file: None,
+            no_auth_on_network: false,
+        }
     } else {
-        Authenticator::from_config(&config.authentication, file.clone())
+        ServerAuth {
+            authenticator: Authenticator::from_config(&config.authentication),
+            watched_file: file,
+            no_auth_on_network: false,
+        }
     };
-    http::serve(config, authenticator, shutdown_signal()).await?;
+    server::run(config, auth, stop).await?;
     Ok(ExitCode::SUCCESS)
-}
-
-/// True for http(s) URLs on 127.0.0.0/8, ::1 or localhost.
-fn is_loopback_url(url: &str) -> bool {
-    let Ok(uri) = url.parse::<axum::http::Uri>() else {
-        return false;
-    };
-    let host = uri
-        .host()
-        .unwrap_or_default()
-        .trim_start_matches('[')
-        .trim_end_matches(']');
-    host.eq_ignore_ascii_case("localhost")
-        || host
-            .parse::<std::net::IpAddr>()
-            .is_ok_and(|ip| ip.is_loopback())
-}
-
-/// Resolves on SIGTERM or SIGINT.
-async fn shutdown_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    match signal(SignalKind::terminate()) {
-        Ok(mut terminate) => {
-            tokio::select! {
-                _ = terminate.recv() => {}
-                _ = tokio::signal::ctrl_c() => {}
-            }
-        }
-        Err(error) => {
-            tracing::warn!(%error, "cannot watch SIGTERM; only Ctrl-C stops the server");
-            let _ = tokio::signal::ctrl_c().await;
-        }
-    }
 }
 
 async fn directory(args: &DiscoveryArgs) -> Result<ProcessDirectory> {

@@ -1,17 +1,13 @@
-//! HTTPS serving: `https://` URLs are served with rustls (aws-lc-rs provider) from the PEM
-//! certificate chain and private key in `[tls]`, through axum-server.
+//! HTTPS: `https://` URLs are served with rustls (aws-lc-rs provider) from the PEM certificate
+//! chain and private key in `[tls]`.
 //!
 //! [`load_server_config`] reads and checks both files, so start-up can fail early with an
-//! error that names the file at fault; [`serve_https`] then serves a router on a listener the
-//! caller has already bound, until a shutdown future resolves.
+//! error that names the file at fault; the server ([`crate::server`]) then does the handshake
+//! on each connection it accepts, under the same limits and timeouts as plain HTTP.
 
-use std::future::Future;
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use axum_server::Handle;
-use axum_server::tls_rustls::RustlsConfig;
 use rustls::ServerConfig;
 use rustls::pki_types::pem::{self, PemObject};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
@@ -92,9 +88,6 @@ pub enum TlsError {
         /// The rustls error.
         source: rustls::Error,
     },
-    /// The listener could not be handed to the HTTPS server, or serving failed.
-    #[error("the HTTPS server failed: {0}")]
-    Serve(#[from] std::io::Error),
 }
 
 /// Installs aws-lc-rs as rustls' process-wide provider. Both aws-lc-rs and ring are linked, so
@@ -154,35 +147,6 @@ pub fn load_server_config(tls: &TlsConfig) -> Result<Arc<ServerConfig>, TlsError
         .map_err(rustls_error)?;
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(Arc::new(config))
-}
-
-/// Serves `router` over HTTPS on an already-bound `listener` until `shutdown` resolves, then
-/// stops accepting and waits for the requests in flight (graceful, like `axum::serve`).
-/// Handlers can extract `ConnectInfo<SocketAddr>`.
-pub async fn serve_https(
-    listener: tokio::net::TcpListener,
-    router: axum::Router,
-    tls: &TlsConfig,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> Result<(), TlsError> {
-    let config = load_server_config(tls)?;
-    let handle = Handle::<SocketAddr>::new();
-    let trigger = handle.clone();
-    let shutdown_task = tokio::spawn(async move {
-        shutdown.await;
-        trigger.graceful_shutdown(None);
-    });
-    let result =
-        axum_server::from_tcp_rustls(listener.into_std()?, RustlsConfig::from_config(config))?
-            .handle(handle)
-            .accept_error_handler(|peer, error| {
-                // Failed handshakes (port scanners, clients that distrust the certificate).
-                tracing::debug!(?peer, "HTTPS connection refused: {error}");
-            })
-            .serve(router.into_make_service_with_connect_info::<SocketAddr>())
-            .await;
-    shutdown_task.abort();
-    Ok(result?)
 }
 
 fn read(path: &Path, what: &'static str) -> Result<Vec<u8>, TlsError> {

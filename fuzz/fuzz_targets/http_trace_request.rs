@@ -17,7 +17,7 @@ use axum::http::{Method, Request, header};
 use diagmon::auth::Authenticator;
 use diagmon::config::Config;
 use diagmon::egress::EgressHost;
-use diagmon::http::{AppState, router};
+use diagmon::http::{AppState, Screen, router};
 use diagmon::operations::OperationRegistry;
 use diagmon::processes::{Discovery, ProcessDirectory};
 use libfuzzer_sys::fuzz_target;
@@ -39,9 +39,6 @@ fn server() -> &'static Server {
             .expect("a tokio runtime");
         let socket_dir = tempfile::tempdir().expect("a temporary socket directory");
         let config = Config::default();
-        let egress = runtime
-            .block_on(EgressHost::load(&config.egress))
-            .expect("the built-in egress providers load");
         let state = AppState {
             processes: ProcessDirectory::new(
                 Discovery::Connect {
@@ -50,11 +47,12 @@ fn server() -> &'static Server {
                 config.runtime.timeouts(),
             ),
             operations: Arc::new(OperationRegistry::new(&config.limits, &config.operations)),
-            egress,
+            egress: EgressHost::default(),
             config: Arc::new(config),
         };
+        let screen = Screen::new(Authenticator::disabled(), &state.config.http);
         Server {
-            router: router(state, Authenticator::disabled()),
+            router: router(state, screen),
             runtime,
             _socket_dir: socket_dir,
         }

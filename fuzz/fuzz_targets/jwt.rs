@@ -31,7 +31,7 @@ fn authenticator() -> &'static Authenticator {
                 audience: None,
             }),
         };
-        let authenticator = Authenticator::from_config(&config, None);
+        let authenticator = Authenticator::from_config(&config);
         assert!(authenticator.is_enabled());
         authenticator
     })

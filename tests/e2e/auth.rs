@@ -3,7 +3,7 @@
 //! Most tests run the real `diagmon collect` binary (see `diagmon_tests::monitor`; `tests/run`
 //! builds it) and talk to it over loopback HTTP with reqwest: the token table, `generatekey`
 //! output in every format, `--temp-apikey`, a missing key, and key rotation by rewriting the
-//! config file. The HTTPS tests serve a small router with `diagmon::tls::serve_https` and a
+//! config file. The HTTPS tests serve a small router with `diagmon::server::serve_listener` and a
 //! certificate made here with rcgen, because they test the TLS layer, not the routes.
 
 use std::path::Path;
@@ -143,6 +143,48 @@ async fn get(
         .map(str::to_owned);
     let body = response.text().await.expect("a body");
     (status, challenge, body)
+}
+
+/// A 401 body is a problem that says how to get a key, and nothing about which check failed.
+fn assert_problem_says_how_to_get_a_key(body: &str, what: &str) {
+    let problem: Value = serde_json::from_str(body)
+        .unwrap_or_else(|error| panic!("{what}: the 401 body is not JSON ({error}): {body}"));
+    assert_eq!(problem["status"], 401, "{what}: {body}");
+    let detail = problem["detail"].as_str().unwrap_or_default();
+    assert!(detail.contains("diagmon generatekey"), "{what}: {body}");
+}
+
+/// Polls until `token` is accepted, or refused when `accepted` is false (≤ 5 s: the server
+/// notices a changed config file within a second).
+async fn wait_until(
+    client: &reqwest::Client,
+    monitor: &Monitor,
+    token: &str,
+    accepted: bool,
+    what: &str,
+) {
+    let expected = if accepted {
+        StatusCode::OK
+    } else {
+        StatusCode::UNAUTHORIZED
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let (status, _, body) = get(
+            client,
+            &monitor.url(PROTECTED),
+            Some(&format!("Bearer {token}")),
+        )
+        .await;
+        if status == expected {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{what}: still {status} after 5 s: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 async fn assert_accepted(client: &reqwest::Client, monitor: &Monitor, token: &str, what: &str) {
@@ -335,7 +377,7 @@ async fn only_a_valid_token_gets_through() {
         assert_eq!(status, expected_status, "{what}: {body}");
         assert_eq!(challenge.as_deref(), expected_challenge, "{what}");
         if status == StatusCode::UNAUTHORIZED {
-            assert_eq!(body, "", "{what}: a 401 has no body");
+            assert_problem_says_how_to_get_a_key(&body, what);
         }
     }
 
@@ -483,8 +525,7 @@ fn generatekey_json_is_a_config_file_that_accepts_the_token() {
     let path = dir.path().join("diagmon.json");
     std::fs::write(&path, json_settings).expect("write the JSON config");
     let config = diagmon::config::load(Some(&path), json!({})).expect("the JSON config loads");
-    let authenticator =
-        diagmon::auth::Authenticator::from_config(&config.authentication, Some(path));
+    let authenticator = diagmon::auth::Authenticator::from_config(&config.authentication);
     let mut headers = axum::http::HeaderMap::new();
     let value = format!("Bearer {}", header_token(&output));
     headers.insert(AUTHORIZATION, value.parse().expect("a header value"));
@@ -560,11 +601,12 @@ async fn rewriting_the_config_file_rotates_the_key_without_a_restart() {
         config_for(&new.public_key(), SUBJECT),
     )
     .expect("rewrite the config file");
-    assert_accepted(
+    wait_until(
         &client,
         &monitor,
         &new_token,
-        "the new key right after rotation",
+        true,
+        "the new key after rotation",
     )
     .await;
     let (status, _, _) = get(
@@ -574,13 +616,109 @@ async fn rewriting_the_config_file_rotates_the_key_without_a_restart() {
     )
     .await;
     assert_eq!(status, StatusCode::UNAUTHORIZED, "the old key is gone");
-
-    // A broken rewrite keeps the new key in force.
-    std::fs::write(monitor.config_path(), "[authentication.api_key\n").expect("rewrite");
-    assert_accepted(&client, &monitor, &new_token, "after a broken rewrite").await;
 }
 
-// HTTPS: `serve_https` with a certificate made here.
+/// Revocation must not fail silently: a config file that is deleted or saved broken no longer
+/// vouches for its key, so every request is refused (and the log says why) until a good file
+/// is back.
+#[tokio::test]
+async fn a_deleted_or_broken_config_file_fails_closed() {
+    let client = client();
+    let key = EcKey::new();
+    let monitor = Monitor::start(&config_for(&key.public_key(), SUBJECT), &[]);
+    let token = key.token(&claims());
+    assert_accepted(&client, &monitor, &token, "before any change").await;
+
+    std::fs::write(monitor.config_path(), "[authentication.api_key\n").expect("rewrite");
+    wait_until(&client, &monitor, &token, false, "after a broken rewrite").await;
+    let (_, challenge, body) = get(
+        &client,
+        &monitor.url(PROTECTED),
+        Some(&format!("Bearer {token}")),
+    )
+    .await;
+    assert_eq!(challenge.as_deref(), Some(INVALID_TOKEN));
+    assert_problem_says_how_to_get_a_key(&body, "after a broken rewrite");
+    let logs = monitor.stderr_lines().join("\n");
+    assert!(
+        logs.contains("cannot be loaded") && logs.contains("refused with 401"),
+        "the log says why: {logs}"
+    );
+
+    std::fs::write(
+        monitor.config_path(),
+        config_for(&key.public_key(), SUBJECT),
+    )
+    .expect("repair the config file");
+    wait_until(&client, &monitor, &token, true, "after the repair").await;
+
+    std::fs::remove_file(monitor.config_path()).expect("delete the config file");
+    wait_until(
+        &client,
+        &monitor,
+        &token,
+        false,
+        "after the file was deleted",
+    )
+    .await;
+    let logs = monitor.stderr_lines().join("\n");
+    assert!(
+        logs.contains("cannot be examined"),
+        "the log says why: {logs}"
+    );
+}
+
+/// An unknown method on a known route is refused for the missing key before routing: a
+/// client without a key learns nothing about which routes and methods exist.
+#[tokio::test]
+async fn unknown_methods_and_routes_need_a_key_first() {
+    let client = client();
+    let key = EcKey::new();
+    let monitor = Monitor::start(&config_for(&key.public_key(), SUBJECT), &[]);
+    for (method, path) in [
+        (reqwest::Method::PUT, "/trace"),
+        (reqwest::Method::DELETE, "/processes"),
+        (reqwest::Method::GET, "/no-such-route"),
+    ] {
+        let response = client
+            .request(method.clone(), monitor.url(path))
+            .send()
+            .await
+            .expect("the monitor answers");
+        assert_eq!(
+            response.status(),
+            StatusCode::UNAUTHORIZED,
+            "{method} {path}"
+        );
+        assert!(response.headers().get(reqwest::header::ALLOW).is_none());
+        assert_eq!(
+            response
+                .headers()
+                .get(WWW_AUTHENTICATE)
+                .and_then(|value| value.to_str().ok()),
+            Some(CHALLENGE)
+        );
+        assert_eq!(
+            response
+                .headers()
+                .get(reqwest::header::CONTENT_TYPE)
+                .and_then(|value| value.to_str().ok()),
+            Some("application/problem+json")
+        );
+        let body = response.text().await.expect("a body");
+        assert_problem_says_how_to_get_a_key(&body, path);
+    }
+    // With a key, the same request gets the 405 that says which methods exist.
+    let response = client
+        .put(monitor.url("/trace"))
+        .bearer_auth(key.token(&claims()))
+        .send()
+        .await
+        .expect("the monitor answers");
+    assert_eq!(response.status(), StatusCode::METHOD_NOT_ALLOWED);
+}
+
+// HTTPS: `serve_listener` with a certificate made here.
 
 struct TestCertificate {
     cert_pem: String,
@@ -613,24 +751,26 @@ async fn https_round_trip_with_authentication() {
     let tls = tls_files(dir.path(), &cert.cert_pem, &cert.key_pem);
     let (authenticator, token) =
         diagmon::auth::Authenticator::temporary().expect("a temporary key");
+    let http = diagmon::config::HttpConfig::default();
     let router = axum::Router::new()
         .route(PROTECTED, axum::routing::get(|| async { "secret" }))
+        .route(HEALTH, axum::routing::get(|| async { "ok" }))
         .layer(axum::middleware::from_fn_with_state(
-            authenticator,
-            diagmon::auth::require_auth,
-        ))
-        .route(HEALTH, axum::routing::get(|| async { "ok" }));
+            diagmon::http::Screen::new(authenticator, &http),
+            diagmon::http::guard::screen,
+        ));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");
     let port = listener.local_addr().expect("the bound address").port();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(async move {
-        diagmon::tls::serve_https(listener, router, &tls, async {
-            let _ = stopped.await;
-        })
-        .await
-    });
+    let stopping = diagmon::server::Stopping::default();
+    let server = tokio::spawn(diagmon::server::serve_listener(
+        listener,
+        Some(diagmon::tls::load_server_config(&tls).expect("the TLS files load")),
+        router,
+        std::sync::Arc::new(diagmon::server::ConnectionLimits::new(&http)),
+        stopping.clone(),
+    ));
 
     let trusted = reqwest::Client::builder()
         .tls_certs_only([reqwest::Certificate::from_pem(cert.cert_pem.as_bytes()).expect("PEM")])
@@ -674,12 +814,11 @@ async fn https_round_trip_with_authentication() {
             .unwrap_or(true)
     );
 
-    stop.send(()).expect("the server is running");
-    let result = tokio::time::timeout(Duration::from_secs(10), server)
+    stopping.drain.cancel();
+    tokio::time::timeout(Duration::from_secs(10), server)
         .await
         .expect("the server stops after shutdown")
         .expect("the server task did not panic");
-    assert!(result.is_ok(), "{result:?}");
 }
 
 #[test]

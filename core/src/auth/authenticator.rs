@@ -1,31 +1,29 @@
-//! Which requests get through: the [`Authenticator`] (one of "no authentication", a fixed key,
-//! or a key read from a config file that is re-read when it changes) and [`require_auth`], the
-//! axum middleware that asks it about every request.
+//! Which requests get through: the [`Authenticator`] holds the key in force (none with
+//! `--no-auth`; a fixed one with `--temp-apikey`; else the configured one) and decides about each
+//! request from its headers. It never reads files: whoever watches the config file (the server)
+//! tells it about a new key with [`Authenticator::reconfigure`], or that the file can no longer be
+//! trusted with [`Authenticator::revoke`], which refuses everything until a good file returns.
 //!
-//! A refused request gets `401 Unauthorized` with an empty body and `WWW-Authenticate: Bearer`,
-//! plus `error="invalid_token"` when a bearer token was sent. Which check failed is logged at
-//! debug level on the server and never told to the client.
+//! A refusal is an [`Unauthorized`]; the HTTP layer renders it as `401` with
+//! `WWW-Authenticate: Bearer` (plus `error="invalid_token"` when a bearer token was sent). Which
+//! check failed is logged at debug level and never told to the client.
 //!
 //! When no usable key is configured the server still starts: it logs an error at start-up and
 //! refuses every authenticated request until the config file supplies a key.
 
 use std::fmt;
-use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, PoisonError, RwLock};
 use std::time::SystemTime;
 
-use axum::body::Body;
-use axum::extract::{Request, State};
-use axum::http::header::{AUTHORIZATION, WWW_AUTHENTICATE};
-use axum::http::{HeaderMap, HeaderValue, StatusCode};
-use axum::middleware::Next;
-use axum::response::{IntoResponse, Response};
+use axum::http::HeaderMap;
+use axum::http::header::AUTHORIZATION;
 
 use super::generatekey::{DEFAULT_KEY_LIFETIME, GenerateKeyError, generate_key};
 use super::token::{Rejection, TokenValidator};
 use super::{ApiKeyConfig, AuthenticationConfig};
 
-/// Decides whether a request is authenticated. Cheap to clone (an `Arc` inside).
+/// Decides whether a request is authenticated. Cheap to clone (an `Arc` inside); every clone
+/// sees the key the last [`Authenticator::reconfigure`] or [`Authenticator::revoke`] set.
 #[derive(Clone)]
 pub struct Authenticator {
     mode: Arc<Mode>,
@@ -34,43 +32,11 @@ pub struct Authenticator {
 enum Mode {
     /// `--no-auth`: everything gets through.
     Disabled,
-    /// A key that never changes (`--temp-apikey`, or configuration without a file).
-    Fixed(Option<Arc<TokenValidator>>),
-    /// The `[authentication]` section of a config file, re-read when the file changes.
-    Watched {
-        file: PathBuf,
-        state: Mutex<WatchedState>,
-    },
+    /// API keys: the validator in force, `None` while every token is refused.
+    Keyed(RwLock<Option<Arc<TokenValidator>>>),
 }
 
-struct WatchedState {
-    /// The file as last seen; `None` when it could not be examined.
-    seen: Option<FileStamp>,
-    /// `None` refuses every token.
-    validator: Option<Arc<TokenValidator>>,
-}
-
-/// What identifies one version of the config file without reading it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct FileStamp {
-    modified: Option<SystemTime>,
-    len: u64,
-    inode: (u64, u64),
-}
-
-impl FileStamp {
-    fn of(path: &Path) -> std::io::Result<Self> {
-        use std::os::unix::fs::MetadataExt;
-        let metadata = std::fs::metadata(path)?;
-        Ok(FileStamp {
-            modified: metadata.modified().ok(),
-            len: metadata.len(),
-            inode: (metadata.dev(), metadata.ino()),
-        })
-    }
-}
-
-/// A refused request. Renders as `401 Unauthorized` with an empty body.
+/// A refused request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Unauthorized {
     /// No bearer token was sent: `WWW-Authenticate: Bearer`.
@@ -79,18 +45,29 @@ pub enum Unauthorized {
     InvalidToken,
 }
 
-impl IntoResponse for Unauthorized {
-    fn into_response(self) -> Response {
-        let challenge = match self {
-            Unauthorized::MissingToken => HeaderValue::from_static("Bearer"),
-            Unauthorized::InvalidToken => {
-                HeaderValue::from_static(r#"Bearer error="invalid_token""#)
+impl Unauthorized {
+    /// The `WWW-Authenticate` challenge for this refusal (RFC 6750).
+    pub fn challenge(self) -> &'static str {
+        match self {
+            Unauthorized::MissingToken => "Bearer",
+            Unauthorized::InvalidToken => r#"Bearer error="invalid_token""#,
+        }
+    }
+
+    /// What the client is told: how to get a key, never which check failed.
+    pub fn detail(self) -> &'static str {
+        match self {
+            Unauthorized::MissingToken => {
+                "This route needs an API key: send `Authorization: Bearer <token>`. \
+                 `diagmon generatekey` makes a key and prints the token and the \
+                 [authentication.api_key] settings that accept it."
             }
-        };
-        let mut response = Response::new(Body::empty());
-        *response.status_mut() = StatusCode::UNAUTHORIZED;
-        response.headers_mut().insert(WWW_AUTHENTICATE, challenge);
-        response
+            Unauthorized::InvalidToken => {
+                "The bearer token was not accepted (wrong key, expired, or no key is \
+                 configured). `diagmon generatekey` makes a key and prints the token and the \
+                 [authentication.api_key] settings that accept it."
+            }
+        }
     }
 }
 
@@ -113,33 +90,40 @@ impl Authenticator {
             audience: Some(key.audience.clone()),
         })
         .map_err(|error| GenerateKeyError::KeyPair(error.to_string()))?;
-        let authenticator = Authenticator {
-            mode: Arc::new(Mode::Fixed(Some(Arc::new(validator)))),
-        };
-        Ok((authenticator, key.token))
+        Ok((Self::keyed(Some(Arc::new(validator))), key.token))
     }
 
-    /// API-key authentication from the merged configuration. When `config_file` is given, it
-    /// is re-read (with [`crate::config::load`]) whenever its modification time, size or inode
-    /// changes, and its `[authentication]` section applies from the next request on. A reload
-    /// that cannot load the file keeps the current key and logs an error; a file that loads
-    /// but has no usable key refuses everything, as at start-up.
-    ///
-    /// A missing or unusable key is logged as an error and every request is refused.
-    pub fn from_config(config: &AuthenticationConfig, config_file: Option<PathBuf>) -> Self {
-        let validator = build_validator(config);
-        let mode = match config_file {
-            None => Mode::Fixed(validator),
-            Some(file) => Mode::Watched {
-                state: Mutex::new(WatchedState {
-                    seen: FileStamp::of(&file).ok(),
-                    validator,
-                }),
-                file,
-            },
-        };
+    /// API-key authentication with the `[authentication]` section of the configuration. A
+    /// missing or unusable key is logged as an error and every request is refused.
+    pub fn from_config(config: &AuthenticationConfig) -> Self {
+        Self::keyed(build_validator(config))
+    }
+
+    fn keyed(validator: Option<Arc<TokenValidator>>) -> Self {
         Authenticator {
-            mode: Arc::new(mode),
+            mode: Arc::new(Mode::Keyed(RwLock::new(validator))),
+        }
+    }
+
+    /// Puts the key of `config` in force from the next request on (the config file changed and
+    /// loaded). A section without a usable key refuses everything, as at start-up. Does nothing
+    /// with authentication off.
+    pub fn reconfigure(&self, config: &AuthenticationConfig) {
+        if let Mode::Keyed(current) = &*self.mode {
+            let validator = build_validator(config);
+            *current.write().unwrap_or_else(PoisonError::into_inner) = validator;
+        }
+    }
+
+    /// Fails closed: refuses every token from the next request on, because the configuration
+    /// that named the key is gone or broken (`reason` says how; it is logged as an error).
+    /// [`Authenticator::reconfigure`] ends it. Does nothing with authentication off.
+    pub fn revoke(&self, reason: &str) {
+        if let Mode::Keyed(current) = &*self.mode {
+            tracing::error!(
+                "{reason}; every API request is refused with 401 until the file loads again"
+            );
+            *current.write().unwrap_or_else(PoisonError::into_inner) = None;
         }
     }
 
@@ -150,11 +134,15 @@ impl Authenticator {
 
     /// Decides about one request from its headers.
     pub fn authorize(&self, headers: &HeaderMap) -> Result<(), Unauthorized> {
-        if !self.is_enabled() {
+        let Mode::Keyed(current) = &*self.mode else {
             return Ok(());
-        }
+        };
         let token = bearer_token(headers)?;
-        let Some(validator) = self.validator() else {
+        let validator = current
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        let Some(validator) = validator else {
             tracing::debug!(reason = %Rejection::NoKey, "refused an API request");
             return Err(Unauthorized::InvalidToken);
         };
@@ -165,54 +153,17 @@ impl Authenticator {
                 Unauthorized::InvalidToken
             })
     }
-
-    /// The validator in force now, re-reading the config file first if it changed.
-    fn validator(&self) -> Option<Arc<TokenValidator>> {
-        match &*self.mode {
-            Mode::Disabled => None,
-            Mode::Fixed(validator) => validator.clone(),
-            Mode::Watched { file, state } => {
-                let mut state = state.lock().unwrap_or_else(PoisonError::into_inner);
-                let stamp = FileStamp::of(file);
-                if stamp.as_ref().ok() != state.seen.as_ref() {
-                    match &stamp {
-                        Ok(_) => reload(file, &mut state),
-                        Err(error) => tracing::error!(
-                            file = %file.display(),
-                            "cannot examine the config file ({error}); the current API key stays in force"
-                        ),
-                    }
-                    state.seen = stamp.ok();
-                }
-                state.validator.clone()
-            }
-        }
-    }
 }
 
 impl fmt::Debug for Authenticator {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let mode = match &*self.mode {
-            Mode::Disabled => "disabled".to_owned(),
-            Mode::Fixed(_) => "fixed key".to_owned(),
-            Mode::Watched { file, .. } => format!("key from {}", file.display()),
+            Mode::Disabled => "disabled",
+            Mode::Keyed(_) => "api key",
         };
         f.debug_struct("Authenticator")
             .field("mode", &mode)
             .finish()
-    }
-}
-
-/// axum middleware that refuses unauthenticated requests:
-/// `axum::middleware::from_fn_with_state(authenticator, auth::require_auth)`.
-pub async fn require_auth(
-    State(auth): State<Authenticator>,
-    request: Request,
-    next: Next,
-) -> Response {
-    match auth.authorize(request.headers()) {
-        Ok(()) => next.run(request).await,
-        Err(refusal) => refusal.into_response(),
     }
 }
 
@@ -235,20 +186,6 @@ fn bearer_token(headers: &HeaderMap) -> Result<&str, Unauthorized> {
     match token.trim_matches(' ') {
         "" => Err(Unauthorized::MissingToken),
         token => Ok(token),
-    }
-}
-
-/// Re-reads `file` into `state`, keeping the current key when it cannot be loaded.
-fn reload(file: &Path, state: &mut WatchedState) {
-    match crate::config::load(Some(file), serde_json::json!({})) {
-        Ok(config) => {
-            tracing::info!(file = %file.display(), "the config file changed; reloading the API key");
-            state.validator = build_validator(&config.authentication);
-        }
-        Err(error) => tracing::error!(
-            file = %file.display(),
-            "the config file changed but cannot be loaded, so the current API key stays in force: {error}"
-        ),
     }
 }
 
@@ -288,33 +225,15 @@ mod tests {
     use super::*;
     use crate::auth::token::tests::TestKey;
     use crate::auth::{DEFAULT_AUDIENCE, DEFAULT_ISSUER};
-    use axum::Router;
-    use axum::routing::get;
+    use axum::http::HeaderValue;
     use serde_json::json;
-    use tower::ServiceExt;
 
-    fn app(auth: Authenticator) -> Router {
-        Router::new()
-            .route("/processes", get(|| async { "[]" }))
-            .layer(axum::middleware::from_fn_with_state(auth, require_auth))
-    }
-
-    async fn call(app: &Router, authorization: Option<&str>) -> Response {
-        let mut request = Request::get("/processes");
-        if let Some(value) = authorization {
-            request = request.header(AUTHORIZATION, value);
+    fn headers(authorization: &[&str]) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        for value in authorization {
+            headers.append(AUTHORIZATION, HeaderValue::from_str(value).unwrap());
         }
-        app.clone()
-            .oneshot(request.body(Body::empty()).unwrap())
-            .await
-            .unwrap()
-    }
-
-    fn challenge(response: &Response) -> Option<&str> {
-        response
-            .headers()
-            .get(WWW_AUTHENTICATE)
-            .and_then(|value| value.to_str().ok())
+        headers
     }
 
     fn config_for(key: &TestKey, subject: &str) -> AuthenticationConfig {
@@ -328,149 +247,117 @@ mod tests {
         }
     }
 
-    fn token_for(key: &TestKey, subject: &str) -> String {
+    fn bearer(key: &TestKey, subject: &str) -> String {
         let exp = SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap()
             .as_secs()
             + 600;
-        key.token(
+        let token = key.token(
             &json!({"alg": "ES384", "typ": "JWT"}),
             &json!({"sub": subject, "iss": DEFAULT_ISSUER, "aud": DEFAULT_AUDIENCE, "exp": exp}),
-        )
+        );
+        format!("Bearer {token}")
     }
 
-    #[tokio::test]
-    async fn refusals_are_empty_401s_with_the_right_challenge() {
+    #[test]
+    fn refusals_say_whether_a_token_was_seen() {
         let key = TestKey::p384();
-        let app = app(Authenticator::from_config(&config_for(&key, "me"), None));
-        let good = format!("Bearer {}", token_for(&key, "me"));
-        let response = call(&app, Some(&good)).await;
-        assert_eq!(response.status(), StatusCode::OK);
-        let lower_case = format!("bearer {}", token_for(&key, "me"));
-        assert_eq!(call(&app, Some(&lower_case)).await.status(), StatusCode::OK);
+        let auth = Authenticator::from_config(&config_for(&key, "me"));
+        assert_eq!(auth.authorize(&headers(&[&bearer(&key, "me")])), Ok(()));
+        let lower_case = bearer(&key, "me").replacen("Bearer", "bearer", 1);
+        assert_eq!(auth.authorize(&headers(&[&lower_case])), Ok(()));
 
+        let other_subject = bearer(&key, "you");
         for (authorization, expected) in [
-            (None, "Bearer"),
-            (Some("Basic dXNlcjpwYXNz"), "Bearer"),
-            (Some("Bearer"), "Bearer"),
-            (Some("Bearer "), "Bearer"),
-            (Some("Bearer garbage"), r#"Bearer error="invalid_token""#),
-            (
-                Some(&format!("Bearer {}", token_for(&key, "you"))),
-                r#"Bearer error="invalid_token""#,
-            ),
+            (vec![], Unauthorized::MissingToken),
+            (vec!["Basic dXNlcjpwYXNz"], Unauthorized::MissingToken),
+            (vec!["Bearer"], Unauthorized::MissingToken),
+            (vec!["Bearer "], Unauthorized::MissingToken),
+            (vec!["Bearer garbage"], Unauthorized::InvalidToken),
+            (vec![other_subject.as_str()], Unauthorized::InvalidToken),
         ] {
-            let response = call(&app, authorization).await;
             assert_eq!(
-                response.status(),
-                StatusCode::UNAUTHORIZED,
+                auth.authorize(&headers(&authorization)),
+                Err(expected),
                 "{authorization:?}"
             );
-            assert_eq!(challenge(&response), Some(expected), "{authorization:?}");
-            let body = axum::body::to_bytes(response.into_body(), 1024)
-                .await
-                .unwrap();
-            assert!(body.is_empty());
         }
+        let good = bearer(&key, "me");
+        assert_eq!(
+            auth.authorize(&headers(&[&good, &good])),
+            Err(Unauthorized::InvalidToken),
+            "two Authorization headers are ambiguous"
+        );
+        assert_eq!(Unauthorized::MissingToken.challenge(), "Bearer");
+        assert!(
+            Unauthorized::InvalidToken
+                .detail()
+                .contains("diagmon generatekey")
+        );
     }
 
-    #[tokio::test]
-    async fn two_authorization_headers_are_refused() {
-        let key = TestKey::p384();
-        let app = app(Authenticator::from_config(&config_for(&key, "me"), None));
-        let good = format!("Bearer {}", token_for(&key, "me"));
-        let request = Request::get("/processes")
-            .header(AUTHORIZATION, &good)
-            .header(AUTHORIZATION, &good)
-            .body(Body::empty())
-            .unwrap();
-        let response = app.oneshot(request).await.unwrap();
-        assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
-    }
-
-    #[tokio::test]
-    async fn disabled_lets_everything_through_and_temporary_accepts_its_token() {
+    #[test]
+    fn disabled_lets_everything_through_and_temporary_accepts_its_token() {
         let disabled = Authenticator::disabled();
         assert!(!disabled.is_enabled());
-        assert_eq!(call(&app(disabled), None).await.status(), StatusCode::OK);
+        assert_eq!(disabled.authorize(&headers(&[])), Ok(()));
+        disabled.revoke("a revoke does not turn authentication on");
+        assert_eq!(disabled.authorize(&headers(&[])), Ok(()));
 
         let (temporary, token) = Authenticator::temporary().unwrap();
         assert!(temporary.is_enabled());
-        let app = app(temporary);
         let header = format!("Bearer {token}");
-        assert_eq!(call(&app, Some(&header)).await.status(), StatusCode::OK);
-        assert_eq!(call(&app, None).await.status(), StatusCode::UNAUTHORIZED);
+        assert_eq!(temporary.authorize(&headers(&[&header])), Ok(()));
+        assert_eq!(
+            temporary.authorize(&headers(&[])),
+            Err(Unauthorized::MissingToken)
+        );
     }
 
-    #[tokio::test]
-    async fn no_or_bad_key_refuses_everything_but_is_still_enabled() {
+    #[test]
+    fn no_or_bad_key_refuses_everything_but_is_still_enabled() {
         let key = TestKey::p384();
         let mut bad = config_for(&key, "me");
         if let Some(api_key) = bad.api_key.as_mut() {
             api_key.public_key = "not a key".into();
         }
         for config in [AuthenticationConfig::default(), bad] {
-            let auth = Authenticator::from_config(&config, None);
+            let auth = Authenticator::from_config(&config);
             assert!(auth.is_enabled());
-            let header = format!("Bearer {}", token_for(&key, "me"));
-            let response = call(&app(auth), Some(&header)).await;
-            assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
             assert_eq!(
-                challenge(&response),
-                Some(r#"Bearer error="invalid_token""#)
+                auth.authorize(&headers(&[&bearer(&key, "me")])),
+                Err(Unauthorized::InvalidToken)
             );
         }
     }
 
-    fn write_config(path: &Path, key: &TestKey, subject: &str) {
-        let text = format!(
-            "[authentication.api_key]\nsubject = \"{subject}\"\npublic_key = \"{}\"\n",
-            key.public_key()
-        );
-        // Write then rename, as configuration management and Kubernetes secrets do.
-        let temporary = path.with_extension("tmp");
-        std::fs::write(&temporary, text).unwrap();
-        std::fs::rename(&temporary, path).unwrap();
-    }
-
-    #[tokio::test]
-    async fn a_changed_config_file_applies_to_the_next_request() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("diagmon.toml");
+    #[test]
+    fn reconfigure_swaps_the_key_and_revoke_fails_closed_for_every_clone() {
         let (old, new) = (TestKey::p384(), TestKey::p384());
-        write_config(&path, &old, "old");
-        let config = crate::config::load(Some(&path), json!({})).unwrap();
-        let app = app(Authenticator::from_config(
-            &config.authentication,
-            Some(path.clone()),
-        ));
-        let old_header = format!("Bearer {}", token_for(&old, "old"));
-        let new_header = format!("Bearer {}", token_for(&new, "new"));
-        assert_eq!(call(&app, Some(&old_header)).await.status(), StatusCode::OK);
+        let auth = Authenticator::from_config(&config_for(&old, "old"));
+        let clone = auth.clone();
+        let (old_header, new_header) = (bearer(&old, "old"), bearer(&new, "new"));
+        assert_eq!(clone.authorize(&headers(&[&old_header])), Ok(()));
+
+        auth.reconfigure(&config_for(&new, "new"));
+        assert_eq!(clone.authorize(&headers(&[&new_header])), Ok(()));
         assert_eq!(
-            call(&app, Some(&new_header)).await.status(),
-            StatusCode::UNAUTHORIZED
+            clone.authorize(&headers(&[&old_header])),
+            Err(Unauthorized::InvalidToken)
         );
 
-        write_config(&path, &new, "new");
-        assert_eq!(call(&app, Some(&new_header)).await.status(), StatusCode::OK);
+        auth.revoke("the config file was deleted");
         assert_eq!(
-            call(&app, Some(&old_header)).await.status(),
-            StatusCode::UNAUTHORIZED
+            clone.authorize(&headers(&[&new_header])),
+            Err(Unauthorized::InvalidToken)
         );
-
-        // A file that no longer loads keeps the key in force.
-        std::fs::write(&path, "[authentication.api_key\n").unwrap();
-        assert_eq!(call(&app, Some(&new_header)).await.status(), StatusCode::OK);
-        // So does a file that has gone away.
-        std::fs::remove_file(&path).unwrap();
-        assert_eq!(call(&app, Some(&new_header)).await.status(), StatusCode::OK);
-        // A file whose key section is gone refuses everything.
-        std::fs::write(&path, "urls = [\"http://127.0.0.1:1\"]\n").unwrap();
+        auth.reconfigure(&config_for(&new, "new"));
+        assert_eq!(clone.authorize(&headers(&[&new_header])), Ok(()));
+        auth.reconfigure(&AuthenticationConfig::default());
         assert_eq!(
-            call(&app, Some(&new_header)).await.status(),
-            StatusCode::UNAUTHORIZED
+            clone.authorize(&headers(&[&new_header])),
+            Err(Unauthorized::InvalidToken)
         );
     }
 }

@@ -4,8 +4,9 @@
 //! - `keys`: the configured public key (a base64url JWK) and the algorithms it
 //!   allows; the key, never the token, picks the algorithm.
 //! - `token`: checking one token (header, signature, then `exp`/`nbf`/`sub`/`iss`/`aud`).
-//! - `authenticator`: [`Authenticator`] (disabled, fixed key, or key from a watched config
-//!   file) and the [`require_auth`] middleware that answers `401` with `WWW-Authenticate`.
+//! - `authenticator`: [`Authenticator`], which holds the key in force (none with `--no-auth`)
+//!   and is told when the configuration changes; it decides about a request and says why it
+//!   refused ([`Unauthorized`]). The HTTP layer turns a refusal into `401`.
 //! - `generatekey`: [`generate_key`] and [`render_key`] for `diagmon generatekey` and
 //!   `--temp-apikey`.
 //!
@@ -18,7 +19,7 @@ mod generatekey;
 mod keys;
 mod token;
 
-pub use authenticator::{Authenticator, Unauthorized, require_auth};
+pub use authenticator::{Authenticator, Unauthorized};
 pub use generatekey::{
     DEFAULT_KEY_LIFETIME, GenerateKeyError, GeneratedKey, KeyOutputFormat, generate_key, render_key,
 };
@@ -30,7 +31,7 @@ pub use token::{
 
 /// The `[authentication]` section. Without a usable `api_key` (and without `--no-auth` or
 /// `--temp-apikey`) diagmon still starts, logs an error, and refuses every authenticated
-/// request with 401 until the config file supplies a key (the file is re-read on change).
+/// request with 401 until the config file supplies a key (the server watches the file).
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AuthenticationConfig {

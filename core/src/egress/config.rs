@@ -48,7 +48,9 @@ pub struct ProviderConfig {
     /// value may be `{ env = "NAME" }` or `{ file = "/path" }` (see [`ObjectStoreGrant`]).
     #[serde(default)]
     pub object_store: Option<ObjectStoreGrant>,
-    /// Settings passed to the component as they are.
+    /// Settings passed to the component: strings as they are, other values as JSON text; a
+    /// value `{ env = "NAME" }` or `{ file = "/path" }` is read at start-up, so that secrets
+    /// (HTTP headers, tokens) stay out of the file.
     #[serde(default)]
     pub settings: BTreeMap<String, serde_json::Value>,
     /// Memory, time and concurrency limits.
@@ -170,7 +172,8 @@ mod tests {
     #[test]
     fn limits_out_of_range_are_refused_naming_the_provider_and_the_key() {
         assert!(ProviderLimits::default().validate("p").is_ok());
-        let cases: [(&str, fn(&mut ProviderLimits)); 6] = [
+        type Change = fn(&mut ProviderLimits);
+        let cases: [(&str, Change); 6] = [
             ("limits.chunk_kib", |l| l.chunk_kib = 1 << 54),
             ("limits.chunk_kib", |l| l.chunk_kib = 0),
             ("limits.memory_mib", |l| l.memory_mib = 1 << 44),

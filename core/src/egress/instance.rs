@@ -196,12 +196,6 @@ impl ProviderInstance {
         })
     }
 
-    /// True once the host stopped the guest (a trap, a deadline, the memory limit): nothing
-    /// more is called in it, so it cleaned nothing up.
-    pub(crate) fn was_stopped(&self) -> bool {
-        self.poisoned
-    }
-
     /// Runs one call into the guest under `deadline`.
     fn call<T>(
         &mut self,

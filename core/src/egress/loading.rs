@@ -64,12 +64,19 @@ pub(crate) async fn load_provider(
         }
         None => None,
     };
+    // `{ file = ... }` settings are read off the async threads.
+    let settings = {
+        let (provider, settings) = (name.to_owned(), config.settings.clone());
+        tokio::task::spawn_blocking(move || settings_pairs(&provider, &settings))
+            .await
+            .map_err(|e| EgressError::host(name, format!("the settings task failed: {e}")))??
+    };
     let loaded = Arc::new(LoadedProvider {
         name: name.to_owned(),
         origin,
         pre,
         directory,
-        settings: settings_pairs(&config.settings),
+        settings,
         allowed_outbound_hosts: Arc::new(allowed_outbound_hosts),
         object_store,
         limits: config.limits.clone(),
@@ -129,18 +136,23 @@ fn grant_directory(provider: &str, directory: &Path) -> Result<DirectoryLock, Eg
     })
 }
 
-/// Settings as `configure` receives them: strings as they are, anything else as JSON text.
+/// Settings as `configure` receives them: strings as they are, `{ env = "NAME" }` and
+/// `{ file = "/path" }` read now (see [`crate::secret::ValueSource`]), anything else as JSON text.
 pub(crate) fn settings_pairs(
+    provider: &str,
     settings: &BTreeMap<String, serde_json::Value>,
-) -> Vec<(String, String)> {
+) -> Result<Vec<(String, String)>, EgressError> {
     settings
         .iter()
         .map(|(key, value)| {
-            let text = match value {
-                serde_json::Value::String(text) => text.clone(),
-                other => other.to_string(),
+            let text = match (value, crate::secret::ValueSource::from_json(value)) {
+                (_, Some(source)) => source.read().map_err(|error| {
+                    EgressError::load(provider, format!("setting `{key}`: {error}"))
+                })?,
+                (serde_json::Value::String(text), None) => text.clone(),
+                (other, None) => other.to_string(),
             };
-            (key.clone(), text)
+            Ok((key.clone(), text))
         })
         .collect()
 }

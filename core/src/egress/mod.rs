@@ -22,6 +22,8 @@ pub mod builtin;
 mod check;
 mod component;
 mod config;
+#[cfg(test)]
+mod dependencies;
 mod engine;
 mod error;
 mod filesystem;

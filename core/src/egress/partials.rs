@@ -6,8 +6,8 @@
 //! hyphenated UUID. Such a file outlives its upload when the provider cannot remove it itself:
 //! its instance trapped or ran out of time (nothing more is called in it), or diagmon was killed.
 //!
-//! - After an instance was stopped, the host removes the partial files of that upload's
-//!   operation ([`remove_for_operation`]).
+//! - After an upload that did not complete (aborted, failed, or its instance stopped), the host
+//!   removes the partial files of that upload's operation ([`remove_for_operation`]).
 //! - At start-up, every loaded provider's directory is swept of partial files
 //!   ([`DirectoryLock::acquire`]), unless another diagmon process has the directory loaded: each
 //!   process holds a shared `flock` on the directory while it has it loaded, and sweeps only when
@@ -47,8 +47,8 @@ fn remove_partials(directory: &Path, keep: impl Fn(uuid::Uuid) -> bool) -> std::
     Ok(removed)
 }
 
-/// Removes the partial files of `operation` from `directory`, after its provider's instance was
-/// stopped before it could. Failures are logged: the operation has failed already.
+/// Removes the partial files of `operation` from `directory`, after its upload did not
+/// complete. Failures are logged: the operation has failed already.
 pub(crate) fn remove_for_operation(provider: &str, directory: &Path, operation: uuid::Uuid) {
     match remove_partials(directory, |id| id == operation) {
         Ok(0) => {}
@@ -88,11 +88,11 @@ fn flock(file: &File, operation: libc::c_int) -> std::io::Result<bool> {
 
 impl DirectoryLock {
     /// Locks `path` (a directory) for `provider`, sweeping it of partial files first when no
-    /// other diagmon process has it.
+    /// other diagmon process has it. A file system without locks gets no sweep, not an error.
     pub(crate) fn acquire(provider: &str, path: PathBuf) -> std::io::Result<DirectoryLock> {
         let handle = File::open(&path)?;
-        if flock(&handle, libc::LOCK_EX)? {
-            match remove_partials(&path, |_| true) {
+        match flock(&handle, libc::LOCK_EX) {
+            Ok(true) => match remove_partials(&path, |_| true) {
                 Ok(0) => {}
                 Ok(removed) => tracing::info!(
                     provider,
@@ -104,18 +104,22 @@ impl DirectoryLock {
                     "cannot sweep partial files from {}: {error}",
                     path.display()
                 ),
-            }
-        } else {
-            tracing::info!(
+            },
+            Ok(false) => tracing::info!(
                 provider,
                 "another diagmon process has {} loaded: its partial files are left alone",
                 path.display()
-            );
+            ),
+            Err(error) => tracing::warn!(
+                provider,
+                "cannot lock {} ({error}): its partial files are not swept",
+                path.display()
+            ),
         }
-        if !flock(&handle, libc::LOCK_SH)? {
+        if !matches!(flock(&handle, libc::LOCK_SH), Ok(true)) {
             tracing::warn!(
                 provider,
-                "cannot hold {} shared: another process locked it",
+                "cannot hold {} shared: another diagmon starting up may sweep its partial files",
                 path.display()
             );
         }

@@ -324,7 +324,7 @@ fn run(
     let upload = match instance.begin(&artifact) {
         Ok(upload) => upload,
         Err(error) => {
-            clean_up_after_stop(&provider, &instance, &artifact);
+            remove_partials(&provider, &artifact);
             let _ = ready.send(Err(error));
             return;
         }
@@ -332,6 +332,7 @@ fn run(
     if ready.send(Ok(())).is_err() {
         // Whoever called `begin` is gone.
         instance.abort(upload);
+        remove_partials(&provider, &artifact);
         return;
     }
     while let Some(request) = requests.blocking_recv() {
@@ -348,32 +349,29 @@ fn run(
                 let _ = reply.send(Written { result, buffer });
                 if failed {
                     instance.abort(upload);
-                    clean_up_after_stop(&provider, &instance, &artifact);
+                    remove_partials(&provider, &artifact);
                     return;
                 }
             }
             Request::Finish(reply) => {
                 let result = instance.finish(upload);
-                clean_up_after_stop(&provider, &instance, &artifact);
+                if result.is_err() {
+                    remove_partials(&provider, &artifact);
+                }
                 let _ = reply.send(result);
                 return;
             }
         }
     }
     instance.abort(upload);
-    clean_up_after_stop(&provider, &instance, &artifact);
+    remove_partials(&provider, &artifact);
 }
 
-/// After the host stopped the instance, nothing more runs in it: the host removes the partial
-/// files of the upload from the granted directory in its stead.
-fn clean_up_after_stop(
-    provider: &LoadedProvider,
-    instance: &ProviderInstance,
-    artifact: &Artifact,
-) {
-    if instance.was_stopped()
-        && let Some(directory) = provider.directory_path()
-    {
+/// An upload that did not complete leaves no partial file: the provider's `abort` should have
+/// removed it, but an instance the host stopped runs nothing more, and a provider may fail to
+/// clean up; the host removes the upload's partial files from the granted directory itself.
+fn remove_partials(provider: &LoadedProvider, artifact: &Artifact) {
+    if let Some(directory) = provider.directory_path() {
         partials::remove_for_operation(&provider.name, directory, artifact.operation_id);
     }
 }

@@ -10,7 +10,7 @@ use http_body_util::BodyExt;
 use serde_json::{Value, json};
 use tower::ServiceExt;
 
-use super::{AppState, router};
+use super::{AppState, Screen, router};
 use crate::auth::Authenticator;
 use crate::config::Config;
 use crate::diagnostics::Timeouts;
@@ -35,7 +35,8 @@ fn app(socket_dir: &std::path::Path, authenticator: Authenticator) -> Router {
         egress: EgressHost::default(),
         config: Arc::new(config),
     };
-    router(state, authenticator)
+    let screen = Screen::new(authenticator, &state.config.http);
+    router(state, screen)
 }
 
 /// Sends `request` through a fresh router without authentication; returns the status, the

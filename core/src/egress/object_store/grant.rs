@@ -33,6 +33,7 @@ const DEFAULT_RETRY_TIMEOUT: Duration = Duration::from_secs(10);
 /// diagmon's own option keys in a grant, beside `url` and object_store's keys.
 const DIAGMON_KEYS: &[&str] = &["max_retries", "retry_timeout", "from_env"];
 use crate::egress::error::EgressError;
+use crate::secret::{REDACTED, is_secret_key, read_env, read_file};
 
 /// The `object_store` grant of a provider: where it may write, and how to reach it.
 ///
@@ -91,26 +92,6 @@ pub struct FromFile {
     pub file: PathBuf,
 }
 
-/// True for option keys whose values are secrets: never shown in `config show`, logs or
-/// messages.
-fn is_secret(key: &str) -> bool {
-    let key = key.to_ascii_lowercase();
-    [
-        "secret",
-        "token",
-        "password",
-        "access_key",
-        "account_key",
-        "master_key",
-        "sas",
-        "private_key",
-        "service_account_key",
-    ]
-    .iter()
-    .any(|word| key.contains(word))
-        && !key.ends_with("access_key_id")
-}
-
 impl GrantValue {
     /// The value as shown: secrets written inline are redacted; env and file references are
     /// shown as references.
@@ -118,7 +99,7 @@ impl GrantValue {
         match self {
             GrantValue::Env(from) => serde_json::json!({ "env": from.env }),
             GrantValue::File(from) => serde_json::json!({ "file": from.file }),
-            _ if is_secret(key) => serde_json::Value::String("<redacted>".to_owned()),
+            _ if is_secret_key(key) => serde_json::Value::String(REDACTED.to_owned()),
             GrantValue::Text(text) => serde_json::Value::String(text.clone()),
             GrantValue::Bool(value) => serde_json::Value::Bool(*value),
             GrantValue::Number(number) => serde_json::Value::Number(number.clone()),
@@ -127,30 +108,16 @@ impl GrantValue {
 
     /// The value as object_store reads it.
     fn resolve(&self, provider: &str, key: &str) -> Result<String, EgressError> {
-        match self {
-            GrantValue::Text(text) => Ok(text.clone()),
-            GrantValue::Bool(value) => Ok(value.to_string()),
-            GrantValue::Number(number) => Ok(number.to_string()),
-            GrantValue::Env(from) => std::env::var(&from.env).map_err(|_| {
-                EgressError::load(
-                    provider,
-                    format!(
-                        "`object_store` option `{key}` comes from the environment variable `{}`, which is not set",
-                        from.env
-                    ),
-                )
-            }),
-            GrantValue::File(from) => match std::fs::read_to_string(&from.file) {
-                Ok(text) => Ok(text.trim_end_matches(['\r', '\n']).to_owned()),
-                Err(error) => Err(EgressError::load(
-                    provider,
-                    format!(
-                        "`object_store` option `{key}` comes from the file {}, which cannot be read: {error}",
-                        from.file.display()
-                    ),
-                )),
-            },
-        }
+        let read = match self {
+            GrantValue::Text(text) => return Ok(text.clone()),
+            GrantValue::Bool(value) => return Ok(value.to_string()),
+            GrantValue::Number(number) => return Ok(number.to_string()),
+            GrantValue::Env(from) => read_env(&from.env),
+            GrantValue::File(from) => read_file(&from.file),
+        };
+        read.map_err(|error| {
+            EgressError::load(provider, format!("`object_store` option `{key}`: {error}"))
+        })
     }
 }
 
@@ -485,10 +452,10 @@ enum BuildError {
     Other(String),
 }
 
-/// Replaces every occurrence of a secret value with `<redacted>`.
+/// Replaces every occurrence of a secret value with [`REDACTED`].
 fn redact(mut text: String, secrets: &[String]) -> String {
     for secret in secrets.iter().filter(|s| s.len() >= 4) {
-        text = text.replace(secret.as_str(), "<redacted>");
+        text = text.replace(secret.as_str(), REDACTED);
     }
     text
 }
@@ -521,7 +488,7 @@ impl GrantedStore {
         let secrets: Vec<String> = options
             .store
             .iter()
-            .filter(|(key, _)| is_secret(key))
+            .filter(|(key, _)| is_secret_key(key))
             .map(|(_, value)| value.clone())
             .collect();
         let redact = |text: String| redact(text, &secrets);

@@ -195,7 +195,7 @@ fn secrets_come_from_the_environment_or_a_file_and_are_never_shown() {
     );
     let shown = serde_json::to_string(&grant).unwrap();
     assert!(
-        !shown.contains("inline-secret") && shown.contains("<redacted>"),
+        !shown.contains("inline-secret") && shown.contains(crate::secret::REDACTED),
         "{shown}"
     );
     assert!(!format!("{grant:?}").contains("inline-secret"));

@@ -61,10 +61,18 @@ fn read_all() -> Result<usize, Error> {
     let (authority, path) = split(&url)?;
     let request = OutgoingRequest::new(Fields::new());
     let refused = |what: &str| Error::Other(format!("the request refused its {what}"));
-    request.set_method(&Method::Get).map_err(|()| refused("method"))?;
-    request.set_scheme(Some(&Scheme::Http)).map_err(|()| refused("scheme"))?;
-    request.set_authority(Some(&authority)).map_err(|()| refused("authority"))?;
-    request.set_path_with_query(Some(&path)).map_err(|()| refused("path"))?;
+    request
+        .set_method(&Method::Get)
+        .map_err(|()| refused("method"))?;
+    request
+        .set_scheme(Some(&Scheme::Http))
+        .map_err(|()| refused("scheme"))?;
+    request
+        .set_authority(Some(&authority))
+        .map_err(|()| refused("authority"))?;
+    request
+        .set_path_with_query(Some(&path))
+        .map_err(|()| refused("path"))?;
     let options = RequestOptions::new();
     if let Some(ms) = between_bytes {
         options

@@ -16,16 +16,18 @@ impl Guest for Component {
         Ok(())
     }
     fn begin(artifact: Artifact) -> Result<Upload, Error> {
-        let preopen = wasip2::filesystem::preopens::get_directories().into_iter().next();
+        let preopen = wasip2::filesystem::preopens::get_directories()
+            .into_iter()
+            .next();
         let grant = preopen
             .as_ref()
             .map(|(_, path)| path.clone())
             .unwrap_or_else(|| "/".to_owned());
         let symlink = |target: &str, name: &str| -> (String, std::io::Result<()>) {
             let result = match &preopen {
-                Some((directory, _)) => directory.symlink_at(target, name).map_err(|code| {
-                    std::io::Error::other(format!("{code:?}"))
-                }),
+                Some((directory, _)) => directory
+                    .symlink_at(target, name)
+                    .map_err(|code| std::io::Error::other(format!("{code:?}"))),
                 None => Err(std::io::Error::other("no grant")),
             };
             (format!("symlink {grant}/{name} -> {target}"), result)
