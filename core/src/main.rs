@@ -10,6 +10,7 @@ use diagmon::auth::{Authenticator, KeyOutputFormat, generate_key, render_key};
 use diagmon::diagnostics::eventpipe::Rundown;
 use diagmon::diagnostics::nettrace;
 use diagmon::diagnostics::reverse::ReversePort;
+use diagmon::diagnostics::dump::DumpType;
 use diagmon::diagnostics::{EventProvider, SessionConfig, Timeouts, endpoint};
 use diagmon::processes::{Discovery, ProcessDirectory, ProcessRecord};
 use diagmon::{config, http, profiles};
@@ -51,6 +52,8 @@ enum Commands {
     },
     /// Capture an EventPipe trace of one process into a file.
     Trace(TraceArgs),
+    /// Write a dump of one process into a file, as `dotnet-dump collect` does.
+    Dump(DumpArgs),
     /// Check that a nettrace file is whole and well-formed, and summarise it.
     Validate {
         /// The file to check.
@@ -140,6 +143,30 @@ struct TraceArgs {
     output: PathBuf,
 }
 
+#[derive(Debug, Args)]
+struct DumpArgs {
+    #[command(flatten)]
+    discovery: DiscoveryArgs,
+    /// The process id.
+    #[arg(short, long)]
+    pid: Option<u64>,
+    /// The runtime instance uid.
+    #[arg(long)]
+    uid: Option<uuid::Uuid>,
+    /// The process name.
+    #[arg(long)]
+    name: Option<String>,
+    /// What the dump holds: Mini, Full, WithHeap or Triage (case-insensitive).
+    #[arg(long = "type", default_value = "WithHeap")]
+    dump_type: DumpType,
+    /// Output file (default: core_{yyyyMMdd_HHmmss} in the current directory).
+    #[arg(short, long)]
+    output: Option<PathBuf>,
+    /// The configuration file, for its [storage] section (the dump folder).
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+}
+
 fn main() -> ExitCode {
     diagmon::tls::install_crypto_provider();
     tracing_subscriber::fmt()
@@ -205,6 +232,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Commands::Trace(args) => trace(args).await,
+        Commands::Dump(args) => dump(args).await,
         Commands::Validate { file } => match nettrace::validate_file(&file) {
             Ok(summary) => {
                 println!("{}", serde_json::to_string_pretty(&summary)?);
@@ -362,6 +390,70 @@ async fn trace(args: TraceArgs) -> Result<ExitCode> {
         digest.nettrace.events,
         digest.sha256
     );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `diagmon dump`: the runtime writes the dump into the dump folder, the same way as for
+/// `GET /dump`, and it is copied to the output file; prints what `dotnet-dump collect` prints.
+async fn dump(args: DumpArgs) -> Result<ExitCode> {
+    use tokio::io::AsyncWriteExt;
+    let file = config::config_file(args.config.as_deref());
+    let config = config::load(file.as_deref(), serde_json::json!({}))?;
+    let folder = diagmon::dumps::DumpFolder::open(&config.storage)?;
+    let directory = directory(&args.discovery).await?;
+    let processes = directory.list().await;
+    let selector = diagmon::processes::ProcessSelector {
+        pid: args.pid,
+        uid: args.uid,
+        name: args.name.clone(),
+    };
+    let process = diagmon::processes::resolve(&processes, &selector, &config.default_process)?;
+    let output = match &args.output {
+        Some(output) => output.clone(),
+        None => PathBuf::from(diagmon::dumps::dump_file_name(std::time::SystemTime::now())),
+    };
+    let output = std::path::absolute(&output)
+        .with_context(|| format!("cannot resolve {}", output.display()))?;
+    println!("Writing {} to {}", args.dump_type.description(), output.display());
+    let cancel = tokio_util::sync::CancellationToken::new();
+    tokio::spawn({
+        let cancel = cancel.clone();
+        async move {
+            if tokio::signal::ctrl_c().await.is_ok() {
+                cancel.cancel();
+            }
+        }
+    });
+    let pid = u32::try_from(process.pid).context("the pid does not fit 32 bits")?;
+    let dump = folder
+        .capture(directory.client(process), pid, args.dump_type, &cancel)
+        .await
+        .with_context(|| format!("cannot write a dump of process {pid}"))?;
+    let mut stream = diagmon::dumps::DumpStream::start(dump)?;
+    let mut out = tokio::fs::File::create(&output)
+        .await
+        .with_context(|| format!("cannot create {}", output.display()))?;
+    let copied: Result<()> = async {
+        while let Some(chunk) = tokio::select! {
+            chunk = stream.next_chunk() => chunk?,
+            _ = cancel.cancelled() => bail!("cancelled"),
+        } {
+            out.write_all(&chunk).await?;
+        }
+        out.flush().await?;
+        out.sync_all().await?;
+        Ok(())
+    }
+    .await;
+    if let Err(error) = copied {
+        drop(out);
+        let _ = std::fs::remove_file(&output);
+        return Err(error.context(format!("the dump in {} is incomplete and was removed", output.display())));
+    }
+    if let Some(digest) = stream.digest() {
+        println!("Wrote {} bytes (sha256 {})", digest.bytes, digest.sha256);
+    }
+    println!("Complete");
     Ok(ExitCode::SUCCESS)
 }
 
