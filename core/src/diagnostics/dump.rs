@@ -17,7 +17,7 @@ use super::protocol::{Command, FrameError, PayloadReader, PayloadWriter, Runtime
 use super::{DiagnosticsClient, DiagnosticsError};
 
 /// What a dump holds, by dotnet-monitor's names (the `type` query parameter).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum DumpType {
     /// All memory of the process, module images included: the largest.
     Full,
@@ -98,7 +98,7 @@ impl fmt::Display for DumpType {
 #[derive(Debug, thiserror::Error)]
 pub enum DumpCommandError {
     /// The runtime answered with an error reply; GenerateCoreDump3 adds its own message.
-    #[error("{command} failed: {code}{}", message.as_deref().map(|m| format!(": {m}")).unwrap_or_default())]
+    #[error("{command} failed: {code}{}", .message.as_deref().map(|m| format!(": {m}")).unwrap_or_default())]
     Refused {
         /// The command that was refused.
         command: Command,

@@ -502,7 +502,7 @@ fn default_folder() -> Result<PathBuf, DumpError> {
     let uid = unsafe { libc::geteuid() };
     let path = std::env::temp_dir().join(format!("diagmon-dumps-{uid}"));
     create_private(&path)?;
-    let folder_error = |source| DumpError::Folder {
+    let folder_error = |source: std::io::Error| DumpError::Folder {
         folder: path.clone(),
         source,
     };

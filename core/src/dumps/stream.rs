@@ -20,6 +20,7 @@ pub const CHUNK_SIZE: usize = 1 << 20;
 pub const CHUNKS_IN_FLIGHT: usize = 4;
 
 /// What the reading thread sends.
+#[derive(Debug)]
 enum Item {
     Chunk(Bytes),
     /// The whole file was read; its SHA-256, lowercase hex.
