@@ -7,10 +7,10 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
 use diagmon::auth::{Authenticator, KeyOutputFormat, generate_key, render_key};
+use diagmon::diagnostics::dump::DumpType;
 use diagmon::diagnostics::eventpipe::Rundown;
 use diagmon::diagnostics::nettrace;
 use diagmon::diagnostics::reverse::ReversePort;
-use diagmon::diagnostics::dump::DumpType;
 use diagmon::diagnostics::{EventProvider, SessionConfig, Timeouts, endpoint};
 use diagmon::processes::{Discovery, ProcessDirectory, ProcessRecord};
 use diagmon::{config, http, profiles};
@@ -414,7 +414,11 @@ async fn dump(args: DumpArgs) -> Result<ExitCode> {
     };
     let output = std::path::absolute(&output)
         .with_context(|| format!("cannot resolve {}", output.display()))?;
-    println!("Writing {} to {}", args.dump_type.description(), output.display());
+    println!(
+        "Writing {} to {}",
+        args.dump_type.description(),
+        output.display()
+    );
     let cancel = tokio_util::sync::CancellationToken::new();
     tokio::spawn({
         let cancel = cancel.clone();
@@ -425,10 +429,13 @@ async fn dump(args: DumpArgs) -> Result<ExitCode> {
         }
     });
     let pid = u32::try_from(process.pid).context("the pid does not fit 32 bits")?;
-    let dump = folder
-        .capture(directory.client(process), pid, args.dump_type, &cancel)
-        .await
+    let pending = folder
+        .begin(directory.client(process), pid, args.dump_type)
         .with_context(|| format!("cannot write a dump of process {pid}"))?;
+    let dump = tokio::select! {
+        dump = pending.written() => dump.with_context(|| format!("cannot write a dump of process {pid}"))?,
+        _ = cancel.cancelled() => bail!("cancelled"),
+    };
     let mut stream = diagmon::dumps::DumpStream::start(dump)?;
     let mut out = tokio::fs::File::create(&output)
         .await
@@ -448,7 +455,10 @@ async fn dump(args: DumpArgs) -> Result<ExitCode> {
     if let Err(error) = copied {
         drop(out);
         let _ = std::fs::remove_file(&output);
-        return Err(error.context(format!("the dump in {} is incomplete and was removed", output.display())));
+        return Err(error.context(format!(
+            "the dump in {} is incomplete and was removed",
+            output.display()
+        )));
     }
     if let Some(digest) = stream.digest() {
         println!("Wrote {} bytes (sha256 {})", digest.bytes, digest.sha256);

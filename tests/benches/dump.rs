@@ -50,12 +50,13 @@ fn createdump_option(dump_type: DumpType) -> &'static str {
 
 /// Runs the runtime's createdump on `pid` into `path`; returns the time and the file's size.
 fn createdump_alone(pid: u32, dump_type: DumpType, path: &Path) -> (Duration, u64) {
-    let createdump = std::fs::read_dir(TestTarget::dotnet_root().join("shared/Microsoft.NETCore.App"))
-        .expect("the runtime's shared folder")
-        .flatten()
-        .map(|version| version.path().join("createdump"))
-        .find(|path| path.exists())
-        .expect("createdump");
+    let createdump =
+        std::fs::read_dir(TestTarget::dotnet_root().join("shared/Microsoft.NETCore.App"))
+            .expect("the runtime's shared folder")
+            .flatten()
+            .map(|version| version.path().join("createdump"))
+            .find(|path| path.exists())
+            .expect("createdump");
     let started = Instant::now();
     let output = Process::new(createdump)
         .arg("-f")
@@ -77,7 +78,8 @@ fn createdump_alone(pid: u32, dump_type: DumpType, path: &Path) -> (Duration, u6
 
 /// Asks the runtime over IPC to write the dump into `path`; returns the time and the size.
 async fn runtime_alone(target: &TestTarget, dump_type: DumpType, path: &Path) -> (Duration, u64) {
-    let client = DiagnosticsClient::new(Endpoint::Socket(target.socket_path()), Timeouts::default());
+    let client =
+        DiagnosticsClient::new(Endpoint::Socket(target.socket_path()), Timeouts::default());
     let started = Instant::now();
     client
         .generate_core_dump(path, dump_type, Duration::from_secs(600))
@@ -164,7 +166,8 @@ async fn main() {
     let (mut alone, mut runtime, mut served) = (Vec::new(), Vec::new(), Vec::new());
     let mut size = 0;
     for round in 1..=rounds {
-        let (time, bytes) = createdump_alone(target.pid(), dump_type, &scratch.path().join("direct"));
+        let (time, bytes) =
+            createdump_alone(target.pid(), dump_type, &scratch.path().join("direct"));
         alone.push(time);
         size = bytes;
         let (time, _) = runtime_alone(&target, dump_type, &scratch.path().join("ipc")).await;
@@ -188,10 +191,17 @@ async fn main() {
     let (http_best, http_median) = seconds(&times);
     println!();
     println!("dump size: {:.1} MiB", size as f64 / MIB);
-    println!("{:<34} {:>8} {:>8} {:>10}", "row", "best s", "median s", "MiB/s best");
+    println!(
+        "{:<34} {:>8} {:>8} {:>10}",
+        "row", "best s", "median s", "MiB/s best"
+    );
     for (label, best, median) in [
         ("createdump alone", alone_best, alone_median),
-        ("runtime GenerateCoreDump -> file", runtime_best, runtime_median),
+        (
+            "runtime GenerateCoreDump -> file",
+            runtime_best,
+            runtime_median,
+        ),
         ("GET /dump, request to last byte", http_best, http_median),
     ] {
         println!(

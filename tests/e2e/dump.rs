@@ -6,18 +6,22 @@
 use std::os::unix::fs::{FileExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Command as Process;
+use std::sync::Arc;
 use std::time::Duration;
 
 use diagmon::config::StorageConfig;
 use diagmon::diagnostics::dump::{DumpCommandError, DumpType};
 use diagmon::diagnostics::{Command, DiagnosticsClient, Endpoint, RuntimeErrorCode, Timeouts};
-use diagmon::dumps::{DumpError, DumpFolder, DumpStream};
-use diagmon_tests::monitor::monitor_binary;
+use diagmon::dumps::{DumpError, DumpFile, DumpFolder, DumpStream};
+use diagmon_tests::monitor::{Monitor, monitor_binary};
 use diagmon_tests::simulated_runtime::{
     DumpBehaviour, SimulatedRuntime, SimulatedRuntimeConfig, hresult,
 };
+use diagmon_tests::storage::Moto;
 use diagmon_tests::target::{Program, TestTarget};
-use tokio_util::sync::CancellationToken;
+use futures_util::StreamExt;
+use reqwest::StatusCode;
+use serde_json::{Value, json};
 
 /// ELF `e_type` of a core file.
 const ET_CORE: u16 = 4;
@@ -80,7 +84,9 @@ fn read_core(path: &Path) -> CoreFile {
 
 /// The threads of `pid` now.
 fn thread_count(pid: u32) -> usize {
-    std::fs::read_dir(format!("/proc/{pid}/task")).unwrap().count()
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .count()
 }
 
 /// The files in `dir`.
@@ -104,12 +110,22 @@ fn sha256_hex(bytes: &[u8]) -> String {
 }
 
 /// A dump folder in a fresh temporary directory.
-fn folder_in(dir: &Path) -> std::sync::Arc<DumpFolder> {
+fn folder_in(dir: &Path) -> Arc<DumpFolder> {
     DumpFolder::open(&StorageConfig {
         dump_temp_folder: Some(dir.join("dumps")),
         ..StorageConfig::default()
     })
     .unwrap()
+}
+
+/// Asks `folder` for a dump and waits until it is written.
+async fn dump_of(
+    folder: &Arc<DumpFolder>,
+    client: DiagnosticsClient,
+    pid: u32,
+    dump_type: DumpType,
+) -> Result<DumpFile, DumpError> {
+    folder.begin(client, pid, dump_type)?.written().await
 }
 
 /// A client for the runtime listening at `socket`.
@@ -151,7 +167,11 @@ async fn the_newest_dump_command_the_runtime_knows_is_used() {
         assert_eq!(runtime.commands_received(), sent, "level {level}");
         let request = runtime.last_dump_request().unwrap();
         assert_eq!(request.path, path.to_str().unwrap());
-        assert_eq!((request.dump_type, request.flags), (1, 0), "Mini is Normal (1)");
+        assert_eq!(
+            (request.dump_type, request.flags),
+            (1, 0),
+            "Mini is Normal (1)"
+        );
         assert_eq!(std::fs::metadata(&path).unwrap().len(), 100_000);
         runtime.shutdown().await;
     }
@@ -165,7 +185,11 @@ async fn dump_error_replies_carry_the_hresult_and_the_v3_message() {
     };
     let (dir, runtime, client) = simulated(3, failing.clone()).await;
     let error = client
-        .generate_core_dump(&dir.path().join("core"), DumpType::Full, Duration::from_secs(10))
+        .generate_core_dump(
+            &dir.path().join("core"),
+            DumpType::Full,
+            Duration::from_secs(10),
+        )
         .await
         .unwrap_err();
     match &error {
@@ -176,12 +200,20 @@ async fn dump_error_replies_carry_the_hresult_and_the_v3_message() {
         } => assert!(message.contains("execute permissions"), "{message}"),
         other => panic!("unexpected {other:?}"),
     }
-    assert_eq!(runtime.commands_received(), [(1, 3)], "no fallback on E_FAIL");
+    assert_eq!(
+        runtime.commands_received(),
+        [(1, 3)],
+        "no fallback on E_FAIL"
+    );
     runtime.shutdown().await;
 
     let (dir, runtime, client) = simulated(2, failing).await;
     let error = client
-        .generate_core_dump(&dir.path().join("core"), DumpType::Full, Duration::from_secs(10))
+        .generate_core_dump(
+            &dir.path().join("core"),
+            DumpType::Full,
+            Duration::from_secs(10),
+        )
         .await
         .unwrap_err();
     assert!(
@@ -199,7 +231,11 @@ async fn dump_error_replies_carry_the_hresult_and_the_v3_message() {
 
     let (dir, runtime, client) = simulated(0, DumpBehaviour::Write { bytes: 64 }).await;
     let error = client
-        .generate_core_dump(&dir.path().join("core"), DumpType::Full, Duration::from_secs(10))
+        .generate_core_dump(
+            &dir.path().join("core"),
+            DumpType::Full,
+            Duration::from_secs(10),
+        )
         .await
         .unwrap_err();
     assert!(
@@ -220,13 +256,15 @@ async fn dump_error_replies_carry_the_hresult_and_the_v3_message() {
 async fn a_dump_folder_dump_of_the_simulated_runtime_is_streamed_and_gone_from_the_folder() {
     let (dir, runtime, client) = simulated(3, DumpBehaviour::Write { bytes: 3 << 20 }).await;
     let folder = folder_in(dir.path());
-    let dump = folder
-        .capture(client, std::process::id(), DumpType::WithHeap, &CancellationToken::new())
+    let dump = dump_of(&folder, client, std::process::id(), DumpType::WithHeap)
         .await
         .unwrap();
     assert_eq!(dump.command(), Command::GenerateCoreDump3);
     assert_eq!(runtime.last_dump_request().unwrap().dump_type, 2);
-    assert!(listing(folder.path()).is_empty(), "the name is gone once open");
+    assert!(
+        listing(folder.path()).is_empty(),
+        "the name is gone once open"
+    );
     let mut stream = DumpStream::start(dump).unwrap();
     let mut bytes = Vec::new();
     while let Some(chunk) = stream.next_chunk().await.unwrap() {
@@ -248,12 +286,14 @@ async fn a_runtime_failure_with_a_message_is_reported_with_it_and_leaves_no_file
     )
     .await;
     let folder = folder_in(dir.path());
-    let error = folder
-        .capture(client, std::process::id(), DumpType::Mini, &CancellationToken::new())
+    let error = dump_of(&folder, client, std::process::id(), DumpType::Mini)
         .await
         .unwrap_err();
     assert_eq!(error.code(), "RuntimeError");
-    assert!(error.to_string().contains("ptrace(ATTACH) failed"), "{error}");
+    assert!(
+        error.to_string().contains("ptrace(ATTACH) failed"),
+        "{error}"
+    );
     assert!(listing(folder.path()).is_empty());
     runtime.shutdown().await;
 }
@@ -266,15 +306,14 @@ async fn real_mini_and_full_dumps_are_elf_cores_with_a_note_per_thread() {
     let mut sizes = Vec::new();
     for dump_type in [DumpType::Mini, DumpType::Full] {
         let threads = thread_count(target.pid());
-        let dump = folder
-            .capture(
-                client_at(target.socket_path()),
-                target.pid(),
-                dump_type,
-                &CancellationToken::new(),
-            )
-            .await
-            .unwrap_or_else(|error| panic!("{dump_type}: {error}"));
+        let dump = dump_of(
+            &folder,
+            client_at(target.socket_path()),
+            target.pid(),
+            dump_type,
+        )
+        .await
+        .unwrap_or_else(|error| panic!("{dump_type}: {error}"));
         assert_eq!(dump.command(), Command::GenerateCoreDump, "3.1 speaks v1");
         let out = dir.path().join(format!("{dump_type}.core"));
         let mut file = std::fs::File::create(&out).unwrap();
@@ -290,9 +329,17 @@ async fn real_mini_and_full_dumps_are_elf_cores_with_a_note_per_thread() {
             core.prstatus_notes
         );
         sizes.push(std::fs::metadata(&out).unwrap().len());
-        assert!(listing(folder.path()).is_empty(), "{dump_type}: folder empty");
+        assert!(
+            listing(folder.path()).is_empty(),
+            "{dump_type}: folder empty"
+        );
     }
-    assert!(sizes[1] > sizes[0], "Full ({}) > Mini ({})", sizes[1], sizes[0]);
+    assert!(
+        sizes[1] > sizes[0],
+        "Full ({}) > Mini ({})",
+        sizes[1],
+        sizes[0]
+    );
 }
 
 /// A copy of the cached runtime in a temporary folder, with `createdump` changed by `change`.
@@ -320,72 +367,95 @@ async fn createdump_without_its_execute_bit_is_named_with_the_fix() {
     let runtime = runtime_copy(|createdump| {
         std::fs::set_permissions(createdump, std::fs::Permissions::from_mode(0o644)).unwrap()
     });
-    let target =
-        TestTarget::start_on_runtime(&runtime.path().join("bin"), Program::Worker, &[]);
+    let target = TestTarget::start_on_runtime(&runtime.path().join("bin"), Program::Worker, &[]);
     let dir = tempfile::tempdir().unwrap();
     let folder = folder_in(dir.path());
-    let error = folder
-        .capture(
-            client_at(target.socket_path()),
-            target.pid(),
-            DumpType::Mini,
-            &CancellationToken::new(),
-        )
-        .await
-        .unwrap_err();
+    let error = dump_of(
+        &folder,
+        client_at(target.socket_path()),
+        target.pid(),
+        DumpType::Mini,
+    )
+    .await
+    .unwrap_err();
     assert_eq!(error.code(), "CreatedumpNotExecutable", "{error}");
     let message = error.to_string();
     assert!(
-        message.contains(&format!("chmod +x {}", runtime.path().join("bin").display()))
-            && message.contains("/createdump"),
+        message.contains(&format!(
+            "chmod +x {}",
+            runtime.path().join("bin").display()
+        )) && message.contains("/createdump"),
         "{message}"
     );
 }
 
 #[tokio::test]
 async fn a_missing_createdump_is_named() {
-    let runtime = runtime_copy(|createdump| std::fs::remove_file(createdump).unwrap());
-    let target =
-        TestTarget::start_on_runtime(&runtime.path().join("bin"), Program::Worker, &[]);
+    // A trimmed runtime: without the file, and without its entry in the framework's deps.json
+    // (the host refuses to start a runtime whose listed files are missing).
+    let runtime = runtime_copy(|createdump| {
+        std::fs::remove_file(createdump).unwrap();
+        let deps = createdump.with_file_name("Microsoft.NETCore.App.deps.json");
+        let mut text = std::fs::read_to_string(&deps).unwrap();
+        let start = text
+            .find("\"runtimes/linux-x64/native/createdump\"")
+            .unwrap();
+        let end = start + text[start..].find("},").unwrap() + 2;
+        text.replace_range(start..end, "");
+        std::fs::write(&deps, text).unwrap();
+    });
+    let target = TestTarget::start_on_runtime(&runtime.path().join("bin"), Program::Worker, &[]);
     let dir = tempfile::tempdir().unwrap();
-    let error = folder_in(dir.path())
-        .capture(
-            client_at(target.socket_path()),
-            target.pid(),
-            DumpType::Mini,
-            &CancellationToken::new(),
-        )
-        .await
-        .unwrap_err();
-    assert!(matches!(error, DumpError::CreatedumpMissing { .. }), "{error}");
-    assert!(error.to_string().contains("createdump is missing"), "{error}");
+    let error = dump_of(
+        &folder_in(dir.path()),
+        client_at(target.socket_path()),
+        target.pid(),
+        DumpType::Mini,
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        matches!(error, DumpError::CreatedumpMissing { .. }),
+        "{error}"
+    );
+    assert!(
+        error.to_string().contains("createdump is missing"),
+        "{error}"
+    );
 }
 
 #[tokio::test]
 async fn a_target_killed_while_dumping_fails_and_leaves_no_file() {
-    let target = TestTarget::start(Program::BigHeap, &["512"]);
+    let mut target = TestTarget::start(Program::BigHeap, &["512"]);
     let dir = tempfile::tempdir().unwrap();
     let folder = folder_in(dir.path());
     let capture = {
         let folder = folder.clone();
         let client = client_at(target.socket_path());
         let pid = target.pid();
-        tokio::spawn(async move {
-            folder
-                .capture(client, pid, DumpType::Full, &CancellationToken::new())
-                .await
-        })
+        tokio::spawn(async move { dump_of(&folder, client, pid, DumpType::Full).await })
     };
     // Kill it once createdump has started writing.
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     while listing(folder.path()).is_empty() {
-        assert!(std::time::Instant::now() < deadline, "no dump file appeared");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no dump file appeared"
+        );
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     target.signal(libc::SIGKILL);
+    // Reaped at once, as an init process would.
+    target
+        .wait_exit(Duration::from_secs(10))
+        .expect("the target exits");
     let error = capture.await.unwrap().unwrap_err();
     assert!(matches!(error, DumpError::TargetGone { .. }), "{error}");
-    assert!(listing(folder.path()).is_empty(), "{:?}", listing(folder.path()));
+    assert!(
+        listing(folder.path()).is_empty(),
+        "{:?}",
+        listing(folder.path())
+    );
 }
 
 #[test]
@@ -396,7 +466,10 @@ fn diagmon_dump_writes_the_file_and_says_what_dotnet_dump_says() {
     let config = dir.path().join("diagmon.toml");
     std::fs::write(
         &config,
-        format!("[storage]\ndump_temp_folder = {:?}\n", dumps.display().to_string()),
+        format!(
+            "[storage]\ndump_temp_folder = {:?}\n",
+            dumps.display().to_string()
+        ),
     )
     .unwrap();
     let out = dir.path().join("mini.core");
@@ -420,7 +493,10 @@ fn diagmon_dump_writes_the_file_and_says_what_dotnet_dump_says() {
     let lines: Vec<&str> = stdout.lines().collect();
     assert_eq!(lines[0], format!("Writing dump to {}", out.display()));
     let size = std::fs::metadata(&out).unwrap().len();
-    assert!(lines[1].starts_with(&format!("Wrote {size} bytes")), "{stdout}");
+    assert!(
+        lines[1].starts_with(&format!("Wrote {size} bytes")),
+        "{stdout}"
+    );
     assert_eq!(lines.last(), Some(&"Complete"));
     assert_eq!(read_core(&out).e_type, ET_CORE);
     assert!(listing(&dumps).is_empty());
@@ -431,5 +507,343 @@ fn diagmon_dump_writes_the_file_and_says_what_dotnet_dump_says() {
         .unwrap();
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(stderr.contains("Huge") && stderr.contains("Mini, Full, WithHeap or Triage"), "{stderr}");
+    assert!(
+        stderr.contains("Huge") && stderr.contains("Mini, Full, WithHeap or Triage"),
+        "{stderr}"
+    );
+}
+
+// ---- GET /dump through the real binary -------------------------------------------------------
+
+/// A monitor without auth that sees the targets in `socket_dir`, with its dump folder in `dumps`
+/// and `extra` configuration.
+fn monitor_with(socket_dir: &Path, dumps: &Path, extra: &str) -> Monitor {
+    Monitor::start(
+        &format!(
+            "socket_dir = {:?}\n{extra}\n[storage]\ndump_temp_folder = {:?}\n",
+            socket_dir.display().to_string(),
+            dumps.display().to_string()
+        ),
+        &["--no-auth"],
+    )
+}
+
+/// Polls the operation at `location` until it reaches a final state (≤ 60 s).
+async fn final_operation(client: &reqwest::Client, location: &str) -> Value {
+    for _ in 0..600 {
+        let body: Value = client
+            .get(location)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if ["Succeeded", "Failed", "Cancelled"].contains(&body["status"].as_str().unwrap_or("")) {
+            return body;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("operation {location} did not finish");
+}
+
+fn location_of(response: &reqwest::Response) -> String {
+    response.headers()["location"].to_str().unwrap().to_owned()
+}
+
+/// Streams a response body into `path`; returns its bytes' SHA-256 and length.
+async fn save_body(response: reqwest::Response, path: &Path) -> (String, u64) {
+    use sha2::Digest;
+    let mut file = std::fs::File::create(path).unwrap();
+    let mut hasher = sha2::Sha256::new();
+    let mut length = 0u64;
+    let mut body = response.bytes_stream();
+    while let Some(chunk) = body.next().await {
+        let chunk = chunk.expect("a complete body");
+        hasher.update(&chunk);
+        length += chunk.len() as u64;
+        std::io::Write::write_all(&mut file, &chunk).unwrap();
+    }
+    let hash = hasher
+        .finalize()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    (hash, length)
+}
+
+#[tokio::test]
+async fn get_dump_streams_mini_and_full_cores_that_match_their_operation() {
+    let target = TestTarget::start(Program::Worker, &[]);
+    let dir = tempfile::tempdir().unwrap();
+    let dumps = dir.path().join("dumps");
+    let monitor = monitor_with(target.tmpdir(), &dumps, "");
+    let client = reqwest::Client::new();
+    let mut sizes = Vec::new();
+    for dump_type in ["mini", "Full"] {
+        let threads = thread_count(target.pid());
+        let response = client
+            .get(monitor.url(&format!(
+                "/dump?pid={}&type={dump_type}&tags=a,b",
+                target.pid()
+            )))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::OK, "{dump_type}");
+        assert_eq!(
+            response.headers()["content-type"],
+            "application/octet-stream"
+        );
+        let disposition = response.headers()["content-disposition"]
+            .to_str()
+            .unwrap()
+            .to_owned();
+        let name = disposition
+            .strip_prefix("attachment; filename=core_")
+            .unwrap_or_default();
+        assert!(
+            name.len() == 15
+                && name.as_bytes()[8] == b'_'
+                && name.replace('_', "").bytes().all(|b| b.is_ascii_digit()),
+            "{disposition}"
+        );
+        let location = location_of(&response);
+        let out = dir.path().join(format!("{dump_type}.core"));
+        let (sha256, length) = save_body(response, &out).await;
+        let core = read_core(&out);
+        assert_eq!(core.e_type, ET_CORE, "{dump_type}");
+        assert!(
+            core.prstatus_notes >= threads,
+            "{dump_type}: {} NT_PRSTATUS notes for {threads} threads",
+            core.prstatus_notes
+        );
+        let operation = final_operation(&client, &location).await;
+        assert_eq!(operation["status"], "Succeeded", "{operation}");
+        assert_eq!(operation["isStoppable"], false);
+        assert_eq!(
+            operation["summary"]["sha256"],
+            sha256.as_str(),
+            "{operation}"
+        );
+        assert_eq!(operation["summary"]["bytes"], length);
+        assert_eq!(operation["bytesCaptured"], length);
+        assert_eq!(operation["tags"], json!(["a", "b"]));
+        assert!(listing(&dumps).is_empty(), "{:?}", listing(&dumps));
+        sizes.push(length);
+    }
+    assert!(
+        sizes[1] > sizes[0],
+        "Full ({}) > Mini ({})",
+        sizes[1],
+        sizes[0]
+    );
+}
+
+#[tokio::test]
+async fn get_dump_with_egress_stores_what_the_summary_describes() {
+    let moto = Moto::start();
+    moto.create_bucket("dumps");
+    let target = TestTarget::start(Program::Worker, &[]);
+    let dir = tempfile::tempdir().unwrap();
+    let dumps = dir.path().join("dumps");
+    let stored = dir.path().join("stored");
+    std::fs::create_dir(&stored).unwrap();
+    let providers = format!(
+        "[egress.providers.files]\ncomponent = \"filesystem\"\ndirectory = {:?}\n\
+         [egress.providers.s3]\ncomponent = \"object-storage\"\n\
+         object_store = {{ url = \"s3://dumps/e2e\", endpoint = \"{}\", allow_http = true, region = \"us-east-1\", access_key_id = \"{}\", secret_access_key = \"{}\" }}\n",
+        stored.display().to_string(),
+        moto.endpoint(),
+        moto.access_key_id,
+        moto.secret_access_key
+    );
+    let monitor = monitor_with(target.tmpdir(), &dumps, &providers);
+    let client = reqwest::Client::new();
+    for provider in ["files", "s3"] {
+        let response = client
+            .get(monitor.url(&format!(
+                "/dump?pid={}&type=Mini&egressProvider={provider}",
+                target.pid()
+            )))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::ACCEPTED, "{provider}");
+        let operation = final_operation(&client, &location_of(&response)).await;
+        assert_eq!(operation["status"], "Succeeded", "{provider}: {operation}");
+        assert_eq!(operation["egressProviderName"], provider);
+        let location = operation["resourceLocation"].as_str().unwrap();
+        let bytes = if provider == "files" {
+            std::fs::read(location).unwrap()
+        } else {
+            let keys = moto.list("dumps", "e2e/");
+            assert_eq!(keys.len(), 1, "{keys:?}");
+            assert!(keys[0].contains("core_"), "{keys:?}");
+            moto.get("dumps", &keys[0]).unwrap().bytes
+        };
+        assert_eq!(&bytes[..4], b"\x7fELF", "{provider}");
+        assert_eq!(
+            operation["summary"]["sha256"],
+            sha256_hex(&bytes).as_str(),
+            "{provider}"
+        );
+        assert_eq!(operation["summary"]["bytes"], bytes.len());
+        assert!(listing(&dumps).is_empty());
+    }
+}
+
+#[tokio::test]
+async fn bad_dump_requests_are_problems_that_say_what_to_do() {
+    let target = TestTarget::start(Program::BigHeap, &["256"]);
+    let dir = tempfile::tempdir().unwrap();
+    let dumps = dir.path().join("dumps");
+    let monitor = monitor_with(target.tmpdir(), &dumps, "");
+    let client = reqwest::Client::new();
+    let problem = |response: reqwest::Response| async move {
+        let status = response.status();
+        assert_eq!(
+            response.headers()["content-type"],
+            "application/problem+json"
+        );
+        (status, response.json::<Value>().await.unwrap())
+    };
+
+    let (status, body) = problem(
+        client
+            .get(monitor.url(&format!("/dump?pid={}&type=Huge", target.pid())))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(
+        body["errors"]["type"][0].as_str().unwrap().contains("Huge"),
+        "{body}"
+    );
+
+    let (status, body) = problem(
+        client
+            .get(monitor.url("/dump?pid=999999999"))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+
+    // Two at once of one process: the second is refused while the first is written.
+    let first = {
+        let client = client.clone();
+        let url = monitor.url(&format!("/dump?pid={}&type=Full", target.pid()));
+        tokio::spawn(async move { client.get(url).send().await.unwrap() })
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while listing(&dumps).is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the first dump did not start"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let (status, body) = problem(
+        client
+            .get(monitor.url(&format!("/dump?pid={}&type=Mini", target.pid())))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{body}");
+    let first = first.await.unwrap();
+    assert_eq!(first.status(), StatusCode::OK);
+    let (_, length) = save_body(first, &dir.path().join("first.core")).await;
+    assert!(length > 256 << 20, "{length}");
+    assert!(listing(&dumps).is_empty());
+}
+
+#[tokio::test]
+async fn get_dump_names_createdump_without_its_execute_bit_and_the_fix() {
+    let runtime = runtime_copy(|createdump| {
+        std::fs::set_permissions(createdump, std::fs::Permissions::from_mode(0o644)).unwrap()
+    });
+    let target = TestTarget::start_on_runtime(&runtime.path().join("bin"), Program::Worker, &[]);
+    let dir = tempfile::tempdir().unwrap();
+    let monitor = monitor_with(target.tmpdir(), &dir.path().join("dumps"), "");
+    let response = reqwest::get(monitor.url(&format!("/dump?pid={}", target.pid())))
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+    let body: Value = response.json().await.unwrap();
+    let detail = body["detail"].as_str().unwrap();
+    assert!(
+        detail.contains("createdump") && detail.contains("chmod +x"),
+        "{detail}"
+    );
+    let operations: Value = reqwest::get(monitor.url("/operations"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let operation = reqwest::get(monitor.url(&format!(
+        "/operations/{}",
+        operations[0]["operationId"].as_str().unwrap()
+    )))
+    .await
+    .unwrap()
+    .json::<Value>()
+    .await
+    .unwrap();
+    assert_eq!(operation["status"], "Failed");
+    assert_eq!(
+        operation["error"]["code"], "CreatedumpNotExecutable",
+        "{operation}"
+    );
+}
+
+#[tokio::test]
+async fn a_target_killed_during_an_egressed_dump_fails_it_and_leaves_nothing() {
+    let mut target = TestTarget::start(Program::BigHeap, &["512"]);
+    let dir = tempfile::tempdir().unwrap();
+    let dumps = dir.path().join("dumps");
+    let stored = dir.path().join("stored");
+    std::fs::create_dir(&stored).unwrap();
+    let monitor = monitor_with(
+        target.tmpdir(),
+        &dumps,
+        &format!(
+            "[egress.providers.files]\ncomponent = \"filesystem\"\ndirectory = {:?}\n",
+            stored.display().to_string()
+        ),
+    );
+    let client = reqwest::Client::new();
+    let response = client
+        .get(monitor.url(&format!(
+            "/dump?pid={}&type=Full&egressProvider=files",
+            target.pid()
+        )))
+        .send()
+        .await
+        .unwrap();
+    let status = response.status();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while listing(&dumps).is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the dump did not start"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    target.signal(libc::SIGKILL);
+    target
+        .wait_exit(Duration::from_secs(10))
+        .expect("the target exits");
+    assert_eq!(status, StatusCode::ACCEPTED);
+    let operation = final_operation(&client, &location_of(&response)).await;
+    assert_eq!(operation["status"], "Failed", "{operation}");
+    assert_eq!(operation["error"]["code"], "TargetGone", "{operation}");
+    assert!(listing(&dumps).is_empty(), "{:?}", listing(&dumps));
+    assert!(listing(&stored).is_empty(), "{:?}", listing(&stored));
 }

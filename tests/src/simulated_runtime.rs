@@ -741,9 +741,10 @@ async fn generate_core_dump(shared: &Arc<Shared>, stream: &mut UnixStream, id: u
     });
     let fail = |hresult: u32, message: String| (hresult, message);
     let outcome = match &shared.config.dump {
-        _ if !(1..=4).contains(&dump_type) => {
-            Err(fail(hresult::E_FAIL, format!("Invalid dump type {dump_type}")))
-        }
+        _ if !(1..=4).contains(&dump_type) => Err(fail(
+            hresult::E_FAIL,
+            format!("Invalid dump type {dump_type}"),
+        )),
         DumpBehaviour::Write { bytes } => write_core_file(Path::new(&path), *bytes)
             .map_err(|error| fail(hresult::E_FAIL, format!("Cannot write {path}: {error}"))),
         DumpBehaviour::Fail { hresult, message } => Err(fail(*hresult, message.clone())),
@@ -753,7 +754,9 @@ async fn generate_core_dump(shared: &Arc<Shared>, stream: &mut UnixStream, id: u
         Err((hr, text)) if id == 0x03 => {
             let mut reply = hr.to_le_bytes().to_vec();
             put_ipc_string(&mut reply, &text);
-            let _ = stream.write_all(&message(SET_SERVER, ID_ERROR, &reply)).await;
+            let _ = stream
+                .write_all(&message(SET_SERVER, ID_ERROR, &reply))
+                .await;
             let _ = stream.shutdown().await;
         }
         Err((hr, _)) => send_error(stream, hr).await,

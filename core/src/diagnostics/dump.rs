@@ -224,19 +224,33 @@ mod tests {
     #[test]
     fn refusals_carry_the_message_of_generate_core_dump3_only() {
         let mut writer = PayloadWriter::new();
-        writer.u32(0x8000_4005).string("Problem launching createdump");
+        writer
+            .u32(0x8000_4005)
+            .string("Problem launching createdump");
         let payload = writer.into_bytes();
         let error = parse_refusal(Command::GenerateCoreDump3, &payload);
         assert!(
-            error.to_string().ends_with(": Problem launching createdump"),
+            error
+                .to_string()
+                .ends_with(": Problem launching createdump"),
             "{error}"
         );
         let error = parse_refusal(Command::GenerateCoreDump, &payload);
         assert!(
-            matches!(error, DumpCommandError::Refused { message: None, code: RuntimeErrorCode::Failed, .. }),
+            matches!(
+                error,
+                DumpCommandError::Refused {
+                    message: None,
+                    code: RuntimeErrorCode::Failed,
+                    ..
+                }
+            ),
             "{error:?}"
         );
         let error = parse_refusal(Command::GenerateCoreDump3, &[1, 2]);
-        assert!(matches!(error, DumpCommandError::Diagnostics(_)), "{error:?}");
+        assert!(
+            matches!(error, DumpCommandError::Diagnostics(_)),
+            "{error:?}"
+        );
     }
 }

@@ -171,7 +171,8 @@ mod tests {
 
     #[test]
     fn status_lines_give_effective_ids_and_groups() {
-        let status = "Name:\tdotnet\nUid:\t1000\t1001\t1000\t1000\nGid:\t50\t51\t50\t50\nGroups:\t4 27 \n";
+        let status =
+            "Name:\tdotnet\nUid:\t1000\t1001\t1000\t1000\nGid:\t50\t51\t50\t50\nGroups:\t4 27 \n";
         assert_eq!(
             parse_status(status),
             Some(Credentials {

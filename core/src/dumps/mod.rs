@@ -5,8 +5,9 @@
 //! 1. the target is checked: alive, `createdump` present and executable, the folder visible at
 //!    the same path and writable by the target's user, enough free space ([`checks`]);
 //! 2. the runtime is asked for the dump at `{folder}/diagmon-dump-{pid}-{id}` and diagmon waits
-//!    for its answer on a task of its own, which a cancelled request does not stop: the runtime
-//!    writes the file anyway, and that task deletes it once the runtime is done;
+//!    for its answer (or the target's death) on a task of its own, which an abandoned request
+//!    does not stop: the runtime writes the file anyway, and that task deletes it once the
+//!    runtime is done;
 //! 3. on success the file is opened and its name removed at once, so nothing is left behind
 //!    whatever happens next (a failed upload, a cancel, a crash of diagmon): the open file is
 //!    streamed ([`DumpStream`]) and its space freed when it is closed;
@@ -26,7 +27,6 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime};
 
 use tokio::sync::{oneshot, watch};
-use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::config::StorageConfig;
@@ -39,8 +39,11 @@ pub use stream::{CHUNK_SIZE, CHUNKS_IN_FLIGHT, DumpDigest, DumpStream};
 /// The start of every dump file's name: what marks a file as diagmon's.
 pub const FILE_PREFIX: &str = "diagmon-dump-";
 
-/// How long a failed dump's file may still be written by `createdump` before it is deleted anyway.
-const WRITER_WAIT: Duration = Duration::from_secs(30);
+/// How long diagmon waits for `createdump` to let go of a failed dump's file.
+const WRITER_WAIT: Duration = Duration::from_secs(10);
+
+/// How often the target's liveness is checked while the runtime writes a dump.
+const TARGET_POLL: Duration = Duration::from_millis(100);
 
 /// Why a dump could not be made, each with what to do about it.
 #[derive(Debug, thiserror::Error)]
@@ -278,16 +281,16 @@ impl DumpFolder {
         checks::check_free_space(&self.path, self.min_free)
     }
 
-    /// Makes a dump of `pid` through `client`: checks, asks the runtime, and returns the open
-    /// file once the runtime has written it. `cancel` abandons the wait (the file is then deleted
-    /// in the background once the runtime is done with it).
-    pub async fn capture(
+    /// Starts a dump of `pid` through `client`: checks that it can be written (an error here is
+    /// immediate), then asks the runtime on a task of its own. [`PendingDump::written`] waits for
+    /// the file; dropping the [`PendingDump`] abandons the dump (the file is deleted once the
+    /// runtime is done with it).
+    pub fn begin(
         self: &Arc<Self>,
         client: DiagnosticsClient,
         pid: u32,
         dump_type: DumpType,
-        cancel: &CancellationToken,
-    ) -> Result<DumpFile, DumpError> {
+    ) -> Result<PendingDump, DumpError> {
         let claim = self.claim(pid)?;
         self.check(pid)?;
         let path = self
@@ -298,17 +301,12 @@ impl DumpFolder {
         let folder = self.clone();
         tokio::spawn(async move {
             let result = folder.write(&client, pid, &path, dump_type).await;
-            // Nobody listening (cancelled): a finished dump's file is closed with `result`.
+            // Nobody listening (abandoned): a finished dump's file is closed with `result`.
             let _ = sender.send(result);
             drop(writing);
             drop(claim);
         });
-        tokio::select! {
-            result = receiver => result.unwrap_or_else(|_| {
-                Err(DumpError::Internal("the dump task ended without a result".to_owned()))
-            }),
-            _ = cancel.cancelled() => Err(DumpError::Cancelled),
-        }
+        Ok(PendingDump { receiver })
     }
 
     /// Waits (at most `grace`) for the runtimes still writing dumps, then deletes whatever is
@@ -335,14 +333,20 @@ impl DumpFolder {
         dump_type: DumpType,
     ) -> Result<DumpFile, DumpError> {
         let started = Instant::now();
-        match client
-            .generate_core_dump(path, dump_type, self.timeout)
-            .await
-        {
+        let answer = tokio::select! {
+            answer = client.generate_core_dump(path, dump_type, self.timeout) => answer,
+            // createdump inherits the runtime's end of the connection, so a killed target's
+            // connection stays open while createdump runs: watch the process itself.
+            () = target_exit(pid) => {
+                release_file(path, true).await;
+                return Err(DumpError::TargetGone { pid });
+            }
+        };
+        match answer {
             Ok(command) => {
                 let opened = open_written(path, command);
                 if opened.is_err() {
-                    remove_when_unwritten(path).await;
+                    release_file(path, false).await;
                 }
                 if let Ok(dump) = &opened {
                     tracing::info!(pid, %command, bytes = dump.size, elapsed = ?started.elapsed(), "dump written");
@@ -350,7 +354,7 @@ impl DumpFolder {
                 opened
             }
             Err(error) => {
-                remove_when_unwritten(path).await;
+                release_file(path, !procfs::is_alive(pid)).await;
                 Err(self.diagnose(pid, error))
             }
         }
@@ -405,6 +409,30 @@ impl DumpFolder {
 
     fn lock_writing(&self) -> MutexGuard<'_, BTreeSet<PathBuf>> {
         self.writing.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// A dump the runtime is writing.
+#[derive(Debug)]
+pub struct PendingDump {
+    receiver: oneshot::Receiver<Result<DumpFile, DumpError>>,
+}
+
+impl PendingDump {
+    /// Waits until the runtime has written the dump; returns the open file.
+    pub async fn written(self) -> Result<DumpFile, DumpError> {
+        self.receiver.await.unwrap_or_else(|_| {
+            Err(DumpError::Internal(
+                "the dump task ended without a result".to_owned(),
+            ))
+        })
+    }
+}
+
+/// Resolves once process `pid` has exited (or is a zombie).
+async fn target_exit(pid: u32) {
+    while procfs::is_alive(pid) {
+        tokio::time::sleep(TARGET_POLL).await;
     }
 }
 
@@ -466,34 +494,51 @@ fn open_written(path: &Path, command: Command) -> Result<DumpFile, DumpError> {
     })
 }
 
-/// Deletes a failed dump's file once no process (`createdump -f PATH`) writes it any more, or
-/// after [`WRITER_WAIT`]: `createdump` may outlive the runtime's answer (a target killed mid-dump).
-async fn remove_when_unwritten(path: &Path) {
+/// Deletes a failed dump's file and waits (at most [`WRITER_WAIT`]) until no `createdump -f PATH`
+/// writes it any more, so that its space is free too. `createdump` may outlive the runtime's
+/// answer; when the target is gone, one still running after that wait is stuck on the dead
+/// process (it keeps the dead target's threads attached) and is killed.
+async fn release_file(path: &Path, target_gone: bool) {
+    let _ = std::fs::remove_file(path);
     let deadline = Instant::now() + WRITER_WAIT;
+    let needle = path.as_os_str().as_encoded_bytes().to_vec();
     loop {
-        let _ = std::fs::remove_file(path);
-        let needle = path.as_os_str().as_encoded_bytes().to_vec();
-        let writing = tokio::task::spawn_blocking(move || any_process_mentions(&needle))
+        let search = needle.clone();
+        let writers = tokio::task::spawn_blocking(move || processes_mentioning(&search))
             .await
-            .unwrap_or(false);
-        if !writing || Instant::now() >= deadline {
-            let _ = std::fs::remove_file(path);
-            return;
+            .unwrap_or_default();
+        if writers.is_empty() {
+            break;
+        }
+        if Instant::now() >= deadline {
+            if target_gone {
+                for writer in writers {
+                    tracing::warn!(pid = writer, path = %path.display(), "killing a createdump stuck on a process that is gone");
+                    // SAFETY: kill(2) has no memory-safety preconditions.
+                    unsafe { libc::kill(writer as libc::pid_t, libc::SIGKILL) };
+                }
+            }
+            break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    // createdump may have created the file after the first removal.
+    let _ = std::fs::remove_file(path);
 }
 
-/// True when some process has `needle` among its command-line arguments.
-fn any_process_mentions(needle: &[u8]) -> bool {
+/// The processes that have `needle` among their command-line arguments.
+fn processes_mentioning(needle: &[u8]) -> Vec<u32> {
     let Ok(entries) = std::fs::read_dir("/proc") else {
-        return false;
+        return Vec::new();
     };
-    entries.flatten().any(|entry| {
-        entry.file_name().to_string_lossy().bytes().all(|b| b.is_ascii_digit())
-            && std::fs::read(entry.path().join("cmdline"))
+    entries
+        .flatten()
+        .filter_map(|entry| entry.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
                 .is_ok_and(|cmdline| cmdline.split(|b| *b == 0).any(|arg| arg == needle))
-    })
+        })
+        .collect()
 }
 
 /// `diagmon-dumps-{uid}` under the system temporary directory, private to diagmon's user.
@@ -563,7 +608,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("a/b");
         let folder = folder_at(&path);
-        let mode = std::fs::metadata(folder.path()).unwrap().permissions().mode();
+        let mode = std::fs::metadata(folder.path())
+            .unwrap()
+            .permissions()
+            .mode();
         assert_eq!(mode & 0o777, 0o700);
     }
 
@@ -595,7 +643,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let folder = folder_at(dir.path());
         let claim = folder.claim(7).unwrap();
-        assert!(matches!(folder.claim(7), Err(DumpError::InProgress { pid: 7 })));
+        assert!(matches!(
+            folder.claim(7),
+            Err(DumpError::InProgress { pid: 7 })
+        ));
         let _other = folder.claim(8).unwrap();
         drop(claim);
         folder.claim(7).unwrap();
@@ -646,7 +697,7 @@ mod tests {
     fn a_process_mentioning_a_path_is_found() {
         let me = std::fs::read("/proc/self/cmdline").unwrap();
         let first = me.split(|b| *b == 0).next().unwrap().to_vec();
-        assert!(any_process_mentions(&first));
-        assert!(!any_process_mentions(b"/no/such/diagmon-dump-0-0"));
+        assert!(processes_mentioning(&first).contains(&std::process::id()));
+        assert!(processes_mentioning(b"/no/such/diagmon-dump-0-0").is_empty());
     }
 }
