@@ -159,7 +159,7 @@ struct DumpArgs {
     /// What the dump holds: Mini, Full, WithHeap or Triage (case-insensitive).
     #[arg(long = "type", default_value = "WithHeap")]
     dump_type: DumpType,
-    /// Output file (default: core_{yyyyMMdd_HHmmss} in the current directory).
+    /// Output file (default: core_{yyyyMMdd_HHmmss_fff} in the current directory).
     #[arg(short, long)]
     output: Option<PathBuf>,
     /// The configuration file, for its [storage] section (the dump folder).
@@ -410,7 +410,10 @@ async fn dump(args: DumpArgs) -> Result<ExitCode> {
     let process = diagmon::processes::resolve(&processes, &selector, &config.default_process)?;
     let output = match &args.output {
         Some(output) => output.clone(),
-        None => PathBuf::from(diagmon::dumps::dump_file_name(std::time::SystemTime::now())),
+        None => PathBuf::from(
+            diagmon::egress::ArtifactKind::Dump
+                .file_name(std::time::SystemTime::now(), process.pid),
+        ),
     };
     let output = std::path::absolute(&output)
         .with_context(|| format!("cannot resolve {}", output.display()))?;

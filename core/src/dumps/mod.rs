@@ -172,15 +172,6 @@ impl DumpError {
     }
 }
 
-/// The file name dotnet-monitor and dotnet-dump give a Linux dump: `core_{yyyyMMdd_HHmmss}`, UTC.
-pub fn dump_file_name(started_at: SystemTime) -> String {
-    // "2026-11-26T07:24:08Z" -> "20261126_072408"
-    let stamp = humantime::format_rfc3339_seconds(started_at).to_string();
-    let digits: String = stamp.chars().filter(char::is_ascii_digit).collect();
-    let (date, clock) = digits.split_at(8.min(digits.len()));
-    format!("core_{date}_{clock}")
-}
-
 /// The folder the runtime writes dumps into, and the dumps under way there.
 #[derive(Debug)]
 pub struct DumpFolder {
@@ -595,12 +586,6 @@ mod tests {
             ..StorageConfig::default()
         })
         .unwrap()
-    }
-
-    #[test]
-    fn dump_file_names_follow_dotnet_monitor() {
-        let time = SystemTime::UNIX_EPOCH + Duration::from_millis(1_764_141_848_923);
-        assert_eq!(dump_file_name(time), "core_20251126_072408");
     }
 
     #[test]
