@@ -120,6 +120,8 @@ pub enum MatchType {
 pub struct LimitsConfig {
     /// Trace operations running at once, streamed and egressed alike; more get 429.
     pub max_concurrent_traces: usize,
+    /// Process dump operations running at once; more get 429.
+    pub max_concurrent_dumps: usize,
     /// Largest accepted request body in bytes; larger bodies get 413.
     pub max_request_body_bytes: usize,
 }
@@ -128,6 +130,7 @@ impl Default for LimitsConfig {
     fn default() -> Self {
         LimitsConfig {
             max_concurrent_traces: 3,
+            max_concurrent_dumps: 1,
             max_request_body_bytes: 1 << 20,
         }
     }
@@ -247,6 +250,11 @@ impl Config {
         if self.limits.max_concurrent_traces == 0 {
             return Err(ConfigError(
                 "`limits.max_concurrent_traces` must be at least 1".into(),
+            ));
+        }
+        if self.limits.max_concurrent_dumps == 0 {
+            return Err(ConfigError(
+                "`limits.max_concurrent_dumps` must be at least 1".into(),
             ));
         }
         if let Some(folder) = &self.storage.dump_temp_folder

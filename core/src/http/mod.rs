@@ -3,6 +3,7 @@
 //! Handlers live in one module per resource ([`trace`], [`processes`], [`operations`]); every
 //! error leaves as [`problem::Problem`] (`application/problem+json`).
 
+pub mod dump;
 pub mod openapi;
 pub mod operations;
 pub mod params;
@@ -46,6 +47,10 @@ pub struct AppState {
     pub operations: Arc<OperationRegistry>,
     /// The loaded egress providers.
     pub egress: EgressHost,
+    /// The folder the runtime writes dumps into.
+    pub dumps: Arc<crate::dumps::DumpFolder>,
+    /// The concurrent dump slots (`limits.max_concurrent_dumps`).
+    pub dump_slots: Arc<tokio::sync::Semaphore>,
 }
 
 /// The scheme a listener serves, attached to its requests.
@@ -150,6 +155,7 @@ pub fn router(state: AppState, authenticate: crate::auth::Authenticator) -> Rout
         .route("/process", get(processes::get_process))
         .route("/env", get(processes::get_environment))
         .route("/trace", get(trace::get_trace).post(trace::post_trace))
+        .route("/dump", get(dump::get_dump))
         .route("/operations", get(operations::list_operations))
         .route(
             "/operations/{id}",
@@ -215,7 +221,10 @@ pub async fn serve(
         tracing::info!(providers = ?egress.provider_names(), "egress providers loaded");
     }
     let operations = Arc::new(OperationRegistry::new(&config.limits, &config.operations));
+    let dumps = crate::dumps::DumpFolder::open(&config.storage)?;
     let state = AppState {
+        dumps: dumps.clone(),
+        dump_slots: Arc::new(tokio::sync::Semaphore::new(config.limits.max_concurrent_dumps)),
         processes: ProcessDirectory::new(discovery, crate::diagnostics::Timeouts::default()),
         operations: operations.clone(),
         egress,
@@ -245,6 +254,7 @@ pub async fn serve(
             shutdown.await;
             tracing::info!("shutting down: stopping running operations gracefully");
             operations.stop_all(SHUTDOWN_GRACE).await;
+            dumps.shutdown(SHUTDOWN_GRACE).await;
             stopping.cancel();
         }
     });

@@ -200,12 +200,14 @@ fn trace_summary(digest: TraceDigest) -> TraceSummary {
     let summary = digest.nettrace;
     TraceSummary {
         bytes: summary.bytes,
-        events: summary.events,
-        blocks: summary.event_blocks
-            + summary.metadata_blocks
-            + summary.stack_blocks
-            + summary.sequence_point_blocks,
-        dropped_events_estimate: summary.dropped_events_estimate,
+        events: Some(summary.events),
+        blocks: Some(
+            summary.event_blocks
+                + summary.metadata_blocks
+                + summary.stack_blocks
+                + summary.sequence_point_blocks,
+        ),
+        dropped_events_estimate: Some(summary.dropped_events_estimate),
         events_by_provider: summary.events_by_provider,
         sha256: digest.sha256,
     }

@@ -72,19 +72,24 @@ pub struct OperationError {
     pub message: String,
 }
 
-/// What the nettrace validator saw in a finished trace, and the hash of its bytes.
+/// What a finished artifact holds: its size and hash, and for a trace what the nettrace
+/// validator saw (absent for a dump).
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct TraceSummary {
-    /// Bytes in the trace.
+    /// Bytes in the artifact.
     pub bytes: u64,
-    /// Events.
-    pub events: u64,
-    /// Blocks of every kind.
-    pub blocks: u64,
-    /// Events the runtime dropped, estimated from sequence numbers.
-    pub dropped_events_estimate: u64,
-    /// Events per provider.
+    /// Events (traces only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub events: Option<u64>,
+    /// Blocks of every kind (traces only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub blocks: Option<u64>,
+    /// Events the runtime dropped, estimated from sequence numbers (traces only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dropped_events_estimate: Option<u64>,
+    /// Events per provider (traces only).
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub events_by_provider: BTreeMap<String, u64>,
     /// SHA-256 of the bytes, lowercase hex.
     pub sha256: String,
