@@ -11,6 +11,9 @@ pub mod problem;
 pub mod processes;
 pub mod trace;
 
+#[cfg(test)]
+mod tests;
+
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -49,8 +52,6 @@ pub struct AppState {
     pub egress: EgressHost,
     /// The folder the runtime writes dumps into.
     pub dumps: Arc<crate::dumps::DumpFolder>,
-    /// The concurrent dump slots (`limits.max_concurrent_dumps`).
-    pub dump_slots: Arc<tokio::sync::Semaphore>,
 }
 
 /// The scheme a listener serves, attached to its requests.
@@ -224,7 +225,6 @@ pub async fn serve(
     let dumps = crate::dumps::DumpFolder::open(&config.storage)?;
     let state = AppState {
         dumps: dumps.clone(),
-        dump_slots: Arc::new(tokio::sync::Semaphore::new(config.limits.max_concurrent_dumps)),
         processes: ProcessDirectory::new(discovery, crate::diagnostics::Timeouts::default()),
         operations: operations.clone(),
         egress,
