@@ -290,7 +290,7 @@ async fn a_runtime_failure_with_a_message_is_reported_with_it_and_leaves_no_file
     let error = dump_of(&folder, client, std::process::id(), DumpType::Mini)
         .await
         .unwrap_err();
-    assert_eq!(error.code(), "RuntimeError");
+    assert_eq!(error.code().as_str(), "RuntimeError");
     assert!(
         error.to_string().contains("ptrace(ATTACH) failed"),
         "{error}"
@@ -379,7 +379,7 @@ async fn createdump_without_its_execute_bit_is_named_with_the_fix() {
     )
     .await
     .unwrap_err();
-    assert_eq!(error.code(), "CreatedumpNotExecutable", "{error}");
+    assert_eq!(error.code().as_str(), "CreatedumpNotExecutable", "{error}");
     let message = error.to_string();
     assert!(
         message.contains(&format!(
