@@ -146,7 +146,7 @@ pub fn free_bytes(folder: &Path) -> std::io::Result<u64> {
     if result != 0 {
         return Err(std::io::Error::last_os_error());
     }
-    Ok(u64::from(stats.f_bavail).saturating_mul(u64::from(stats.f_frsize)))
+    Ok(stats.f_bavail.saturating_mul(stats.f_frsize))
 }
 
 /// Fails when `folder` has less than `minimum` bytes free.
