@@ -488,7 +488,10 @@ async fn dump(args: DumpArgs) -> Result<ExitCode> {
             let _ = std::fs::remove_file(&output);
             match error {
                 Some(error) => bail!("no dump was written: {} ({})", error.message, error.code),
-                None => bail!("no dump was written: the operation ended {:?}", status.status),
+                None => bail!(
+                    "no dump was written: the operation ended {:?}",
+                    status.status
+                ),
             }
         }
     }

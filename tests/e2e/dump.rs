@@ -272,7 +272,10 @@ async fn a_dump_folder_dump_of_the_simulated_runtime_is_streamed_and_gone_from_t
     }
     assert_eq!(bytes.len(), 3 << 20);
     assert_eq!(&bytes[..4], b"\x7fELF");
-    assert_eq!(bytes[64..], (0..=255u8).cycle().take((3 << 20) - 64).collect::<Vec<_>>()[..]);
+    assert_eq!(
+        bytes[64..],
+        (0..=255u8).cycle().take((3 << 20) - 64).collect::<Vec<_>>()[..]
+    );
     runtime.shutdown().await;
 }
 

@@ -34,7 +34,9 @@ impl DumpStream {
         std::thread::Builder::new()
             .name("dump-reader".to_owned())
             .spawn(move || read_file(dump, sender))
-            .map_err(|error| DumpError::Internal(format!("cannot start the dump reader: {error}")))?;
+            .map_err(|error| {
+                DumpError::Internal(format!("cannot start the dump reader: {error}"))
+            })?;
         Ok(DumpStream {
             receiver,
             size,
@@ -73,7 +75,10 @@ fn read_file(dump: DumpFile, sender: mpsc::Sender<Result<Bytes, DumpError>>) {
         let mut buffer = BytesMut::zeroed(want);
         let mut filled = 0;
         while filled < want {
-            match dump.file.read_at(&mut buffer[filled..], offset + filled as u64) {
+            match dump
+                .file
+                .read_at(&mut buffer[filled..], offset + filled as u64)
+            {
                 Ok(0) => {
                     let _ = sender.blocking_send(Err(DumpError::Invalid(format!(
                         "the dump file ended after {} of its {} bytes",
