@@ -4,11 +4,13 @@
 //! - [`monitor`]: the real `diagmon collect` binary on a loopback port;
 //! - [`simulated_runtime`] and [`synthetic_nettrace`]: a runtime for what 3.1 cannot show;
 //! - [`guests`]: WebAssembly fixtures and example providers, built from source;
+//! - [`browser`]: a real headless Chromium driven over WebDriver, for the web console;
 //! - [`http_server`]: a recording HTTP server for egress providers that upload over HTTP;
 //! - [`storage`]: real object-storage servers (moto for S3, Azurite for Azure Blob) and an
 //!   independent client to read objects back.
 
 pub mod bench;
+pub mod browser;
 pub mod guests;
 pub mod http_server;
 pub mod monitor;

@@ -68,6 +68,7 @@ pub struct EventProviderConfiguration {
         super::operations::get_operation,
         super::operations::delete_operation,
         super::info,
+        super::egress_providers::list_egress_providers,
     ),
     components(schemas(EventProvidersConfiguration, EventProviderConfiguration)),
     modifiers(&BearerSecurity),
