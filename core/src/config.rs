@@ -46,6 +46,8 @@ pub struct Config {
     pub http: HttpConfig,
     /// Egress providers.
     pub egress: EgressConfig,
+    /// Where the runtime writes dumps before diagmon sends them on.
+    pub storage: StorageConfig,
 }
 
 impl Default for Config {
@@ -62,6 +64,7 @@ impl Default for Config {
             tls: None,
             http: HttpConfig::default(),
             egress: EgressConfig::default(),
+            storage: StorageConfig::default(),
         }
     }
 }
@@ -240,6 +243,35 @@ impl Default for HttpConfig {
             max_connections: 512,
             shutdown_timeout_seconds: 30,
             allowed_hosts: Vec::new(),
+        }
+    }
+}
+
+/// The dump folder: the runtime's `createdump` writes each dump there (at a path the *target*
+/// resolves), diagmon streams it on and deletes it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StorageConfig {
+    /// The folder; the target must see it at the same path (in containers: the same volume
+    /// mounted at the same path in both). Default: a private (0700) folder under the system
+    /// temporary directory, `diagmon-dumps-{uid}`.
+    pub dump_temp_folder: Option<PathBuf>,
+    /// Free space the folder must have before a dump is asked for, in MiB.
+    pub dump_min_free_mib: u64,
+    /// At start-up, dump files diagmon left behind (a crash, a kill) that were last written longer
+    /// ago than this are removed, in seconds.
+    pub dump_leftover_max_age_seconds: u64,
+    /// How long the runtime may take to write a dump, in seconds.
+    pub dump_timeout_seconds: u64,
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        StorageConfig {
+            dump_temp_folder: None,
+            dump_min_free_mib: 256,
+            dump_leftover_max_age_seconds: 900,
+            dump_timeout_seconds: 600,
         }
     }
 }
@@ -512,6 +544,20 @@ impl Config {
         {
             return Err(ConfigError(
                 "`diagnostic_port.max_runtimes` and `diagnostic_port.max_connections_per_runtime` must be at least 1".into(),
+            ));
+        }
+        if let Some(folder) = &self.storage.dump_temp_folder
+            && (!folder.is_absolute() || folder.to_string_lossy().contains('%'))
+        {
+            return Err(ConfigError(format!(
+                "`storage.dump_temp_folder` must be an absolute path without `%` (the target \
+                 resolves it, and createdump expands `%` patterns): `{}`",
+                folder.display()
+            )));
+        }
+        if self.storage.dump_timeout_seconds == 0 {
+            return Err(ConfigError(
+                "`storage.dump_timeout_seconds` must be at least 1".into(),
             ));
         }
         for filter in &self.default_process.filters {

@@ -12,6 +12,7 @@
 //! - [`operations`]: the registry of artifact operations, their limits and their capture;
 //! - [`processes`]: which runtimes diagmon can see, what identifies them, and process selection;
 //! - [`diagnostics`]: the diagnostics IPC client, EventPipe sessions and the nettrace validator;
+//! - [`dumps`]: process dumps: the dump folder, the checks before a dump, the dump file's life;
 //! - [`profiles`]: named provider sets for traces;
 //! - [`procfs`]: what Linux says about a process when its runtime cannot.
 #![deny(missing_docs)]
@@ -19,6 +20,7 @@
 pub mod auth;
 pub mod config;
 pub mod diagnostics;
+pub mod dumps;
 pub mod egress;
 pub mod http;
 pub mod operations;

@@ -9,6 +9,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
 use diagmon::auth::{Authenticator, KeyOutputFormat, generate_key, render_key};
+use diagmon::diagnostics::dump::DumpType;
 use diagmon::diagnostics::eventpipe::Rundown;
 use diagmon::diagnostics::nettrace;
 use diagmon::diagnostics::reverse::{PortLimits, ReversePort};
@@ -61,6 +62,8 @@ enum Commands {
     },
     /// Capture an EventPipe trace of one process into a file.
     Trace(TraceArgs),
+    /// Write a dump of one process into a file, as `dotnet-dump collect` does.
+    Dump(DumpArgs),
     /// Check that a nettrace file is whole and well-formed, and summarise it.
     Validate {
         /// The file to check.
@@ -151,6 +154,30 @@ struct TraceArgs {
     output: PathBuf,
 }
 
+#[derive(Debug, Args)]
+struct DumpArgs {
+    #[command(flatten)]
+    discovery: DiscoveryArgs,
+    /// The process id.
+    #[arg(short, long)]
+    pid: Option<u64>,
+    /// The runtime instance uid.
+    #[arg(long)]
+    uid: Option<uuid::Uuid>,
+    /// The process name.
+    #[arg(long)]
+    name: Option<String>,
+    /// What the dump holds: Mini, Full, WithHeap or Triage (case-insensitive).
+    #[arg(long = "type", default_value = "WithHeap")]
+    dump_type: DumpType,
+    /// Output file (default: core_{yyyyMMdd_HHmmss_fff} in the current directory).
+    #[arg(short, long)]
+    output: Option<PathBuf>,
+    /// The configuration file, for its [storage] section (the dump folder).
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+}
+
 fn main() -> ExitCode {
     diagmon::tls::install_crypto_provider();
     tracing_subscriber::fmt()
@@ -220,6 +247,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Commands::Trace(args) => trace(args).await,
+        Commands::Dump(args) => dump(args).await,
         Commands::Validate { file } => match nettrace::validate_file(&file) {
             Ok(summary) => {
                 println!("{}", serde_json::to_string_pretty(&summary)?);
@@ -365,5 +393,78 @@ async fn trace(args: TraceArgs) -> Result<ExitCode> {
             args.output.display(),
             status.status
         ),
+    }
+}
+
+/// `diagmon dump`: the same artifact as `GET /dump` (the runtime writes the dump into the dump
+/// folder; it is copied to the output file and deleted), printing what `dotnet-dump collect`
+/// prints.
+async fn dump(args: DumpArgs) -> Result<ExitCode> {
+    let file = config::config_file(args.config.as_deref());
+    let config = config::load(file.as_deref(), serde_json::json!({}))?;
+    let folder = diagmon::dumps::DumpFolder::open(&config.storage)?;
+    let directory = directory(&args.discovery).await?;
+    let output = match &args.output {
+        Some(output) => output.clone(),
+        None => PathBuf::from(
+            diagmon::egress::ArtifactKind::Dump.file_name(std::time::SystemTime::now(), 0),
+        ),
+    };
+    let output = std::path::absolute(&output)
+        .with_context(|| format!("cannot resolve {}", output.display()))?;
+    let registry = Arc::new(OperationRegistry::new(&config.limits, &config.operations));
+    let operations = Operations::new(registry, directory, EgressHost::default(), &config);
+    println!(
+        "Writing {} to {}",
+        args.dump_type.description(),
+        output.display()
+    );
+    let started = operations
+        .start(StartRequest {
+            artifact: diagmon::dumps::DumpSpec {
+                folder,
+                dump_type: args.dump_type,
+            },
+            target: ProcessSelector {
+                pid: args.pid,
+                uid: args.uid,
+                name: args.name,
+            },
+            destination: Destination::File(output.clone()),
+            tags: BTreeSet::new(),
+            duration: None,
+        })
+        .await
+        .map_err(|error| match error {
+            StartError::Process(error) => {
+                anyhow::anyhow!("{error} (`diagmon ps` lists the processes diagmon can see)")
+            }
+            other => anyhow::Error::new(other),
+        })?;
+    let operation = started.operation;
+    tokio::select! {
+        _ = operation.finished() => {}
+        _ = tokio::signal::ctrl_c() => {
+            let _ = operation.cancel();
+            operation.finished().await;
+        }
+    }
+    let status = operation.status();
+    match (status.summary, status.error) {
+        (Some(summary), _) => {
+            println!("Wrote {} bytes (sha256 {})", summary.bytes, summary.sha256);
+            println!("Complete");
+            Ok(ExitCode::SUCCESS)
+        }
+        (None, error) => {
+            let _ = std::fs::remove_file(&output);
+            match error {
+                Some(error) => bail!("no dump was written: {} ({})", error.message, error.code),
+                None => bail!(
+                    "no dump was written: the operation ended {:?}",
+                    status.status
+                ),
+            }
+        }
     }
 }

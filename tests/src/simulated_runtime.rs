@@ -3,7 +3,7 @@
 //! It is a test oracle written from the protocol notes (`docs/ipc-protocol.md`), with its own framing
 //! code, deliberately independent of diagmon's client. It covers what a real .NET Core 3.1
 //! runtime cannot show: the Process command set (ProcessInfo 1–3, ResumeRuntime,
-//! ProcessEnvironment), CollectTracing 3–6, reverse ("connect") diagnostic ports with suspension,
+//! ProcessEnvironment), CollectTracing 3–6, GenerateCoreDump 2–3 and their error replies, reverse ("connect") diagnostic ports with suspension,
 //! huge streams at full speed, killed targets, and misbehaving servers ([`Fault`]).
 //!
 //! **Behaviour summary**
@@ -64,6 +64,7 @@ pub mod hresult {
 }
 
 /// Command sets.
+const SET_DUMP: u8 = 0x01;
 const SET_EVENTPIPE: u8 = 0x02;
 const SET_PROCESS: u8 = 0x04;
 const SET_SERVER: u8 = 0xFF;
@@ -114,6 +115,11 @@ pub struct SimulatedRuntimeConfig {
     pub environment: Vec<(String, String)>,
     /// What EventPipe sessions send.
     pub stream: StreamBehaviour,
+    /// Newest Dump command answered: 0 = none, 1 = GenerateCoreDump (like 3.1), 2 =
+    /// +GenerateCoreDump2, 3 = +GenerateCoreDump3; newer ids → UNKNOWN_COMMAND.
+    pub dump_level: u8,
+    /// What a dump request does.
+    pub dump: DumpBehaviour,
     /// Misbehaviour injected into every exchange, if any.
     pub fault: Option<Fault>,
 }
@@ -144,6 +150,8 @@ impl Default for SimulatedRuntimeConfig {
                 ("LANG".into(), "C.UTF-8".into()),
             ],
             stream: StreamBehaviour::Paced,
+            dump_level: 3,
+            dump: DumpBehaviour::Write { bytes: 64 << 10 },
             fault: None,
         }
     }
@@ -170,6 +178,39 @@ pub enum StreamBehaviour {
         /// Bytes sent before the abrupt close.
         after_bytes: u64,
     },
+}
+
+/// What a GenerateCoreDump request does (after its payload parsed; a dump type outside 1..=4 or a
+/// path whose folder does not exist is E_FAIL, as on 3.1).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum DumpBehaviour {
+    /// Writes a file of `bytes` bytes at the requested path (a 64-byte ELF header of type
+    /// ET_CORE, then filler), then replies OK.
+    Write {
+        /// The file's size (at least 64).
+        bytes: u64,
+    },
+    /// Writes nothing and replies with this HRESULT; a GenerateCoreDump3 error reply also
+    /// carries `message`.
+    Fail {
+        /// The HRESULT of the error reply.
+        hresult: u32,
+        /// The message of a GenerateCoreDump3 error reply.
+        message: String,
+    },
+}
+
+/// A decoded GenerateCoreDump request.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DumpRequest {
+    /// Command id: 0x01 GenerateCoreDump … 0x03 GenerateCoreDump3.
+    pub command_id: u8,
+    /// Where the dump is to be written.
+    pub path: String,
+    /// 1 Normal, 2 WithHeap, 3 Triage, 4 Full.
+    pub dump_type: u32,
+    /// The diagnostics switch (v1) or flag set (v2, v3).
+    pub flags: u32,
 }
 
 /// Misbehaviour of the simulated server, applied to every request.
@@ -265,6 +306,7 @@ struct Shared {
 struct State {
     commands: Vec<(u8, u8)>,
     last_collect: Option<CollectRequest>,
+    last_dump: Option<DumpRequest>,
     sessions: HashMap<u64, SessionEntry>,
     resumed: bool,
     environment: Vec<(String, String)>,
@@ -303,6 +345,7 @@ impl SimulatedRuntime {
             state: Mutex::new(State {
                 commands: Vec::new(),
                 last_collect: None,
+                last_dump: None,
                 sessions: HashMap::new(),
                 resumed,
                 environment,
@@ -407,6 +450,11 @@ impl SimulatedRuntime {
     /// The last CollectTracing request that parsed and was accepted.
     pub fn last_collect_request(&self) -> Option<CollectRequest> {
         self.shared.state().last_collect.clone()
+    }
+
+    /// The last GenerateCoreDump request that parsed.
+    pub fn last_dump_request(&self) -> Option<DumpRequest> {
+        self.shared.state().last_dump.clone()
     }
 
     /// Number of EventPipe sessions still streaming.
@@ -615,6 +663,9 @@ async fn dispatch(shared: &Arc<Shared>, mut stream: UnixStream, set: u8, id: u8,
         (SET_EVENTPIPE, 0x02..=0x07) if id - 1 <= config.collect_tracing_level => {
             collect_tracing(shared, stream, id, payload).await
         }
+        (SET_DUMP, 0x01..=0x03) if id <= config.dump_level => {
+            generate_core_dump(shared, &mut stream, id, payload).await
+        }
         (SET_PROCESS, 0x00) if pil >= 1 => process_info(shared, &mut stream, 1).await,
         (SET_PROCESS, 0x04) if pil >= 2 => process_info(shared, &mut stream, 2).await,
         (SET_PROCESS, 0x08) if pil >= 3 => process_info(shared, &mut stream, 3).await,
@@ -688,6 +739,64 @@ async fn process_environment(shared: &Arc<Shared>, stream: &mut UnixStream) {
     bytes.extend_from_slice(&continuation);
     let _ = stream.write_all(&bytes).await;
     let _ = stream.shutdown().await;
+}
+
+async fn generate_core_dump(shared: &Arc<Shared>, stream: &mut UnixStream, id: u8, payload: &[u8]) {
+    let mut reader = PayloadReader::new(payload);
+    let parsed = (|| Ok::<_, u32>((reader.string()?, reader.u32()?, reader.u32()?)))();
+    let (path, dump_type, flags) = match parsed {
+        Ok((Some(path), dump_type, flags)) => (path, dump_type, flags),
+        _ => return send_error(stream, hresult::BAD_ENCODING).await,
+    };
+    shared.state().last_dump = Some(DumpRequest {
+        command_id: id,
+        path: path.clone(),
+        dump_type,
+        flags,
+    });
+    let fail = |hresult: u32, message: String| (hresult, message);
+    let outcome = match &shared.config.dump {
+        _ if !(1..=4).contains(&dump_type) => Err(fail(
+            hresult::E_FAIL,
+            format!("Invalid dump type {dump_type}"),
+        )),
+        DumpBehaviour::Write { bytes } => write_core_file(Path::new(&path), *bytes)
+            .map_err(|error| fail(hresult::E_FAIL, format!("Cannot write {path}: {error}"))),
+        DumpBehaviour::Fail { hresult, message } => Err(fail(*hresult, message.clone())),
+    };
+    match outcome {
+        Ok(()) => send_ok(stream, &0u32.to_le_bytes()).await,
+        Err((hr, text)) if id == 0x03 => {
+            let mut reply = hr.to_le_bytes().to_vec();
+            put_ipc_string(&mut reply, &text);
+            let _ = stream
+                .write_all(&message(SET_SERVER, ID_ERROR, &reply))
+                .await;
+            let _ = stream.shutdown().await;
+        }
+        Err((hr, _)) => send_error(stream, hr).await,
+    }
+}
+
+/// A stand-in core file: an ELF64 header of type ET_CORE, then filler up to `bytes`.
+fn write_core_file(path: &Path, bytes: u64) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut header = [0u8; 64];
+    header[..4].copy_from_slice(b"\x7fELF");
+    header[4] = 2; // ELFCLASS64
+    header[5] = 1; // little-endian
+    header[6] = 1; // EV_CURRENT
+    header[16..18].copy_from_slice(&4u16.to_le_bytes()); // ET_CORE
+    let mut file = std::io::BufWriter::new(std::fs::File::create(path)?);
+    file.write_all(&header)?;
+    let filler: Vec<u8> = (0..=255u8).cycle().take(64 << 10).collect();
+    let mut left = bytes.saturating_sub(64);
+    while left > 0 {
+        let now = left.min(filler.len() as u64) as usize;
+        file.write_all(&filler[..now])?;
+        left -= now as u64;
+    }
+    file.flush()
 }
 
 async fn stop_tracing(shared: &Arc<Shared>, mut stream: UnixStream, payload: &[u8]) {
@@ -1688,6 +1797,7 @@ mod tests {
         let config = SimulatedRuntimeConfig {
             process_info_level: 0,
             collect_tracing_level: 2,
+            dump_level: 1,
             ..Default::default()
         };
         let (_dir, rt) = listen_with(config).await;
@@ -1703,7 +1813,8 @@ mod tests {
             (0x05, 0x01),
             (0xFF, 0x00),
             (0x02, 0x09),
-            (0x01, 0x01),
+            (0x01, 0x02),
+            (0x01, 0x03),
         ] {
             assert_eq!(
                 expect_error(&path, set, id, &[]).await,

@@ -29,6 +29,9 @@ pub enum Program {
     /// `Tick(int)` (keyword 0x1, Informational) and `Detail(string)` (keyword 0x2, Verbose).
     /// Args: `[seconds]`; runs until killed without it.
     EventSourceApp,
+    /// `BigHeap.cs`: keeps `[mebibytes]` (default 1024) of written byte arrays on the managed
+    /// heap, then sleeps until killed.
+    BigHeap,
 }
 
 impl Program {
@@ -37,6 +40,7 @@ impl Program {
         match self {
             Program::Worker => "Worker",
             Program::EventSourceApp => "EventSourceApp",
+            Program::BigHeap => "BigHeap",
         }
     }
 }
@@ -79,27 +83,44 @@ impl TestTarget {
             .tempdir()
             .expect("create a temporary TMPDIR for the test target");
         let path = dir.path().to_path_buf();
-        Self::spawn(&path, Some(dir), program, args)
+        Self::spawn(&path, Some(dir), &dotnet_root(), program, args)
+    }
+
+    /// Same as [`TestTarget::start`], but on the runtime in `root` (a copy of
+    /// [`TestTarget::dotnet_root`], e.g. with a file changed) instead of the cached one.
+    pub fn start_on_runtime(root: &Path, program: Program, args: &[&str]) -> TestTarget {
+        let dir = tempfile::Builder::new()
+            .prefix("diagmon-target-")
+            .tempdir()
+            .expect("create a temporary TMPDIR for the test target");
+        let path = dir.path().to_path_buf();
+        Self::spawn(&path, Some(dir), root, program, args)
+    }
+
+    /// The `DOTNET_ROOT` of the cached runtime (the `dotnet` host and `shared/`).
+    pub fn dotnet_root() -> PathBuf {
+        dotnet_root()
     }
 
     /// Same as [`TestTarget::start`], but with `tmpdir` as TMPDIR, which is left in place (to put
     /// two targets in one TMPDIR).
     pub fn start_in(tmpdir: &Path, program: Program, args: &[&str]) -> TestTarget {
-        Self::spawn(tmpdir, None, program, args)
+        Self::spawn(tmpdir, None, &dotnet_root(), program, args)
     }
 
     fn spawn(
         tmpdir: &Path,
         own_tmpdir: Option<tempfile::TempDir>,
+        root: &Path,
         program: Program,
         args: &[&str],
     ) -> TestTarget {
         let dll = dll_path_of(program);
         check_installed(program, &dll);
-        let mut child = Command::new(Self::dotnet_path())
+        let mut child = Command::new(root.join("dotnet"))
             .arg(&dll)
             .args(args)
-            .env("DOTNET_ROOT", dotnet_root())
+            .env("DOTNET_ROOT", root)
             .env("DOTNET_SYSTEM_GLOBALIZATION_INVARIANT", "1")
             .env("TMPDIR", tmpdir)
             .stdin(Stdio::null())
@@ -109,7 +130,7 @@ impl TestTarget {
             .unwrap_or_else(|e| {
                 panic!(
                     "start {} {}: {e}",
-                    Self::dotnet_path().display(),
+                    root.join("dotnet").display(),
                     dll.display()
                 )
             });

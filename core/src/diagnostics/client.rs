@@ -135,6 +135,27 @@ impl DiagnosticsClient {
         command: Command,
         payload: &[u8],
     ) -> Result<(UnixStream, Vec<u8>), DiagnosticsError> {
+        match self.exchange(command, payload, self.timeouts.reply).await? {
+            (stream, Reply::Ok(reply)) => Ok((stream, reply)),
+            (_, Reply::Error(reply)) => {
+                let hresult = PayloadReader::new(&reply).u32("error code")?;
+                Err(DiagnosticsError::Runtime {
+                    command,
+                    code: RuntimeErrorCode::from_hresult(hresult),
+                })
+            }
+        }
+    }
+
+    /// Sends one command on a fresh connection and waits at most `reply_timeout` for the reply,
+    /// which is returned as it came: an OK payload or an error payload (for the commands whose
+    /// error replies carry more than the HRESULT).
+    pub(crate) async fn exchange(
+        &self,
+        command: Command,
+        payload: &[u8],
+        reply_timeout: Duration,
+    ) -> Result<(UnixStream, Reply), DiagnosticsError> {
         let message = protocol::encode_request(command, payload)?;
         let mut stream = self.endpoint.open(self.timeouts.connect).await?;
         let timeout = self.timeouts.reply;
@@ -154,25 +175,28 @@ impl DiagnosticsClient {
             }
         }
         let mut header = [0u8; HEADER_LEN];
-        read_exact_within(&mut stream, &mut header, timeout, "answer").await?;
+        read_exact_within(&mut stream, &mut header, reply_timeout, "answer").await?;
         let header = Header::parse(&header)?;
         let mut reply = vec![0u8; header.payload_len()];
         read_exact_within(&mut stream, &mut reply, timeout, "finish its answer").await?;
         match (header.command_set, header.command_id) {
-            (0xFF, 0x00) => Ok((stream, reply)),
-            (0xFF, 0xFF) => {
-                let hresult = PayloadReader::new(&reply).u32("error code")?;
-                Err(DiagnosticsError::Runtime {
-                    command,
-                    code: RuntimeErrorCode::from_hresult(hresult),
-                })
-            }
+            (0xFF, 0x00) => Ok((stream, Reply::Ok(reply))),
+            (0xFF, 0xFF) => Ok((stream, Reply::Error(reply))),
             (set, id) => Err(FrameError(format!(
                 "expected a server reply (0xFF00 or 0xFFFF) to {command}, got 0x{set:02X}{id:02X}"
             ))
             .into()),
         }
     }
+}
+
+/// A reply's payload, by kind.
+#[derive(Debug)]
+pub(crate) enum Reply {
+    /// An OK reply (0xFF00).
+    Ok(Vec<u8>),
+    /// An error reply (0xFFFF): an HRESULT, and for some commands more.
+    Error(Vec<u8>),
 }
 
 /// Fills `buffer` from the stream, failing on EOF or when `timeout` passes without completion.

@@ -4,6 +4,7 @@
 //! - [`endpoint`]: where runtimes are reached: their own sockets in TMPDIR (connect mode) or
 //!   connections they open to diagmon (listen mode, [`reverse`]);
 //! - [`client`]: the commands (process information, environment, resume, tracing);
+//! - [`dump`]: the Dump command set (the runtime writes a core dump of itself);
 //! - [`eventpipe`]: EventPipe sessions and their nettrace byte stream;
 //! - [`nettrace`]: a streaming validator of the nettrace format;
 //! - [`summary`]: the summary of a whole trace, computed on a thread of its own.
@@ -15,6 +16,7 @@
 //! transports, the trust checks on runtime sockets); `docs/nettrace.md` the trace format.
 
 pub mod client;
+pub mod dump;
 pub mod endpoint;
 pub mod eventpipe;
 pub mod nettrace;

@@ -51,6 +51,12 @@ pub enum Command {
     ProcessInfo2,
     /// Process ProcessInfo3 (0x04, 0x08): versioned, adds the runtime identifier.
     ProcessInfo3,
+    /// Dump GenerateCoreDump (0x01, 0x01): path, dump type, diagnostics flag.
+    GenerateCoreDump,
+    /// Dump GenerateCoreDump2 (0x01, 0x02): the flag becomes a set of flags.
+    GenerateCoreDump2,
+    /// Dump GenerateCoreDump3 (0x01, 0x03): error replies carry a message.
+    GenerateCoreDump3,
 }
 
 impl Command {
@@ -68,6 +74,9 @@ impl Command {
             Command::ProcessEnvironment => (0x04, 0x02),
             Command::ProcessInfo2 => (0x04, 0x04),
             Command::ProcessInfo3 => (0x04, 0x08),
+            Command::GenerateCoreDump => (0x01, 0x01),
+            Command::GenerateCoreDump2 => (0x01, 0x02),
+            Command::GenerateCoreDump3 => (0x01, 0x03),
         }
     }
 }

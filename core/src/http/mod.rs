@@ -5,6 +5,7 @@
 //! request before routing (Host, Origin, API key, shutdown). Serving the router on sockets is
 //! [`crate::server`]'s job.
 
+pub mod dump;
 pub mod egress_providers;
 pub mod guard;
 pub mod openapi;
@@ -48,6 +49,8 @@ pub struct AppState {
     pub operations: Arc<OperationRegistry>,
     /// The loaded egress providers.
     pub egress: EgressHost,
+    /// The folder the runtime writes dumps into.
+    pub dumps: Arc<crate::dumps::DumpFolder>,
 }
 
 /// The scheme of the listener a request came in on; the server attaches it to every request.
@@ -154,6 +157,7 @@ pub fn router(state: AppState, screen: Screen) -> Router {
         .route("/process", get(processes::get_process))
         .route("/env", get(processes::get_environment))
         .route("/trace", get(trace::get_trace).post(trace::post_trace))
+        .route("/dump", get(dump::get_dump))
         .route("/operations", get(operations::list_operations))
         .route(
             "/operations/{id}",

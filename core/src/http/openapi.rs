@@ -60,6 +60,7 @@ pub struct EventProviderConfiguration {
     paths(
         super::trace::post_trace,
         super::trace::get_trace,
+        super::dump::get_dump,
         super::processes::list_processes,
         super::processes::get_process,
         super::processes::get_environment,

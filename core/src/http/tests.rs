@@ -33,6 +33,11 @@ fn app(socket_dir: &std::path::Path, authenticator: Authenticator) -> Router {
         ),
         operations: Arc::new(OperationRegistry::new(&config.limits, &config.operations)),
         egress: EgressHost::default(),
+        dumps: crate::dumps::DumpFolder::open(&crate::config::StorageConfig {
+            dump_temp_folder: Some(socket_dir.join("dumps")),
+            ..Default::default()
+        })
+        .expect("a dump folder"),
         config: Arc::new(config),
     };
     let screen = Screen::new(authenticator, &state.config.http);

@@ -16,7 +16,7 @@ use super::problem::{Problem, Validation};
 use super::{AppState, RequestOrigin};
 use crate::diagnostics::eventpipe::Rundown;
 use crate::diagnostics::{EventProvider, SessionConfig};
-use crate::operations::{Destination, StartError, StartRequest, TraceSpec};
+use crate::operations::{Destination, ErrorCode, StartError, StartRequest, Started, TraceSpec};
 use crate::processes::ProcessSelector;
 use crate::profiles;
 
@@ -155,6 +155,15 @@ async fn start_trace(
         })
         .await
         .map_err(start_problem)?;
+    started_response(&origin, started)
+}
+
+/// The answer to a started artifact: its streamed body (200, with its file name), or 202 when it
+/// goes to an egress provider; both with the operation's `Location`.
+pub(super) fn started_response(
+    origin: &RequestOrigin,
+    started: Started,
+) -> Result<Response, Problem> {
     let location =
         HeaderValue::from_str(&origin.url(&format!("/operations/{}", started.operation.id())))
             .map_err(|_| {
@@ -185,6 +194,9 @@ pub(super) fn start_problem(error: StartError) -> Problem {
     match error {
         StartError::UnknownEgressProvider(_) => Problem::field("egressProvider", error.to_string()),
         StartError::RateLimited(_) => Problem::rate_limited(),
+        StartError::Failed(failure) if failure.code == ErrorCode::DumpInProgress => {
+            Problem::new(StatusCode::TOO_MANY_REQUESTS, failure.message)
+        }
         StartError::Process(_) | StartError::Failed(_) => Problem::bad_request(error.to_string()),
     }
 }

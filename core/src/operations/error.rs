@@ -43,6 +43,24 @@ pub enum ErrorCode {
     EgressProviderLoadFailed,
     /// The egress host failed around the provider.
     EgressHostError,
+    /// A dump of the process is still being written.
+    DumpInProgress,
+    /// The target process exited or was killed.
+    TargetGone,
+    /// The runtime's `createdump` does not exist.
+    CreatedumpMissing,
+    /// The runtime's `createdump` lacks its execute bit.
+    CreatedumpNotExecutable,
+    /// The target cannot write into the dump folder.
+    DumpFolderNotWritable,
+    /// The target sees another folder at the dump folder's path.
+    DumpFolderNotShared,
+    /// The dump folder has less free space than configured.
+    NotEnoughSpace,
+    /// The dump folder itself is unusable.
+    DumpFolderError,
+    /// The runtime reported a dump, but the file is missing, empty or not a core file.
+    DumpInvalid,
 }
 
 impl ErrorCode {
@@ -64,6 +82,15 @@ impl ErrorCode {
             ErrorCode::EgressProviderBusy => "EgressProviderBusy",
             ErrorCode::EgressProviderLoadFailed => "EgressProviderLoadFailed",
             ErrorCode::EgressHostError => "EgressHostError",
+            ErrorCode::DumpInProgress => "DumpInProgress",
+            ErrorCode::TargetGone => "TargetGone",
+            ErrorCode::CreatedumpMissing => "CreatedumpMissing",
+            ErrorCode::CreatedumpNotExecutable => "CreatedumpNotExecutable",
+            ErrorCode::DumpFolderNotWritable => "DumpFolderNotWritable",
+            ErrorCode::DumpFolderNotShared => "DumpFolderNotShared",
+            ErrorCode::NotEnoughSpace => "NotEnoughSpace",
+            ErrorCode::DumpFolderError => "DumpFolderError",
+            ErrorCode::DumpInvalid => "DumpInvalid",
         }
     }
 }

@@ -92,7 +92,9 @@ pub async fn run(
         tracing::info!(providers = ?egress.provider_names(), "egress providers loaded");
     }
     let operations = Arc::new(OperationRegistry::new(&config.limits, &config.operations));
+    let dumps = crate::dumps::DumpFolder::open(&config.storage)?;
     let state = AppState {
+        dumps: dumps.clone(),
         processes: ProcessDirectory::new(discovery, config.runtime.timeouts()),
         operations: operations.clone(),
         egress,
@@ -151,6 +153,9 @@ pub async fn run(
     }
     operations
         .stop_all(deadline.saturating_duration_since(Instant::now()))
+        .await;
+    dumps
+        .shutdown(deadline.saturating_duration_since(Instant::now()))
         .await;
     stopping.drain.cancel();
     let mut servers = futures_util::future::join_all(servers);
