@@ -10,6 +10,7 @@ use axum::extract::{RawQuery, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::Value;
+use utoipa::{IntoParams, ToSchema};
 
 use super::params::QueryParams;
 use super::problem::{Problem, Validation};
@@ -25,9 +26,9 @@ const BUFFER_SIZE_MB: std::ops::RangeInclusive<u64> = 1..=1024;
 
 /// `POST /trace`: a trace of the providers in the body (`EventProvidersConfiguration`).
 #[utoipa::path(post, path = "/trace", params(
-        super::openapi::TraceQuery,
+        TraceQuery,
     ),
-    request_body(content = super::openapi::EventProvidersConfiguration, content_type = "application/json"),
+    request_body(content = EventProvidersConfiguration, content_type = "application/json"),
     responses(
         (status = 200, description = "The trace, streamed (nettrace)", content_type = "application/octet-stream"),
         (status = 202, description = "Accepted; the trace goes to the egress provider (see Location)"),
@@ -75,7 +76,7 @@ pub async fn post_trace(
 /// `GET /trace?profile=...`: a trace of predefined profiles.
 #[utoipa::path(get, path = "/trace", params(
         ("profile" = Option<String>, Query, description = "Comma list of Cpu, Http, Logs, Metrics, GcCollect (default Cpu,Http,Metrics,GcCollect)"),
-        super::openapi::TraceQuery,
+        TraceQuery,
     ),
     responses(
         (status = 200, description = "The trace, streamed (nettrace)", content_type = "application/octet-stream"),
@@ -356,6 +357,55 @@ fn provider_from_json(
     let mut provider = EventProvider::new(name?, keywords?, level?);
     provider.arguments = arguments;
     Some(provider)
+}
+
+// The OpenAPI description of the trace routes' inputs (`super::openapi` lists them).
+
+/// The query parameters `POST /trace` and `GET /trace` share.
+#[derive(IntoParams)]
+#[into_params(parameter_in = Query, rename_all = "camelCase")]
+#[allow(dead_code)] // Describes the query the handlers parse by hand (`super::params`).
+pub struct TraceQuery {
+    /// Process id.
+    pid: Option<u64>,
+    /// Runtime instance uid.
+    uid: Option<uuid::Uuid>,
+    /// Process name.
+    name: Option<String>,
+    /// Default 30; -1 = until stopped.
+    duration_seconds: Option<i64>,
+    /// Send the trace to this provider (202) instead of the response (200).
+    egress_provider: Option<String>,
+    /// Comma-separated tags for the operation.
+    tags: Option<String>,
+}
+
+/// `POST /trace`'s body (dotnet-monitor's EventProvidersConfiguration). Property names are
+/// matched case-insensitively.
+#[derive(ToSchema)]
+#[allow(dead_code)] // Describes the JSON the handler validates by hand, field by field.
+pub struct EventProvidersConfiguration {
+    /// At least one provider.
+    providers: Vec<EventProviderConfiguration>,
+    /// Rundown at the end of the trace (default true).
+    request_rundown: Option<bool>,
+    /// The runtime's buffer, 1 to 1024 MB (default 256).
+    #[schema(rename = "bufferSizeInMB", minimum = 1, maximum = 1024)]
+    buffer_size_in_mb: Option<u32>,
+}
+
+/// One provider of `POST /trace`.
+#[derive(ToSchema)]
+#[allow(dead_code)] // Describes the JSON the handler validates by hand, field by field.
+pub struct EventProviderConfiguration {
+    /// The provider name.
+    name: String,
+    /// Keywords as a string: decimal (may be "-1") or 0x hexadecimal; default all bits.
+    keywords: Option<String>,
+    /// LogAlways, Critical, Error, Warning, Informational, Verbose (or 0-5); default Verbose.
+    event_level: Option<String>,
+    /// Arguments passed to the provider as filter data.
+    arguments: Option<BTreeMap<String, String>>,
 }
 
 #[cfg(test)]
