@@ -5,7 +5,8 @@
 //!   connections they open to diagmon (listen mode, [`reverse`]);
 //! - [`client`]: the commands (process information, environment, resume, tracing);
 //! - [`eventpipe`]: EventPipe sessions and their nettrace byte stream;
-//! - [`nettrace`]: a streaming validator of the nettrace format.
+//! - [`nettrace`]: a streaming validator of the nettrace format;
+//! - [`payload`]: event payloads decoded from the trace's metadata.
 //!
 //! This layer knows nothing of HTTP or egress: it turns a runtime into typed answers and a byte
 //! stream, and reports every failure of the peer as a [`DiagnosticsError`].
@@ -14,6 +15,7 @@ pub mod client;
 pub mod endpoint;
 pub mod eventpipe;
 pub mod nettrace;
+pub mod payload;
 pub mod protocol;
 mod read_buffers;
 pub mod reverse;
