@@ -6,6 +6,7 @@
 //! - [`auth`]: API-key authentication of requests;
 //! - [`tls`]: HTTPS serving;
 //! - [`egress`]: the WebAssembly egress host and its providers;
+//! - [`metrics`]: counters of the observed processes and diagmon's own metrics, for `/metrics`;
 //! - [`operations`]: the registry of artifact operations, their limits and their capture;
 //! - [`processes`]: which runtimes diagmon can see, what identifies them, and process selection;
 //! - [`diagnostics`]: the diagnostics IPC client, EventPipe sessions and the nettrace validator;
@@ -18,6 +19,7 @@ pub mod config;
 pub mod diagnostics;
 pub mod egress;
 pub mod http;
+pub mod metrics;
 pub mod operations;
 pub mod processes;
 pub mod procfs;

@@ -3,6 +3,7 @@
 //! Handlers live in one module per resource ([`trace`], [`processes`], [`operations`]); every
 //! error leaves as [`problem::Problem`] (`application/problem+json`).
 
+pub mod metrics;
 pub mod openapi;
 pub mod operations;
 pub mod params;
@@ -46,6 +47,8 @@ pub struct AppState {
     pub operations: Arc<OperationRegistry>,
     /// The loaded egress providers.
     pub egress: EgressHost,
+    /// The background counter sessions behind `/metrics`.
+    pub metrics: Arc<crate::metrics::MetricsService>,
 }
 
 /// The scheme a listener serves, attached to its requests.
@@ -145,7 +148,21 @@ async fn method_not_allowed() -> Problem {
 /// The API routes, with `authenticate` wrapped around every route except `/healthz`.
 pub fn router(state: AppState, authenticate: crate::auth::Authenticator) -> Router {
     let body_limit = state.config.limits.max_request_body_bytes;
+    // `/metrics` needs no API key unless `[metrics] require_auth` (dotnet-monitor: never).
+    let metrics_route = get(metrics::get_metrics);
+    let (authenticated_metrics, open_metrics) = if state.config.metrics.require_auth {
+        (
+            Router::new().route("/metrics", metrics_route),
+            Router::new(),
+        )
+    } else {
+        (
+            Router::new(),
+            Router::new().route("/metrics", metrics_route),
+        )
+    };
     Router::new()
+        .merge(authenticated_metrics)
         .route("/processes", get(processes::list_processes))
         .route("/process", get(processes::get_process))
         .route("/env", get(processes::get_environment))
@@ -163,7 +180,9 @@ pub fn router(state: AppState, authenticate: crate::auth::Authenticator) -> Rout
         ))
         .route("/healthz", get(health))
         .route("/openapi.json", get(openapi::openapi_json))
+        .merge(open_metrics)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::middleware::from_fn(metrics::count_requests))
         .layer(DefaultBodyLimit::max(body_limit))
         .layer(
             TraceLayer::new_for_http()
@@ -215,8 +234,13 @@ pub async fn serve(
         tracing::info!(providers = ?egress.provider_names(), "egress providers loaded");
     }
     let operations = Arc::new(OperationRegistry::new(&config.limits, &config.operations));
+    let processes = ProcessDirectory::new(discovery, crate::diagnostics::Timeouts::default());
+    let metrics = crate::metrics::MetricsService::new(config.metrics.clone());
+    let stop_metrics = CancellationToken::new();
+    metrics.spawn(processes.clone(), stop_metrics.clone());
     let state = AppState {
-        processes: ProcessDirectory::new(discovery, crate::diagnostics::Timeouts::default()),
+        metrics,
+        processes,
         operations: operations.clone(),
         egress,
         config: Arc::new(config.clone()),
@@ -245,6 +269,7 @@ pub async fn serve(
             shutdown.await;
             tracing::info!("shutting down: stopping running operations gracefully");
             operations.stop_all(SHUTDOWN_GRACE).await;
+            stop_metrics.cancel();
             stopping.cancel();
         }
     });

@@ -67,6 +67,7 @@ pub struct EventProviderConfiguration {
         super::operations::get_operation,
         super::operations::delete_operation,
         super::info,
+        super::metrics::get_metrics,
     ),
     components(schemas(EventProvidersConfiguration, EventProviderConfiguration)),
     modifiers(&BearerSecurity),
