@@ -29,6 +29,11 @@ pub enum Program {
     /// `Tick(int)` (keyword 0x1, Informational) and `Detail(string)` (keyword 0x2, Verbose).
     /// Args: `[seconds]`; runs until killed without it.
     EventSourceApp,
+    /// `CounterApp.cs`: EventSource "Diagmon-Counters" with counters of known values:
+    /// `fixed-mean` (EventCounter, always 42.5, "ms"), `requests` (IncrementingEventCounter,
+    /// incremented by N when the file given as the first argument appears holding N) and `polled`
+    /// (PollingCounter, always 12, "MB"). Runs until killed.
+    CounterApp,
 }
 
 impl Program {
@@ -37,6 +42,7 @@ impl Program {
         match self {
             Program::Worker => "Worker",
             Program::EventSourceApp => "EventSourceApp",
+            Program::CounterApp => "CounterApp",
         }
     }
 }

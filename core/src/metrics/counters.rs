@@ -79,6 +79,13 @@ pub fn counter_from_event(
         let value = value
             .and_then(Value::as_f64)
             .ok_or(MalformedCounter("a numeric Mean or Increment"))?;
+        // An EventCounter that nobody wrote to during the interval reports a mean of 0 over 0
+        // measurements: that is no news, not a value of 0.
+        if kind == CounterKind::Metric
+            && payload.field("Count").and_then(Value::as_f64) == Some(0.0)
+        {
+            return Ok(None);
+        }
         let display_name = text("DisplayName")
             .filter(|d| !d.is_empty())
             .unwrap_or(name);
@@ -282,6 +289,24 @@ mod tests {
         assert_eq!(sample.kind, CounterKind::Metric);
         assert_eq!(sample.value, 3.0);
         assert_eq!(sample.unit, "%");
+    }
+
+    #[test]
+    fn a_mean_over_no_measurements_is_no_sample() {
+        let metadata = EventMetadata::parse(&event_counters_metadata(1, "P")).unwrap();
+        let mut payload = metadata.decode(&mean_counter("x", 0.0, "")).unwrap();
+        if let Value::Object(fields) = &mut payload
+            && let Some((_, Value::Object(inner))) = fields.first_mut()
+            && let Some((_, Value::Object(counter))) = inner.first_mut()
+            && let Some((_, count)) = counter.iter_mut().find(|(name, _)| name == "Count")
+        {
+            *count = Value::Int(0);
+        }
+        let event = DecodedEvent {
+            metadata: &metadata,
+            payload,
+        };
+        assert_eq!(counter_from_event(&event), Ok(None));
     }
 
     #[test]
