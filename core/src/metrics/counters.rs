@@ -192,10 +192,96 @@ pub struct SessionStats {
     pub malformed: u64,
 }
 
+/// Reads counter reports out of a session's nettrace stream: the stream's bytes go in, counter
+/// samples come out. Events that cannot be decoded, and counter events without a usable value,
+/// are skipped and counted (`diagmon_metrics_malformed_events_total`), never fatal.
+pub struct CounterReader {
+    validator: NettraceValidator,
+    found: Arc<Mutex<Found>>,
+    stats: SessionStats,
+}
+
+impl std::fmt::Debug for CounterReader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CounterReader")
+            .field("stats", &self.stats)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Default for CounterReader {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl CounterReader {
+    /// A reader expecting the first byte of a stream.
+    pub fn new() -> Self {
+        let found: Arc<Mutex<Found>> = Arc::default();
+        let validator = NettraceValidator::with_observer(Box::new({
+            let found = Arc::clone(&found);
+            let mut decoder = EventDecoder::new();
+            move |record| {
+                let outcome = decoder
+                    .on_record(record)
+                    .map_err(|error| error.to_string())
+                    .and_then(|event| match event {
+                        Some(event) => {
+                            counter_from_event(&event).map_err(|error| error.to_string())
+                        }
+                        None => Ok(None),
+                    });
+                let Ok(mut found) = found.lock() else {
+                    return;
+                };
+                match outcome {
+                    Ok(Some(sample)) => found.samples.push(sample),
+                    Ok(None) => {}
+                    Err(reason) => {
+                        found.malformed += 1;
+                        tracing::debug!(%reason, "skipping a malformed counter event");
+                    }
+                }
+            }
+        }));
+        CounterReader {
+            validator,
+            found,
+            stats: SessionStats::default(),
+        }
+    }
+
+    /// Takes the next bytes of the stream; returns the counter reports they completed. A stream
+    /// that breaks the nettrace format is an error (its counters cannot be trusted from there).
+    pub fn feed(&mut self, chunk: &[u8]) -> Result<Vec<CounterSample>, DiagnosticsError> {
+        self.validator
+            .feed(chunk)
+            .map_err(|error| DiagnosticsError::InvalidTrace(error.to_string()))?;
+        let (samples, malformed) = match self.found.lock() {
+            Ok(mut found) => (
+                std::mem::take(&mut found.samples),
+                std::mem::take(&mut found.malformed),
+            ),
+            Err(_) => (Vec::new(), 0),
+        };
+        self.stats.malformed += malformed;
+        self.stats.samples += samples.len() as u64;
+        if malformed > 0 {
+            crate::metrics::own::record_malformed(malformed);
+        }
+        Ok(samples)
+    }
+
+    /// What was read so far.
+    pub fn stats(&self) -> &SessionStats {
+        &self.stats
+    }
+}
+
 /// Runs a counter session on `client` until `stop` is cancelled or the stream ends, calling
-/// `on_sample` with every counter report. Malformed counter payloads are skipped and counted,
-/// never fatal. `Ok` on a stop or a clean end of the stream; `Err` if the session could not start
-/// or broke.
+/// `on_sample` with every counter report. `Ok` on a stop or a clean end of the stream; `Err` if
+/// the session could not start or broke.
 pub async fn watch_counters(
     client: &DiagnosticsClient,
     request: &CounterRequest,
@@ -203,57 +289,16 @@ pub async fn watch_counters(
     mut on_sample: impl FnMut(CounterSample) + Send,
 ) -> Result<SessionStats, DiagnosticsError> {
     let mut session = client.start_session(&request.session_config()).await?;
-    let found: Arc<Mutex<Found>> = Arc::default();
-    let mut validator = NettraceValidator::with_observer(Box::new({
-        let found = Arc::clone(&found);
-        let mut decoder = EventDecoder::new();
-        move |record| {
-            let outcome = decoder
-                .on_record(record)
-                .map_err(|error| error.to_string())
-                .and_then(|event| match event {
-                    Some(event) => counter_from_event(&event).map_err(|error| error.to_string()),
-                    None => Ok(None),
-                });
-            let Ok(mut found) = found.lock() else {
-                return;
-            };
-            match outcome {
-                Ok(Some(sample)) => found.samples.push(sample),
-                Ok(None) => {}
-                Err(reason) => {
-                    found.malformed += 1;
-                    tracing::debug!(%reason, "skipping a malformed counter event");
-                }
-            }
-        }
-    }));
-    let mut stats = SessionStats::default();
+    let mut reader = CounterReader::new();
     loop {
         let chunk = tokio::select! {
             chunk = session.next_chunk() => chunk?,
-            _ = stop.cancelled() => return Ok(stats),
+            _ = stop.cancelled() => return Ok(reader.stats().clone()),
         };
         let Some(chunk) = chunk else {
-            return Ok(stats);
+            return Ok(reader.stats().clone());
         };
-        // A stream the validator rejects is malformed from there on; its counters stop.
-        if let Err(error) = validator.feed(&chunk) {
-            return Err(DiagnosticsError::InvalidTrace(error.to_string()));
-        }
-        let (samples, malformed) = match found.lock() {
-            Ok(mut found) => (
-                std::mem::take(&mut found.samples),
-                std::mem::take(&mut found.malformed),
-            ),
-            Err(_) => (Vec::new(), 0),
-        };
-        stats.malformed += malformed;
-        stats.samples += samples.len() as u64;
-        if malformed > 0 {
-            crate::metrics::own::record_malformed(malformed);
-        }
-        for sample in samples {
+        for sample in reader.feed(&chunk)? {
             on_sample(sample);
         }
     }
