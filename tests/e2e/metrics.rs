@@ -358,3 +358,184 @@ async fn metrics_lists_every_process_with_exact_values_labels_and_types() {
         Some(42.5)
     );
 }
+
+/// The records of a json-seq body: each is `\x1E` + JSON + `\n`.
+fn json_seq(body: &[u8]) -> Vec<Value> {
+    assert!(body.is_empty() || body[0] == 0x1E, "not json-seq: {body:?}");
+    body.split(|byte| *byte == 0x1E)
+        .filter(|record| !record.is_empty())
+        .map(|record| {
+            assert_eq!(record.last(), Some(&b'\n'), "a record ends with a newline");
+            serde_json::from_slice(record).expect("a JSON record")
+        })
+        .collect()
+}
+
+/// Polls an operation until it is final.
+async fn final_operation(client: &reqwest::Client, location: &str) -> Value {
+    for _ in 0..100 {
+        let body: Value = client
+            .get(location)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if ["Succeeded", "Failed", "Cancelled"].contains(&body["status"].as_str().unwrap_or("")) {
+            return body;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("operation {location} did not finish");
+}
+
+#[tokio::test]
+async fn livemetrics_streams_json_seq_metrics_with_known_values() {
+    let target = TestTarget::start(Program::CounterApp, &[]);
+    let monitor = monitor_in(target.tmpdir());
+    let client = reqwest::Client::new();
+    let pid = target.pid();
+
+    let started = Instant::now();
+    let response = client
+        .post(monitor.url(&format!("/livemetrics?pid={pid}&durationSeconds=3")))
+        .json(&serde_json::json!({
+            "includeDefaultProviders": false,
+            "providers": [{"providerName": "Diagmon-Counters"}, {"providerName": "No-Such-Provider"}]
+        }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["content-type"], "application/json-seq");
+    let location = response.headers()["location"].to_str().unwrap().to_owned();
+    let disposition = response.headers()["content-disposition"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        disposition.ends_with(&format!("_{pid}.metrics.json")),
+        "{disposition}"
+    );
+    let body = response.bytes().await.unwrap();
+    let elapsed = started.elapsed();
+    assert!(
+        elapsed >= Duration::from_secs(3) && elapsed < Duration::from_secs(8),
+        "{elapsed:?}"
+    );
+    let records = json_seq(&body);
+    let find = |name: &str| {
+        records
+            .iter()
+            .find(|r| r["name"] == name)
+            .unwrap_or_else(|| panic!("no {name} in {records:?}"))
+    };
+    let fixed = find("fixed-mean");
+    assert_eq!(fixed["provider"], "Diagmon-Counters");
+    assert_eq!(fixed["displayName"], "Fixed mean");
+    assert_eq!(fixed["unit"], "ms");
+    assert_eq!(fixed["counterType"], "Metric");
+    assert_eq!(fixed["value"], 42.5);
+    let polled = find("polled");
+    assert_eq!(
+        (polled["value"].as_f64(), polled["unit"].as_str()),
+        (Some(12.0), Some("MB"))
+    );
+    let requests = find("requests");
+    assert_eq!(
+        (requests["counterType"].as_str(), requests["value"].as_f64()),
+        (Some("Rate"), Some(0.0))
+    );
+    assert!(requests["timestamp"].as_str().unwrap().ends_with('Z'));
+    // Only what was asked for, nothing of the provider that does not exist.
+    assert!(
+        records.iter().all(|r| r["provider"] == "Diagmon-Counters"),
+        "{records:?}"
+    );
+    let operation = final_operation(&client, &location).await;
+    assert_eq!(operation["status"], "Succeeded", "{operation}");
+
+    // GET: the default providers (System.Runtime's counters).
+    let response = client
+        .get(monitor.url(&format!("/livemetrics?pid={pid}&durationSeconds=2")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let records = json_seq(&response.bytes().await.unwrap());
+    let cpu = records
+        .iter()
+        .find(|r| r["provider"] == "System.Runtime" && r["name"] == "cpu-usage")
+        .unwrap_or_else(|| panic!("no cpu-usage in {records:?}"));
+    assert_eq!(cpu["unit"], "%");
+    assert_eq!(cpu["counterType"], "Metric");
+}
+
+#[tokio::test]
+async fn bad_metrics_requests_are_problems_that_name_the_field() {
+    let target = TestTarget::start(Program::CounterApp, &[]);
+    let monitor = monitor_in(target.tmpdir());
+    let client = reqwest::Client::new();
+    let pid = target.pid();
+    let problem = |response: reqwest::Response| async move {
+        assert_eq!(response.status(), 400);
+        assert_eq!(
+            response.headers()["content-type"],
+            "application/problem+json"
+        );
+        response.json::<Value>().await.unwrap()
+    };
+
+    // An unknown pid.
+    let body = problem(
+        client
+            .get(monitor.url("/livemetrics?pid=999999999&durationSeconds=1"))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert!(
+        body["detail"].as_str().unwrap().contains("no process"),
+        "{body}"
+    );
+    // A duration below -1.
+    let body = problem(
+        client
+            .get(monitor.url(&format!("/livemetrics?pid={pid}&durationSeconds=-2")))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert!(body["errors"]["durationSeconds"].is_array(), "{body}");
+    // A body without provider names, and a list that is not a list.
+    let body = problem(
+        client
+            .post(monitor.url(&format!("/livemetrics?pid={pid}")))
+            .json(&serde_json::json!({"providers": [{"counterNames": ["x"]}], "meters": 3}))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert!(
+        body["errors"]["providers[0].providerName"].is_array(),
+        "{body}"
+    );
+    assert!(body["errors"]["meters"].is_array(), "{body}");
+    let body = problem(
+        client
+            .post(monitor.url(&format!("/livemetrics?pid={pid}")))
+            .body("{not json")
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert!(body["errors"]["body"].is_array(), "{body}");
+    // /metrics kept serving through all of it.
+    let response = client.get(monitor.url("/metrics")).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+}

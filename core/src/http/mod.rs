@@ -167,6 +167,10 @@ pub fn router(state: AppState, authenticate: crate::auth::Authenticator) -> Rout
         .route("/process", get(processes::get_process))
         .route("/env", get(processes::get_environment))
         .route("/trace", get(trace::get_trace).post(trace::post_trace))
+        .route(
+            "/livemetrics",
+            get(metrics::get_livemetrics).post(metrics::post_livemetrics),
+        )
         .route("/operations", get(operations::list_operations))
         .route(
             "/operations/{id}",

@@ -68,6 +68,8 @@ pub struct EventProviderConfiguration {
         super::operations::delete_operation,
         super::info,
         super::metrics::get_metrics,
+        super::metrics::get_livemetrics,
+        super::metrics::post_livemetrics,
     ),
     components(schemas(EventProvidersConfiguration, EventProviderConfiguration)),
     modifiers(&BearerSecurity),
