@@ -51,6 +51,9 @@ enum Commands {
     },
     /// Capture an EventPipe trace of one process into a file.
     Trace(TraceArgs),
+    /// Watch one process's counters live, like `dotnet-counters monitor`: redrawn in place on a
+    /// terminal, one line per report otherwise.
+    Counters(CountersArgs),
     /// Check that a nettrace file is whole and well-formed, and summarise it.
     Validate {
         /// The file to check.
@@ -140,6 +143,30 @@ struct TraceArgs {
     output: PathBuf,
 }
 
+#[derive(Debug, Args)]
+struct CountersArgs {
+    #[command(flatten)]
+    discovery: DiscoveryArgs,
+    /// The process id.
+    #[arg(long)]
+    pid: Option<u64>,
+    /// The runtime instance uid.
+    #[arg(long)]
+    uid: Option<uuid::Uuid>,
+    /// The process name.
+    #[arg(long)]
+    name: Option<String>,
+    /// Counter providers (EventSource names), comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "System.Runtime")]
+    providers: Vec<String>,
+    /// Seconds between two reports.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    interval: u64,
+    /// Stop after this long (e.g. 30s); without it, until Ctrl-C or the process ends.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    duration: Option<Duration>,
+}
+
 fn main() -> ExitCode {
     diagmon::tls::install_crypto_provider();
     tracing_subscriber::fmt()
@@ -205,6 +232,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Commands::Trace(args) => trace(args).await,
+        Commands::Counters(args) => counters(args).await,
         Commands::Validate { file } => match nettrace::validate_file(&file) {
             Ok(summary) => {
                 println!("{}", serde_json::to_string_pretty(&summary)?);
@@ -316,7 +344,7 @@ async fn directory(args: &DiscoveryArgs) -> Result<ProcessDirectory> {
 
 async fn trace(args: TraceArgs) -> Result<ExitCode> {
     let directory = directory(&args.discovery).await?;
-    let process = select_process(&directory, &args).await?;
+    let process = select_process(&directory, args.pid, args.uid, args.name.as_deref()).await?;
     let mut config = if args.providers.is_empty() {
         profiles::session_config("Cpu").map_err(anyhow::Error::msg)?
     } else {
@@ -365,18 +393,67 @@ async fn trace(args: TraceArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-async fn select_process(directory: &ProcessDirectory, args: &TraceArgs) -> Result<ProcessRecord> {
+async fn counters(args: CountersArgs) -> Result<ExitCode> {
+    use diagmon::metrics::console::{self, ViewMode};
+    use diagmon::metrics::counters::CounterRequest;
+    use std::io::IsTerminal;
+    let directory = directory(&args.discovery).await?;
+    let process = select_process(&directory, args.pid, args.uid, args.name.as_deref()).await?;
+    let request = CounterRequest {
+        providers: args.providers,
+        meters: Vec::new(),
+        interval: Duration::from_secs(args.interval),
+    };
+    let stop = tokio_util::sync::CancellationToken::new();
+    tokio::spawn({
+        let stop = stop.clone();
+        let duration = args.duration;
+        async move {
+            match duration {
+                Some(duration) => tokio::select! {
+                    _ = tokio::time::sleep(duration) => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                },
+                None => {
+                    let _ = tokio::signal::ctrl_c().await;
+                }
+            }
+            stop.cancel();
+        }
+    });
+    let mut stdout = std::io::stdout();
+    let mode = if stdout.is_terminal() {
+        ViewMode::Terminal
+    } else {
+        ViewMode::Lines
+    };
+    let title = format!("Process {} ({}); Ctrl-C quits", process.pid, process.name);
+    console::watch(
+        &directory.client(&process),
+        &request,
+        &stop,
+        mode,
+        &title,
+        &mut stdout,
+    )
+    .await
+    .with_context(|| format!("cannot watch the counters of process {}", process.pid))?;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn select_process(
+    directory: &ProcessDirectory,
+    pid: Option<u64>,
+    uid: Option<uuid::Uuid>,
+    name: Option<&str>,
+) -> Result<ProcessRecord> {
     let matches: Vec<ProcessRecord> = directory
         .list()
         .await
         .into_iter()
-        .filter(|p| args.pid.is_none_or(|pid| p.pid == pid))
-        .filter(|p| args.uid.is_none_or(|uid| p.uid == uid))
-        .filter(|p| {
-            args.name
-                .as_ref()
-                .is_none_or(|name| p.name.eq_ignore_ascii_case(name))
-        })
+        .filter(|p| pid.is_none_or(|pid| p.pid == pid))
+        .filter(|p| uid.is_none_or(|uid| p.uid == uid))
+        .filter(|p| name.is_none_or(|name| p.name.eq_ignore_ascii_case(name)))
         .collect();
     match matches.as_slice() {
         [one] => Ok(one.clone()),

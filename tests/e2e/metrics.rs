@@ -539,3 +539,71 @@ async fn bad_metrics_requests_are_problems_that_name_the_field() {
     let response = client.get(monitor.url("/metrics")).send().await.unwrap();
     assert_eq!(response.status(), 200);
 }
+
+#[test]
+fn counters_command_prints_one_line_per_report_into_a_pipe() {
+    let target = TestTarget::start(Program::CounterApp, &[]);
+    let socket_dir = target.tmpdir().display().to_string();
+    let pid = target.pid().to_string();
+    let output = Command::new(diagmon_tests::monitor::monitor_binary())
+        .args(["counters", "--socket-dir", &socket_dir, "--pid", &pid])
+        .args([
+            "--providers",
+            "Diagmon-Counters",
+            "--interval",
+            "1",
+            "--duration",
+            "3s",
+        ])
+        .output()
+        .expect("run diagmon counters");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let lines: Vec<&str> = stdout.lines().collect();
+    // `timestamp provider counter value unit`, without the terminal's escape codes.
+    assert!(!stdout.contains('\x1b'), "{stdout}");
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.ends_with(" Diagmon-Counters fixed-mean 42.5 ms")),
+        "{stdout}"
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.ends_with(" Diagmon-Counters polled 12 MB")),
+        "{stdout}"
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.ends_with(" Diagmon-Counters requests 0")),
+        "{stdout}"
+    );
+    // Reports every interval: 3 s at 1 s gives at least two of each.
+    let fixed = lines.iter().filter(|l| l.contains(" fixed-mean ")).count();
+    assert!(fixed >= 2, "{stdout}");
+
+    let output = Command::new(diagmon_tests::monitor::monitor_binary())
+        .args([
+            "counters",
+            "--socket-dir",
+            &socket_dir,
+            "--pid",
+            "999999999",
+            "--duration",
+            "1s",
+        ])
+        .output()
+        .expect("run diagmon counters");
+    assert!(!output.status.success());
+    assert!(
+        String::from_utf8_lossy(&output.stderr).contains("no .NET process matches"),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}

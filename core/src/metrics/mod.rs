@@ -9,10 +9,12 @@
 //! the others.
 //!
 //! - [`counters`]: counter sessions and the counter reports in their events;
+//! - [`console`]: `diagmon counters`, a live view in the terminal;
 //! - [`live`]: `/livemetrics`: counter reports as a json-seq stream;
 //! - [`prometheus`]: names, units and the text format;
 //! - [`own`]: diagmon's own metrics.
 
+pub mod console;
 pub mod counters;
 pub mod live;
 pub mod own;
