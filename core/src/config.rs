@@ -70,6 +70,8 @@ pub struct MetricsConfig {
     pub interval_seconds: u32,
     /// EventCounter providers (EventSource names) whose counters are collected.
     pub providers: Vec<String>,
+    /// Meters (`System.Diagnostics.Metrics`, .NET 6+) whose instruments are collected.
+    pub meters: Vec<String>,
     /// Only processes matching every one of these filters are observed (empty: all).
     pub include: Vec<ProcessFilter>,
     /// Processes matching every one of these filters are not observed (empty: none excluded).
@@ -87,6 +89,7 @@ impl Default for MetricsConfig {
                 .iter()
                 .map(|provider| (*provider).to_owned())
                 .collect(),
+            meters: Vec::new(),
             include: Vec::new(),
             exclude: Vec::new(),
             require_auth: false,

@@ -607,3 +607,87 @@ fn counters_command_prints_one_line_per_report_into_a_pipe() {
         String::from_utf8_lossy(&output.stderr)
     );
 }
+
+#[tokio::test]
+async fn meters_and_malformed_counter_events_from_the_simulated_runtime() {
+    use diagmon_tests::counter_events::{GAUGE, METER_GAUGE, METER_RATE, RATE};
+    use diagmon_tests::simulated_runtime::{
+        SimulatedRuntime, SimulatedRuntimeConfig, StreamBehaviour,
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let config = SimulatedRuntimeConfig {
+        stream: StreamBehaviour::Counters { malformed: true },
+        ..Default::default()
+    };
+    let pid = config.pid;
+    let _runtime = SimulatedRuntime::listen(dir.path(), config).await.unwrap();
+    let monitor = Monitor::start(
+        &format!(
+            "socket_dir = {:?}\n[metrics]\ninterval_seconds = 1\nproviders = [\"Sim-Provider\"]\nmeters = [\"Sim.Meter\"]\n",
+            dir.path().display().to_string()
+        ),
+        &["--no-auth"],
+    );
+    let client = reqwest::Client::new();
+    let text = scrape_until(&client, &monitor, Duration::from_secs(20), |samples| {
+        value_for(samples, "simprovider_sim_rate_total", pid).is_some_and(|v| v >= 2.0 * RATE.2)
+            && value_for(samples, "simmeter_requests_total", pid).is_some()
+    })
+    .await;
+    let (samples, types) = samples_of(&text);
+    // EventCounters: the mean in bytes, the increments added up (a whole number of intervals).
+    assert_eq!(
+        value_for(&samples, "simprovider_sim_gauge_bytes", pid),
+        Some(GAUGE.2 * 1024.0 * 1024.0)
+    );
+    let total = value_for(&samples, "simprovider_sim_rate_total", pid).unwrap();
+    assert_eq!(total % RATE.2, 0.0, "{total}");
+    // Meters, named and typed the same way; their tags become labels.
+    assert_eq!(
+        value_for(&samples, "simmeter_queue_length_items", pid),
+        Some(17.0)
+    );
+    assert_eq!(METER_GAUGE.1, "17");
+    assert_eq!(types["simmeter_queue_length_items"], "gauge");
+    assert_eq!(types["simmeter_requests_total"], "counter");
+    let requests = samples
+        .iter()
+        .find(|s| s.name == "simmeter_requests_total")
+        .unwrap();
+    assert_eq!(requests.labels["route"], "/a");
+    assert_eq!(requests.value % 4.0, 0.0);
+    assert_eq!(METER_RATE.1, "4");
+    // The broken events were skipped and counted, and nothing else suffered.
+    let malformed = samples
+        .iter()
+        .find(|s| s.name == "diagmon_metrics_malformed_events_total")
+        .map(|s| s.value)
+        .unwrap_or(0.0);
+    assert!(malformed >= 2.0, "{text}");
+    assert!(parse_with_prometheus_client(&text, false)["simmeter_requests"]["type"] == "counter");
+
+    // /livemetrics reads meters the same way.
+    let response = client
+        .post(monitor.url(&format!("/livemetrics?pid={pid}&durationSeconds=2")))
+        .json(&serde_json::json!({"includeDefaultProviders": false, "meters": [{"meterName": "Sim.Meter"}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let records = json_seq(&response.bytes().await.unwrap());
+    let gauge = records
+        .iter()
+        .find(|r| r["name"] == "queue-length")
+        .unwrap_or_else(|| panic!("{records:?}"));
+    assert_eq!(gauge["provider"], "Sim.Meter");
+    assert_eq!(
+        (gauge["value"].as_f64(), gauge["counterType"].as_str()),
+        (Some(17.0), Some("Metric"))
+    );
+    let rate = records.iter().find(|r| r["name"] == "requests").unwrap();
+    assert_eq!(
+        (rate["value"].as_f64(), rate["counterType"].as_str()),
+        (Some(4.0), Some("Rate"))
+    );
+    assert_eq!(rate["tags"], "route=/a");
+}

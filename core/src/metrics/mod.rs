@@ -103,7 +103,7 @@ impl MetricsService {
     async fn observe(self: Arc<Self>, processes: ProcessDirectory, stop: CancellationToken) {
         let request = CounterRequest {
             providers: self.config.providers.clone(),
-            meters: Vec::new(),
+            meters: self.config.meters.clone(),
             interval: self.interval(),
         };
         let period = self.interval().min(MAX_DISCOVERY_PERIOD);
