@@ -1,5 +1,6 @@
 //! The egress host, driven directly: the built-in filesystem provider, misbehaving providers
-//! (built from `tests/plugins/`), load errors, the compile cache and `plugin check`.
+//! (built from `tests/plugins/`: traps, loops, allocations, escapes, waits inside host calls,
+//! pinned host memory), load errors, limits, the compile cache and `plugin check`.
 //!
 //! The fixtures are built once per run, before the first test that needs them, with
 //! `cargo build --release --target wasm32-wasip2` into `<target>/wasm-fixtures`.
@@ -9,8 +10,8 @@ use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 use diagmon::egress::{
-    Artifact, EgressConfig, EgressError, EgressHost, ProviderConfig, ProviderErrorKind,
-    check_component,
+    Artifact, ArtifactKind, EgressConfig, EgressError, EgressHost, ProviderConfig,
+    ProviderErrorKind, check_component,
 };
 use diagmon_tests::guests::{fixture, python_example, rust_example};
 use diagmon_tests::http_server::TestHttpServer;
@@ -342,6 +343,7 @@ async fn a_provider_cannot_reach_paths_outside_its_grant() {
         "{message}"
     );
     assert!(message.contains("/etc/passwd"), "{message}");
+    assert!(message.contains("-> ../../etc: "), "{message}");
     assert!(!message.contains("ESCAPED"), "{message}");
     // Nothing was written outside the grant, nor inside it.
     assert!(!dir.path().join(format!("escaped-{id}.txt")).exists());
@@ -805,5 +807,475 @@ async fn the_python_example_stores_the_artifact_and_its_sidecar() {
     assert_eq!(
         listing(&canonical),
         vec![name.clone(), format!("{name}.json")]
+    );
+}
+
+/// Waits up to `within` for the provider's thread count to reach zero; returns how long it took.
+async fn threads_released(host: &EgressHost, provider: &str, within: Duration) -> Duration {
+    let started = Instant::now();
+    loop {
+        let usage = host.usage(provider).expect("a loaded provider");
+        if usage.threads == 0 {
+            return started.elapsed();
+        }
+        assert!(
+            started.elapsed() < within,
+            "{provider} still has {} thread(s) after {within:?}",
+            usage.threads
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_provider_sleeping_an_hour_in_a_host_call_fails_at_its_deadline_and_frees_its_thread() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut p = ProviderConfig::new("");
+    p.limits.write_timeout_ms = 500;
+    let host = host_with("sleep-in-write", p, dir.path()).await;
+    let started = Instant::now();
+    let error = upload_through(&host, "sleep-in-write", &payload(1000))
+        .await
+        .unwrap_err();
+    let elapsed = started.elapsed();
+    eprintln!("{error} after {elapsed:?}");
+    assert!(
+        matches!(error, EgressError::DeadlineExceeded { call: "write", .. }),
+        "{error:?}"
+    );
+    assert!(elapsed >= Duration::from_millis(500), "{elapsed:?}");
+    assert!(elapsed < Duration::from_secs(2), "stopped after {elapsed:?}");
+    // The thread ends with the call, not an hour later.
+    let released = threads_released(&host, "sleep-in-write", Duration::from_secs(2)).await;
+    eprintln!("thread released {released:?} after the error");
+    assert_still_serving(&host, dir.path()).await;
+}
+
+#[tokio::test]
+async fn stuck_providers_are_bounded_in_threads_and_do_not_stall_a_well_behaved_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut p = ProviderConfig::new("");
+    p.limits.write_timeout_ms = 1500;
+    p.limits.call_timeout_ms = 1000;
+    p.limits.max_instances = 2;
+    let host = host_with("sleep-in-write", p, dir.path()).await;
+    let mut stuck = Vec::new();
+    for _ in 0..8 {
+        let host = host.clone();
+        stuck.push(tokio::spawn(async move {
+            upload_through(&host, "sleep-in-write", &payload(1000))
+                .await
+                .unwrap_err()
+        }));
+    }
+    // While they wait, a well-behaved provider works at full speed.
+    let mut most_threads = 0;
+    for _ in 0..3 {
+        most_threads = most_threads.max(host.usage("sleep-in-write").unwrap().threads);
+        let started = Instant::now();
+        assert_still_serving(&host, dir.path()).await;
+        assert!(started.elapsed() < Duration::from_secs(2), "{:?}", started.elapsed());
+    }
+    let mut busy = 0;
+    for task in stuck {
+        let error = task.await.unwrap();
+        match error {
+            EgressError::DeadlineExceeded { call: "write", .. } => {}
+            EgressError::Busy { max_instances: 2, .. } => busy += 1,
+            other => panic!("{other:?}"),
+        }
+        most_threads = most_threads.max(host.usage("sleep-in-write").unwrap().threads);
+    }
+    assert!(most_threads <= 2, "{most_threads} threads");
+    // 8 uploads, 2 at a time, 1.5 s each, 1 s of waiting for an instance: most find none.
+    assert!(busy >= 4, "{busy} uploads found no instance");
+    threads_released(&host, "sleep-in-write", Duration::from_secs(2)).await;
+}
+
+/// A local HTTP server that answers every GET with a body it sends forever, one byte every
+/// 20 ms (`/trickle`), or with headers and then nothing (`/stall`).
+async fn slow_http_server() -> (std::net::SocketAddr, tokio::task::JoinHandle<()>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    let task = tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut byte = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") {
+                    if stream.read(&mut byte).await.unwrap_or(0) == 0 {
+                        return;
+                    }
+                    head.push(byte[0]);
+                }
+                let head = String::from_utf8_lossy(&head).into_owned();
+                let headers = "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ntransfer-encoding: chunked\r\n\r\n";
+                if stream.write_all(headers.as_bytes()).await.is_err() {
+                    return;
+                }
+                if head.starts_with("GET /stall") {
+                    tokio::time::sleep(Duration::from_secs(3600)).await;
+                    return;
+                }
+                while stream.write_all(b"1\r\nx\r\n").await.is_ok() {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            });
+        }
+    });
+    (address, task)
+}
+
+fn http_reader(address: std::net::SocketAddr, path: &str) -> ProviderConfig {
+    let mut p = ProviderConfig::new(fixture("http-read").display().to_string());
+    p.allowed_outbound_hosts = vec![format!("http://{address}")];
+    p.settings.insert(
+        "url".to_owned(),
+        serde_json::json!(format!("http://{address}{path}")),
+    );
+    p
+}
+
+#[tokio::test]
+async fn a_trickling_or_stalled_http_peer_is_cut_at_the_deadline_and_frees_the_thread() {
+    let (address, _server) = slow_http_server().await;
+    let dir = tempfile::tempdir().unwrap();
+    for path in ["/trickle", "/stall"] {
+        let mut p = http_reader(address, path);
+        p.limits.write_timeout_ms = 800;
+        let host = EgressHost::load(&config(vec![
+            ("reader", p),
+            ("artifacts", filesystem(dir.path())),
+        ]))
+        .await
+        .unwrap();
+        let started = Instant::now();
+        let error = upload_through(&host, "reader", &payload(10)).await.unwrap_err();
+        let elapsed = started.elapsed();
+        eprintln!("{path}: {error} after {elapsed:?}");
+        assert!(
+            matches!(error, EgressError::DeadlineExceeded { call: "write", .. }),
+            "{path}: {error:?}"
+        );
+        assert!(elapsed < Duration::from_secs(3), "{path}: cut after {elapsed:?}");
+        // A stalled read blocked the thread inside a host call: it ends with the call.
+        threads_released(&host, "reader", Duration::from_secs(2)).await;
+        assert_still_serving(&host, dir.path()).await;
+    }
+}
+
+#[tokio::test]
+async fn an_http_peer_that_stops_sending_is_cut_by_the_between_bytes_timeout() {
+    let (address, _server) = slow_http_server().await;
+    let mut p = http_reader(address, "/stall");
+    p.settings
+        .insert("between_bytes_ms".to_owned(), serde_json::json!("300"));
+    p.limits.write_timeout_ms = 5000;
+    let host = EgressHost::load(&config(vec![("reader", p)])).await.unwrap();
+    let started = Instant::now();
+    let error = upload_through(&host, "reader", &payload(10)).await.unwrap_err();
+    let elapsed = started.elapsed();
+    eprintln!("{error} after {elapsed:?}");
+    // The provider's own read failed (it was not stopped), long before the 5 s deadline.
+    assert!(
+        matches!(
+            error,
+            EgressError::Provider {
+                kind: ProviderErrorKind::Unavailable,
+                ..
+            }
+        ),
+        "{error:?}"
+    );
+    assert!(error.to_string().contains("reading the response body failed"), "{error}");
+    assert!(elapsed < Duration::from_secs(3), "cut after {elapsed:?}");
+}
+
+#[tokio::test]
+async fn two_uploads_racing_for_one_name_without_overwrite_leave_exactly_one_winner() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut p = filesystem(dir.path());
+    p.settings
+        .insert("name_template".to_owned(), serde_json::json!("same.nettrace"));
+    let host = EgressHost::load(&config(vec![("artifacts", p)]))
+        .await
+        .unwrap();
+    // Both begin before either finishes: both pass the early check for the name.
+    let mut first = host.begin("artifacts", artifact()).await.unwrap();
+    let mut second = host.begin("artifacts", artifact()).await.unwrap();
+    first.write(Bytes::from(payload(100_000))).await.unwrap();
+    second.write(Bytes::from(vec![7u8; 50_000])).await.unwrap();
+    let (one, two) = tokio::join!(first.finish(), second.finish());
+    let (winner, loser) = match (one, two) {
+        (Ok(location), Err(error)) => ((location, payload(100_000)), error),
+        (Err(error), Ok(location)) => ((location, vec![7u8; 50_000]), error),
+        other => panic!("not exactly one winner: {other:?}"),
+    };
+    eprintln!("{loser}");
+    assert!(
+        matches!(
+            loser,
+            EgressError::Provider {
+                call: "finish",
+                kind: ProviderErrorKind::Denied,
+                ..
+            }
+        ),
+        "{loser:?}"
+    );
+    assert!(loser.to_string().contains("already exists"), "{loser}");
+    assert_eq!(std::fs::read(&winner.0).unwrap(), winner.1);
+    assert_eq!(listing(dir.path()), vec!["same.nettrace".to_owned()]);
+}
+
+#[tokio::test]
+async fn a_provider_stopped_mid_upload_leaves_no_partial_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut p = filesystem(dir.path());
+    p.limits.memory_mib = 3;
+    p.limits.chunk_kib = 4096;
+    let host = EgressHost::load(&config(vec![("artifacts", p)]))
+        .await
+        .unwrap();
+    let mut upload = host.begin("artifacts", artifact()).await.unwrap();
+    assert_eq!(listing(dir.path()).len(), 1, "the partial file exists");
+    // A 4 MiB chunk does not fit in 3 MiB of memory: the instance is stopped in `write`.
+    let error = match upload.write(Bytes::from(payload(4 << 20))).await {
+        Ok(()) => upload.finish().await.unwrap_err(),
+        Err(error) => error,
+    };
+    eprintln!("{error}");
+    assert_eq!(error.kind(), "EgressMemoryLimitExceeded", "{error:?}");
+    threads_released(&host, "artifacts", Duration::from_secs(2)).await;
+    assert!(listing(dir.path()).is_empty(), "{:?}", listing(dir.path()));
+}
+
+#[tokio::test]
+async fn partial_files_of_an_earlier_run_are_swept_at_load_and_others_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let partial = format!(".a.nettrace.{}.partial", uuid::Uuid::new_v4());
+    std::fs::write(dir.path().join(&partial), b"cut short").unwrap();
+    std::fs::write(dir.path().join("keep.partial"), b"not ours").unwrap();
+    std::fs::write(dir.path().join("a.nettrace"), b"whole").unwrap();
+    let _host = EgressHost::load(&config(vec![("artifacts", filesystem(dir.path()))]))
+        .await
+        .unwrap();
+    assert_eq!(
+        listing(dir.path()),
+        vec!["a.nettrace".to_owned(), "keep.partial".to_owned()]
+    );
+}
+
+#[tokio::test]
+async fn limits_that_would_overflow_fail_the_load_naming_the_provider_and_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let cases: [(&str, fn(&mut diagmon::egress::ProviderLimits)); 3] = [
+        ("limits.chunk_kib", |l| l.chunk_kib = 1 << 54),
+        ("limits.memory_mib", |l| l.memory_mib = 1 << 44),
+        ("limits.call_timeout_ms", |l| l.call_timeout_ms = u64::MAX),
+    ];
+    for (key, change) in cases {
+        let mut p = filesystem(dir.path());
+        change(&mut p.limits);
+        let error = load_error(vec![("files", p)]).await.to_string();
+        assert!(error.contains("egress provider `files` cannot be loaded"), "{error}");
+        assert!(error.contains(&format!("`{key}`")), "{error}");
+    }
+}
+
+#[tokio::test]
+async fn a_dump_goes_through_the_filesystem_provider_under_its_dotnet_monitor_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = EgressHost::load(&config(vec![("artifacts", filesystem(dir.path()))]))
+        .await
+        .unwrap();
+    let started_at = SystemTime::UNIX_EPOCH + Duration::from_millis(1_764_141_848_123);
+    let dump = Artifact::new(
+        ArtifactKind::Dump,
+        4242,
+        uuid::Uuid::new_v4(),
+        "fixture",
+        uuid::Uuid::new_v4(),
+        Vec::new(),
+        started_at,
+    );
+    let data = payload(3 << 20);
+    let mut upload = host.begin("artifacts", dump).await.unwrap();
+    upload.write(Bytes::from(data.clone())).await.unwrap();
+    let location = upload.finish().await.unwrap();
+    assert!(location.ends_with("/core_20251126_072408_123"), "{location}");
+    assert_eq!(std::fs::read(&location).unwrap(), data);
+
+    // `{kind}` names it too.
+    let mut p = filesystem(dir.path());
+    p.settings.insert(
+        "name_template".to_owned(),
+        serde_json::json!("{kind}-{pid}-{file_name}"),
+    );
+    let host = EgressHost::load(&config(vec![("artifacts", p)])).await.unwrap();
+    let gcdump = Artifact::new(
+        ArtifactKind::GcDump,
+        4242,
+        uuid::Uuid::new_v4(),
+        "fixture",
+        uuid::Uuid::new_v4(),
+        Vec::new(),
+        started_at,
+    );
+    let location = host.begin("artifacts", gcdump).await.unwrap().finish().await.unwrap();
+    assert!(
+        location.ends_with("/gcdump-4242-20251126_072408_123_4242.gcdump"),
+        "{location}"
+    );
+}
+
+/// An S3 endpoint that starts multipart uploads and then never answers a part (nor reads it):
+/// every part a provider puts stays in diagmon's memory until its request times out.
+async fn s3_that_never_stores_a_part() -> (std::net::SocketAddr, tokio::task::JoinHandle<()>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    let task = tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                loop {
+                    let mut head = Vec::new();
+                    let mut byte = [0u8; 1];
+                    while !head.ends_with(b"\r\n\r\n") {
+                        if stream.read(&mut byte).await.unwrap_or(0) == 0 {
+                            return;
+                        }
+                        head.push(byte[0]);
+                    }
+                    let head = String::from_utf8_lossy(&head).to_ascii_lowercase();
+                    if head.starts_with("put ") {
+                        // Hold the part: no answer, no read.
+                        tokio::time::sleep(Duration::from_secs(3600)).await;
+                        return;
+                    }
+                    let length: usize = head
+                        .lines()
+                        .find_map(|l| l.strip_prefix("content-length:"))
+                        .and_then(|v| v.trim().parse().ok())
+                        .unwrap_or(0);
+                    let mut body = vec![0u8; length];
+                    if stream.read_exact(&mut body).await.is_err() {
+                        return;
+                    }
+                    let reply = if head.starts_with("post ") {
+                        let xml = "<?xml version=\"1.0\" encoding=\"UTF-8\"?><InitiateMultipartUploadResult><Bucket>b</Bucket><Key>k</Key><UploadId>upload-1</UploadId></InitiateMultipartUploadResult>";
+                        format!("HTTP/1.1 200 OK\r\ncontent-type: application/xml\r\ncontent-length: {}\r\n\r\n{xml}", xml.len())
+                    } else {
+                        "HTTP/1.1 204 No Content\r\n\r\n".to_owned()
+                    };
+                    if stream.write_all(reply.as_bytes()).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (address, task)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn object_store_parts_in_flight_count_against_the_memory_limit() {
+    let (address, _server) = s3_that_never_stores_a_part().await;
+    let grant: diagmon::egress::ObjectStoreGrant = serde_json::from_value(serde_json::json!({
+        "url": "s3://b/hog",
+        "endpoint": format!("http://{address}"),
+        "allow_http": true,
+        "region": "us-east-1",
+        "access_key_id": "a",
+        "secret_access_key": "b",
+        "max_retries": 0,
+        "timeout": "60s",
+    }))
+    .unwrap();
+    let mut p = ProviderConfig::new(fixture("object-store-hog").display().to_string());
+    p.object_store = Some(grant);
+    p.settings.insert("part_mib".to_owned(), serde_json::json!(5));
+    p.limits.memory_mib = 48;
+    p.limits.write_timeout_ms = 3000;
+    let host = EgressHost::load(&config(vec![("hog", p)])).await.unwrap();
+    let sampler = {
+        let host = host.clone();
+        tokio::spawn(async move {
+            let mut most = 0;
+            let started = Instant::now();
+            while started.elapsed() < Duration::from_secs(4) {
+                most = most.max(host.usage("hog").unwrap().host_buffer_bytes);
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            most
+        })
+    };
+    let error = upload_through(&host, "hog", &payload(10)).await.unwrap_err();
+    eprintln!("{error}");
+    let most = sampler.await.unwrap();
+    eprintln!("at most {} MiB of parts in flight", most >> 20);
+    // 4 uploads × 16 parts × 5 MiB = 320 MiB without the limit.
+    assert!(most <= 48 << 20, "{most} bytes in flight");
+    assert!(most >= 5 << 20, "no part was ever in flight");
+    assert!(error.to_string().contains("put-part after"), "{error}");
+    threads_released(&host, "hog", Duration::from_secs(3)).await;
+    // The parts still in flight are dropped with the instance.
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while host.usage("hog").unwrap().host_buffer_bytes > 0 {
+        assert!(Instant::now() < deadline, "{:?}", host.usage("hog"));
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partial_file_left_by_a_killed_monitor_is_swept_when_it_starts_again() {
+    use diagmon_tests::monitor::Monitor;
+    use diagmon_tests::target::{Program, TestTarget};
+    let target = TestTarget::start(Program::Worker, &[]);
+    let out = tempfile::tempdir().unwrap();
+    let config = format!(
+        "socket_dir = {:?}\n[egress]\ncache_directory = {:?}\n\
+         [egress.providers.files]\ncomponent = \"filesystem\"\ndirectory = {:?}\n",
+        target.tmpdir().display().to_string(),
+        shared_cache().display().to_string(),
+        out.path().display().to_string()
+    );
+    let mut monitor = Monitor::start(&config, &["--no-auth"]);
+    let response = reqwest::Client::new()
+        .post(monitor.url(&format!(
+            "/trace?pid={}&durationSeconds=-1&egressProvider=files",
+            target.pid()
+        )))
+        .json(&serde_json::json!({
+            "providers": [{"name": "Microsoft-DotNETCore-SampleProfiler", "eventLevel": "Informational"}],
+            "requestRundown": true
+        }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), reqwest::StatusCode::ACCEPTED);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !listing(out.path()).iter().any(|n| n.ends_with(".partial")) {
+        assert!(Instant::now() < deadline, "no partial file appeared");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    monitor.signal(libc::SIGKILL);
+    assert!(monitor.wait_exit(Duration::from_secs(10)).is_some());
+    let left = listing(out.path());
+    assert!(
+        left.len() == 1 && left[0].ends_with(".partial"),
+        "the kill left {left:?}"
+    );
+
+    let again = Monitor::start(&config, &["--no-auth"]);
+    assert!(listing(out.path()).is_empty(), "{:?}", listing(out.path()));
+    assert!(
+        again
+            .stderr_lines()
+            .iter()
+            .any(|line| line.contains("removed 1 partial file(s) left by an earlier run")),
+        "{:?}",
+        again.stderr_lines()
     );
 }

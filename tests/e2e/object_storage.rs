@@ -5,7 +5,7 @@
 //! SharedKey-signed HTTP for Azure). Needs `tests/run` (installs the servers and the target).
 //!
 //! GCS is tested for its configuration only: no installable emulator serves the XML API that
-//! object_store writes through (`shared/docs/object-storage.md`).
+//! object_store writes through.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -638,5 +638,65 @@ fn a_gcs_grant_is_configured_and_checked_at_start_up() {
     assert!(
         stderr.contains("service_account_path") || stderr.contains("/nonexistent/sa.json"),
         "{stderr}"
+    );
+}
+
+#[tokio::test]
+async fn a_dump_is_stored_under_its_dotnet_monitor_name_with_its_kind_in_the_metadata() {
+    use diagmon::egress::{
+        Artifact, ArtifactKind, EgressConfig, EgressHost, ObjectStoreGrant, ProviderConfig,
+    };
+    let moto = Moto::start();
+    moto.create_bucket(BUCKET);
+    let grant: ObjectStoreGrant = serde_json::from_value(json!({
+        "url": "s3://traces/dumps",
+        "endpoint": moto.endpoint(),
+        "allow_http": true,
+        "region": "us-east-1",
+        "access_key_id": moto.access_key_id,
+        "secret_access_key": moto.secret_access_key,
+    }))
+    .unwrap();
+    let mut p = ProviderConfig::new("object-storage");
+    p.object_store = Some(grant);
+    p.settings
+        .insert("name_template".to_owned(), json!("{kind}/{file_name}"));
+    p.settings.insert("part_size_mib".to_owned(), json!(5));
+    let host = EgressHost::load(&EgressConfig {
+        providers: [("s3".to_owned(), p)].into_iter().collect(),
+        cache_directory: Some(component_cache().into()),
+    })
+    .await
+    .unwrap();
+    let started_at = std::time::SystemTime::UNIX_EPOCH + Duration::from_millis(1_764_141_848_123);
+    let dump = Artifact::new(
+        ArtifactKind::Dump,
+        4242,
+        uuid::Uuid::new_v4(),
+        "worker",
+        uuid::Uuid::new_v4(),
+        vec!["dumped".to_owned()],
+        started_at,
+    );
+    // More than a part: a multipart upload, as a real dump would be.
+    let bytes: Vec<u8> = (0..(7u32 << 20)).map(|i| (i % 251) as u8).collect();
+    let mut upload = host.begin("s3", dump).await.unwrap();
+    for chunk in bytes.chunks(1 << 20) {
+        upload
+            .write(bytes::Bytes::copy_from_slice(chunk))
+            .await
+            .unwrap();
+    }
+    let location = upload.finish().await.unwrap();
+    let key = "dumps/dump/core_20251126_072408_123";
+    assert_eq!(location, format!("{}/traces/{key}", moto.endpoint()));
+    let object = moto.get(BUCKET, key).expect("the object exists");
+    assert!(object.bytes == bytes, "{} bytes stored", object.bytes.len());
+    assert_eq!(object.metadata["kind"], "dump");
+    assert_eq!(object.metadata["file_name"], "core_20251126_072408_123");
+    assert_eq!(object.metadata["pid"], "4242");
+    assert_eq!(
+        object.content_type.as_deref(),
+        Some("application/octet-stream")
     );
 }

@@ -5,6 +5,10 @@
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
+/// How a guest workspace is built, shared with `core/build.rs`.
+#[path = "../../core/build/wasm_guests.rs"]
+mod wasm_guests;
+
 /// The target directory of this workspace.
 pub fn target_dir() -> PathBuf {
     let exe = std::env::current_exe().expect("the test binary's path");
@@ -18,32 +22,8 @@ pub fn target_dir() -> PathBuf {
 /// Builds a guest workspace (wasm32-wasip2, release) into `<target>/<target_name>`; returns the
 /// directory holding its components.
 fn build_guests(manifest: &Path, target_name: &str) -> PathBuf {
-    let target = target_dir().join(target_name);
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let output = std::process::Command::new(cargo)
-        .args([
-            "build",
-            "--release",
-            "--locked",
-            "--target",
-            "wasm32-wasip2",
-        ])
-        .arg("--manifest-path")
-        .arg(manifest)
-        .arg("--target-dir")
-        .arg(&target)
-        .env_remove("RUSTFLAGS")
-        .env_remove("CARGO_ENCODED_RUSTFLAGS")
-        .env_remove("CARGO_TARGET_DIR")
-        .output()
-        .expect("cargo runs");
-    assert!(
-        output.status.success(),
-        "building {} failed (is the wasm32-wasip2 target installed?):\n{}",
-        manifest.display(),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    target.join("wasm32-wasip2/release")
+    wasm_guests::build_workspace(manifest, &target_dir().join(target_name))
+        .unwrap_or_else(|error| panic!("{error}"))
 }
 
 /// A fixture component from `tests/plugins/`, built on first use.

@@ -6,23 +6,11 @@ use std::path::{Path, PathBuf};
 
 use wasmtime::component::Component;
 
-use super::bindings::{OBJECT_STORE_INTERFACE, PACKAGE, PROVIDER_INTERFACE, WORLD_VERSION};
+use super::component;
 use super::engine::{self, engine};
 use super::error::EgressError;
-use super::host::{self, Grants};
-
-/// What an import needs from diagmon's configuration.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ImportNeed {
-    /// Always provided (WASI basics, `diagmon:egress/log`).
-    Provided,
-    /// Provided only to a provider with `allowed_outbound_hosts`.
-    HttpGrant,
-    /// Provided only to a provider with an `object_store` grant.
-    ObjectStoreGrant,
-    /// Not provided by diagmon; the reason says why.
-    Unsupported(String),
-}
+use super::linker::{self, Grants};
+use super::world::{self, ImportNeed, PACKAGE, WORLD_VERSION};
 
 /// One import of a component.
 #[derive(Debug, Clone)]
@@ -119,66 +107,6 @@ impl fmt::Display for ComponentReport {
     }
 }
 
-/// `(major, minor, patch)` of a version string, ignoring pre-release and build suffixes.
-fn parse_version(version: &str) -> Option<(u64, u64, u64)> {
-    let core = version.split(['-', '+']).next()?;
-    let mut parts = core.split('.').map(|p| p.parse::<u64>().ok());
-    Some((parts.next()??, parts.next()??, parts.next()??))
-}
-
-/// Whether `version` is semver-compatible with the world version this diagmon speaks: the same
-/// minor for 0.x, the same major from 1.0.
-fn compatible(version: &str) -> bool {
-    let (Some(ours), Some(theirs)) = (parse_version(WORLD_VERSION), parse_version(version)) else {
-        return false;
-    };
-    if ours.0 == 0 {
-        theirs.0 == 0 && theirs.1 == ours.1
-    } else {
-        theirs.0 == ours.0
-    }
-}
-
-/// What diagmon provides for an import.
-fn classify(name: &str) -> ImportNeed {
-    let (path, version) = match name.split_once('@') {
-        Some((path, version)) => (path, Some(version)),
-        None => (name, None),
-    };
-    let Some((package, _interface)) = path.split_once('/') else {
-        return ImportNeed::Unsupported(
-            "a bare import; diagmon only provides interfaces".to_owned(),
-        );
-    };
-    match package {
-        PACKAGE => match version {
-            Some(v) if compatible(v) && path == OBJECT_STORE_INTERFACE => {
-                ImportNeed::ObjectStoreGrant
-            }
-            Some(v) if compatible(v) => ImportNeed::Provided,
-            Some(v) => ImportNeed::Unsupported(format!(
-                "built against {PACKAGE}@{v}; this diagmon speaks {PACKAGE}@{WORLD_VERSION}"
-            )),
-            None => ImportNeed::Unsupported("an unversioned import".to_owned()),
-        },
-        "wasi:cli" | "wasi:io" | "wasi:clocks" | "wasi:random" | "wasi:filesystem"
-        | "wasi:sockets" | "wasi:http" => match version {
-            Some(v) if v.starts_with("0.2.") => {
-                if package == "wasi:http" {
-                    ImportNeed::HttpGrant
-                } else {
-                    ImportNeed::Provided
-                }
-            }
-            Some(v) => ImportNeed::Unsupported(format!(
-                "WASI {v} is not supported; build for the wasm32-wasip2 target (WASI 0.2)"
-            )),
-            None => ImportNeed::Unsupported("an unversioned import".to_owned()),
-        },
-        _ => ImportNeed::Unsupported("not an interface of WASI 0.2 or diagmon:egress".to_owned()),
-    }
-}
-
 /// Lists a compiled component's exports and imports, with what each import needs.
 pub(crate) fn inspect(component: &Component) -> ComponentReport {
     let engine = engine();
@@ -191,7 +119,7 @@ pub(crate) fn inspect(component: &Component) -> ComponentReport {
         .imports(engine)
         .map(|(name, _)| ImportReport {
             name: name.to_owned(),
-            need: classify(name),
+            need: world::classify(name),
         })
         .collect();
     let prefix = format!("{PACKAGE}/provider@");
@@ -207,42 +135,6 @@ pub(crate) fn inspect(component: &Component) -> ComponentReport {
     }
 }
 
-/// Fails unless the component exports a provider compatible with this diagmon's world.
-pub(crate) fn require_world(
-    provider: &str,
-    origin: &str,
-    report: &ComponentReport,
-) -> Result<(), EgressError> {
-    match &report.provider_export {
-        Some(export) => {
-            let version = export.rsplit_once('@').map(|(_, v)| v).unwrap_or("");
-            if compatible(version) {
-                Ok(())
-            } else {
-                Err(EgressError::load(
-                    provider,
-                    format!(
-                        "{origin} targets {PACKAGE}@{version}, but this diagmon speaks \
-                         {PACKAGE}@{WORLD_VERSION}; rebuild it against diagmon's wit/ folder"
-                    ),
-                ))
-            }
-        }
-        None => Err(EgressError::load(
-            provider,
-            format!(
-                "{origin} does not export `{PROVIDER_INTERFACE}`: it is not an egress provider \
-                 (its exports: {})",
-                if report.exports.is_empty() {
-                    "none".to_owned()
-                } else {
-                    report.exports.join(", ")
-                }
-            ),
-        )),
-    }
-}
-
 /// Checks a component file the way start-up checks a provider, settings aside: it is a
 /// component, it compiles, it exports a compatible `diagmon:egress/provider`, and diagmon
 /// provides its imports (given the grants they name). `Err` when the file cannot be read or is
@@ -255,15 +147,20 @@ pub async fn check_component(path: impl AsRef<Path>) -> Result<ComponentReport, 
     let bytes = tokio::fs::read(path)
         .await
         .map_err(|e| EgressError::load(&name, format!("cannot read it: {e}")))?;
-    host::check_header(&name, origin, &bytes)?;
+    component::check_header(&name, origin, &bytes)?;
     let size = bytes.len() as u64;
     let sha256 = engine::sha256_hex(&bytes);
-    let component = host::compile(&name, origin, bytes, None).await?;
+    let component = component::compile(&name, origin, bytes, None).await?;
     let mut report = inspect(&component);
     report.path = path.to_owned();
     report.size = size;
     report.sha256 = sha256;
-    if let Err(error) = require_world(&name, origin, &report) {
+    if let Err(error) = world::require_world(
+        &name,
+        origin,
+        report.provider_export.as_deref(),
+        &report.exports,
+    ) {
         report.problems.push(cause(error));
     }
     for import in &report.imports {
@@ -285,7 +182,7 @@ pub async fn check_component(path: impl AsRef<Path>) -> Result<ComponentReport, 
                 .iter()
                 .any(|i| i.need == ImportNeed::ObjectStoreGrant),
         };
-        if let Err(error) = host::link(&name, origin, &component, grants) {
+        if let Err(error) = linker::link(&name, origin, &component, grants) {
             report.problems.push(cause(error));
         }
     }

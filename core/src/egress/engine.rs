@@ -3,7 +3,7 @@
 //!
 //! - **Epochs.** A thread increments the engine's epoch every [`EPOCH_TICK`]; a store's deadline is
 //!   counted in ticks. The check costs a compare at loop heads and function entries, and a guest
-//!   cannot escape it (fuel would cost about 15% of throughput here, see `shared/docs/wasm-host.md`).
+//!   cannot escape it (fuel cost about 15% of throughput when measured).
 //! - **Cache.** Compiling a component takes 50 ms (a Rust provider) to 5 s (a Python one);
 //!   loading its precompiled form takes under 1 ms. Entries are named after the sha256 of the
 //!   component and the engine's compatibility hash (wasmtime version, settings, CPU features), so a

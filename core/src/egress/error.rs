@@ -83,8 +83,8 @@ pub enum EgressError {
         deadline: Duration,
     },
 
-    /// The provider tried to grow its memory past its limit.
-    #[error("egress provider `{provider}` exceeded its memory limit of {} MiB in {call}{}", .limit_bytes >> 20, output_suffix(.output))]
+    /// The provider tried to grow a memory or a table past its memory limit.
+    #[error("egress provider `{provider}` exceeded its memory limit of {} MiB in {call} (growing a {what}; raise `limits.memory_mib` if it needs more){}", .limit_bytes >> 20, output_suffix(.output))]
     MemoryLimit {
         /// The provider's configured name.
         provider: String,
@@ -92,8 +92,21 @@ pub enum EgressError {
         call: &'static str,
         /// The limit, in bytes.
         limit_bytes: u64,
+        /// What could not grow: `memory` or `table`.
+        what: &'static str,
         /// The tail of the provider's stdout and stderr.
         output: Option<String>,
+    },
+
+    /// Every instance the provider may have (`limits.max_instances`) stayed busy for the wait.
+    #[error("egress provider `{provider}` has all its {max_instances} instances busy (`limits.max_instances`) and none came free within {}", humantime::format_duration(*.waited))]
+    Busy {
+        /// The provider's configured name.
+        provider: String,
+        /// Its `limits.max_instances`.
+        max_instances: usize,
+        /// How long the upload waited for an instance.
+        waited: Duration,
     },
 
     /// A provider could not be loaded: the component is missing, is not a component, targets
@@ -141,6 +154,7 @@ impl EgressError {
             EgressError::Trap { .. } => "EgressProviderCrashed",
             EgressError::DeadlineExceeded { .. } => "EgressDeadlineExceeded",
             EgressError::MemoryLimit { .. } => "EgressMemoryLimitExceeded",
+            EgressError::Busy { .. } => "EgressProviderBusy",
             EgressError::Load { .. } => "EgressProviderLoadFailed",
             EgressError::Closed { first, .. } => first.kind(),
             EgressError::Host { .. } => "EgressHostError",
@@ -155,6 +169,7 @@ impl EgressError {
             | EgressError::Trap { provider, .. }
             | EgressError::DeadlineExceeded { provider, .. }
             | EgressError::MemoryLimit { provider, .. }
+            | EgressError::Busy { provider, .. }
             | EgressError::Load { provider, .. }
             | EgressError::Closed { provider, .. }
             | EgressError::Host { provider, .. } => provider,

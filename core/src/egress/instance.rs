@@ -1,10 +1,9 @@
-//! One instance of a provider: its store (WASI context with exactly its grants, memory limiter,
-//! output tail) and the calls into it, each under a deadline. Everything here blocks; it runs on
-//! the upload's own blocking thread.
+//! One instance of a provider: its store (see [`super::store_state`]) and the calls into it,
+//! each under a deadline. Everything here blocks; it runs on the upload's own blocking thread.
 //!
-//! A call's outcome has two layers (style.md §7.5): the outer one is the host stopping the guest
-//! (a trap, the deadline, the memory limit), after which the instance is poisoned and only dropped;
-//! the inner one is the provider's own `error`.
+//! A call's outcome has two layers: the outer one is the host stopping the guest (a trap, the
+//! deadline, the memory limit), after which the instance is poisoned and only dropped; the inner
+//! one is the provider's own `error`.
 
 use std::collections::VecDeque;
 use std::pin::Pin;
@@ -13,157 +12,27 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use wasmtime::component::{ResourceAny, ResourceTable};
-use wasmtime::{ResourceLimiter, Store, Trap};
+use wasmtime::{Store, Trap};
 use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
-use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
-use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
+use wasmtime_wasi::{FsPerms, WasiCtxBuilder};
+use wasmtime_wasi_http::WasiHttpCtx;
 
-use super::Artifact;
-use super::bindings::EgressProvider;
-use super::bindings::diagmon::egress::{log, types};
+use super::artifact::Artifact;
+use super::budget::{InstanceLimiter, MemoryBudget, Refusal};
 use super::engine::{engine, ticks};
 use super::error::{EgressError, ProviderErrorKind, truncate};
-use super::host::LoadedProvider;
+use super::host_waits::DeadlineReached;
 use super::object_store::ObjectStoreCtx;
 use super::outbound_http::HttpHooks;
+use super::provider::LoadedProvider;
+use super::store_state::{MAX_MESSAGE, StoreState};
+use super::world::EgressProvider;
+use super::world::diagmon::egress::types;
 
-/// Longest provider message (error, log line) kept, in bytes.
-pub(crate) const MAX_MESSAGE: usize = 4096;
 /// Longest location a provider may return, in bytes.
 const MAX_LOCATION: usize = 4096;
 /// How much of the provider's stdout and stderr is kept for error reports.
 const OUTPUT_TAIL: usize = 2048;
-
-/// The store's data.
-pub(crate) struct StoreState {
-    wasi: WasiCtx,
-    table: ResourceTable,
-    limiter: MemoryLimiter,
-    provider: Arc<str>,
-    http: WasiHttpCtx,
-    http_hooks: HttpHooks,
-    /// The object-store grant, when the provider has one.
-    object_store: Option<ObjectStoreCtx>,
-    /// When the provider call in progress must return; host calls that wait (the object store)
-    /// give up before it.
-    call_deadline: Option<Instant>,
-}
-
-/// What the object-store host calls need from the store's data, borrowed apart.
-pub(crate) struct ObjectStoreView<'a> {
-    pub(crate) ctx: Option<&'a mut ObjectStoreCtx>,
-    pub(crate) table: &'a mut ResourceTable,
-    pub(crate) deadline: Option<Instant>,
-    pub(crate) provider: &'a str,
-}
-
-impl StoreState {
-    /// The resource table (WASI handles, the provider's resources).
-    pub(crate) fn table(&self) -> &ResourceTable {
-        &self.table
-    }
-
-    pub(crate) fn object_store_view(&mut self) -> ObjectStoreView<'_> {
-        ObjectStoreView {
-            ctx: self.object_store.as_mut(),
-            table: &mut self.table,
-            deadline: self.call_deadline,
-            provider: &self.provider,
-        }
-    }
-}
-
-impl WasiView for StoreState {
-    fn ctx(&mut self) -> WasiCtxView<'_> {
-        WasiCtxView {
-            ctx: &mut self.wasi,
-            table: &mut self.table,
-        }
-    }
-}
-
-impl WasiHttpView for StoreState {
-    fn http(&mut self) -> WasiHttpCtxView<'_> {
-        WasiHttpCtxView {
-            ctx: &mut self.http,
-            table: &mut self.table,
-            hooks: &mut self.http_hooks,
-        }
-    }
-}
-
-impl types::Host for StoreState {}
-
-impl log::Host for StoreState {
-    fn log(&mut self, level: log::Level, message: String) {
-        let message = truncate(message, MAX_MESSAGE);
-        let provider = &*self.provider;
-        match level {
-            log::Level::Trace => {
-                tracing::trace!(target: "diagmon::egress::provider", provider, "{message}")
-            }
-            log::Level::Debug => {
-                tracing::debug!(target: "diagmon::egress::provider", provider, "{message}")
-            }
-            log::Level::Info => {
-                tracing::info!(target: "diagmon::egress::provider", provider, "{message}")
-            }
-            log::Level::Warn => {
-                tracing::warn!(target: "diagmon::egress::provider", provider, "{message}")
-            }
-            log::Level::Error => {
-                tracing::error!(target: "diagmon::egress::provider", provider, "{message}")
-            }
-        }
-    }
-}
-
-/// Limits the total linear memory of an instance (all its memories together: wasmtime's own
-/// `StoreLimits` counts each memory separately) and remembers a refusal, so that the trap that
-/// usually follows is reported as what it is.
-pub(crate) struct MemoryLimiter {
-    limit: usize,
-    used: usize,
-    refused: bool,
-}
-
-impl ResourceLimiter for MemoryLimiter {
-    fn memory_growing(
-        &mut self,
-        current: usize,
-        desired: usize,
-        _maximum: Option<usize>,
-    ) -> wasmtime::Result<bool> {
-        let total = self.used.saturating_sub(current).saturating_add(desired);
-        if total > self.limit {
-            self.refused = true;
-            return Ok(false);
-        }
-        self.used = total;
-        Ok(true)
-    }
-
-    fn table_growing(
-        &mut self,
-        _current: usize,
-        desired: usize,
-        _maximum: Option<usize>,
-    ) -> wasmtime::Result<bool> {
-        Ok(desired <= 1 << 20)
-    }
-
-    fn instances(&self) -> usize {
-        1000
-    }
-
-    fn tables(&self) -> usize {
-        1000
-    }
-
-    fn memories(&self) -> usize {
-        100
-    }
-}
 
 /// The last [`OUTPUT_TAIL`] bytes a provider wrote to stdout and stderr.
 #[derive(Clone, Default)]
@@ -262,7 +131,7 @@ impl ProviderInstance {
             .allow_tcp(false)
             .allow_udp(false)
             .allow_ip_name_lookup(false);
-        if let Some(directory) = &provider.directory {
+        if let Some(directory) = provider.directory_path() {
             wasi.preopened_dir(directory, directory.to_string_lossy(), FsPerms::ReadWrite)
                 .map_err(|e| {
                     EgressError::host(
@@ -274,45 +143,44 @@ impl ProviderInstance {
                     )
                 })?;
         }
+        let budget = MemoryBudget::new(provider.limits.memory_bytes(), provider.usage.clone());
         let object_store = match &provider.object_store {
-            Some(store) => Some(ObjectStoreCtx::new(store.clone()).map_err(|e| {
-                EgressError::host(
-                    &provider.name,
-                    format!("cannot grant the object store: {e}"),
-                )
-            })?),
+            Some(store) => Some(ObjectStoreCtx::new(store.clone(), budget.clone()).map_err(
+                |e| {
+                    EgressError::host(
+                        &provider.name,
+                        format!("cannot grant the object store: {e}"),
+                    )
+                },
+            )?),
             None => None,
         };
+        let call_timeout = provider.limits.call_timeout();
         let state = StoreState {
             wasi: wasi.build(),
             table: ResourceTable::new(),
-            limiter: MemoryLimiter {
-                limit: provider.limits.memory_bytes() as usize,
-                used: 0,
-                refused: false,
-            },
+            limiter: InstanceLimiter::new(budget),
             provider: Arc::from(provider.name.as_str()),
             http: WasiHttpCtx::new(),
             http_hooks: HttpHooks {
                 allowed: provider.allowed_outbound_hosts.clone(),
                 provider: Arc::from(provider.name.as_str()),
-                default_timeout: provider.limits.call_timeout(),
+                default_timeout: call_timeout,
             },
             object_store,
-            call_deadline: None,
+            call_deadline: Instant::now() + call_timeout,
         };
         let mut store = Store::new(engine(), state);
         store.limiter(|state| &mut state.limiter);
-        store.set_epoch_deadline(ticks(provider.limits.call_timeout()));
+        store.set_epoch_deadline(ticks(call_timeout));
         let bindings = match provider.pre.instantiate(&mut store) {
             Ok(bindings) => bindings,
             Err(error) => {
-                let refused = store.data().limiter.refused;
+                let refused = store.data().limiter.refused();
                 return Err(Self::stopped_error(
-                    &provider.name,
+                    provider,
                     "instantiate",
-                    provider.limits.call_timeout(),
-                    provider.limits.memory_bytes(),
+                    call_timeout,
                     refused,
                     &output,
                     error,
@@ -326,6 +194,12 @@ impl ProviderInstance {
             output,
             poisoned: false,
         })
+    }
+
+    /// True once the host stopped the guest (a trap, a deadline, the memory limit): nothing
+    /// more is called in it, so it cleaned nothing up.
+    pub(crate) fn was_stopped(&self) -> bool {
+        self.poisoned
     }
 
     /// Runs one call into the guest under `deadline`.
@@ -345,18 +219,17 @@ impl ProviderInstance {
             ));
         }
         self.store.set_epoch_deadline(ticks(deadline));
-        self.store.data_mut().call_deadline = Some(Instant::now() + deadline);
+        self.store.data_mut().call_deadline = Instant::now() + deadline;
         match f(&mut self.store, &self.bindings) {
             Ok(Ok(value)) => Ok(value),
             Ok(Err(error)) => Err(provider_error(&self.provider.name, call, error)),
             Err(error) => {
                 self.poisoned = true;
                 Err(Self::stopped_error(
-                    &self.provider.name,
+                    &self.provider,
                     call,
                     deadline,
-                    self.provider.limits.memory_bytes(),
-                    self.store.data().limiter.refused,
+                    self.store.data().limiter.refused(),
                     &self.output,
                     error,
                 ))
@@ -364,31 +237,36 @@ impl ProviderInstance {
         }
     }
 
-    /// Classifies a wasmtime error from a call: the deadline, the memory limit, or a trap.
+    /// Classifies a wasmtime error from a call: the deadline (an epoch interrupt, or a host call
+    /// still waiting at the deadline), the memory limit, or a trap.
     fn stopped_error(
-        provider: &str,
+        provider: &LoadedProvider,
         call: &'static str,
         deadline: Duration,
-        memory_limit: u64,
-        memory_refused: bool,
+        refused: Option<Refusal>,
         output: &OutputTail,
         error: wasmtime::Error,
     ) -> EgressError {
-        tracing::debug!(provider, call, "egress provider stopped: {error:?}");
+        let name = provider.name.as_str();
+        tracing::debug!(provider = name, call, "egress provider stopped: {error:?}");
         let trap = error.downcast_ref::<Trap>().copied();
-        if trap == Some(Trap::Interrupt) {
+        if trap == Some(Trap::Interrupt) || error.downcast_ref::<DeadlineReached>().is_some() {
             return EgressError::DeadlineExceeded {
-                provider: provider.to_owned(),
+                provider: name.to_owned(),
                 call,
                 deadline,
             };
         }
         let output = output.text();
-        if memory_refused {
+        if let Some(refused) = refused {
             return EgressError::MemoryLimit {
-                provider: provider.to_owned(),
+                provider: name.to_owned(),
                 call,
-                limit_bytes: memory_limit,
+                limit_bytes: provider.limits.memory_bytes() as u64,
+                what: match refused {
+                    Refusal::Memory => "memory",
+                    Refusal::Table => "table",
+                },
                 output,
             };
         }
@@ -397,7 +275,7 @@ impl ProviderInstance {
             None => format!("{:#}", error),
         };
         EgressError::Trap {
-            provider: provider.to_owned(),
+            provider: name.to_owned(),
             call,
             reason: truncate(reason, MAX_MESSAGE),
             output,

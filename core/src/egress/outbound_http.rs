@@ -12,11 +12,20 @@
 //! address is still reached, so grant names you control. HTTPS verifies servers against the
 //! system's root certificates, with rustls and aws-lc-rs (set explicitly: no process-wide
 //! default provider is needed).
+//!
+//! Every wait is bounded: connecting and the first byte of the response by the request's own
+//! timeouts or else the provider's call deadline, and each later read of the response body by its
+//! between-bytes timeout (the same default), so that a peer that stops sending is cut even when
+//! the provider never waits on the body itself. The connection ends with the response: nothing
+//! outlives the instance.
 
+use std::pin::Pin;
 use std::sync::{Arc, OnceLock};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use http_body_util::BodyExt;
+use hyper::body::{Body, Frame, SizeHint};
 use wasmtime_wasi_http::{Error, RequestOptions, WasiBody, WasiHttpHooks};
 
 /// One allow-list entry.
@@ -169,8 +178,8 @@ impl AllowList {
 pub(crate) struct HttpHooks {
     pub(crate) allowed: Arc<AllowList>,
     pub(crate) provider: Arc<str>,
-    /// How long to wait for a connection and for the first byte of a response when the guest
-    /// sets no timeout: the provider's call deadline.
+    /// How long to wait for a connection, for the first byte of a response and between two
+    /// reads of its body when the guest sets no timeout: the provider's call deadline.
     pub(crate) default_timeout: Duration,
 }
 
@@ -243,6 +252,10 @@ async fn send(
     let first_byte_timeout = options
         .and_then(|o| o.first_byte_timeout)
         .unwrap_or(default_timeout);
+    let between_bytes_timeout = options
+        .and_then(|o| o.between_bytes_timeout)
+        .unwrap_or(default_timeout)
+        .max(Duration::from_millis(1));
 
     let stream = tokio::time::timeout(connect_timeout, tokio::net::TcpStream::connect(&address))
         .await
@@ -265,7 +278,7 @@ async fn send(
         .handshake(wasmtime_wasi_http::io::TokioIo::new(io))
         .await
         .map_err(Error::from)?;
-    let driver = tokio::spawn(connection);
+    let mut driver = AbortOnDrop(tokio::spawn(connection));
 
     // Over a direct connection the request line carries only the path and query.
     *request.uri_mut() = http::Uri::builder()
@@ -276,15 +289,88 @@ async fn send(
         .await
         .map_err(|_| Error::ConnectionReadTimeout)?
         .map_err(Error::from)?;
-    let response = response.map(|body| body.map_err(Error::from).boxed_unsync());
+    let response = response.map(|body| {
+        BetweenBytes::new(body.map_err(Error::from), between_bytes_timeout).boxed_unsync()
+    });
     let io_done: IoFuture = Box::new(async move {
-        match driver.await {
+        match (&mut driver.0).await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(error)) => Err(Error::from(error)),
             Err(_) => Err(Error::ConnectionTerminated),
         }
     });
     Ok((response, io_done))
+}
+
+/// A spawned task aborted when its handle is dropped: the connection driver ends with the
+/// instance that made the request.
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// A response body that fails with `connection-read-timeout` when no frame arrives within the
+/// between-bytes timeout.
+struct BetweenBytes<B> {
+    body: B,
+    timeout: Duration,
+    /// When the current wait for a frame ends; `None` between reads.
+    sleep: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl<B> BetweenBytes<B> {
+    fn new(body: B, timeout: Duration) -> Self {
+        BetweenBytes {
+            body,
+            timeout,
+            sleep: None,
+        }
+    }
+}
+
+impl<B> Body for BetweenBytes<B>
+where
+    B: Body<Error = Error> + Unpin,
+{
+    type Data = B::Data;
+    type Error = Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        let this = &mut *self;
+        match Pin::new(&mut this.body).poll_frame(cx) {
+            Poll::Ready(frame) => {
+                this.sleep = None;
+                Poll::Ready(frame)
+            }
+            Poll::Pending => {
+                let timeout = this.timeout;
+                let sleep = this
+                    .sleep
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
+                match sleep.as_mut().poll(cx) {
+                    Poll::Ready(()) => {
+                        this.sleep = None;
+                        Poll::Ready(Some(Err(Error::ConnectionReadTimeout)))
+                    }
+                    Poll::Pending => Poll::Pending,
+                }
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
 }
 
 trait Stream: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static {}

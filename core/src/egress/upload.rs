@@ -4,10 +4,12 @@
 //! Why a blocking thread per upload and synchronous bindings, not async ones: filesystem egress
 //! measured 0.84–0.92× native with synchronous WASI on a thread of its own, against 0.45–0.69×
 //! with async bindings, where every filesystem call hops to another thread
-//! (`shared/docs/wasm-host.md`). The tokio runtime is never blocked either way: the async side
+//! (measured with a prototype host). The tokio runtime is never blocked either way: the async side
 //! only awaits channels. A runaway guest is stopped by its epoch deadline (it traps); a guest
-//! stuck inside a host call, which epochs cannot interrupt, is given up on by the async side's own
-//! timeout, a little longer than the deadline.
+//! waiting inside a host call, which epochs cannot interrupt, is stopped when the wait reaches the
+//! same deadline ([`super::host_waits`]), so the thread ends with the call. The async side still
+//! gives up on its own a little after the deadline. Each thread holds one of the provider's
+//! `max_instances` permits and is counted in its usage until it ends.
 //!
 //! Chunks are gathered into writes of exactly the provider's chunk size (smaller writes cost more
 //! per byte; a chunk that is already that large goes as it is, without a copy) and up to
@@ -23,13 +25,12 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use tokio::sync::{mpsc, oneshot};
 
-use super::Artifact;
+use super::artifact::Artifact;
+use super::config::MAX_CHUNK;
 use super::error::EgressError;
-use super::host::LoadedProvider;
 use super::instance::ProviderInstance;
-
-/// Largest chunk handed to a provider in one `write`, as the WIT contract promises.
-pub const MAX_CHUNK: usize = 16 << 20;
+use super::partials;
+use super::provider::LoadedProvider;
 
 /// How much longer than a call's deadline the async side waits before giving up on the thread.
 const GRACE: Duration = Duration::from_secs(2);
@@ -81,12 +82,14 @@ impl Upload {
         provider: Arc<LoadedProvider>,
         artifact: Artifact,
     ) -> Result<Upload, EgressError> {
+        let thread = provider.start_thread().await?;
         let (requests, receiver) = mpsc::channel(IN_FLIGHT);
         let (ready_sender, ready) = oneshot::channel();
         let (done_sender, done) = oneshot::channel::<()>();
         let worker_provider = provider.clone();
         tokio::task::spawn_blocking(move || {
             let _done = done_sender;
+            let _thread = thread;
             run(worker_provider, artifact, ready_sender, receiver);
         });
         // instantiate + configure + begin, each with the call deadline.
@@ -321,6 +324,7 @@ fn run(
     let upload = match instance.begin(&artifact) {
         Ok(upload) => upload,
         Err(error) => {
+            clean_up_after_stop(&provider, &instance, &artifact);
             let _ = ready.send(Err(error));
             return;
         }
@@ -344,14 +348,32 @@ fn run(
                 let _ = reply.send(Written { result, buffer });
                 if failed {
                     instance.abort(upload);
+                    clean_up_after_stop(&provider, &instance, &artifact);
                     return;
                 }
             }
             Request::Finish(reply) => {
-                let _ = reply.send(instance.finish(upload));
+                let result = instance.finish(upload);
+                clean_up_after_stop(&provider, &instance, &artifact);
+                let _ = reply.send(result);
                 return;
             }
         }
     }
     instance.abort(upload);
+    clean_up_after_stop(&provider, &instance, &artifact);
+}
+
+/// After the host stopped the instance, nothing more runs in it: the host removes the partial
+/// files of the upload from the granted directory in its stead.
+fn clean_up_after_stop(
+    provider: &LoadedProvider,
+    instance: &ProviderInstance,
+    artifact: &Artifact,
+) {
+    if instance.was_stopped()
+        && let Some(directory) = provider.directory_path()
+    {
+        partials::remove_for_operation(&provider.name, directory, artifact.operation_id);
+    }
 }

@@ -1,8 +1,13 @@
 //! diagmon's built-in filesystem egress provider: stores each artifact as a file in the one
 //! directory its configuration grants.
 //!
-//! - The bytes go to a hidden temporary file, `.{name}.{operation-id}.partial`, and the file is
-//!   renamed to its final name by `finish`: a partial artifact never appears under its final name.
+//! - The bytes go to a hidden temporary file, `.{name}.{operation-id}.partial` (diagmon's naming
+//!   for partial files: the host removes them when it stops an instance, and at start-up), and
+//!   `finish` gives the file its final name: a partial artifact never appears under its final
+//!   name.
+//! - Without `overwrite`, `finish` hard-links the file to its final name, which fails when that
+//!   name exists, then removes the temporary name: of two uploads racing for one name exactly one
+//!   wins, and nothing is replaced. With `overwrite`, it renames the file over any old one.
 //! - An upload dropped unfinished (an abort) removes its temporary file.
 //! - Writes are `wasi:filesystem` `descriptor.write` calls at explicit offsets: one `pwrite` per
 //!   chunk on the host, about twice as fast as `std::fs`, whose wasip2 streams cap each write at
@@ -11,9 +16,12 @@
 //!   path, so the path the guest sees is the path on the host.
 //!
 //! Settings (all optional):
-//! - `name_template`: the file name, with placeholders `{file_name}` (the suggested name,
-//!   `{yyyyMMdd_HHmmss_fff}_{pid}.nettrace`), `{pid}`, `{uid}`, `{process_name}`,
-//!   `{operation_id}`, `{kind}`, `{timestamp}` (`yyyyMMdd_HHmmss_fff`, UTC). Default `{file_name}`.
+//! - `name_template`: the file name, with placeholders `{file_name}` (the suggested name, as
+//!   dotnet-monitor names the artifact's kind: `{yyyyMMdd_HHmmss_fff}_{pid}.nettrace` for a
+//!   trace, `core_{yyyyMMdd_HHmmss_fff}` for a dump, `..._{pid}.gcdump`, `..._{pid}.metrics.json`,
+//!   `..._{pid}.txt` for logs), `{pid}`, `{uid}`, `{process_name}`, `{operation_id}`, `{kind}`
+//!   (`trace`, `dump`, `gcdump`, `metrics`, `logs`), `{timestamp}` (`yyyyMMdd_HHmmss_fff`, UTC),
+//!   `{date}` (`yyyy-MM-dd`). Default `{file_name}`.
 //! - `overwrite`: `true` to replace an existing file of the same name; default `false` (refused).
 //! - `sync`: `true` to flush the file to disk (`fdatasync`) before renaming it; default `false`.
 
@@ -177,6 +185,7 @@ impl Guest for Component {
             file: RefCell::new(Some(file)),
             offset: Cell::new(0),
             sync,
+            overwrite,
             done: Cell::new(false),
         }))
     }
@@ -199,6 +208,8 @@ struct FileUpload {
     file: RefCell<Option<Descriptor>>,
     offset: Cell<u64>,
     sync: bool,
+    /// Replace an existing file of the final name.
+    overwrite: bool,
     /// Set once the temporary file was renamed or removed; `Drop` removes it otherwise.
     done: Cell<bool>,
 }
@@ -242,11 +253,34 @@ impl GuestUpload for FileUpload {
                 .map_err(|code| io_error("cannot flush", &temporary_path, code))?;
         }
         let final_path = join(&upload.directory_path, &upload.name);
-        upload
-            .directory
-            .rename_at(&upload.temporary, &upload.directory, &upload.name)
-            .map_err(|code| io_error("cannot rename to", &final_path, code))?;
-        upload.done.set(true);
+        if upload.overwrite {
+            upload
+                .directory
+                .rename_at(&upload.temporary, &upload.directory, &upload.name)
+                .map_err(|code| io_error("cannot rename to", &final_path, code))?;
+            upload.done.set(true);
+        } else {
+            // A link fails when the name exists: the check and the commit are one step.
+            match upload.directory.link_at(
+                PathFlags::empty(),
+                &upload.temporary,
+                &upload.directory,
+                &upload.name,
+            ) {
+                Ok(()) => {}
+                Err(ErrorCode::Exist) => {
+                    return Err(Error::Denied(format!(
+                        "{final_path} already exists (another upload took the name first); \
+                         change `name_template`, or set `overwrite = true`"
+                    )));
+                }
+                Err(code) => return Err(io_error("cannot link to", &final_path, code)),
+            }
+            // The artifact is complete under its final name; the temporary name goes.
+            if let Err(error) = upload.remove_temporary() {
+                log(Level::Warn, &format!("{error:?}"));
+            }
+        }
         log(
             Level::Info,
             &format!("stored {} bytes in {final_path}", upload.offset.get()),
@@ -274,7 +308,7 @@ impl FileUpload {
         self.directory
             .unlink_file_at(&self.temporary)
             .map_err(|code| io_error("cannot remove", &path, code))?;
-        log(Level::Debug, &format!("aborted: removed {path}"));
+        log(Level::Debug, &format!("removed {path}"));
         Ok(())
     }
 }

@@ -37,7 +37,7 @@ pub struct Fields<'a> {
     pub process_name: &'a str,
     /// The operation id.
     pub operation_id: &'a str,
-    /// The artifact kind.
+    /// The artifact kind: `trace`, `dump`, `gcdump`, `metrics`, `logs`.
     pub kind: &'a str,
     /// Start of the capture: seconds since the Unix epoch.
     pub started_at_seconds: u64,
@@ -238,5 +238,29 @@ mod tests {
             )
             .is_err()
         );
+    }
+
+    #[test]
+    fn every_artifact_kind_names_its_file() {
+        for (kind, file_name) in [
+            ("dump", "core_20251126_072408_123"),
+            ("gcdump", "20251126_072408_123_42.gcdump"),
+            ("metrics", "20251126_072408_123_42.metrics.json"),
+            ("logs", "20251126_072408_123_42.txt"),
+        ] {
+            let fields = Fields {
+                kind,
+                file_name,
+                ..fields()
+            };
+            assert_eq!(
+                render("{file_name}", &fields, Shape::FileName).unwrap(),
+                file_name
+            );
+            assert_eq!(
+                render("{kind}/{date}/{file_name}", &fields, Shape::RelativePath).unwrap(),
+                format!("{kind}/2025-11-26/{file_name}")
+            );
+        }
     }
 }

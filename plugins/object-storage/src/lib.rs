@@ -14,16 +14,20 @@
 //! - Nothing is sent to the store before the first part is full, so every store failure
 //!   (credentials, a missing bucket, an unreachable store) fails the operation, not the request
 //!   that started it.
-//! - The object carries metadata: `pid`, `uid`, `process_name`, `operation_id`, `kind`,
-//!   `file_name`, `started_at` and `tags` (names valid on Azure and S3 alike; values
+//! - The object carries its artifact's `content_type` and metadata: `pid`, `uid`,
+//!   `process_name`, `operation_id`, `kind` (`trace`, `dump`, ...), `file_name`, `started_at` and
+//!   `tags` (names valid on Azure and S3 alike; values
 //!   percent-encoded where they are not printable ASCII).
 //! - The result's location is the object's URL, or a signed URL when `signed_url_expiry` is set.
 //!
 //! Settings (all optional):
 //! - `name_template`: the object's name under the prefix, with placeholders `{file_name}` (the
-//!   suggested name, `{yyyyMMdd_HHmmss_fff}_{pid}.nettrace`), `{pid}`, `{uid}`,
-//!   `{process_name}`, `{operation_id}`, `{kind}`, `{timestamp}` (`yyyyMMdd_HHmmss_fff`,
-//!   UTC), `{date}` (`yyyy-MM-dd`). It may contain `/` to make "folders". Default `{file_name}`.
+//!   suggested name, as dotnet-monitor names the artifact's kind: `{ts}_{pid}.nettrace` for a
+//!   trace, `core_{ts}` for a dump, `{ts}_{pid}.gcdump`, `{ts}_{pid}.metrics.json`,
+//!   `{ts}_{pid}.txt` for logs), `{pid}`, `{uid}`, `{process_name}`, `{operation_id}`,
+//!   `{kind}` (`trace`, `dump`, `gcdump`, `metrics`, `logs`), `{timestamp}`
+//!   (`yyyyMMdd_HHmmss_fff`, UTC), `{date}` (`yyyy-MM-dd`). It may contain `/` to make
+//!   "folders" (`{kind}/{date}/{file_name}`). Default `{file_name}`.
 //! - `part_size_mib`: the size of a part, 5 to 512; default 8.
 //! - `parts_in_flight`: how many parts upload at once, 1 to 16; default 4.
 //! - `signed_url_expiry`: return a signed URL valid this long (`90s`, `15m`, `12h`, `7d`; at

@@ -19,8 +19,19 @@ use ::object_store::signer::Signer;
 use ::object_store::{BackoffConfig, ClientOptions, ObjectStore, RetryConfig};
 use serde::{Deserialize, Serialize};
 
-use super::store::GrantedStore;
-use super::*;
+use super::store::{GrantedStore, StoreKind};
+
+/// Default connect timeout of a grant.
+const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Default timeout of one request of a grant.
+const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
+/// Default retries of one request of a grant.
+const DEFAULT_MAX_RETRIES: usize = 3;
+/// Default bound on the time spent retrying one request of a grant.
+const DEFAULT_RETRY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// diagmon's own option keys in a grant, beside `url` and object_store's keys.
+const DIAGMON_KEYS: &[&str] = &["max_retries", "retry_timeout", "from_env"];
 use crate::egress::error::EgressError;
 
 /// The `object_store` grant of a provider: where it may write, and how to reach it.
@@ -170,26 +181,6 @@ impl fmt::Debug for ObjectStoreGrant {
 impl fmt::Debug for GrantValue {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}", self.shown("secret"))
-    }
-}
-
-/// Which kind of store a grant names.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum StoreKind {
-    S3,
-    Azure,
-    Gcs,
-    Local,
-}
-
-impl StoreKind {
-    /// What the store calls the thing a grant's URL names.
-    pub(super) fn container_noun(self) -> &'static str {
-        match self {
-            StoreKind::S3 | StoreKind::Gcs => "bucket",
-            StoreKind::Azure => "container",
-            StoreKind::Local => "directory",
-        }
     }
 }
 

@@ -19,8 +19,47 @@ use bytes::Bytes;
 use tokio::runtime::Handle;
 use tokio::task::JoinHandle;
 
-use super::grant::StoreKind;
-use super::*;
+use crate::egress::budget::MemoryBudget;
+
+/// Smallest part but the last (S3's minimum), in bytes.
+pub(crate) const MIN_PART: usize = 5 << 20;
+/// Largest part accepted, in bytes.
+const MAX_PART: usize = 512 << 20;
+/// Most parts in one upload (S3's limit).
+const MAX_PARTS: u32 = 10_000;
+/// Most parts uploading at once in one upload.
+const MAX_PARTS_IN_FLIGHT: u32 = 16;
+/// Most metadata entries, and their total size in bytes.
+const MAX_METADATA: usize = 64;
+const MAX_METADATA_BYTES: usize = 8 << 10;
+/// Longest path, in bytes, relative or with the prefix.
+const MAX_PATH: usize = 1024;
+/// Longest store detail kept in a message, in bytes.
+const MAX_DETAIL: usize = 1500;
+/// How long an abort may take when no call deadline bounds it.
+const ABORT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest signed URL expiry (S3's limit for SigV4).
+const MAX_SIGNED_URL_EXPIRY: Duration = Duration::from_secs(7 * 24 * 3600);
+
+/// Which kind of store a grant names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum StoreKind {
+    S3,
+    Azure,
+    Gcs,
+    Local,
+}
+
+impl StoreKind {
+    /// What the store calls the thing a grant's URL names.
+    pub(super) fn container_noun(self) -> &'static str {
+        match self {
+            StoreKind::S3 | StoreKind::Gcs => "bucket",
+            StoreKind::Azure => "container",
+            StoreKind::Local => "directory",
+        }
+    }
+}
 
 /// A store built from a grant, confined to the grant's prefix.
 pub(crate) struct GrantedStore {
@@ -141,6 +180,7 @@ impl GrantedStore {
         options: &ObjectOptions,
         parts_in_flight: u32,
         runtime: Handle,
+        budget: Arc<MemoryBudget>,
     ) -> Result<MultipartWrite, StoreError> {
         let path = self.resolve(relative)?;
         if !(1..=MAX_PARTS_IN_FLIGHT).contains(&parts_in_flight) {
@@ -175,6 +215,7 @@ impl GrantedStore {
             short_part: false,
             bytes: 0,
             runtime,
+            budget,
         })
     }
 
@@ -452,6 +493,9 @@ pub struct MultipartWrite {
     short_part: bool,
     bytes: u64,
     runtime: Handle,
+    /// The instance's memory budget: each part in flight is charged to it until the store has
+    /// it.
+    budget: Arc<MemoryBudget>,
 }
 
 impl fmt::Debug for MultipartWrite {
@@ -465,12 +509,16 @@ impl fmt::Debug for MultipartWrite {
 }
 
 impl MultipartWrite {
-    /// Waits for the oldest part in flight.
+    /// Waits for the oldest part in flight. The part stays in `in_flight` until it ended, so
+    /// that a wait given up on (the provider call's deadline) leaves it to be aborted with the
+    /// upload, not running on.
     async fn wait_oldest(&mut self) -> Result<(), StoreError> {
-        let Some(part) = self.in_flight.pop_front() else {
+        let Some(part) = self.in_flight.front_mut() else {
             return Ok(());
         };
-        match part.await {
+        let result = part.await;
+        self.in_flight.pop_front();
+        match result {
             Ok(Ok(())) => Ok(()),
             Ok(Err(error)) => Err(self.store.classify(&error, Operation::Write)),
             Err(join) => Err(StoreError::new(
@@ -514,12 +562,30 @@ impl MultipartWrite {
         while self.in_flight.len() >= self.parts_in_flight {
             self.wait_oldest().await?;
         }
+        // The part is host memory until the store has it: make room in the budget too, by
+        // waiting for the parts before it.
+        let reservation = loop {
+            match self.budget.reserve(data.len()) {
+                Ok(reservation) => break reservation,
+                Err(_) if !self.in_flight.is_empty() => self.wait_oldest().await?,
+                Err(over) => {
+                    return invalid(format!(
+                        "a part does not fit: {over}; use smaller parts or raise `limits.memory_mib`"
+                    ));
+                }
+            }
+        };
         self.short_part = data.len() < MIN_PART;
         self.parts += 1;
         self.bytes += data.len() as u64;
-        let upload = self.upload.as_mut().expect("checked above");
+        let Some(upload) = self.upload.as_mut() else {
+            return invalid("the upload is already completed or aborted".to_owned());
+        };
         let part = upload.put_part(PutPayload::from_bytes(data));
-        self.in_flight.push_back(self.runtime.spawn(part));
+        self.in_flight.push_back(self.runtime.spawn(async move {
+            let _charged = reservation;
+            part.await
+        }));
         Ok(())
     }
 

@@ -9,8 +9,13 @@ use tokio::runtime::Handle;
 
 use super::grant::*;
 use super::store::*;
-use super::*;
+use crate::egress::budget::{MemoryBudget, ProviderUsage};
 use crate::egress::error::EgressError;
+
+/// A budget that never refuses.
+fn unlimited() -> Arc<MemoryBudget> {
+    MemoryBudget::new(usize::MAX, Arc::new(ProviderUsage::default()))
+}
 
 fn grant(url: &str, options: &[(&str, &str)]) -> ObjectStoreGrant {
     ObjectStoreGrant {
@@ -259,6 +264,7 @@ async fn a_directory_grant_takes_puts_and_multipart_uploads() {
             &ObjectOptions::default(),
             2,
             Handle::current(),
+            unlimited(),
         )
         .await
         .unwrap();
@@ -283,6 +289,7 @@ async fn a_directory_grant_takes_puts_and_multipart_uploads() {
             &ObjectOptions::default(),
             1,
             Handle::current(),
+            unlimited(),
         )
         .await
         .unwrap();
@@ -333,4 +340,44 @@ async fn an_unreachable_store_is_reported_as_such_quickly() {
         "{error}"
     );
     assert!(started.elapsed() < Duration::from_secs(5));
+}
+
+#[tokio::test]
+async fn parts_in_flight_are_charged_to_the_instance_budget() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("file://{}/out", dir.path().display());
+    let store = Arc::new(GrantedStore::build("local", &grant(&url, &[])).unwrap());
+    let usage = Arc::new(ProviderUsage::default());
+    // Room for one part of 5 MiB, not two.
+    let budget = MemoryBudget::new(8 << 20, usage.clone());
+    let mut upload = store
+        .begin_multipart(
+            "o.bin",
+            &ObjectOptions::default(),
+            4,
+            Handle::current(),
+            budget,
+        )
+        .await
+        .unwrap();
+    let part = Bytes::from(vec![1u8; MIN_PART]);
+    // The second part waits for the first to be stored instead of pinning 10 MiB.
+    upload.put_part(part.clone()).await.unwrap();
+    upload.put_part(part.clone()).await.unwrap();
+    assert!(usage.host_bytes.load(std::sync::atomic::Ordering::SeqCst) <= 8 << 20);
+    let error = upload
+        .put_part(Bytes::from(vec![1u8; 9 << 20]))
+        .await
+        .unwrap_err();
+    assert_eq!(error.kind, StoreErrorKind::InvalidArgument);
+    assert!(
+        error.message.contains("`limits.memory_mib` = 8"),
+        "{}",
+        error.message
+    );
+    upload.abort().await.unwrap();
+    assert_eq!(
+        usage.host_bytes.load(std::sync::atomic::Ordering::SeqCst),
+        0
+    );
 }

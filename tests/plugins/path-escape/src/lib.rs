@@ -1,5 +1,6 @@
 //! Tries, in `begin`, to write and read outside its granted directory: `../` from the grant, an
-//! absolute path elsewhere, `/etc/passwd`. Reports every attempt: `denied` naming each refusal
+//! absolute path elsewhere, `/etc/passwd`, and to plant relative symbolic links in the grant
+//! (`../../etc`, `.`) for whoever uses the directory next. Reports every attempt: `denied` naming each refusal
 //! when all were refused (what the host must make happen), `other("ESCAPED ...")` otherwise.
 
 wit_bindgen::generate!({ path: "../../../wit", world: "egress-provider" });
@@ -15,11 +16,20 @@ impl Guest for Component {
         Ok(())
     }
     fn begin(artifact: Artifact) -> Result<Upload, Error> {
-        let grant = wasip2::filesystem::preopens::get_directories()
-            .into_iter()
-            .next()
-            .map(|(_, path)| path)
+        let preopen = wasip2::filesystem::preopens::get_directories().into_iter().next();
+        let grant = preopen
+            .as_ref()
+            .map(|(_, path)| path.clone())
             .unwrap_or_else(|| "/".to_owned());
+        let symlink = |target: &str, name: &str| -> (String, std::io::Result<()>) {
+            let result = match &preopen {
+                Some((directory, _)) => directory.symlink_at(target, name).map_err(|code| {
+                    std::io::Error::other(format!("{code:?}"))
+                }),
+                None => Err(std::io::Error::other("no grant")),
+            };
+            (format!("symlink {grant}/{name} -> {target}"), result)
+        };
         let id = &artifact.operation_id;
         let attempts: Vec<(String, std::io::Result<()>)> = vec![
             {
@@ -41,6 +51,8 @@ impl Guest for Component {
                 let result = std::fs::write(&path, b"escaped");
                 (format!("write {path}"), result)
             },
+            symlink("../../etc", "etc"),
+            symlink(".", "here"),
         ];
         let escaped: Vec<&str> = attempts
             .iter()

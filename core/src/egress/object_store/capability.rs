@@ -1,26 +1,30 @@
 //! The WIT side of the grant: `diagmon:egress/object-store`, called by a provider on its own
 //! thread (see [`crate::egress::upload`]). Each call blocks that thread on diagmon's runtime until
 //! the store answers, at most until the deadline of the provider call it is made from (less a
-//! margin), so that the provider gets a `timed-out` error back instead of being stopped.
+//! margin), so that the provider gets a `timed-out` error back instead of being stopped. The
+//! parts a provider has in flight are host memory it pins: each is charged to the instance's
+//! memory budget ([`crate::egress::budget`]) until the store has it.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use tokio::runtime::Handle;
-use wasmtime::component::Resource;
+use wasmtime::component::{HasData, Resource, ResourceTable};
 
 use super::store::{
     GrantedStore, MultipartWrite, ObjectInfo, ObjectOptions, StoreError, StoreErrorKind,
 };
-use crate::egress::bindings::diagmon::egress::object_store as wit;
-use crate::egress::instance::{ObjectStoreView, StoreState};
+use crate::egress::budget::MemoryBudget;
+use crate::egress::host_waits::wait_until;
+use crate::egress::world::diagmon::egress::object_store as wit;
 
-/// The object-store side of a provider instance's store: the grant, the runtime its calls block
-/// on, and how many multipart uploads the instance has open.
+/// The object-store side of a provider instance: the grant, the runtime its calls block on, the
+/// instance's memory budget, and how many multipart uploads the instance has open.
 pub(crate) struct ObjectStoreCtx {
     store: Arc<GrantedStore>,
     runtime: Handle,
+    budget: Arc<MemoryBudget>,
     open_uploads: usize,
 }
 
@@ -33,36 +37,51 @@ const MAX_OPEN_UPLOADS: usize = 4;
 
 impl ObjectStoreCtx {
     /// The grant for an instance created on a thread of the runtime (a provider's blocking
-    /// thread).
-    pub(crate) fn new(store: Arc<GrantedStore>) -> Result<ObjectStoreCtx, String> {
+    /// thread), charging host buffers to `budget`.
+    pub(crate) fn new(
+        store: Arc<GrantedStore>,
+        budget: Arc<MemoryBudget>,
+    ) -> Result<ObjectStoreCtx, String> {
         let runtime = Handle::try_current()
             .map_err(|_| "the provider's thread is not inside diagmon's runtime".to_owned())?;
         Ok(ObjectStoreCtx {
             store,
             runtime,
+            budget,
             open_uploads: 0,
         })
     }
 
-    /// Runs `future` on the runtime, blocking this (provider) thread, until `deadline` (less a
-    /// margin); `what` names the operation for the timeout message.
+    /// Runs `future` until `deadline` (less a margin); `what` names the operation for the
+    /// timeout message.
     fn block_on<T>(
         &self,
-        deadline: Option<Instant>,
+        deadline: Instant,
         what: &str,
         future: impl std::future::Future<Output = Result<T, StoreError>>,
     ) -> Result<T, StoreError> {
-        match deadline {
-            Some(deadline) => {
-                let until = deadline.checked_sub(DEADLINE_MARGIN).unwrap_or(deadline);
-                let until = tokio::time::Instant::from_std(until);
-                self.runtime
-                    .block_on(async { tokio::time::timeout_at(until, future).await })
-                    .unwrap_or_else(|_| Err(self.store.deadline_error(what)))
-            }
-            None => self.runtime.block_on(future),
-        }
+        let until = deadline.checked_sub(DEADLINE_MARGIN).unwrap_or(deadline);
+        wait_until(until, future).unwrap_or_else(|| Err(self.store.deadline_error(what)))
     }
+}
+
+/// What the object-store host calls need from an instance's store data, borrowed apart.
+pub(crate) struct ObjectStoreView<'a> {
+    /// The grant; `None` when the provider has none (the linker then has no object store).
+    pub(crate) ctx: Option<&'a mut ObjectStoreCtx>,
+    /// The instance's resource table, which holds its multipart uploads.
+    pub(crate) table: &'a mut ResourceTable,
+    /// When the provider call in progress must return.
+    pub(crate) deadline: Instant,
+    /// The provider's configured name, for logs.
+    pub(crate) provider: &'a str,
+}
+
+/// The `HasData` of the object-store bindings: the host calls see an [`ObjectStoreView`].
+pub(crate) struct ObjectStoreAccess;
+
+impl HasData for ObjectStoreAccess {
+    type Data<'a> = ObjectStoreView<'a>;
 }
 
 /// The one boundary where host failures become the provider's `store-error`: logged in full,
@@ -110,7 +129,7 @@ fn unknown_upload() -> StoreError {
     )
 }
 
-impl<'a> ObjectStoreView<'a> {
+impl ObjectStoreView<'_> {
     fn ctx(&mut self) -> Result<&mut ObjectStoreCtx, StoreError> {
         self.ctx.as_deref_mut().ok_or_else(not_granted)
     }
@@ -118,20 +137,19 @@ impl<'a> ObjectStoreView<'a> {
     /// Takes `upload` out of the table for its last call (complete or abort); it no longer
     /// counts as open.
     fn take_upload(
-        self,
+        &mut self,
         upload: Resource<MultipartWrite>,
-    ) -> Result<(&'a mut ObjectStoreCtx, MultipartWrite), StoreError> {
-        let ctx = self.ctx.ok_or_else(not_granted)?;
+    ) -> Result<(&mut ObjectStoreCtx, MultipartWrite), StoreError> {
         let write = self.table.delete(upload).map_err(|_| unknown_upload())?;
+        let ctx = self.ctx.as_deref_mut().ok_or_else(not_granted)?;
         ctx.open_uploads = ctx.open_uploads.saturating_sub(1);
         Ok((ctx, write))
     }
 }
 
-impl wit::Host for StoreState {
+impl wit::Host for ObjectStoreView<'_> {
     fn describe(&mut self) -> String {
-        let mut view = self.object_store_view();
-        match view.ctx() {
+        match self.ctx() {
             Ok(ctx) => ctx.store.description().to_owned(),
             Err(_) => String::new(),
         }
@@ -143,15 +161,22 @@ impl wit::Host for StoreState {
         data: Vec<u8>,
         options: wit::ObjectOptions,
     ) -> Result<wit::ObjectInfo, wit::StoreError> {
-        let mut view = self.object_store_view();
-        let deadline = view.deadline;
-        let provider = view.provider.to_owned();
-        let result = view.ctx().and_then(|ctx| {
+        let deadline = self.deadline;
+        let result = self.ctx().and_then(|ctx| {
+            // The bytes were copied out of the guest for this call: host memory until it ends.
+            let _charged = ctx.budget.reserve(data.len()).map_err(|over| {
+                StoreError::new(
+                    StoreErrorKind::InvalidArgument,
+                    format!("the object does not fit: {over}; store it in parts (`begin-multipart`) or raise `limits.memory_mib`"),
+                )
+            })?;
             let options = from_wit_options(options);
             let data = Bytes::from(data);
             ctx.block_on(deadline, "the put", ctx.store.put(&path, data, &options))
         });
-        result.map(to_wit_info).map_err(|e| to_wit(&provider, e))
+        result
+            .map(to_wit_info)
+            .map_err(|e| to_wit(self.provider, e))
     }
 
     fn begin_multipart(
@@ -160,11 +185,9 @@ impl wit::Host for StoreState {
         options: wit::ObjectOptions,
         parts_in_flight: u32,
     ) -> Result<Resource<MultipartWrite>, wit::StoreError> {
-        let mut view = self.object_store_view();
-        let deadline = view.deadline;
-        let provider = view.provider.to_owned();
+        let deadline = self.deadline;
         let result = (|| {
-            let ctx = view.ctx()?;
+            let ctx = self.ctx()?;
             if ctx.open_uploads >= MAX_OPEN_UPLOADS {
                 return Err(StoreError::new(
                     StoreErrorKind::InvalidArgument,
@@ -174,20 +197,21 @@ impl wit::Host for StoreState {
             let options = from_wit_options(options);
             let runtime = ctx.runtime.clone();
             let store = ctx.store.clone();
+            let budget = ctx.budget.clone();
             let upload = ctx.block_on(
                 deadline,
                 "starting the upload",
-                store.begin_multipart(&path, &options, parts_in_flight, runtime),
+                store.begin_multipart(&path, &options, parts_in_flight, runtime, budget),
             )?;
             ctx.open_uploads += 1;
-            view.table.push(upload).map_err(|e| {
+            self.table.push(upload).map_err(|e| {
                 StoreError::new(
                     StoreErrorKind::Other,
                     format!("cannot keep the upload: {e}"),
                 )
             })
         })();
-        result.map_err(|e| to_wit(&provider, e))
+        result.map_err(|e| to_wit(self.provider, e))
     }
 
     fn signed_url(
@@ -195,67 +219,60 @@ impl wit::Host for StoreState {
         path: String,
         expires_in_seconds: u64,
     ) -> Result<String, wit::StoreError> {
-        let mut view = self.object_store_view();
-        let deadline = view.deadline;
-        let provider = view.provider.to_owned();
-        let result = view.ctx().and_then(|ctx| {
+        let deadline = self.deadline;
+        let result = self.ctx().and_then(|ctx| {
             let expires_in = Duration::from_secs(expires_in_seconds);
             ctx.block_on(deadline, "signing", ctx.store.signed_url(&path, expires_in))
         });
-        result.map_err(|e| to_wit(&provider, e))
+        result.map_err(|e| to_wit(self.provider, e))
     }
 }
 
-impl wit::HostMultipartUpload for StoreState {
+impl wit::HostMultipartUpload for ObjectStoreView<'_> {
     fn put_part(
         &mut self,
         upload: Resource<MultipartWrite>,
         data: Vec<u8>,
     ) -> Result<(), wit::StoreError> {
-        let view = self.object_store_view();
-        let deadline = view.deadline;
-        let provider = view.provider.to_owned();
+        let deadline = self.deadline;
         let result = (|| {
-            let ctx = view.ctx.ok_or_else(not_granted)?;
-            let write = view.table.get_mut(&upload).map_err(|_| unknown_upload())?;
+            let ctx = self.ctx.as_deref_mut().ok_or_else(not_granted)?;
+            let write = self.table.get_mut(&upload).map_err(|_| unknown_upload())?;
             ctx.block_on(
                 deadline,
                 "the part upload",
                 write.put_part(Bytes::from(data)),
             )
         })();
-        result.map_err(|e| to_wit(&provider, e))
+        result.map_err(|e| to_wit(self.provider, e))
     }
 
     fn complete(
         &mut self,
         upload: Resource<MultipartWrite>,
     ) -> Result<wit::ObjectInfo, wit::StoreError> {
-        let view = self.object_store_view();
-        let deadline = view.deadline;
-        let provider = view.provider.to_owned();
+        let deadline = self.deadline;
         // On a timeout, dropping `write` aborts the upload in the background.
-        let result = view.take_upload(upload).and_then(|(ctx, mut write)| {
+        let result = self.take_upload(upload).and_then(|(ctx, mut write)| {
             ctx.block_on(deadline, "completing the upload", write.complete())
         });
-        result.map(to_wit_info).map_err(|e| to_wit(&provider, e))
+        result
+            .map(to_wit_info)
+            .map_err(|e| to_wit(self.provider, e))
     }
 
     fn abort(&mut self, upload: Resource<MultipartWrite>) -> Result<(), wit::StoreError> {
-        let view = self.object_store_view();
-        let deadline = view.deadline;
-        let provider = view.provider.to_owned();
-        let result = view.take_upload(upload).and_then(|(ctx, mut write)| {
+        let deadline = self.deadline;
+        let result = self.take_upload(upload).and_then(|(ctx, mut write)| {
             ctx.block_on(deadline, "aborting the upload", write.abort())
         });
-        result.map_err(|e| to_wit(&provider, e))
+        result.map_err(|e| to_wit(self.provider, e))
     }
 
     fn drop(&mut self, upload: Resource<MultipartWrite>) -> wasmtime::Result<()> {
-        let view = self.object_store_view();
         // Dropping an unfinished upload aborts it in the background (`MultipartWrite::drop`).
-        if view.table.delete(upload).is_ok()
-            && let Some(ctx) = view.ctx
+        if self.table.delete(upload).is_ok()
+            && let Some(ctx) = self.ctx.as_deref_mut()
         {
             ctx.open_uploads = ctx.open_uploads.saturating_sub(1);
         }
