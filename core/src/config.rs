@@ -158,6 +158,17 @@ pub enum MatchType {
 pub struct LimitsConfig {
     /// Trace operations running at once, streamed and egressed alike; more get 429.
     pub max_concurrent_traces: usize,
+    /// Process dump operations running at once; more get 429.
+    pub max_concurrent_dumps: usize,
+    /// GC dump operations running at once; more get 429.
+    pub max_concurrent_gcdumps: usize,
+    /// Live metrics operations running at once; more get 429.
+    pub max_concurrent_livemetrics: usize,
+    /// Log stream operations running at once; more get 429.
+    pub max_concurrent_logs: usize,
+    /// How long a streamed artifact waits for a client that takes no bytes before the operation
+    /// fails (`ClientStalled`) and its slot is freed, in seconds.
+    pub stream_send_timeout_seconds: u64,
     /// Largest accepted request body in bytes; larger bodies get 413.
     pub max_request_body_bytes: usize,
 }
@@ -166,6 +177,11 @@ impl Default for LimitsConfig {
     fn default() -> Self {
         LimitsConfig {
             max_concurrent_traces: 3,
+            max_concurrent_dumps: 1,
+            max_concurrent_gcdumps: 1,
+            max_concurrent_livemetrics: 3,
+            max_concurrent_logs: 3,
+            stream_send_timeout_seconds: 30,
             max_request_body_bytes: 1 << 20,
         }
     }
@@ -281,10 +297,26 @@ impl Config {
         if self.urls.is_empty() {
             return Err(ConfigError("`urls` must list at least one address".into()));
         }
-        if self.limits.max_concurrent_traces == 0 {
-            return Err(ConfigError(
-                "`limits.max_concurrent_traces` must be at least 1".into(),
-            ));
+        let limits = &self.limits;
+        for (key, value) in [
+            ("max_concurrent_traces", limits.max_concurrent_traces as u64),
+            ("max_concurrent_dumps", limits.max_concurrent_dumps as u64),
+            (
+                "max_concurrent_gcdumps",
+                limits.max_concurrent_gcdumps as u64,
+            ),
+            (
+                "max_concurrent_livemetrics",
+                limits.max_concurrent_livemetrics as u64,
+            ),
+            (
+                "stream_send_timeout_seconds",
+                limits.stream_send_timeout_seconds,
+            ),
+        ] {
+            if value == 0 {
+                return Err(ConfigError(format!("`limits.{key}` must be at least 1")));
+            }
         }
         for filter in &self.default_process.filters {
             if filter.key == ProcessFilterKey::ProcessId && filter.value.parse::<u64>().is_err() {

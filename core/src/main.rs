@@ -1,7 +1,9 @@
 //! The `diagmon` command line.
 
+use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
@@ -11,7 +13,11 @@ use diagmon::diagnostics::eventpipe::Rundown;
 use diagmon::diagnostics::nettrace;
 use diagmon::diagnostics::reverse::ReversePort;
 use diagmon::diagnostics::{EventProvider, SessionConfig, Timeouts, endpoint};
-use diagmon::processes::{Discovery, ProcessDirectory, ProcessRecord};
+use diagmon::egress::EgressHost;
+use diagmon::operations::{
+    Destination, OperationRegistry, Operations, StartError, StartRequest, TraceSpec,
+};
+use diagmon::processes::{Discovery, ProcessDirectory, ProcessSelector};
 use diagmon::{config, http, profiles};
 
 /// A diagnostics monitor for .NET processes.
@@ -128,9 +134,10 @@ struct TraceArgs {
     /// How long to trace (e.g. 5s, 1m); Ctrl-C stops earlier.
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
     duration: Duration,
-    /// Providers as `Name[:Keywords[:Level[:key=value;...]]]`, comma-separated. Defaults to the
+    /// Providers as `Name[:Keywords[:Level[:key=value;...]]]`, comma-separated; keywords in
+    /// decimal (signed 64-bit, `-1` = all) or 0x hex, level 0-5 or by name. Defaults to the
     /// Cpu profile: the sample profiler and the runtime's default keywords at Informational.
-    #[arg(long, value_delimiter = ',', value_parser = parse_provider)]
+    #[arg(long, value_delimiter = ',', value_parser = profiles::parse_provider)]
     providers: Vec<EventProvider>,
     /// Do not ask for rundown at the end of the trace.
     #[arg(long)]
@@ -342,55 +349,79 @@ async fn directory(args: &DiscoveryArgs) -> Result<ProcessDirectory> {
     Ok(ProcessDirectory::new(discovery, Timeouts::default()))
 }
 
+/// `diagmon trace`: the trace goes through the same pipeline as `POST /trace`, into a file.
 async fn trace(args: TraceArgs) -> Result<ExitCode> {
     let directory = directory(&args.discovery).await?;
-    let process = select_process(&directory, args.pid, args.uid, args.name.as_deref()).await?;
-    let mut config = if args.providers.is_empty() {
+    let mut session = if args.providers.is_empty() {
         profiles::session_config("Cpu").map_err(anyhow::Error::msg)?
     } else {
         SessionConfig::new(args.providers)
     };
-    config.buffer_size_mb = args.buffer_size_mb;
+    session.buffer_size_mb = args.buffer_size_mb;
     if args.no_rundown {
-        config.rundown = Rundown::Off;
+        session.rundown = Rundown::Off;
     }
-    let session = directory
-        .client(&process)
-        .start_session(&config)
+    let config = config::Config::default();
+    let registry = Arc::new(OperationRegistry::new(&config.limits, &config.operations));
+    let operations = Operations::new(registry, directory, EgressHost::default(), &config);
+    let started = operations
+        .start(StartRequest {
+            artifact: TraceSpec::new(session),
+            target: ProcessSelector {
+                pid: args.pid,
+                uid: args.uid,
+                name: args.name,
+            },
+            destination: Destination::File(args.output.clone()),
+            tags: BTreeSet::new(),
+            duration: Some(args.duration),
+        })
         .await
-        .with_context(|| format!("cannot start a trace of process {}", process.pid))?;
+        .map_err(|error| match error {
+            StartError::Process(error) => {
+                anyhow::anyhow!("{error} (`diagmon ps` lists the processes diagmon can see)")
+            }
+            other => anyhow::Error::new(other),
+        })?;
+    let operation = started.operation;
+    let process = operation.process();
     eprintln!(
         "tracing process {} ({}) for {}; Ctrl-C stops early",
         process.pid,
         process.name,
         humantime::format_duration(args.duration)
     );
-    let stop = session.stop_handle();
-    let duration = args.duration;
-    tokio::spawn(async move {
-        tokio::select! {
-            _ = tokio::time::sleep(duration) => {}
-            _ = tokio::signal::ctrl_c() => {}
+    tokio::select! {
+        _ = operation.finished() => {}
+        _ = tokio::signal::ctrl_c() => {
+            let _ = operation.request_stop();
+            operation.finished().await;
         }
-        if let Err(error) = stop.stop().await {
-            tracing::warn!(%error, "StopTracing failed");
+    }
+    let status = operation.status();
+    match (status.summary, status.error) {
+        (Some(summary), _) => {
+            eprintln!(
+                "wrote {} ({} bytes, {} events, sha256 {})",
+                args.output.display(),
+                summary.bytes,
+                summary.events.unwrap_or_default(),
+                summary.sha256
+            );
+            Ok(ExitCode::SUCCESS)
         }
-    });
-    let mut file = tokio::fs::File::create(&args.output)
-        .await
-        .with_context(|| format!("cannot create {}", args.output.display()))?;
-    let digest = session
-        .copy_to(&mut file)
-        .await
-        .with_context(|| format!("the trace in {} is incomplete", args.output.display()))?;
-    eprintln!(
-        "wrote {} ({} bytes, {} events, sha256 {})",
-        args.output.display(),
-        digest.nettrace.bytes,
-        digest.nettrace.events,
-        digest.sha256
-    );
-    Ok(ExitCode::SUCCESS)
+        (None, Some(error)) => bail!(
+            "the trace in {} is incomplete: {} ({})",
+            args.output.display(),
+            error.message,
+            error.code
+        ),
+        (None, None) => bail!(
+            "the trace in {} is incomplete: the operation ended {:?}",
+            args.output.display(),
+            status.status
+        ),
+    }
 }
 
 async fn counters(args: CountersArgs) -> Result<ExitCode> {
@@ -398,7 +429,15 @@ async fn counters(args: CountersArgs) -> Result<ExitCode> {
     use diagmon::metrics::counters::CounterRequest;
     use std::io::IsTerminal;
     let directory = directory(&args.discovery).await?;
-    let process = select_process(&directory, args.pid, args.uid, args.name.as_deref()).await?;
+    let selector = ProcessSelector {
+        pid: args.pid,
+        uid: args.uid,
+        name: args.name,
+    };
+    let processes = directory.list().await;
+    let process = diagmon::processes::resolve(&processes, &selector, &Default::default()).map_err(
+        |error| anyhow::anyhow!("{error}; `diagmon ps` lists the processes diagmon sees"),
+    )?;
     let request = CounterRequest {
         providers: args.providers,
         meters: Vec::new(),
@@ -439,85 +478,4 @@ async fn counters(args: CountersArgs) -> Result<ExitCode> {
     .await
     .with_context(|| format!("cannot watch the counters of process {}", process.pid))?;
     Ok(ExitCode::SUCCESS)
-}
-
-async fn select_process(
-    directory: &ProcessDirectory,
-    pid: Option<u64>,
-    uid: Option<uuid::Uuid>,
-    name: Option<&str>,
-) -> Result<ProcessRecord> {
-    let matches: Vec<ProcessRecord> = directory
-        .list()
-        .await
-        .into_iter()
-        .filter(|p| pid.is_none_or(|pid| p.pid == pid))
-        .filter(|p| uid.is_none_or(|uid| p.uid == uid))
-        .filter(|p| name.is_none_or(|name| p.name.eq_ignore_ascii_case(name)))
-        .collect();
-    match matches.as_slice() {
-        [one] => Ok(one.clone()),
-        [] => bail!("no .NET process matches; `diagmon ps` lists the ones diagmon can see"),
-        several => bail!(
-            "{} processes match ({}); select one with --pid or --uid",
-            several.len(),
-            several
-                .iter()
-                .map(|p| format!("{} {}", p.pid, p.name))
-                .collect::<Vec<_>>()
-                .join(", ")
-        ),
-    }
-}
-
-/// Parses `Name[:Keywords[:Level[:key=value;...]]]`; keywords in hex (`0x..`) or decimal,
-/// level by number or name.
-fn parse_provider(spec: &str) -> Result<EventProvider> {
-    let mut parts = spec.splitn(4, ':');
-    let name = parts.next().unwrap_or_default().trim();
-    if name.is_empty() {
-        bail!("a provider needs a name");
-    }
-    let keywords = match parts.next().filter(|text| !text.is_empty()) {
-        None => u64::MAX,
-        Some(text) => match text.strip_prefix("0x").or(text.strip_prefix("0X")) {
-            Some(hex) => u64::from_str_radix(hex, 16),
-            None => text.parse(),
-        }
-        .with_context(|| format!("keywords `{text}` are not a number (decimal or 0x hex)"))?,
-    };
-    let level = match parts.next().filter(|text| !text.is_empty()) {
-        None => 5,
-        Some(text) => parse_level(text)?,
-    };
-    let mut provider = EventProvider::new(name, keywords, level);
-    for pair in parts.next().unwrap_or_default().split(';') {
-        if pair.is_empty() {
-            continue;
-        }
-        let Some((key, value)) = pair.split_once('=') else {
-            bail!("provider argument `{pair}` is not key=value");
-        };
-        provider.arguments.insert(key.to_owned(), value.to_owned());
-    }
-    Ok(provider)
-}
-
-fn parse_level(text: &str) -> Result<u8> {
-    const NAMES: [&str; 6] = [
-        "logalways",
-        "critical",
-        "error",
-        "warning",
-        "informational",
-        "verbose",
-    ];
-    if let Ok(level @ 0..=5) = text.parse::<u8>() {
-        return Ok(level);
-    }
-    NAMES
-        .iter()
-        .position(|name| name.eq_ignore_ascii_case(text))
-        .map(|level| level as u8)
-        .with_context(|| format!("level `{text}` is not 0-5 or one of {}", NAMES.join(", ")))
 }

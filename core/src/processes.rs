@@ -169,12 +169,17 @@ impl ProcessSelector {
 
     /// True when `process` matches every given field.
     pub fn matches(&self, process: &ProcessRecord) -> bool {
-        self.pid.is_none_or(|pid| process.pid == pid)
-            && self.uid.is_none_or(|uid| process.uid == uid)
+        self.matches_identity(process.pid, process.uid, &process.name)
+    }
+
+    /// True when a process of this pid, uid and name matches every given field.
+    pub fn matches_identity(&self, pid: u64, uid: Uuid, name: &str) -> bool {
+        self.pid.is_none_or(|wanted| pid == wanted)
+            && self.uid.is_none_or(|wanted| uid == wanted)
             && self
                 .name
                 .as_ref()
-                .is_none_or(|name| process.name.eq_ignore_ascii_case(name))
+                .is_none_or(|wanted| name.eq_ignore_ascii_case(wanted))
     }
 }
 
@@ -225,7 +230,7 @@ pub fn resolve<'a>(
     match matching.as_slice() {
         [one] => Ok(one),
         [] => Err(ResolveError::NotFound(if !use_defaults {
-            "no process matches the given pid, uid and name".to_owned()
+            "no .NET process matches the given pid, uid and name".to_owned()
         } else if defaults.filters.is_empty() {
             "no .NET process is observable".to_owned()
         } else {

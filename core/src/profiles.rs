@@ -1,5 +1,6 @@
-//! Trace profiles: named sets of providers (dotnet-monitor's `GET /trace?profile=`), shared by the
-//! HTTP API and the `trace` command.
+//! Trace providers, as requests name them: the one parser of keywords, levels and provider specs
+//! (`Name[:Keywords[:Level[:key=value;...]]]`) that the HTTP API and the `trace` command share,
+//! and the profiles (named sets of providers, dotnet-monitor's `GET /trace?profile=`).
 
 use crate::diagnostics::eventpipe::Rundown;
 use crate::diagnostics::{EventProvider, SessionConfig};
@@ -15,6 +16,100 @@ const DIAGNOSTIC_SOURCE_SPECS: &str = "Microsoft.AspNetCore/Microsoft.AspNetCore
 Microsoft.AspNetCore/Microsoft.AspNetCore.Hosting.HttpRequestIn.Stop@Activity1Stop:-Response.StatusCode;ActivityDuration=*Activity.Duration.Ticks\r\n\
 HttpHandlerDiagnosticListener/System.Net.Http.HttpRequestOut.Start@Activity2Start:-Request.RequestUri;Request.Method;Request.RequestUri.Host;Request.RequestUri.Port\r\n\
 HttpHandlerDiagnosticListener/System.Net.Http.HttpRequestOut.Stop@Activity2Stop:-Response.StatusCode;ActivityDuration=*Activity.Duration.Ticks";
+
+/// Event level names, by value (0 = LogAlways ... 5 = Verbose).
+pub const LEVELS: [&str; 6] = [
+    "LogAlways",
+    "Critical",
+    "Error",
+    "Warning",
+    "Informational",
+    "Verbose",
+];
+
+/// The level a provider gets when none is given: Verbose.
+pub const DEFAULT_LEVEL: u8 = 5;
+
+/// The keywords a provider gets when none are given: every bit.
+pub const DEFAULT_KEYWORDS: u64 = u64::MAX;
+
+/// Why part of a provider spec is invalid.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ProviderSpecError {
+    /// The name is empty.
+    #[error("a provider needs a name")]
+    MissingName,
+    /// The keywords are not a number under the one rule.
+    #[error(
+        "keywords `{0}` are not a decimal signed 64-bit number (\"-1\" is every bit) or a 0x-prefixed hexadecimal 64-bit number"
+    )]
+    Keywords(String),
+    /// The level is not one of the six.
+    #[error(
+        "level `{0}` is not 0 to 5 or one of LogAlways, Critical, Error, Warning, Informational, Verbose"
+    )]
+    Level(String),
+    /// An argument is not `key=value`.
+    #[error("provider argument `{0}` is not key=value")]
+    Argument(String),
+}
+
+/// Keywords as dotnet-monitor reads them: decimal signed 64-bit (so `-1` is every bit) or `0x`
+/// hexadecimal up to 64 bits.
+pub fn parse_keywords(text: &str) -> Result<u64, ProviderSpecError> {
+    let trimmed = text.trim();
+    match trimmed
+        .strip_prefix("0x")
+        .or_else(|| trimmed.strip_prefix("0X"))
+    {
+        Some(hex) => u64::from_str_radix(hex, 16).ok(),
+        // The bits of the signed value: -1 is every keyword.
+        None => trimmed.parse::<i64>().ok().map(|value| value as u64),
+    }
+    .ok_or_else(|| ProviderSpecError::Keywords(text.to_owned()))
+}
+
+/// A level by number (`0` to `5`) or by name (case-insensitive).
+pub fn parse_level(text: &str) -> Result<u8, ProviderSpecError> {
+    let trimmed = text.trim();
+    if let Ok(level @ 0..=5) = trimmed.parse::<u8>() {
+        return Ok(level);
+    }
+    LEVELS
+        .iter()
+        .position(|name| name.eq_ignore_ascii_case(trimmed))
+        .and_then(|level| u8::try_from(level).ok())
+        .ok_or_else(|| ProviderSpecError::Level(text.to_owned()))
+}
+
+/// Parses `Name[:Keywords[:Level[:key=value;...]]]`; an empty part takes its default (every
+/// keyword, Verbose).
+pub fn parse_provider(spec: &str) -> Result<EventProvider, ProviderSpecError> {
+    let mut parts = spec.splitn(4, ':');
+    let name = parts.next().unwrap_or_default().trim();
+    if name.is_empty() {
+        return Err(ProviderSpecError::MissingName);
+    }
+    let keywords = match parts.next().filter(|text| !text.is_empty()) {
+        None => DEFAULT_KEYWORDS,
+        Some(text) => parse_keywords(text)?,
+    };
+    let level = match parts.next().filter(|text| !text.is_empty()) {
+        None => DEFAULT_LEVEL,
+        Some(text) => parse_level(text)?,
+    };
+    let mut provider = EventProvider::new(name, keywords, level);
+    for pair in parts.next().unwrap_or_default().split(';') {
+        if pair.is_empty() {
+            continue;
+        }
+        let (key, value) = pair
+            .split_once('=')
+            .ok_or_else(|| ProviderSpecError::Argument(pair.to_owned()))?;
+        provider.arguments.insert(key.to_owned(), value.to_owned());
+    }
+    Ok(provider)
+}
 
 fn with_argument(mut provider: EventProvider, key: &str, value: &str) -> EventProvider {
     provider.arguments.insert(key.to_owned(), value.to_owned());
@@ -127,6 +222,53 @@ mod tests {
         assert_eq!(runtime[0].keywords, RUNTIME_DEFAULT_KEYWORDS | 0x1);
         assert_eq!(config.rundown, Rundown::On);
         assert_eq!(session_config("Metrics").unwrap().rundown, Rundown::Off);
+    }
+
+    #[test]
+    fn keywords_are_signed_decimal_or_hex_for_every_caller() {
+        assert_eq!(parse_keywords("-1"), Ok(u64::MAX));
+        assert_eq!(
+            parse_keywords(" 0x14C14FCCBD "),
+            Ok(RUNTIME_DEFAULT_KEYWORDS)
+        );
+        assert_eq!(parse_keywords("0XFF"), Ok(0xFF));
+        assert_eq!(parse_keywords("12"), Ok(12));
+        for bad in [
+            "",
+            "0x",
+            "0xZZ",
+            "18446744073709551615",
+            "0x1FFFFFFFFFFFFFFFF",
+            "1.5",
+        ] {
+            assert!(parse_keywords(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn levels_are_numbers_or_names() {
+        assert_eq!(parse_level("informational"), Ok(4));
+        assert_eq!(parse_level("0"), Ok(0));
+        assert!(parse_level("6").is_err());
+        assert!(parse_level("Loud").is_err());
+    }
+
+    #[test]
+    fn provider_specs_take_defaults_for_empty_parts() {
+        let provider = parse_provider("P:-1:Warning:a=1;b=x=y").unwrap();
+        assert_eq!(provider.keywords, u64::MAX);
+        assert_eq!(provider.level, 3);
+        assert_eq!(provider.arguments["b"], "x=y");
+        let bare = parse_provider("P::").unwrap();
+        assert_eq!(
+            (bare.keywords, bare.level),
+            (DEFAULT_KEYWORDS, DEFAULT_LEVEL)
+        );
+        assert_eq!(parse_provider(":1"), Err(ProviderSpecError::MissingName));
+        assert!(matches!(
+            parse_provider("P:1:5:novalue"),
+            Err(ProviderSpecError::Argument(_))
+        ));
     }
 
     #[test]

@@ -844,7 +844,10 @@ async fn a_provider_sleeping_an_hour_in_a_host_call_fails_at_its_deadline_and_fr
         "{error:?}"
     );
     assert!(elapsed >= Duration::from_millis(500), "{elapsed:?}");
-    assert!(elapsed < Duration::from_secs(2), "stopped after {elapsed:?}");
+    assert!(
+        elapsed < Duration::from_secs(2),
+        "stopped after {elapsed:?}"
+    );
     // The thread ends with the call, not an hour later.
     let released = threads_released(&host, "sleep-in-write", Duration::from_secs(2)).await;
     eprintln!("thread released {released:?} after the error");
@@ -874,14 +877,20 @@ async fn stuck_providers_are_bounded_in_threads_and_do_not_stall_a_well_behaved_
         most_threads = most_threads.max(host.usage("sleep-in-write").unwrap().threads);
         let started = Instant::now();
         assert_still_serving(&host, dir.path()).await;
-        assert!(started.elapsed() < Duration::from_secs(2), "{:?}", started.elapsed());
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "{:?}",
+            started.elapsed()
+        );
     }
     let mut busy = 0;
     for task in stuck {
         let error = task.await.unwrap();
         match error {
             EgressError::DeadlineExceeded { call: "write", .. } => {}
-            EgressError::Busy { max_instances: 2, .. } => busy += 1,
+            EgressError::Busy {
+                max_instances: 2, ..
+            } => busy += 1,
             other => panic!("{other:?}"),
         }
         most_threads = most_threads.max(host.usage("sleep-in-write").unwrap().threads);
@@ -951,14 +960,19 @@ async fn a_trickling_or_stalled_http_peer_is_cut_at_the_deadline_and_frees_the_t
         .await
         .unwrap();
         let started = Instant::now();
-        let error = upload_through(&host, "reader", &payload(10)).await.unwrap_err();
+        let error = upload_through(&host, "reader", &payload(10))
+            .await
+            .unwrap_err();
         let elapsed = started.elapsed();
         eprintln!("{path}: {error} after {elapsed:?}");
         assert!(
             matches!(error, EgressError::DeadlineExceeded { call: "write", .. }),
             "{path}: {error:?}"
         );
-        assert!(elapsed < Duration::from_secs(3), "{path}: cut after {elapsed:?}");
+        assert!(
+            elapsed < Duration::from_secs(3),
+            "{path}: cut after {elapsed:?}"
+        );
         // A stalled read blocked the thread inside a host call: it ends with the call.
         threads_released(&host, "reader", Duration::from_secs(2)).await;
         assert_still_serving(&host, dir.path()).await;
@@ -972,9 +986,13 @@ async fn an_http_peer_that_stops_sending_is_cut_by_the_between_bytes_timeout() {
     p.settings
         .insert("between_bytes_ms".to_owned(), serde_json::json!("300"));
     p.limits.write_timeout_ms = 5000;
-    let host = EgressHost::load(&config(vec![("reader", p)])).await.unwrap();
+    let host = EgressHost::load(&config(vec![("reader", p)]))
+        .await
+        .unwrap();
     let started = Instant::now();
-    let error = upload_through(&host, "reader", &payload(10)).await.unwrap_err();
+    let error = upload_through(&host, "reader", &payload(10))
+        .await
+        .unwrap_err();
     let elapsed = started.elapsed();
     eprintln!("{error} after {elapsed:?}");
     // The provider's own read failed (it was not stopped), long before the 5 s deadline.
@@ -988,7 +1006,12 @@ async fn an_http_peer_that_stops_sending_is_cut_by_the_between_bytes_timeout() {
         ),
         "{error:?}"
     );
-    assert!(error.to_string().contains("reading the response body failed"), "{error}");
+    assert!(
+        error
+            .to_string()
+            .contains("reading the response body failed"),
+        "{error}"
+    );
     assert!(elapsed < Duration::from_secs(3), "cut after {elapsed:?}");
 }
 
@@ -996,8 +1019,10 @@ async fn an_http_peer_that_stops_sending_is_cut_by_the_between_bytes_timeout() {
 async fn two_uploads_racing_for_one_name_without_overwrite_leave_exactly_one_winner() {
     let dir = tempfile::tempdir().unwrap();
     let mut p = filesystem(dir.path());
-    p.settings
-        .insert("name_template".to_owned(), serde_json::json!("same.nettrace"));
+    p.settings.insert(
+        "name_template".to_owned(),
+        serde_json::json!("same.nettrace"),
+    );
     let host = EgressHost::load(&config(vec![("artifacts", p)]))
         .await
         .unwrap();
@@ -1079,7 +1104,10 @@ async fn limits_that_would_overflow_fail_the_load_naming_the_provider_and_the_ke
         let mut p = filesystem(dir.path());
         change(&mut p.limits);
         let error = load_error(vec![("files", p)]).await.to_string();
-        assert!(error.contains("egress provider `files` cannot be loaded"), "{error}");
+        assert!(
+            error.contains("egress provider `files` cannot be loaded"),
+            "{error}"
+        );
         assert!(error.contains(&format!("`{key}`")), "{error}");
     }
 }
@@ -1104,7 +1132,10 @@ async fn a_dump_goes_through_the_filesystem_provider_under_its_dotnet_monitor_na
     let mut upload = host.begin("artifacts", dump).await.unwrap();
     upload.write(Bytes::from(data.clone())).await.unwrap();
     let location = upload.finish().await.unwrap();
-    assert!(location.ends_with("/core_20251126_072408_123"), "{location}");
+    assert!(
+        location.ends_with("/core_20251126_072408_123"),
+        "{location}"
+    );
     assert_eq!(std::fs::read(&location).unwrap(), data);
 
     // `{kind}` names it too.
@@ -1113,7 +1144,9 @@ async fn a_dump_goes_through_the_filesystem_provider_under_its_dotnet_monitor_na
         "name_template".to_owned(),
         serde_json::json!("{kind}-{pid}-{file_name}"),
     );
-    let host = EgressHost::load(&config(vec![("artifacts", p)])).await.unwrap();
+    let host = EgressHost::load(&config(vec![("artifacts", p)]))
+        .await
+        .unwrap();
     let gcdump = Artifact::new(
         ArtifactKind::GcDump,
         4242,
@@ -1123,7 +1156,13 @@ async fn a_dump_goes_through_the_filesystem_provider_under_its_dotnet_monitor_na
         Vec::new(),
         started_at,
     );
-    let location = host.begin("artifacts", gcdump).await.unwrap().finish().await.unwrap();
+    let location = host
+        .begin("artifacts", gcdump)
+        .await
+        .unwrap()
+        .finish()
+        .await
+        .unwrap();
     assert!(
         location.ends_with("/gcdump-4242-20251126_072408_123_4242.gcdump"),
         "{location}"
@@ -1165,7 +1204,10 @@ async fn s3_that_never_stores_a_part() -> (std::net::SocketAddr, tokio::task::Jo
                     }
                     let reply = if head.starts_with("post ") {
                         let xml = "<?xml version=\"1.0\" encoding=\"UTF-8\"?><InitiateMultipartUploadResult><Bucket>b</Bucket><Key>k</Key><UploadId>upload-1</UploadId></InitiateMultipartUploadResult>";
-                        format!("HTTP/1.1 200 OK\r\ncontent-type: application/xml\r\ncontent-length: {}\r\n\r\n{xml}", xml.len())
+                        format!(
+                            "HTTP/1.1 200 OK\r\ncontent-type: application/xml\r\ncontent-length: {}\r\n\r\n{xml}",
+                            xml.len()
+                        )
                     } else {
                         "HTTP/1.1 204 No Content\r\n\r\n".to_owned()
                     };
@@ -1195,7 +1237,8 @@ async fn object_store_parts_in_flight_count_against_the_memory_limit() {
     .unwrap();
     let mut p = ProviderConfig::new(fixture("object-store-hog").display().to_string());
     p.object_store = Some(grant);
-    p.settings.insert("part_mib".to_owned(), serde_json::json!(5));
+    p.settings
+        .insert("part_mib".to_owned(), serde_json::json!(5));
     p.limits.memory_mib = 48;
     p.limits.write_timeout_ms = 3000;
     let host = EgressHost::load(&config(vec![("hog", p)])).await.unwrap();
@@ -1211,7 +1254,9 @@ async fn object_store_parts_in_flight_count_against_the_memory_limit() {
             most
         })
     };
-    let error = upload_through(&host, "hog", &payload(10)).await.unwrap_err();
+    let error = upload_through(&host, "hog", &payload(10))
+        .await
+        .unwrap_err();
     eprintln!("{error}");
     let most = sampler.await.unwrap();
     eprintln!("at most {} MiB of parts in flight", most >> 20);

@@ -274,120 +274,14 @@ async fn a_killed_target_fails_the_operation_and_aborts_the_body() {
     );
 }
 
+/// Input validation, auth and problem bodies are tested in-process (`core/src/http/tests.rs`);
+/// what needs real runtimes stays here: a selection two real processes make ambiguous.
 #[tokio::test]
-async fn bad_inputs_are_problems_that_name_the_field() {
+async fn an_ambiguous_selection_names_the_candidates() {
     let target = TestTarget::start(Program::Worker, &[]);
     let twin = TestTarget::start_in(target.tmpdir(), Program::Worker, &[]);
     let monitor = monitor_for(&target, "");
     let client = reqwest::Client::new();
-    let pid = target.pid();
-    let provider = |extra: Value| {
-        let mut p = json!({"name": "Microsoft-Windows-DotNETRuntime"});
-        p.as_object_mut()
-            .unwrap()
-            .extend(extra.as_object().unwrap().clone());
-        json!({"providers": [p]})
-    };
-    let cases: Vec<(String, Option<Value>, &str)> = vec![
-        (format!("pid={pid}"), None, "body"),
-        (
-            format!("pid={pid}"),
-            Some(json!({"providers": []})),
-            "providers",
-        ),
-        (
-            format!("pid={pid}"),
-            Some(json!({"providers": [{"keywords": "1"}]})),
-            "providers[0].name",
-        ),
-        (
-            format!("pid={pid}"),
-            Some(provider(json!({"keywords": "0xZZ"}))),
-            "providers[0].keywords",
-        ),
-        (
-            format!("pid={pid}"),
-            Some(provider(json!({"keywords": 42}))),
-            "providers[0].keywords",
-        ),
-        (
-            format!("pid={pid}"),
-            Some(provider(json!({"eventLevel": "Loud"}))),
-            "providers[0].eventLevel",
-        ),
-        (
-            format!("pid={pid}"),
-            Some(provider(json!({"eventLevel": 9}))),
-            "providers[0].eventLevel",
-        ),
-        (
-            format!("pid={pid}"),
-            Some(json!({"providers": [{"name": "P"}], "bufferSizeInMB": 0})),
-            "bufferSizeInMB",
-        ),
-        (
-            format!("pid={pid}"),
-            Some(json!({"providers": [{"name": "P"}], "bufferSizeInMB": 2048})),
-            "bufferSizeInMB",
-        ),
-        (
-            format!("pid={pid}&durationSeconds=-2"),
-            Some(sample_body()),
-            "durationSeconds",
-        ),
-        (
-            format!("pid={pid}&durationSeconds=abc"),
-            Some(sample_body()),
-            "durationSeconds",
-        ),
-        ("pid=x".to_owned(), Some(sample_body()), "pid"),
-        ("uid=not-a-guid".to_owned(), Some(sample_body()), "uid"),
-        (
-            format!("pid={pid}&egressProvider=nowhere"),
-            Some(sample_body()),
-            "egressProvider",
-        ),
-    ];
-    for (query, body, field) in cases {
-        let request = client.post(monitor.url(&format!("/trace?{query}")));
-        let request = match &body {
-            Some(body) => request.json(body),
-            None => request,
-        };
-        let response = request.send().await.unwrap();
-        assert_eq!(
-            response.status(),
-            StatusCode::BAD_REQUEST,
-            "{query} {body:?}"
-        );
-        assert_eq!(
-            response.headers()["content-type"],
-            "application/problem+json"
-        );
-        let problem: Value = response.json().await.unwrap();
-        assert!(
-            problem["errors"][field].is_array(),
-            "{query} {body:?}: expected errors.{field} in {problem}"
-        );
-    }
-
-    // Resolution failures name what was wrong.
-    let unknown = client
-        .post(monitor.url("/trace?pid=999999999"))
-        .json(&sample_body())
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(unknown.status(), StatusCode::BAD_REQUEST);
-    let problem: Value = unknown.json().await.unwrap();
-    assert!(
-        problem["detail"]
-            .as_str()
-            .unwrap()
-            .contains("Unable to discover"),
-        "{problem}"
-    );
-
     let ambiguous = client
         .post(monitor.url("/trace?name=dotnet"))
         .json(&sample_body())
@@ -395,6 +289,10 @@ async fn bad_inputs_are_problems_that_name_the_field() {
         .await
         .unwrap();
     assert_eq!(ambiguous.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(
+        ambiguous.headers()["content-type"],
+        "application/problem+json"
+    );
     let detail = ambiguous.json::<Value>().await.unwrap()["detail"]
         .as_str()
         .unwrap()
@@ -402,35 +300,6 @@ async fn bad_inputs_are_problems_that_name_the_field() {
     for pid in [target.pid(), twin.pid()] {
         assert!(detail.contains(&format!("pid {pid} (dotnet)")), "{detail}");
     }
-
-    let text = client
-        .post(monitor.url(&format!("/trace?pid={pid}")))
-        .header("content-type", "text/plain")
-        .body(sample_body().to_string())
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(text.status(), StatusCode::UNSUPPORTED_MEDIA_TYPE);
-    let huge = client
-        .post(monitor.url(&format!("/trace?pid={pid}")))
-        .header("content-type", "application/json")
-        .body(vec![b' '; 2 << 20])
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(huge.status(), StatusCode::PAYLOAD_TOO_LARGE);
-    let missing = client.get(monitor.url("/nope")).send().await.unwrap();
-    assert_eq!(missing.status(), StatusCode::NOT_FOUND);
-    assert_eq!(
-        missing.headers()["content-type"],
-        "application/problem+json"
-    );
-    let bad_op = client
-        .get(monitor.url("/operations/123"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(bad_op.status(), StatusCode::BAD_REQUEST);
 }
 
 #[tokio::test]
@@ -797,4 +666,255 @@ async fn a_misbehaving_provider_fails_only_its_own_operation() {
         fine["status"], "Succeeded",
         "the next request is served normally: {fine}"
     );
+}
+
+/// A body whose only provider exists nowhere: the runtime sends the trace's header and then
+/// nothing, however long the session runs.
+fn quiet_body() -> Value {
+    json!({"providers": [{"name": "Diagmon-Test-Quiet-Provider"}], "requestRundown": false})
+}
+
+/// Sends `POST path` with `body` from a raw socket with a small receive buffer, and returns the
+/// socket unread: a client that stops reading but keeps the connection open.
+async fn unread_post(monitor: &Monitor, path: &str, body: &Value) -> tokio::net::TcpStream {
+    use tokio::io::AsyncWriteExt;
+    let url = reqwest::Url::parse(&monitor.url(path)).unwrap();
+    let address = url.socket_addrs(|| None).unwrap()[0];
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut stream = socket.connect(address).await.unwrap();
+    let body = body.to_string();
+    let request = format!(
+        "POST {path} HTTP/1.1\r\nHost: {address}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(request.as_bytes()).await.unwrap();
+    stream
+}
+
+/// The operations tagged `tag`, once `count` of them satisfy `done` (polled for up to `limit`).
+async fn operations_once(
+    client: &reqwest::Client,
+    monitor: &Monitor,
+    tag: &str,
+    count: usize,
+    limit: Duration,
+    done: impl Fn(&Value) -> bool,
+) -> Vec<Value> {
+    let deadline = std::time::Instant::now() + limit;
+    loop {
+        let listed = get_json(client, monitor.url(&format!("/operations?tags={tag}"))).await;
+        let operations = listed.as_array().unwrap().clone();
+        if operations.iter().filter(|op| done(op)).count() >= count {
+            return operations;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "fewer than {count} `{tag}` operations reached the state in {limit:?}: {operations:#?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// A new trace of `target` is accepted (200) and whole: no slot is left taken.
+async fn a_new_trace_is_accepted(client: &reqwest::Client, monitor: &Monitor, pid: u32) {
+    let response = post_trace(
+        client,
+        monitor.url(&format!("/trace?pid={pid}&durationSeconds=1")),
+    )
+    .await;
+    assert_eq!(response.status(), StatusCode::OK);
+    validate(&response.bytes().await.unwrap());
+}
+
+#[tokio::test]
+async fn clients_that_stop_reading_fail_after_the_send_deadline_and_free_their_slots() {
+    let target = TestTarget::start(Program::Worker, &[]);
+    let monitor = monitor_for(&target, "[limits]\nstream_send_timeout_seconds = 2\n");
+    let client = reqwest::Client::new();
+    let path = format!(
+        "/trace?pid={}&durationSeconds=-1&tags=stalled",
+        target.pid()
+    );
+    let mut stalled = Vec::new();
+    for _ in 0..3 {
+        stalled.push(unread_post(&monitor, &path, &sample_body()).await);
+    }
+    let operations = operations_once(
+        &client,
+        &monitor,
+        "stalled",
+        3,
+        Duration::from_secs(120),
+        |op| op["status"] == "Failed",
+    )
+    .await;
+    for operation in &operations {
+        assert_eq!(operation["error"]["code"], "ClientStalled", "{operation}");
+        assert!(operation["bytesCaptured"].as_u64().unwrap() > 0);
+    }
+    a_new_trace_is_accepted(&client, &monitor, target.pid()).await;
+    drop(stalled);
+}
+
+#[tokio::test]
+async fn cancelling_a_trace_whose_client_stopped_reading_frees_its_slot_at_once() {
+    let target = TestTarget::start(Program::Worker, &[]);
+    let monitor = monitor_for(&target, "[limits]\nstream_send_timeout_seconds = 600\n");
+    let client = reqwest::Client::new();
+    let path = format!("/trace?pid={}&durationSeconds=-1&tags=full", target.pid());
+    let mut stalled = Vec::new();
+    for _ in 0..3 {
+        stalled.push(unread_post(&monitor, &path, &sample_body()).await);
+    }
+    // Stalled: every buffer between the runtime and the client is full, so the bytes captured
+    // stop growing.
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    let operations = loop {
+        let before = operations_once(
+            &client,
+            &monitor,
+            "full",
+            3,
+            Duration::from_secs(30),
+            |op| op["status"] == "Running",
+        )
+        .await;
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let after = operations_once(
+            &client,
+            &monitor,
+            "full",
+            3,
+            Duration::from_secs(30),
+            |op| op["status"] == "Running",
+        )
+        .await;
+        let bytes = |ops: &[Value]| -> Vec<u64> {
+            ops.iter()
+                .map(|op| op["bytesCaptured"].as_u64().unwrap())
+                .collect()
+        };
+        if bytes(&before) == bytes(&after) && bytes(&after).iter().all(|b| *b > 0) {
+            break after;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the clients never stalled: {after:#?}"
+        );
+    };
+    let limited = post_trace(
+        &client,
+        monitor.url(&format!("/trace?pid={}&durationSeconds=1", target.pid())),
+    )
+    .await;
+    assert_eq!(limited.status(), StatusCode::TOO_MANY_REQUESTS);
+    for operation in &operations {
+        let id = operation["operationId"].as_str().unwrap();
+        let cancel = client
+            .delete(monitor.url(&format!("/operations/{id}")))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(cancel.status(), StatusCode::OK);
+    }
+    a_new_trace_is_accepted(&client, &monitor, target.pid()).await;
+    let operations = operations_once(&client, &monitor, "full", 3, Duration::from_secs(5), |op| {
+        op["status"] == "Cancelled"
+    })
+    .await;
+    assert_eq!(operations.len(), 3);
+    drop(stalled);
+}
+
+#[tokio::test]
+async fn a_client_gone_from_a_quiet_endless_trace_is_noticed() {
+    let target = TestTarget::start(Program::Worker, &[]);
+    let monitor = monitor_for(&target, "");
+    let client = reqwest::Client::new();
+    let url = monitor.url(&format!(
+        "/trace?pid={}&durationSeconds=-1&tags=quiet",
+        target.pid()
+    ));
+    for _ in 0..3 {
+        // A client of its own, so that dropping the response closes its connection.
+        let leaving = reqwest::Client::new();
+        let response = leaving.post(&url).json(&quiet_body()).send().await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        let location = location_of(&response);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let (_, running) = operation(&client, &location).await;
+        assert_eq!(running["status"], "Running", "{running}");
+        drop(response);
+        drop(leaving);
+        let (_, ended) = final_operation(&client, &location).await;
+        assert_eq!(ended["status"], "Cancelled", "{ended}");
+    }
+    a_new_trace_is_accepted(&client, &monitor, target.pid()).await;
+}
+
+#[tokio::test]
+async fn clients_that_leave_while_a_trace_starts_leave_no_operation_behind() {
+    let target = TestTarget::start(Program::Worker, &[]);
+    let traces = tempfile::tempdir().unwrap();
+    let monitor = monitor_with_filesystem_egress(&target, traces.path());
+    let client = reqwest::Client::new();
+    let streamed = format!(
+        "/trace?pid={}&durationSeconds=-1&tags=leaving",
+        target.pid()
+    );
+    let egressed = format!(
+        "/trace?pid={}&durationSeconds=1&egressProvider=artifacts&tags=leaving",
+        target.pid()
+    );
+    for round in 0..20u64 {
+        let path = if round % 2 == 0 { &streamed } else { &egressed };
+        let socket = unread_post(&monitor, path, &sample_body()).await;
+        tokio::time::sleep(Duration::from_millis(round % 5)).await;
+        drop(socket);
+        // Let the slots of the previous ones go before the next, so that none is refused.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let operations = operations_once(
+        &client,
+        &monitor,
+        "leaving",
+        1,
+        Duration::from_secs(60),
+        |_| true,
+    )
+    .await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let operations = loop {
+        let listed = get_json(&client, monitor.url("/operations?tags=leaving")).await;
+        let all = listed.as_array().unwrap().clone();
+        if all.iter().all(|op| {
+            ["Succeeded", "Failed", "Cancelled"].contains(&op["status"].as_str().unwrap())
+        }) {
+            break all;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "operations stayed unfinished: {all:#?} (first listing {operations:#?})"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    for operation in &operations {
+        match operation["status"].as_str().unwrap() {
+            "Cancelled" => {}
+            // An egressed trace that started before its client left runs to its end.
+            "Succeeded" => assert_eq!(operation["egressProviderName"], "artifacts"),
+            other => panic!("{other}: {operation}"),
+        }
+    }
+    let succeeded = operations
+        .iter()
+        .filter(|op| op["status"] == "Succeeded")
+        .count();
+    let files = std::fs::read_dir(traces.path()).unwrap().count();
+    assert_eq!(
+        files, succeeded,
+        "one file per egressed trace that succeeded"
+    );
+    a_new_trace_is_accepted(&client, &monitor, target.pid()).await;
 }

@@ -6,18 +6,17 @@ use std::time::{Duration, Instant};
 
 use axum::body::{Body, Bytes};
 use axum::extract::{MatchedPath, RawQuery, Request, State};
-use axum::http::{HeaderMap, HeaderValue, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use sha2::Digest;
 
 use super::params::QueryParams;
 use super::problem::{Problem, Validation};
 use super::{AppState, RequestOrigin};
-use crate::metrics::live::{self, LiveMetrics, LiveMetricsSpec};
+use crate::metrics::live::{self, LiveMetricsSpec};
 use crate::metrics::{own, prometheus};
-use crate::operations::{Operation, OperationError, OperationProcess, Outcome, TraceSummary};
-use crate::processes::{ProcessSelector, resolve};
+use crate::operations::{Destination, StartRequest};
+use crate::processes::ProcessSelector;
 
 /// `GET /metrics`.
 #[utoipa::path(get, path = "/metrics",
@@ -102,10 +101,12 @@ impl LiveMetricsQuery {
         ("uid" = Option<String>, Query, description = "Runtime instance id"),
         ("name" = Option<String>, Query, description = "Process name"),
         ("durationSeconds" = Option<i64>, Query, description = "Seconds to collect (default 30; -1 until stopped)"),
+        ("egressProvider" = Option<String>, Query, description = "Send the metrics to this egress provider instead of the response"),
         ("tags" = Option<String>, Query, description = "Comma-separated operation tags"),
     ),
     responses(
         (status = 200, description = "Metric objects, streamed", content_type = "application/json-seq"),
+        (status = 202, description = "Accepted; the metrics go to the egress provider (see Location)"),
         (status = 400, description = "Invalid request", body = super::problem::Problem, content_type = "application/problem+json"),
     )
 )]
@@ -128,11 +129,13 @@ pub async fn get_livemetrics(
         ("uid" = Option<String>, Query, description = "Runtime instance id"),
         ("name" = Option<String>, Query, description = "Process name"),
         ("durationSeconds" = Option<i64>, Query, description = "Seconds to collect (default 30; -1 until stopped)"),
+        ("egressProvider" = Option<String>, Query, description = "Send the metrics to this egress provider instead of the response"),
         ("tags" = Option<String>, Query, description = "Comma-separated operation tags"),
     ),
     request_body(content = String, description = "EventMetricsConfiguration: {includeDefaultProviders, providers: [{providerName, counterNames}], meters: [{meterName, instrumentNames}]}", content_type = "application/json"),
     responses(
         (status = 200, description = "Metric objects, streamed", content_type = "application/json-seq"),
+        (status = 202, description = "Accepted; the metrics go to the egress provider (see Location)"),
         (status = 400, description = "Invalid request", body = super::problem::Problem, content_type = "application/problem+json"),
     )
 )]
@@ -167,146 +170,49 @@ pub async fn post_livemetrics(
     start_livemetrics(app, origin, request, spec).await
 }
 
-/// Resolves the process, registers the operation, starts the session and streams its records.
+/// Starts the live-metrics artifact through the capture pipeline: streamed in the response, or
+/// sent to the egress provider.
 async fn start_livemetrics(
     app: AppState,
     origin: RequestOrigin,
     request: LiveMetricsQuery,
     spec: LiveMetricsSpec,
 ) -> Result<Response, Problem> {
-    if request.egress_provider.is_some() {
-        return Err(Problem::field(
-            "egressProvider",
-            "Live metrics are streamed in the response only; egress of live metrics is not available.",
-        ));
-    }
-    let processes = app.processes.list().await;
-    let process = resolve(&processes, &request.selector, &app.config.default_process)
-        .map_err(|error| Problem::bad_request(error.to_string()))?;
-    let operation = app
-        .operations
-        .register(OperationProcess::from(process), None, request.tags);
-    let Ok(location) =
-        HeaderValue::from_str(&origin.url(&format!("/operations/{}", operation.id())))
-    else {
-        return Err(fail(
-            &operation,
-            "BadRequest",
-            "The request's Host header cannot form a Location URL.".to_owned(),
-        ));
+    let destination = match request.egress_provider {
+        Some(provider) => Destination::Egress(provider),
+        None => Destination::Stream,
     };
-    let live = match LiveMetrics::start(&app.processes.client(process), spec).await {
-        Ok(live) => live,
-        Err(error) => {
-            let message = format!(
-                "Cannot start live metrics of process {}: {error}",
-                process.pid
+    let started = super::operations::service(&app)
+        .start(StartRequest {
+            artifact: spec,
+            target: request.selector,
+            destination,
+            tags: request.tags,
+            duration: request.duration,
+        })
+        .await
+        .map_err(super::trace::start_problem)?;
+    let location =
+        HeaderValue::from_str(&origin.url(&format!("/operations/{}", started.operation.id())))
+            .map_err(|_| {
+                Problem::bad_request("The request's Host header cannot form a Location URL.")
+            })?;
+    let mut response = match started.stream {
+        None => StatusCode::ACCEPTED.into_response(),
+        Some(stream) => {
+            let mut response = Body::from_stream(stream).into_response();
+            let headers = response.headers_mut();
+            headers.insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static(live::CONTENT_TYPE),
             );
-            return Err(fail(&operation, "RuntimeError", message));
-        }
-    };
-    operation.mark_running(live.stop_handle());
-    let (sender, mut receiver) = tokio::sync::mpsc::channel(16);
-    tokio::spawn(stream_livemetrics(
-        operation,
-        live,
-        request.duration,
-        sender,
-    ));
-    let stream = futures_util::stream::poll_fn(move |cx| receiver.poll_recv(cx));
-    let mut response = Body::from_stream(stream).into_response();
-    let headers = response.headers_mut();
-    headers.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static(live::CONTENT_TYPE),
-    );
-    let file_name = format!(
-        "{}_{}.metrics.json",
-        humantime::format_rfc3339_seconds(std::time::SystemTime::now())
-            .to_string()
-            .replace(['-', ':'], "")
-            .replace('T', "_")
-            .trim_end_matches('Z'),
-        process.pid
-    );
-    if let Ok(value) = HeaderValue::from_str(&format!("attachment; filename={file_name}")) {
-        headers.insert(header::CONTENT_DISPOSITION, value);
-    }
-    headers.insert(header::LOCATION, location);
-    Ok(response)
-}
-
-/// Sends the records until the duration ends, a stop ends the session, the client goes away or
-/// the operation is cancelled; then records how it ended.
-async fn stream_livemetrics(
-    operation: std::sync::Arc<Operation>,
-    mut live: LiveMetrics,
-    duration: Option<Duration>,
-    sender: tokio::sync::mpsc::Sender<Result<Bytes, std::io::Error>>,
-) {
-    let deadline = async {
-        match duration {
-            Some(duration) => tokio::time::sleep(duration).await,
-            None => std::future::pending().await,
-        }
-    };
-    tokio::pin!(deadline);
-    let mut hasher = sha2::Sha256::new();
-    let mut bytes = 0u64;
-    let outcome = loop {
-        let chunk = tokio::select! {
-            chunk = live.next_chunk() => chunk,
-            _ = &mut deadline => break Ok(()),
-            _ = operation.cancellation().cancelled() => return,
-        };
-        match chunk {
-            Ok(Some(chunk)) => {
-                hasher.update(&chunk);
-                bytes += chunk.len() as u64;
-                operation.add_bytes(chunk.len() as u64);
-                if sender.send(Ok(chunk)).await.is_err() {
-                    operation.finish(Outcome::Cancelled("the client went away".to_owned()));
-                    return;
-                }
+            let disposition = format!("attachment; filename={}", started.file_name);
+            if let Ok(value) = HeaderValue::from_str(&disposition) {
+                headers.insert(header::CONTENT_DISPOSITION, value);
             }
-            Ok(None) => break Ok(()),
-            Err(error) => break Err(error),
+            response
         }
     };
-    match outcome {
-        Ok(()) => operation.finish(Outcome::Succeeded {
-            resource_location: None,
-            summary: TraceSummary {
-                bytes,
-                events: 0,
-                blocks: 0,
-                dropped_events_estimate: 0,
-                events_by_provider: Default::default(),
-                sha256: hasher
-                    .finalize()
-                    .iter()
-                    .map(|byte| format!("{byte:02x}"))
-                    .collect(),
-            },
-        }),
-        Err(error) => {
-            // Abort the body (no final chunk), so the client sees a cut-short stream.
-            let _ = sender
-                .send(Err(std::io::Error::other(error.to_string())))
-                .await;
-            operation.finish(Outcome::Failed(OperationError {
-                code: "RuntimeError".to_owned(),
-                message: format!("Live metrics ended early: {error}"),
-            }));
-        }
-    }
-}
-
-/// Records a failure to start on the operation, and answers 400 with the same message.
-fn fail(operation: &Operation, code: &str, message: String) -> Problem {
-    operation.finish(Outcome::Failed(OperationError {
-        code: code.to_owned(),
-        message: message.clone(),
-    }));
-    Problem::bad_request(message)
+    response.headers_mut().insert(header::LOCATION, location);
+    Ok(response)
 }

@@ -11,6 +11,9 @@ pub mod problem;
 pub mod processes;
 pub mod trace;
 
+#[cfg(test)]
+mod tests;
+
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;

@@ -9,7 +9,7 @@ use uuid::Uuid;
 use super::AppState;
 use super::params::QueryParams;
 use super::problem::{Problem, Validation};
-use crate::operations::{Operation, OperationFilter, OperationState, OperationStatus};
+use crate::operations::{Operation, OperationFilter, OperationState, OperationStatus, Operations};
 
 /// `GET /operations?pid=&uid=&name=&tags=`.
 #[utoipa::path(get, path = "/operations", params(
@@ -76,6 +76,16 @@ pub async fn delete_operation(
             .map(|()| StatusCode::OK)
             .map_err(|error| Problem::bad_request(error.to_string()))
     }
+}
+
+/// The operations service over the application's registry, processes and egress providers.
+pub(super) fn service(app: &AppState) -> Operations {
+    Operations::new(
+        app.operations.clone(),
+        app.processes.clone(),
+        app.egress.clone(),
+        &app.config,
+    )
 }
 
 fn find(app: &AppState, id: &str) -> Result<std::sync::Arc<Operation>, Problem> {

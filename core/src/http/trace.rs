@@ -2,7 +2,7 @@
 //! an egress provider.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use axum::body::{Body, Bytes};
 use axum::extract::rejection::BytesRejection;
@@ -16,21 +16,9 @@ use super::problem::{Problem, Validation};
 use super::{AppState, RequestOrigin};
 use crate::diagnostics::eventpipe::Rundown;
 use crate::diagnostics::{EventProvider, SessionConfig};
-use crate::egress::Artifact;
-use crate::operations::capture::{Sink, capture_trace};
-use crate::operations::{Operation, OperationError, OperationProcess, Outcome};
-use crate::processes::{ProcessSelector, resolve};
+use crate::operations::{Destination, StartError, StartRequest, TraceSpec};
+use crate::processes::ProcessSelector;
 use crate::profiles;
-
-/// Event level names, by value.
-const LEVELS: [&str; 6] = [
-    "LogAlways",
-    "Critical",
-    "Error",
-    "Warning",
-    "Informational",
-    "Verbose",
-];
 
 /// Bounds of `bufferSizeInMB`.
 const BUFFER_SIZE_MB: std::ops::RangeInclusive<u64> = 1..=1024;
@@ -139,108 +127,66 @@ impl TraceRequest {
     }
 }
 
-/// Validates, resolves the process, takes a concurrency slot, starts the session and hands it to
-/// the capture pipeline.
+/// Starts the trace through the operations' one entry point and answers: the streamed body
+/// (200), or 202 for an egressed trace; both with `Location`.
 async fn start_trace(
     app: AppState,
     origin: RequestOrigin,
     request: TraceRequest,
     config: SessionConfig,
 ) -> Result<Response, Problem> {
-    if let Some(provider) = &request.egress_provider
-        && !app.egress.has_provider(provider)
-    {
-        return Err(Problem::field(
-            "egressProvider",
-            format!(
-                "Egress provider `{provider}` does not exist; configure it under [egress.providers.{provider}]."
-            ),
+    // Operation ids are plain ASCII: if the prefix makes a header value, every Location does.
+    if HeaderValue::from_str(&origin.url("/operations/")).is_err() {
+        return Err(Problem::bad_request(
+            "The request's Host header cannot form a Location URL.",
         ));
     }
-    let processes = app.processes.list().await;
-    let process = resolve(&processes, &request.selector, &app.config.default_process)
-        .map_err(|error| Problem::bad_request(error.to_string()))?;
-    let permit = app
-        .operations
-        .try_reserve_trace()
-        .ok_or_else(Problem::rate_limited)?;
-    let operation = app.operations.register(
-        OperationProcess::from(process),
-        request.egress_provider.clone(),
-        request.tags,
-    );
-    let Ok(location) =
-        HeaderValue::from_str(&origin.url(&format!("/operations/{}", operation.id())))
-    else {
-        let message = "The request's Host header cannot form a Location URL.".to_owned();
-        return Err(fail(&operation, "BadRequest", message));
+    let destination = match request.egress_provider {
+        Some(provider) => Destination::Egress(provider),
+        None => Destination::Stream,
     };
-    let session = match app.processes.client(process).start_session(&config).await {
-        Ok(session) => session,
-        Err(error) => {
-            let message = format!("Cannot start a trace of process {}: {error}", process.pid);
-            return Err(fail(&operation, "RuntimeError", message));
-        }
-    };
-    let started_at = SystemTime::now();
-    match request.egress_provider {
-        Some(provider) => {
-            let artifact = Artifact::trace(
-                process.pid,
-                process.uid,
-                process.name.clone(),
-                operation.id(),
-                operation.tags().iter().cloned().collect(),
-                started_at,
-            );
-            let upload = match app.egress.begin(&provider, artifact).await {
-                Ok(upload) => upload,
-                Err(error) => return Err(fail(&operation, error.kind(), error.to_string())),
-            };
-            tokio::spawn(capture_trace(
-                operation,
-                session,
-                Sink::Egress(upload),
-                request.duration,
-                permit,
-            ));
-            let mut response = StatusCode::ACCEPTED.into_response();
-            response.headers_mut().insert(header::LOCATION, location);
-            Ok(response)
-        }
-        None => {
-            let (sink, mut receiver) = Sink::http();
-            tokio::spawn(capture_trace(
-                operation,
-                session,
-                sink,
-                request.duration,
-                permit,
-            ));
-            let stream = futures_util::stream::poll_fn(move |cx| receiver.poll_recv(cx));
+    let started = super::operations::service(&app)
+        .start(StartRequest {
+            artifact: TraceSpec::new(config),
+            target: request.selector,
+            destination,
+            tags: request.tags,
+            duration: request.duration,
+        })
+        .await
+        .map_err(start_problem)?;
+    let location =
+        HeaderValue::from_str(&origin.url(&format!("/operations/{}", started.operation.id())))
+            .map_err(|_| {
+                Problem::bad_request("The request's Host header cannot form a Location URL.")
+            })?;
+    let mut response = match started.stream {
+        None => StatusCode::ACCEPTED.into_response(),
+        Some(stream) => {
             let mut response = Body::from_stream(stream).into_response();
             let headers = response.headers_mut();
             headers.insert(
                 header::CONTENT_TYPE,
-                HeaderValue::from_static("application/octet-stream"),
+                HeaderValue::from_static(started.content_type),
             );
-            let file_name = Artifact::trace_file_name(started_at, process.pid);
-            if let Ok(value) = HeaderValue::from_str(&format!("attachment; filename={file_name}")) {
+            let disposition = format!("attachment; filename={}", started.file_name);
+            if let Ok(value) = HeaderValue::from_str(&disposition) {
                 headers.insert(header::CONTENT_DISPOSITION, value);
             }
-            headers.insert(header::LOCATION, location);
-            Ok(response)
+            response
         }
-    }
+    };
+    response.headers_mut().insert(header::LOCATION, location);
+    Ok(response)
 }
 
-/// Records a failure to start on the operation, and answers 400 with the same message.
-fn fail(operation: &Operation, code: &str, message: String) -> Problem {
-    operation.finish(Outcome::Failed(OperationError {
-        code: code.to_owned(),
-        message: message.clone(),
-    }));
-    Problem::bad_request(message)
+/// The problem that answers an artifact that did not start.
+pub(super) fn start_problem(error: StartError) -> Problem {
+    match error {
+        StartError::UnknownEgressProvider(_) => Problem::field("egressProvider", error.to_string()),
+        StartError::RateLimited(_) => Problem::rate_limited(),
+        StartError::Process(_) | StartError::Failed(_) => Problem::bad_request(error.to_string()),
+    }
 }
 
 /// Accepts application/json, text/json and application/*+json (415 otherwise).
@@ -346,14 +292,11 @@ fn provider_from_json(
         }
     };
     let keywords = match property(object, "keywords") {
-        None | Some(Value::Null) => Some(u64::MAX),
-        Some(Value::String(text)) => match parse_keywords(text) {
-            Some(keywords) => Some(keywords),
-            None => {
-                validation.error(
-                    field("keywords"),
-                    format!("`{text}` is not a decimal or 0x-prefixed hexadecimal 64-bit number."),
-                );
+        None | Some(Value::Null) => Some(profiles::DEFAULT_KEYWORDS),
+        Some(Value::String(text)) => match profiles::parse_keywords(text) {
+            Ok(keywords) => Some(keywords),
+            Err(error) => {
+                validation.error(field("keywords"), error.to_string());
                 None
             }
         },
@@ -366,21 +309,18 @@ fn provider_from_json(
         }
     };
     let level = match property(object, "eventLevel") {
-        None | Some(Value::Null) => Some(5),
-        Some(Value::String(text)) => LEVELS
-            .iter()
-            .position(|level| level.eq_ignore_ascii_case(text))
-            .or_else(|| text.parse::<usize>().ok().filter(|level| *level <= 5)),
-        Some(Value::Number(number)) => number
-            .as_u64()
-            .filter(|level| *level <= 5)
-            .map(|level| level as usize),
+        None | Some(Value::Null) => Some(profiles::DEFAULT_LEVEL),
+        Some(Value::String(text)) => profiles::parse_level(text).ok(),
+        Some(Value::Number(number)) => profiles::parse_level(&number.to_string()).ok(),
         Some(_) => None,
     };
     if level.is_none() {
         validation.error(
             field("eventLevel"),
-            format!("Must be one of {} (or 0 to 5).", LEVELS.join(", ")),
+            format!(
+                "Must be one of {} (or 0 to 5).",
+                profiles::LEVELS.join(", ")
+            ),
         );
     }
     let mut arguments = BTreeMap::new();
@@ -401,39 +341,14 @@ fn provider_from_json(
         }
         Some(_) => validation.error(field("arguments"), "Must be an object of strings."),
     }
-    let mut provider = EventProvider::new(name?, keywords?, level? as u8);
+    let mut provider = EventProvider::new(name?, keywords?, level?);
     provider.arguments = arguments;
     Some(provider)
-}
-
-/// Decimal (signed 64-bit, so "-1" is all bits) or `0x` hexadecimal (64-bit).
-fn parse_keywords(text: &str) -> Option<u64> {
-    let text = text.trim();
-    match text.strip_prefix("0x").or_else(|| text.strip_prefix("0X")) {
-        Some(hex) => u64::from_str_radix(hex, 16).ok(),
-        None => text
-            .parse::<i64>()
-            .map(|value| value as u64)
-            .or_else(|_| text.parse::<u64>())
-            .ok(),
-    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn keywords_are_decimal_or_hex_strings() {
-        assert_eq!(parse_keywords("-1"), Some(u64::MAX));
-        assert_eq!(
-            parse_keywords("0x14C14FCCBD"),
-            Some(profiles::RUNTIME_DEFAULT_KEYWORDS)
-        );
-        assert_eq!(parse_keywords("18446744073709551615"), Some(u64::MAX));
-        assert_eq!(parse_keywords("0xZZ"), None);
-        assert_eq!(parse_keywords(""), None);
-    }
 
     #[test]
     fn body_properties_are_case_insensitive_with_defaults() {

@@ -11,6 +11,10 @@ use serde_json::Value;
 
 use super::counters::{CounterKind, CounterReader, CounterRequest, CounterSample};
 use crate::diagnostics::{DiagnosticsClient, DiagnosticsError, EventPipeSession, StopHandle};
+use crate::egress::ArtifactKind;
+use crate::operations::source::{ArtifactSource, ArtifactSpec, GracefulStop, SummaryKind};
+use crate::operations::{ErrorCode, OperationError};
+use crate::processes::ProcessRecord;
 
 /// The MIME type of the stream.
 pub const CONTENT_TYPE: &str = "application/json-seq";
@@ -247,6 +251,46 @@ impl LiveMetrics {
     /// Ends the session gracefully from another task (the stream then ends cleanly).
     pub fn stop_handle(&self) -> StopHandle {
         self.session.stop_handle()
+    }
+}
+
+impl ArtifactSpec for LiveMetricsSpec {
+    type Source = LiveMetrics;
+
+    fn kind(&self) -> ArtifactKind {
+        ArtifactKind::Metrics
+    }
+
+    async fn open(
+        self,
+        client: DiagnosticsClient,
+        process: &ProcessRecord,
+    ) -> Result<LiveMetrics, OperationError> {
+        LiveMetrics::start(&client, self).await.map_err(|error| {
+            OperationError::new(
+                ErrorCode::RuntimeError,
+                format!(
+                    "Cannot start live metrics of process {}: {error}",
+                    process.pid
+                ),
+            )
+        })
+    }
+}
+
+impl ArtifactSource for LiveMetrics {
+    async fn next_chunk(&mut self) -> Result<Option<Bytes>, OperationError> {
+        LiveMetrics::next_chunk(self)
+            .await
+            .map_err(OperationError::from)
+    }
+
+    fn graceful_stop(&self) -> Option<std::sync::Arc<dyn GracefulStop>> {
+        Some(std::sync::Arc::new(self.stop_handle()))
+    }
+
+    fn summary_kind(&self) -> SummaryKind {
+        SummaryKind::Bytes
     }
 }
 

@@ -1,10 +1,29 @@
-//! Operations: every artifact request (streamed or egressed) is registered here with an id, a
-//! state, live progress and, once finished, its result. The registry also enforces the
-//! concurrency limit and the retention of finished operations.
+//! Operations: every artifact capture (streamed, egressed or written to a file) is registered
+//! here with an id, a state, live progress and, once finished, its result.
+//!
+//! [`Operations::start`] is the one entry point that starts an artifact: it resolves the
+//! process, takes a slot under the artifact kind's limit, opens the source ([`ArtifactSpec`]),
+//! and runs the [`pipeline`] that feeds the summary and hands the bytes to the sink. The
+//! [`OperationRegistry`] keeps the operations, the concurrency slots and the retention of
+//! finished operations. `docs/pipeline.md` describes how a new artifact kind plugs in.
 
-pub mod capture;
+mod error;
+mod pipeline;
+pub mod sink;
+pub mod source;
+mod start;
+mod summary;
+pub mod trace;
 
-use std::collections::{BTreeMap, BTreeSet};
+pub use crate::egress::ArtifactKind;
+pub use error::{ErrorCode, OperationError, StartError};
+pub use sink::ArtifactStream;
+pub use source::{ArtifactSource, ArtifactSpec, GracefulStop, SummaryKind};
+pub use start::{Destination, Operations, StartRequest, Started};
+pub use summary::ArtifactSummary;
+pub use trace::TraceSpec;
+
+use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime};
@@ -15,7 +34,6 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::config::{LimitsConfig, OperationsConfig};
-use crate::diagnostics::StopHandle;
 use crate::processes::{ProcessRecord, ProcessSelector};
 
 /// The life cycle of an operation.
@@ -63,33 +81,6 @@ impl From<&ProcessRecord> for OperationProcess {
     }
 }
 
-/// Why an operation failed: a machine-readable code and the real cause.
-#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
-pub struct OperationError {
-    /// e.g. `TraceTruncated`, `RuntimeError`, `EgressFailed`.
-    pub code: String,
-    /// What happened, for a person.
-    pub message: String,
-}
-
-/// What the nettrace validator saw in a finished trace, and the hash of its bytes.
-#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct TraceSummary {
-    /// Bytes in the trace.
-    pub bytes: u64,
-    /// Events.
-    pub events: u64,
-    /// Blocks of every kind.
-    pub blocks: u64,
-    /// Events the runtime dropped, estimated from sequence numbers.
-    pub dropped_events_estimate: u64,
-    /// Events per provider.
-    pub events_by_provider: BTreeMap<String, u64>,
-    /// SHA-256 of the bytes, lowercase hex.
-    pub sha256: String,
-}
-
 /// The result of a finished capture, reported by the pipeline.
 #[derive(Debug)]
 pub enum Outcome {
@@ -97,8 +88,8 @@ pub enum Outcome {
     Succeeded {
         /// The provider's resource location; `None` for streamed artifacts.
         resource_location: Option<String>,
-        /// The trace summary.
-        summary: TraceSummary,
+        /// The artifact's summary.
+        summary: ArtifactSummary,
     },
     /// Failed with this error.
     Failed(OperationError),
@@ -111,8 +102,10 @@ struct Progress {
     state: OperationState,
     resource_location: Option<String>,
     error: Option<OperationError>,
-    summary: Option<TraceSummary>,
+    summary: Option<ArtifactSummary>,
     finished_at: Option<Instant>,
+    /// The sink is committing the artifact: a cancel can no longer undo it.
+    committing: bool,
 }
 
 /// Why a DELETE on an operation was refused.
@@ -124,19 +117,25 @@ pub enum ControlError {
     /// The operation cannot be stopped gracefully.
     #[error("Operation does not support being stopped.")]
     NotStoppable,
+    /// The artifact is being committed to its destination; it can no longer be cancelled.
+    #[error("Operation is completing its artifact; it can no longer be cancelled.")]
+    Committing,
 }
 
 /// One artifact operation.
 #[derive(Debug)]
 pub struct Operation {
     id: Uuid,
+    kind: ArtifactKind,
     created: SystemTime,
     process: OperationProcess,
     egress_provider: Option<String>,
     tags: BTreeSet<String>,
     bytes_captured: AtomicU64,
     progress: Mutex<Progress>,
-    stop: Mutex<Option<StopHandle>>,
+    stop: Mutex<Option<Arc<dyn GracefulStop>>>,
+    /// The concurrency slot, released when the operation reaches a final state.
+    slot: Mutex<Option<OwnedSemaphorePermit>>,
     cancel: CancellationToken,
     finished: watch::Sender<bool>,
 }
@@ -145,6 +144,11 @@ impl Operation {
     /// The operation id.
     pub fn id(&self) -> Uuid {
         self.id
+    }
+
+    /// The kind of artifact it captures.
+    pub fn kind(&self) -> ArtifactKind {
+        self.kind
     }
 
     /// The process it captures from.
@@ -182,9 +186,9 @@ impl Operation {
         self.bytes_captured.fetch_add(bytes, Ordering::Relaxed);
     }
 
-    /// The session started: the operation is Running and can be stopped gracefully.
-    pub fn mark_running(&self, stop: StopHandle) {
-        *self.stop.lock().unwrap_or_else(|p| p.into_inner()) = Some(stop);
+    /// The source started: the operation is Running, and can be stopped gracefully with `stop`.
+    pub fn mark_running(&self, stop: Option<Arc<dyn GracefulStop>>) {
+        *self.stop.lock().unwrap_or_else(|p| p.into_inner()) = stop;
         let mut progress = self.lock();
         if progress.state == OperationState::Starting {
             progress.state = OperationState::Running;
@@ -197,9 +201,13 @@ impl Operation {
         {
             let mut progress = self.lock();
             match progress.state {
-                OperationState::Running => progress.state = OperationState::Stopping,
+                OperationState::Running if self.is_stoppable() => {
+                    progress.state = OperationState::Stopping;
+                }
                 OperationState::Stopping => return Ok(()),
-                OperationState::Starting => return Err(ControlError::NotStoppable),
+                OperationState::Starting | OperationState::Running => {
+                    return Err(ControlError::NotStoppable);
+                }
                 _ => return Err(ControlError::NotRunning),
             }
         }
@@ -216,13 +224,40 @@ impl Operation {
         Ok(())
     }
 
-    /// Cancels the operation: the capture ends at once and the artifact is incomplete.
+    /// True when the running source can be stopped gracefully.
+    pub fn is_stoppable(&self) -> bool {
+        self.stop
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_some()
+    }
+
+    /// Cancels the operation: the capture ends at once, the artifact is incomplete, and the
+    /// concurrency slot is free at once (whatever the capture task is waiting for). Refused once
+    /// the artifact is being committed.
     pub fn cancel(&self) -> Result<(), ControlError> {
-        if self.lock().state.is_final() {
-            return Err(ControlError::NotRunning);
+        {
+            let progress = self.lock();
+            if progress.state.is_final() {
+                return Err(ControlError::NotRunning);
+            }
+            if progress.committing {
+                return Err(ControlError::Committing);
+            }
         }
         self.finish(Outcome::Cancelled("cancelled by request".to_owned()));
         Ok(())
+    }
+
+    /// The pipeline is about to commit the artifact; false if the operation already ended (it
+    /// was cancelled), in which case the artifact must be aborted.
+    pub(crate) fn begin_commit(&self) -> bool {
+        let mut progress = self.lock();
+        if progress.state.is_final() {
+            return false;
+        }
+        progress.committing = true;
+        true
     }
 
     /// Records the final result; the first final state wins.
@@ -253,6 +288,7 @@ impl Operation {
         }
         progress.finished_at = Some(Instant::now());
         drop(progress);
+        self.slot.lock().unwrap_or_else(|p| p.into_inner()).take();
         self.cancel.cancel();
         self.finished.send_replace(true);
     }
@@ -272,7 +308,7 @@ impl Operation {
             status: progress.state,
             process: self.process.clone(),
             egress_provider_name: self.egress_provider.clone(),
-            is_stoppable: matches!(progress.state, OperationState::Running),
+            is_stoppable: progress.state == OperationState::Running && self.is_stoppable(),
             tags: self.tags.clone(),
             bytes_captured: self.bytes_captured.load(Ordering::Relaxed),
             resource_location: progress.resource_location.clone(),
@@ -313,9 +349,9 @@ pub struct OperationStatus {
     /// Why it failed (Failed only).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<OperationError>,
-    /// The trace summary (Succeeded only).
+    /// The artifact's summary (Succeeded only).
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub summary: Option<TraceSummary>,
+    pub summary: Option<ArtifactSummary>,
 }
 
 /// Filters of `GET /operations`: process fields AND-ed, every listed tag required.
@@ -327,39 +363,66 @@ pub struct OperationFilter {
     pub tags: BTreeSet<String>,
 }
 
-/// All operations, the concurrency limit and the retention policy.
+/// All operations, the concurrency limits and the retention policy.
 #[derive(Debug)]
 pub struct OperationRegistry {
     operations: Mutex<Vec<Arc<Operation>>>,
-    trace_slots: Arc<Semaphore>,
+    slots: HashMap<ArtifactKind, Arc<Semaphore>>,
     retention: OperationsConfig,
 }
 
+/// The configured number of `kind` operations that may run at once.
+fn slot_limit(limits: &LimitsConfig, kind: ArtifactKind) -> usize {
+    match kind {
+        ArtifactKind::Trace => limits.max_concurrent_traces,
+        ArtifactKind::Dump => limits.max_concurrent_dumps,
+        ArtifactKind::GcDump => limits.max_concurrent_gcdumps,
+        ArtifactKind::Metrics => limits.max_concurrent_livemetrics,
+        ArtifactKind::Logs => limits.max_concurrent_logs,
+    }
+}
+
+/// A concurrency slot of one artifact kind, held by its operation until it ends.
+#[derive(Debug)]
+pub struct Slot {
+    kind: ArtifactKind,
+    permit: OwnedSemaphorePermit,
+}
+
 impl OperationRegistry {
-    /// An empty registry.
+    /// An empty registry with `limits`' slots per artifact kind.
     pub fn new(limits: &LimitsConfig, retention: &OperationsConfig) -> Self {
+        let slots = ArtifactKind::ALL
+            .into_iter()
+            .map(|kind| {
+                let permits = slot_limit(limits, kind).min(Semaphore::MAX_PERMITS);
+                (kind, Arc::new(Semaphore::new(permits)))
+            })
+            .collect();
         OperationRegistry {
             operations: Mutex::default(),
-            trace_slots: Arc::new(Semaphore::new(limits.max_concurrent_traces)),
+            slots,
             retention: retention.clone(),
         }
     }
 
-    /// Reserves one of the concurrent trace slots; `None` when all are taken (answer 429). The slot
-    /// is released when the permit is dropped, at the end of the capture.
-    pub fn try_reserve_trace(&self) -> Option<OwnedSemaphorePermit> {
-        self.trace_slots.clone().try_acquire_owned().ok()
+    /// Reserves one of `kind`'s concurrency slots; `None` when all are taken (answer 429).
+    pub fn try_reserve(&self, kind: ArtifactKind) -> Option<Slot> {
+        let permit = self.slots.get(&kind)?.clone().try_acquire_owned().ok()?;
+        Some(Slot { kind, permit })
     }
 
-    /// Registers a new operation in the Starting state.
+    /// Registers a new operation in the Starting state; it holds `slot` until it ends.
     pub fn register(
         &self,
         process: OperationProcess,
+        slot: Slot,
         egress_provider: Option<String>,
         tags: BTreeSet<String>,
     ) -> Arc<Operation> {
         let operation = Arc::new(Operation {
             id: Uuid::new_v4(),
+            kind: slot.kind,
             created: SystemTime::now(),
             process,
             egress_provider,
@@ -371,8 +434,10 @@ impl OperationRegistry {
                 error: None,
                 summary: None,
                 finished_at: None,
+                committing: false,
             }),
             stop: Mutex::default(),
+            slot: Mutex::new(Some(slot.permit)),
             cancel: CancellationToken::new(),
             finished: watch::channel(false).0,
         });
@@ -398,13 +463,9 @@ impl OperationRegistry {
             .iter()
             .filter(|op| {
                 let process = &op.process;
-                let selector = &filter.process;
-                selector.pid.is_none_or(|pid| process.pid == pid)
-                    && selector.uid.is_none_or(|uid| process.uid == uid)
-                    && selector
-                        .name
-                        .as_ref()
-                        .is_none_or(|name| process.name.eq_ignore_ascii_case(name))
+                filter
+                    .process
+                    .matches_identity(process.pid, process.uid, &process.name)
                     && filter.tags.is_subset(&op.tags)
             })
             .cloned()
@@ -465,6 +526,7 @@ mod tests {
         OperationRegistry::new(
             &LimitsConfig {
                 max_concurrent_traces: 2,
+                max_concurrent_dumps: 1,
                 ..LimitsConfig::default()
             },
             &OperationsConfig {
@@ -482,39 +544,63 @@ mod tests {
         }
     }
 
+    fn register(registry: &OperationRegistry, tags: &[&str]) -> Arc<Operation> {
+        let slot = registry.try_reserve(ArtifactKind::Trace).unwrap();
+        let tags = tags.iter().map(|tag| (*tag).to_owned()).collect();
+        registry.register(process(), slot, None, tags)
+    }
+
     #[test]
-    fn slots_are_limited_and_released() {
+    fn slots_are_limited_per_kind_and_released_when_the_operation_ends() {
         let registry = registry(10);
-        let first = registry.try_reserve_trace().unwrap();
-        let _second = registry.try_reserve_trace().unwrap();
-        assert!(registry.try_reserve_trace().is_none());
-        drop(first);
-        assert!(registry.try_reserve_trace().is_some());
+        let first = register(&registry, &[]);
+        let _second = register(&registry, &[]);
+        assert!(registry.try_reserve(ArtifactKind::Trace).is_none());
+        let dump = registry
+            .try_reserve(ArtifactKind::Dump)
+            .expect("a dump slot");
+        assert!(registry.try_reserve(ArtifactKind::Dump).is_none());
+        drop(dump);
+        assert!(registry.try_reserve(ArtifactKind::Dump).is_some());
+        first.cancel().unwrap();
+        assert!(registry.try_reserve(ArtifactKind::Trace).is_some());
     }
 
     #[test]
     fn the_first_final_state_wins_and_cancel_of_a_finished_one_is_refused() {
         let registry = registry(10);
-        let op = registry.register(process(), None, BTreeSet::new());
+        let op = register(&registry, &[]);
         assert_eq!(op.request_stop(), Err(ControlError::NotStoppable));
         op.cancel().unwrap();
-        op.finish(Outcome::Failed(OperationError {
-            code: "X".into(),
-            message: "late".into(),
-        }));
+        op.finish(Outcome::Failed(OperationError::new(
+            ErrorCode::InternalError,
+            "late",
+        )));
         assert_eq!(op.state(), OperationState::Cancelled);
         assert_eq!(op.cancel(), Err(ControlError::NotRunning));
         assert!(op.cancellation().is_cancelled());
     }
 
     #[test]
+    fn a_cancel_during_the_commit_is_refused_and_a_commit_after_a_cancel_is_not_started() {
+        let registry = registry(10);
+        let committing = register(&registry, &[]);
+        assert!(committing.begin_commit());
+        assert_eq!(committing.cancel(), Err(ControlError::Committing));
+        assert_eq!(committing.state(), OperationState::Starting);
+        let cancelled = register(&registry, &[]);
+        cancelled.cancel().unwrap();
+        assert!(!cancelled.begin_commit());
+    }
+
+    #[test]
     fn finished_operations_beyond_the_limit_are_pruned_oldest_first() {
         let registry = registry(1);
-        let old = registry.register(process(), None, BTreeSet::new());
+        let old = register(&registry, &[]);
         old.cancel().unwrap();
-        let newer = registry.register(process(), None, BTreeSet::new());
+        let newer = register(&registry, &[]);
         newer.cancel().unwrap();
-        let running = registry.register(process(), None, ["a".to_owned()].into());
+        let running = register(&registry, &["a"]);
         assert!(registry.get(old.id()).is_none());
         assert!(registry.get(newer.id()).is_some());
         let tagged = OperationFilter {

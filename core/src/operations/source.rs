@@ -1,0 +1,63 @@
+//! Where an artifact's bytes come from. Each artifact kind plugs into the pipeline with two
+//! types: an [`ArtifactSpec`] (what to capture, parsed from a request) that opens an
+//! [`ArtifactSource`] (a running capture that yields chunks) on the target process.
+
+use std::fmt::Debug;
+use std::future::Future;
+use std::sync::Arc;
+
+use super::OperationError;
+use crate::diagnostics::DiagnosticsClient;
+use crate::egress::ArtifactKind;
+use crate::processes::ProcessRecord;
+use bytes::Bytes;
+use futures_util::future::BoxFuture;
+
+/// How the pipeline summarises an artifact once it is whole.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SummaryKind {
+    /// A nettrace stream: every event validated and counted, the bytes hashed. A stream without
+    /// its end-of-stream marker is truncated.
+    Nettrace,
+    /// Opaque bytes: their size and SHA-256 only.
+    Bytes,
+}
+
+/// What to capture from a process: the request's parameters for one artifact kind.
+pub trait ArtifactSpec: Send + 'static {
+    /// The running capture this spec opens.
+    type Source: ArtifactSource;
+
+    /// The artifact kind: its concurrency limit, its file name and MIME type, its egress `kind`.
+    fn kind(&self) -> ArtifactKind;
+
+    /// Starts the capture on `process` through `client`. A failure here fails the operation
+    /// before any byte is produced.
+    fn open(
+        self,
+        client: DiagnosticsClient,
+        process: &ProcessRecord,
+    ) -> impl Future<Output = Result<Self::Source, OperationError>> + Send;
+}
+
+/// A running capture: yields the artifact's bytes in order. Dropping it ends the capture at once
+/// (a cancel).
+pub trait ArtifactSource: Send + 'static {
+    /// The next chunk; `Ok(None)` once the artifact is whole. An error ends the capture; the
+    /// artifact is then incomplete.
+    fn next_chunk(&mut self) -> impl Future<Output = Result<Option<Bytes>, OperationError>> + Send;
+
+    /// How to end the capture early but whole (`DELETE ?stop=true`, `durationSeconds`); `None`
+    /// for artifacts that cannot be stopped (a dump).
+    fn graceful_stop(&self) -> Option<Arc<dyn GracefulStop>>;
+
+    /// How the artifact is summarised.
+    fn summary_kind(&self) -> SummaryKind;
+}
+
+/// Ends a capture gracefully from another task: the source then completes the artifact and
+/// yields its end. Must be idempotent.
+pub trait GracefulStop: Send + Sync + Debug {
+    /// Asks the source to finish; resolves once the request was delivered.
+    fn stop(&self) -> BoxFuture<'_, Result<(), OperationError>>;
+}
