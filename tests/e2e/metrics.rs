@@ -497,7 +497,10 @@ async fn bad_metrics_requests_are_problems_that_name_the_field() {
     )
     .await;
     assert!(
-        body["detail"].as_str().unwrap().contains("no .NET process matches"),
+        body["detail"]
+            .as_str()
+            .unwrap()
+            .contains("no .NET process matches"),
         "{body}"
     );
     // A duration below -1.

@@ -33,6 +33,7 @@ fn app(socket_dir: &std::path::Path, authenticator: Authenticator) -> Router {
         ),
         operations: Arc::new(OperationRegistry::new(&config.limits, &config.operations)),
         egress: EgressHost::default(),
+        metrics: crate::metrics::MetricsService::new(config.metrics.clone()),
         config: Arc::new(config),
     };
     router(state, authenticator)
