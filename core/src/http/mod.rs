@@ -4,12 +4,14 @@
 //! error leaves as [`problem::Problem`] (`application/problem+json`).
 
 pub mod metrics;
+pub mod egress_providers;
 pub mod openapi;
 pub mod operations;
 pub mod params;
 pub mod problem;
 pub mod processes;
 pub mod trace;
+pub mod ui;
 
 #[cfg(test)]
 mod tests;
@@ -148,7 +150,8 @@ async fn method_not_allowed() -> Problem {
     )
 }
 
-/// The API routes, with `authenticate` wrapped around every route except `/healthz`.
+/// The API routes, with `authenticate` wrapped around every route except `/healthz`,
+/// `/openapi.json` and the web console's static files ([`ui`]).
 pub fn router(state: AppState, authenticate: crate::auth::Authenticator) -> Router {
     let body_limit = state.config.limits.max_request_body_bytes;
     // `/metrics` needs no API key unless `[metrics] require_auth` (dotnet-monitor: never).
@@ -180,6 +183,7 @@ pub fn router(state: AppState, authenticate: crate::auth::Authenticator) -> Rout
             get(operations::get_operation).delete(operations::delete_operation),
         )
         .route("/info", get(info))
+        .route("/egress", get(egress_providers::list_egress_providers))
         .fallback(not_found)
         .layer(axum::middleware::from_fn_with_state(
             authenticate,
@@ -188,6 +192,7 @@ pub fn router(state: AppState, authenticate: crate::auth::Authenticator) -> Rout
         .route("/healthz", get(health))
         .route("/openapi.json", get(openapi::openapi_json))
         .merge(open_metrics)
+        .merge(ui::routes())
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::middleware::from_fn(metrics::count_requests))
         .layer(DefaultBodyLimit::max(body_limit))

@@ -70,6 +70,7 @@ pub struct EventProviderConfiguration {
         super::metrics::get_metrics,
         super::metrics::get_livemetrics,
         super::metrics::post_livemetrics,
+        super::egress_providers::list_egress_providers,
     ),
     components(schemas(EventProvidersConfiguration, EventProviderConfiguration)),
     modifiers(&BearerSecurity),

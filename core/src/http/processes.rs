@@ -33,6 +33,8 @@ pub struct ProcessDescription {
     operating_system: String,
     process_architecture: String,
     managed_entry_point_assembly_name: String,
+    /// The runtime's product version, as the runtime reports it (.NET 5+; `"unknown"` before).
+    runtime_version: String,
 }
 
 /// `GET /processes`: every process diagmon can see, never an error for none.
@@ -79,6 +81,7 @@ pub async fn get_process(
         operating_system: unknown(process.operating_system),
         process_architecture: unknown(process.process_architecture),
         managed_entry_point_assembly_name: unknown(process.managed_entry_point_assembly_name),
+        runtime_version: unknown(process.clr_product_version),
     }))
 }
 
