@@ -3,8 +3,8 @@
 //! Handlers live in one module per resource ([`trace`], [`processes`], [`operations`]); every
 //! error leaves as [`problem::Problem`] (`application/problem+json`).
 
-pub mod metrics;
 pub mod egress_providers;
+pub mod metrics;
 pub mod openapi;
 pub mod operations;
 pub mod params;

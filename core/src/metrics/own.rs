@@ -15,21 +15,23 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::{Registry, Unit};
 
-/// Labels: `route`, `status`.
-type RouteStatus = Vec<(&'static str, String)>;
+/// A label set: names and values.
+type Labels = Vec<(&'static str, String)>;
+/// Histograms with the latency buckets, by label set.
+type HistogramFamily = Family<Labels, Histogram, fn() -> Histogram>;
 
 /// The instruments and the registry that serves them.
 struct Telemetry {
     registry: Registry,
-    requests: Family<RouteStatus, Counter>,
-    request_duration: Family<Vec<(&'static str, String)>, Histogram, fn() -> Histogram>,
-    operations: Family<Vec<(&'static str, String)>, Counter>,
-    bytes_captured: Family<Vec<(&'static str, String)>, Counter>,
-    bytes_egressed: Family<Vec<(&'static str, String)>, Counter>,
-    egress_failures: Family<Vec<(&'static str, String)>, Counter>,
-    plugin_instantiation: Family<Vec<(&'static str, String)>, Histogram, fn() -> Histogram>,
+    requests: Family<Labels, Counter>,
+    request_duration: HistogramFamily,
+    operations: Family<Labels, Counter>,
+    bytes_captured: Family<Labels, Counter>,
+    bytes_egressed: Family<Labels, Counter>,
+    egress_failures: Family<Labels, Counter>,
+    plugin_instantiation: HistogramFamily,
     sessions: Gauge,
-    session_failures: Family<Vec<(&'static str, String)>, Counter>,
+    session_failures: Family<Labels, Counter>,
     malformed: Counter,
     resident_memory: Gauge,
     cpu_seconds: Gauge<f64, AtomicU64>,
