@@ -468,7 +468,7 @@ async fn counters(args: CountersArgs) -> Result<ExitCode> {
     };
     let title = format!("Process {} ({}); Ctrl-C quits", process.pid, process.name);
     console::watch(
-        &directory.client(&process),
+        &directory.client(process),
         &request,
         &stop,
         mode,

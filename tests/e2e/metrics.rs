@@ -169,10 +169,10 @@ fn parse_with_prometheus_client(text: &str, openmetrics: bool) -> Value {
 
 /// The samples of `family` in a parsed scrape for `pid`.
 fn parsed_value(parsed: &Value, family: &str, sample: &str, pid: u32) -> Option<f64> {
-    parsed[family]["samples"]
-        .as_array()?
-        .iter()
-        .find_map(|s| (s[0] == sample && s[1]["pid"] == pid.to_string()).then(|| s[2].as_f64())?)
+    parsed[family]["samples"].as_array()?.iter().find_map(|s| {
+        (s[0] == sample && s[1]["pid"].as_str() == Some(pid.to_string().as_str()))
+            .then(|| s[2].as_f64())?
+    })
 }
 
 #[tokio::test]
