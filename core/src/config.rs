@@ -48,6 +48,9 @@ pub struct Config {
     pub egress: EgressConfig,
     /// Where the runtime writes dumps before diagmon sends them on.
     pub storage: StorageConfig,
+    /// Counters of the observed processes on `/metrics`.
+    #[serde(default)]
+    pub metrics: MetricsConfig,
 }
 
 impl Default for Config {
@@ -65,6 +68,44 @@ impl Default for Config {
             http: HttpConfig::default(),
             egress: EgressConfig::default(),
             storage: StorageConfig::default(),
+            metrics: MetricsConfig::default(),
+        }
+    }
+}
+
+/// `[metrics]`: the background counter sessions behind `GET /metrics`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// Whether counters are collected and `/metrics` serves them (otherwise it answers 400).
+    pub enabled: bool,
+    /// Seconds between two counter reports (`EventCounterIntervalSec`), 1 to 3600.
+    pub interval_seconds: u32,
+    /// EventCounter providers (EventSource names) whose counters are collected.
+    pub providers: Vec<String>,
+    /// Meters (`System.Diagnostics.Metrics`, .NET 6+) whose instruments are collected.
+    pub meters: Vec<String>,
+    /// Only processes matching every one of these filters are observed (empty: all).
+    pub include: Vec<ProcessFilter>,
+    /// Processes matching every one of these filters are not observed (empty: none excluded).
+    pub exclude: Vec<ProcessFilter>,
+    /// Whether `/metrics` needs an API key (dotnet-monitor: never).
+    pub require_auth: bool,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        MetricsConfig {
+            enabled: true,
+            interval_seconds: 5,
+            providers: crate::metrics::DEFAULT_PROVIDERS
+                .iter()
+                .map(|provider| (*provider).to_owned())
+                .collect(),
+            meters: Vec::new(),
+            include: Vec::new(),
+            exclude: Vec::new(),
+            require_auth: false,
         }
     }
 }
@@ -414,6 +455,34 @@ impl Default for OperationsConfig {
     }
 }
 
+impl MetricsConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        if !(1..=3600).contains(&self.interval_seconds) {
+            return Err(ConfigError(format!(
+                "`metrics.interval_seconds` must be 1 to 3600, not {}",
+                self.interval_seconds
+            )));
+        }
+        if let Some(index) = self.providers.iter().position(|p| p.trim().is_empty()) {
+            return Err(ConfigError(format!(
+                "`metrics.providers[{index}]` is empty; name an EventSource"
+            )));
+        }
+        for (list, filters) in [("include", &self.include), ("exclude", &self.exclude)] {
+            for (index, filter) in filters.iter().enumerate() {
+                if filter.key == ProcessFilterKey::ProcessId && filter.value.parse::<u64>().is_err()
+                {
+                    return Err(ConfigError(format!(
+                        "`metrics.{list}[{index}]`: ProcessId filter value `{}` is not a number",
+                        filter.value
+                    )));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
 /// A configuration that could not be loaded: names the source, the key and what was expected.
 #[derive(Debug, thiserror::Error)]
 #[error("invalid configuration: {0}")]
@@ -568,6 +637,7 @@ impl Config {
                 )));
             }
         }
+        self.metrics.validate()?;
         Ok(())
     }
 

@@ -9,6 +9,7 @@
 //! - [`tls`]: the HTTPS certificate and key;
 //! - [`secret`]: which configuration keys are secrets, and values read from env or files;
 //! - [`egress`]: the WebAssembly egress host and its providers;
+//! - [`metrics`]: counters of the observed processes and diagmon's own metrics, for `/metrics`;
 //! - [`operations`]: the registry of artifact operations, their limits and their capture;
 //! - [`processes`]: which runtimes diagmon can see, what identifies them, and process selection;
 //! - [`diagnostics`]: the diagnostics IPC client, EventPipe sessions and the nettrace validator;
@@ -23,6 +24,7 @@ pub mod diagnostics;
 pub mod dumps;
 pub mod egress;
 pub mod http;
+pub mod metrics;
 pub mod operations;
 pub mod processes;
 pub mod procfs;

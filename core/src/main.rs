@@ -64,6 +64,9 @@ enum Commands {
     Trace(TraceArgs),
     /// Write a dump of one process into a file, as `dotnet-dump collect` does.
     Dump(DumpArgs),
+    /// Watch one process's counters live, like `dotnet-counters monitor`: redrawn in place on a
+    /// terminal, one line per report otherwise.
+    Counters(CountersArgs),
     /// Check that a nettrace file is whole and well-formed, and summarise it.
     Validate {
         /// The file to check.
@@ -178,6 +181,30 @@ struct DumpArgs {
     config: Option<PathBuf>,
 }
 
+#[derive(Debug, Args)]
+struct CountersArgs {
+    #[command(flatten)]
+    discovery: DiscoveryArgs,
+    /// The process id.
+    #[arg(long)]
+    pid: Option<u64>,
+    /// The runtime instance uid.
+    #[arg(long)]
+    uid: Option<uuid::Uuid>,
+    /// The process name.
+    #[arg(long)]
+    name: Option<String>,
+    /// Counter providers (EventSource names), comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "System.Runtime")]
+    providers: Vec<String>,
+    /// Seconds between two reports.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    interval: u64,
+    /// Stop after this long (e.g. 30s); without it, until Ctrl-C or the process ends.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    duration: Option<Duration>,
+}
+
 fn main() -> ExitCode {
     diagmon::tls::install_crypto_provider();
     tracing_subscriber::fmt()
@@ -248,6 +275,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         }
         Commands::Trace(args) => trace(args).await,
         Commands::Dump(args) => dump(args).await,
+        Commands::Counters(args) => counters(args).await,
         Commands::Validate { file } => match nettrace::validate_file(&file) {
             Ok(summary) => {
                 println!("{}", serde_json::to_string_pretty(&summary)?);
@@ -467,4 +495,60 @@ async fn dump(args: DumpArgs) -> Result<ExitCode> {
             }
         }
     }
+}
+
+async fn counters(args: CountersArgs) -> Result<ExitCode> {
+    use diagmon::metrics::console::{self, ViewMode};
+    use diagmon::metrics::counters::CounterRequest;
+    use std::io::IsTerminal;
+    let directory = directory(&args.discovery).await?;
+    let selector = ProcessSelector {
+        pid: args.pid,
+        uid: args.uid,
+        name: args.name,
+    };
+    let processes = directory.list().await;
+    let process = diagmon::processes::resolve(&processes, &selector, &Default::default()).map_err(
+        |error| anyhow::anyhow!("{error}; `diagmon ps` lists the processes diagmon sees"),
+    )?;
+    let request = CounterRequest {
+        providers: args.providers,
+        meters: Vec::new(),
+        interval: Duration::from_secs(args.interval),
+    };
+    let stop = tokio_util::sync::CancellationToken::new();
+    tokio::spawn({
+        let stop = stop.clone();
+        let duration = args.duration;
+        async move {
+            match duration {
+                Some(duration) => tokio::select! {
+                    _ = tokio::time::sleep(duration) => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                },
+                None => {
+                    let _ = tokio::signal::ctrl_c().await;
+                }
+            }
+            stop.cancel();
+        }
+    });
+    let mut stdout = std::io::stdout();
+    let mode = if stdout.is_terminal() {
+        ViewMode::Terminal
+    } else {
+        ViewMode::Lines
+    };
+    let title = format!("Process {} ({}); Ctrl-C quits", process.pid, process.name);
+    console::watch(
+        &directory.client(process),
+        &request,
+        &stop,
+        mode,
+        &title,
+        &mut stdout,
+    )
+    .await
+    .with_context(|| format!("cannot watch the counters of process {}", process.pid))?;
+    Ok(ExitCode::SUCCESS)
 }

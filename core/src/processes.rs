@@ -256,7 +256,8 @@ pub fn resolve<'a>(
     }
 }
 
-fn filter_matches(filter: &ProcessFilter, process: &ProcessRecord) -> bool {
+/// Whether `process` passes one default-process-shaped filter.
+pub fn filter_matches(filter: &ProcessFilter, process: &ProcessRecord) -> bool {
     let actual = match filter.key {
         ProcessFilterKey::ProcessId => return filter.value.parse() == Ok(process.pid),
         ProcessFilterKey::ProcessName => process.name.as_str(),

@@ -3,6 +3,7 @@
 //! - [`target`]: a real .NET Core 3.1 program with its own TMPDIR;
 //! - [`monitor`]: the real `diagmon collect` binary on a loopback port;
 //! - [`simulated_runtime`] and [`synthetic_nettrace`]: a runtime for what 3.1 cannot show;
+//! - [`counter_events`]: counter and meter events as a runtime writes them, for the simulator;
 //! - [`guests`]: WebAssembly fixtures and example providers, built from source;
 //! - [`browser`]: a real headless Chromium driven over WebDriver, for the web console;
 //! - [`http_server`]: a recording HTTP server for egress providers that upload over HTTP;
@@ -11,6 +12,7 @@
 
 pub mod bench;
 pub mod browser;
+pub mod counter_events;
 pub mod guests;
 pub mod http_server;
 pub mod monitor;

@@ -178,6 +178,13 @@ pub enum StreamBehaviour {
         /// Bytes sent before the abrupt close.
         after_bytes: u64,
     },
+    /// Counter reports, as a runtime sends them for the providers the session asked for (see
+    /// [`crate::counter_events::CounterScript`]): metadata once, then the counters' events every
+    /// interval until StopTracing. With `malformed`, every interval also carries broken events.
+    Counters {
+        /// Whether to add an event cut short and one of undefined metadata every interval.
+        malformed: bool,
+    },
 }
 
 /// What a GenerateCoreDump request does (after its payload parsed; a dump type outside 1..=4 or a
@@ -951,6 +958,28 @@ async fn run_session(
                 stream.write_all(&buf).await?;
                 buf.clear();
                 finish(&mut stream, &mut trace, &mut buf, rundown && stopped).await
+            }
+            StreamBehaviour::Counters { malformed } => {
+                let script = crate::counter_events::CounterScript::for_request(&request, malformed);
+                trace.write_metadata_records(&mut buf, &script.metadata);
+                stream.write_all(&buf).await?;
+                let mut ticker = tokio::time::interval(script.interval);
+                ticker.tick().await;
+                loop {
+                    tokio::select! {
+                        _ = ticker.tick() => {
+                            buf.clear();
+                            trace.write_events(&mut buf, &script.events);
+                            stream.write_all(&buf).await?;
+                        }
+                        changed = stop.changed() => {
+                            if changed.is_err() || *stop.borrow() {
+                                break;
+                            }
+                        }
+                    }
+                }
+                finish(&mut stream, &mut trace, &mut buf, rundown).await
             }
             StreamBehaviour::DisconnectAfter { after_bytes } => {
                 let mut sent = 0u64;

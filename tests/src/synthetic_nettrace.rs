@@ -402,6 +402,43 @@ impl SyntheticTrace {
             .collect()
     }
 
+    /// Appends a MetadataBlock holding `records`, each a whole V4 metadata payload (id, provider,
+    /// event id, name, keywords, version, level, fields), for events of the caller's own making.
+    pub fn write_metadata_records(&mut self, out: &mut Vec<u8>, records: &[Vec<u8>]) {
+        let base = out.len();
+        self.write_block(out, base, "MetadataBlock", |s, out| {
+            write_block_header(out, s.ts, s.ts);
+            for record in records {
+                out.push(F_PAYLOAD_SIZE);
+                put_varu64(out, 0);
+                put_varu64(out, record.len() as u64);
+                out.extend_from_slice(record);
+            }
+        });
+        self.offset += (out.len() - base) as u64;
+    }
+
+    /// Appends an EventBlock with one event per `(metadata id, payload)`, on the first capture
+    /// thread with its sequence numbers continuing.
+    pub fn write_events(&mut self, out: &mut Vec<u8>, events: &[(u32, Vec<u8>)]) {
+        let base = out.len();
+        self.write_block(out, base, "EventBlock", |s, out| {
+            let start = out.len();
+            write_block_header(out, 0, 0);
+            let first_ts = s.ts + TIMESTAMP_STEP;
+            let mut state = BlockState::default();
+            for (metadata_id, payload) in events {
+                let kind = EventKind::new(*metadata_id, payload.clone());
+                write_run(out, &kind, &mut s.threads[0], &mut state, &mut s.ts, 0, 1);
+                s.events_written += 1;
+            }
+            let header_ts = start + 4;
+            out[header_ts..header_ts + 8].copy_from_slice(&(first_ts as i64).to_le_bytes());
+            out[header_ts + 8..header_ts + 16].copy_from_slice(&(s.ts as i64).to_le_bytes());
+        });
+        self.offset += (out.len() - base) as u64;
+    }
+
     /// Writes a block object `name` whose body `body` produces; `base` is where this writer's
     /// current piece started in `out` (so absolute offsets are `self.offset + (pos - base)`).
     fn write_block(

@@ -32,6 +32,11 @@ pub enum Program {
     /// `BigHeap.cs`: keeps `[mebibytes]` (default 1024) of written byte arrays on the managed
     /// heap, then sleeps until killed.
     BigHeap,
+    /// `CounterApp.cs`: EventSource "Diagmon-Counters" with counters of known values:
+    /// `fixed-mean` (EventCounter, always 42.5, "ms"), `requests` (IncrementingEventCounter,
+    /// incremented by N when the file given as the first argument appears holding N) and `polled`
+    /// (PollingCounter, always 12, "MB"). Runs until killed.
+    CounterApp,
 }
 
 impl Program {
@@ -41,6 +46,7 @@ impl Program {
             Program::Worker => "Worker",
             Program::EventSourceApp => "EventSourceApp",
             Program::BigHeap => "BigHeap",
+            Program::CounterApp => "CounterApp",
         }
     }
 }

@@ -58,7 +58,7 @@ fw="$runtime/shared/Microsoft.NETCore.App/$version"
 refs=()
 for asm in System.Private.CoreLib System.Runtime System.Console System.Collections \
     System.Runtime.Extensions System.Threading System.Threading.Thread \
-    System.Diagnostics.Tracing System.Diagnostics.Process; do
+    System.Diagnostics.Tracing System.Diagnostics.Process System.IO.FileSystem; do
     refs+=("-r:$fw/$asm.dll")
 done
 mkdir -p "$cache/bin"

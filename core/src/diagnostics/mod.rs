@@ -7,6 +7,7 @@
 //! - [`dump`]: the Dump command set (the runtime writes a core dump of itself);
 //! - [`eventpipe`]: EventPipe sessions and their nettrace byte stream;
 //! - [`nettrace`]: a streaming validator of the nettrace format;
+//! - [`payload`]: event payloads decoded from the trace's metadata;
 //! - [`summary`]: the summary of a whole trace, computed on a thread of its own.
 //!
 //! This layer knows nothing of HTTP or egress: it turns a runtime into typed answers and a byte
@@ -20,6 +21,7 @@ pub mod dump;
 pub mod endpoint;
 pub mod eventpipe;
 pub mod nettrace;
+pub mod payload;
 pub mod protocol;
 mod read_buffers;
 pub mod reverse;

@@ -173,8 +173,15 @@ impl ProviderInstance {
         let mut store = Store::new(engine(), state);
         store.limiter(|state| &mut state.limiter);
         store.set_epoch_deadline(ticks(call_timeout));
+        let instantiating = Instant::now();
         let bindings = match provider.pre.instantiate(&mut store) {
-            Ok(bindings) => bindings,
+            Ok(bindings) => {
+                crate::metrics::own::record_plugin_instantiation(
+                    &provider.name,
+                    instantiating.elapsed().as_secs_f64(),
+                );
+                bindings
+            }
             Err(error) => {
                 let refused = store.data().limiter.refused();
                 return Err(Self::stopped_error(

@@ -143,6 +143,7 @@ impl Upload {
             return Err(error.clone());
         }
         self.bytes += chunk.len() as u64;
+        crate::metrics::own::record_egressed(&self.provider.name, chunk.len() as u64);
         while !chunk.is_empty() {
             if self.buffer.is_empty() && chunk.len() >= self.chunk_size {
                 // Already a whole write: no copy.
@@ -242,6 +243,7 @@ impl Upload {
     }
 
     fn fail(&mut self, error: EgressError) -> EgressError {
+        crate::metrics::own::record_egress_failure(&self.provider.name, error.kind());
         self.failed = Some(error.clone());
         self.pending.clear();
         // Closing the channel makes the thread abort the guest's upload and end.
@@ -273,7 +275,7 @@ impl Upload {
             }));
         }
         let deadline = self.provider.limits.call_timeout();
-        match tokio::time::timeout(deadline + GRACE, result).await {
+        let finished = match tokio::time::timeout(deadline + GRACE, result).await {
             Ok(Ok(result)) => result,
             Ok(Err(_)) => Err(EgressError::host(
                 &self.provider.name,
@@ -284,7 +286,11 @@ impl Upload {
                 call: "finish",
                 deadline,
             }),
+        };
+        if let Err(error) = &finished {
+            crate::metrics::own::record_egress_failure(&self.provider.name, error.kind());
         }
+        finished
     }
 
     /// Abandons the artifact: the provider's upload is dropped unfinished, so that it removes what

@@ -7,8 +7,8 @@
 //! 2. a request from a browser page of another origin (an `Origin` that is not this server's
 //!    own, or `Sec-Fetch-Site: cross-site`/`same-site`) is refused; diagmon sends no CORS
 //!    headers, so browsers cannot read its answers either;
-//! 3. every route but `/healthz`, `/openapi.json` and the console's static files (`/`, `/ui`,
-//!    `/ui/...`) needs an API key (when authentication is on): a refusal is a 401 problem that
+//! 3. every route but `/healthz`, `/openapi.json`, `/metrics` (unless `[metrics] require_auth`)
+//!    and the console's static files (`/`, `/ui`, `/ui/...`) needs an API key (when authentication is on): a refusal is a 401 problem that
 //!    says how to get a key, with `WWW-Authenticate`;
 //! 4. while the server shuts down, `/trace` (which starts a trace) answers 503.
 //!
@@ -33,10 +33,8 @@ use crate::config::{HttpConfig, Scheme};
 /// files (which call the API with a key of their own).
 const PUBLIC_PATHS: &[&str] = &["/healthz", "/openapi.json", "/", "/ui"];
 
-/// Whether `path` needs no API key and no same-origin check.
-fn is_public(path: &str) -> bool {
-    PUBLIC_PATHS.contains(&path) || path.starts_with("/ui/")
-}
+/// Prometheus' scrape route, public unless `[metrics] require_auth`.
+const METRICS_PATH: &str = "/metrics";
 
 /// The route that starts traces.
 const TRACE_PATH: &str = "/trace";
@@ -52,6 +50,8 @@ pub struct Screen {
     /// authentication off.
     allowed_hosts: Arc<[String]>,
     shutting_down: CancellationToken,
+    /// Whether `/metrics` is served without an API key.
+    public_metrics: bool,
 }
 
 impl Screen {
@@ -65,7 +65,23 @@ impl Screen {
                 .map(|host| host.to_ascii_lowercase())
                 .collect(),
             shutting_down: CancellationToken::new(),
+            public_metrics: false,
         }
+    }
+
+    /// The same screen, with `/metrics` served without an API key when `public` (dotnet-monitor
+    /// never asks one for it).
+    #[must_use]
+    pub fn with_public_metrics(mut self, public: bool) -> Screen {
+        self.public_metrics = public;
+        self
+    }
+
+    /// Whether `path` needs no API key and no same-origin check.
+    fn is_public(&self, path: &str) -> bool {
+        PUBLIC_PATHS.contains(&path)
+            || path.starts_with("/ui/")
+            || (self.public_metrics && path == METRICS_PATH)
     }
 
     /// From now on, requests that would start a trace get 503.
@@ -95,7 +111,7 @@ impl Screen {
 /// The middleware: `axum::middleware::from_fn_with_state(screen, guard::screen)`, outermost.
 pub async fn screen(State(screen): State<Screen>, request: Request, next: Next) -> Response {
     let path = request.uri().path();
-    let public = is_public(path);
+    let public = screen.is_public(path);
     let scheme = request
         .extensions()
         .get::<ListenerScheme>()

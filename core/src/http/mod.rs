@@ -8,6 +8,7 @@
 pub mod dump;
 pub mod egress_providers;
 pub mod guard;
+pub mod metrics;
 pub mod openapi;
 pub mod operations;
 pub mod params;
@@ -51,6 +52,8 @@ pub struct AppState {
     pub egress: EgressHost,
     /// The folder the runtime writes dumps into.
     pub dumps: Arc<crate::dumps::DumpFolder>,
+    /// The background counter sessions behind `/metrics`.
+    pub metrics: Arc<crate::metrics::MetricsService>,
 }
 
 /// The scheme of the listener a request came in on; the server attaches it to every request.
@@ -152,12 +155,19 @@ async fn method_not_allowed() -> Problem {
 /// methods (404, 405 with `Allow`) are only given to requests that passed it.
 pub fn router(state: AppState, screen: Screen) -> Router {
     let body_limit = state.config.limits.max_request_body_bytes;
+    // `/metrics` needs no API key unless `[metrics] require_auth` (dotnet-monitor: never).
+    let screen = screen.with_public_metrics(!state.config.metrics.require_auth);
     let routes = Router::new()
+        .route("/metrics", get(metrics::get_metrics))
         .route("/processes", get(processes::list_processes))
         .route("/process", get(processes::get_process))
         .route("/env", get(processes::get_environment))
         .route("/trace", get(trace::get_trace).post(trace::post_trace))
         .route("/dump", get(dump::get_dump))
+        .route(
+            "/livemetrics",
+            get(metrics::get_livemetrics).post(metrics::post_livemetrics),
+        )
         .route("/operations", get(operations::list_operations))
         .route(
             "/operations/{id}",
@@ -175,6 +185,7 @@ pub fn router(state: AppState, screen: Screen) -> Router {
     Router::new()
         .fallback_service(routes)
         .layer(axum::middleware::from_fn_with_state(screen, guard::screen))
+        .layer(axum::middleware::from_fn(metrics::count_requests))
         .layer(
             TraceLayer::new_for_http()
                 .make_span_with(DefaultMakeSpan::new().level(Level::INFO))

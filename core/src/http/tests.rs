@@ -38,6 +38,7 @@ fn app(socket_dir: &std::path::Path, authenticator: Authenticator) -> Router {
             ..Default::default()
         })
         .expect("a dump folder"),
+        metrics: crate::metrics::MetricsService::new(config.metrics.clone()),
         config: Arc::new(config),
     };
     let screen = Screen::new(authenticator, &state.config.http);

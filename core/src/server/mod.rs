@@ -27,6 +27,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use tokio::net::TcpListener;
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 
 use crate::auth::Authenticator;
 use crate::config::{Config, Scheme};
@@ -93,9 +94,14 @@ pub async fn run(
     }
     let operations = Arc::new(OperationRegistry::new(&config.limits, &config.operations));
     let dumps = crate::dumps::DumpFolder::open(&config.storage)?;
+    let processes = ProcessDirectory::new(discovery, config.runtime.timeouts());
+    let metrics = crate::metrics::MetricsService::new(config.metrics.clone());
+    let stop_metrics = CancellationToken::new();
+    metrics.spawn(processes.clone(), stop_metrics.clone());
     let state = AppState {
         dumps: dumps.clone(),
-        processes: ProcessDirectory::new(discovery, config.runtime.timeouts()),
+        metrics,
+        processes,
         operations: operations.clone(),
         egress,
         config: Arc::new(config.clone()),
@@ -157,6 +163,7 @@ pub async fn run(
     dumps
         .shutdown(deadline.saturating_duration_since(Instant::now()))
         .await;
+    stop_metrics.cancel();
     stopping.drain.cancel();
     let mut servers = futures_util::future::join_all(servers);
     if tokio::time::timeout_at(deadline, &mut servers)

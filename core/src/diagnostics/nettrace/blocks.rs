@@ -314,6 +314,18 @@ impl NettraceValidator {
         payload: &[u8],
         at: u64,
     ) {
+        if let Some(observer) = self.observer.as_mut()
+            && !context.v6
+        {
+            observer(if context.role == Role::Events && metadata_id != 0 {
+                NettraceRecord::Event {
+                    metadata_id,
+                    payload,
+                }
+            } else {
+                NettraceRecord::Metadata(payload)
+            });
+        }
         // V6 event blocks hold only events; before V6, id 0 marks a metadata definition.
         if context.role == Role::Events && (metadata_id != 0 || context.v6) {
             self.count_event(metadata_id, at);

@@ -277,7 +277,26 @@ pub struct NettraceValidator {
     sequence_regressions: Occurrences,
     warned_stack_size: bool,
     warned_unknown_v6_kinds: Vec<u8>,
+    /// Who else sees each record (payload decoders), if anyone.
+    observer: Option<RecordObserver>,
 }
+
+/// One record of a nettrace stream (V3-V5 layout), handed to a [`RecordObserver`] as it is parsed.
+#[derive(Debug, Clone, Copy)]
+pub enum NettraceRecord<'a> {
+    /// A metadata definition: its payload (`i32 id`, provider, event id, name, fields, tags).
+    Metadata(&'a [u8]),
+    /// An event: the id of the metadata that describes it, and its payload.
+    Event {
+        /// The metadata id the event refers to.
+        metadata_id: u32,
+        /// The event's payload bytes.
+        payload: &'a [u8],
+    },
+}
+
+/// A callback that sees every metadata and event record a full-depth validator parses.
+pub type RecordObserver = Box<dyn FnMut(NettraceRecord<'_>) + Send>;
 
 impl Default for NettraceValidator {
     fn default() -> Self {
@@ -340,7 +359,16 @@ impl NettraceValidator {
             sequence_regressions: Occurrences::default(),
             warned_stack_size: false,
             warned_unknown_v6_kinds: Vec::new(),
+            observer: None,
         }
+    }
+
+    /// A full-depth validator that also hands every V3-V5 metadata and event record to
+    /// `observer` (V6 records are validated but not handed on).
+    pub fn with_observer(observer: RecordObserver) -> Self {
+        let mut validator = Self::new();
+        validator.observer = Some(observer);
+        validator
     }
 
     /// Feeds the next bytes of the stream.

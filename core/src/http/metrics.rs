@@ -1,0 +1,218 @@
+//! `GET /metrics`: the counters of every observed process and diagmon's own metrics, in the
+//! Prometheus text format (or OpenMetrics when the `Accept` header asks for it); and the
+//! middleware that counts every request for those own metrics.
+
+use std::time::{Duration, Instant};
+
+use axum::body::{Body, Bytes};
+use axum::extract::{MatchedPath, RawQuery, Request, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+
+use super::params::QueryParams;
+use super::problem::{Problem, Validation};
+use super::{AppState, RequestOrigin};
+use crate::metrics::live::{self, LiveMetricsSpec};
+use crate::metrics::{own, prometheus};
+use crate::operations::{Destination, StartRequest};
+use crate::processes::ProcessSelector;
+
+/// `GET /metrics`.
+#[utoipa::path(get, path = "/metrics",
+    responses(
+        (status = 200, description = "Prometheus text format 0.0.4, or OpenMetrics 1.0 when `Accept` asks for application/openmetrics-text", content_type = "text/plain"),
+        (status = 400, description = "Metrics are disabled", body = super::problem::Problem, content_type = "application/problem+json"),
+    )
+)]
+pub async fn get_metrics(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+) -> Result<Response, Problem> {
+    if !app.metrics.config().enabled {
+        return Err(Problem::bad_request(
+            "Metrics are disabled: set `[metrics] enabled = true`.",
+        ));
+    }
+    let openmetrics = headers
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .any(|value| value.contains("application/openmetrics-text"));
+    let mut body = String::new();
+    app.metrics.render_counters(openmetrics, &mut body);
+    own::render(openmetrics, &mut body);
+    let content_type = if openmetrics {
+        body.push_str("# EOF\n");
+        prometheus::OPENMETRICS_CONTENT_TYPE
+    } else {
+        prometheus::TEXT_CONTENT_TYPE
+    };
+    Ok((
+        [(header::CONTENT_TYPE, HeaderValue::from_static(content_type))],
+        body,
+    )
+        .into_response())
+}
+
+/// Counts the request by route pattern and status, and times it to the response head.
+pub async fn count_requests(request: Request, next: Next) -> Response {
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "unmatched".to_owned(), |path| path.as_str().to_owned());
+    let started = Instant::now();
+    let response = next.run(request).await;
+    own::record_request(
+        &route,
+        response.status().as_u16(),
+        started.elapsed().as_secs_f64(),
+    );
+    response
+}
+
+/// The query parameters of `/livemetrics`.
+struct LiveMetricsQuery {
+    selector: ProcessSelector,
+    duration: Option<Duration>,
+    egress_provider: Option<String>,
+    tags: std::collections::BTreeSet<String>,
+}
+
+impl LiveMetricsQuery {
+    fn parse(query: Option<&str>, validation: &mut Validation) -> Self {
+        let params = QueryParams::parse(query);
+        LiveMetricsQuery {
+            selector: params.process_selector(validation),
+            duration: params.duration(validation),
+            egress_provider: params
+                .get("egressProvider")
+                .filter(|name| !name.is_empty())
+                .map(str::to_owned),
+            tags: params.tags(),
+        }
+    }
+}
+
+/// `GET /livemetrics`: the default providers' counters as a json-seq stream.
+#[utoipa::path(get, path = "/livemetrics",
+    params(
+        ("pid" = Option<u64>, Query, description = "Process id"),
+        ("uid" = Option<String>, Query, description = "Runtime instance id"),
+        ("name" = Option<String>, Query, description = "Process name"),
+        ("durationSeconds" = Option<i64>, Query, description = "Seconds to collect (default 30; -1 until stopped)"),
+        ("egressProvider" = Option<String>, Query, description = "Send the metrics to this egress provider instead of the response"),
+        ("tags" = Option<String>, Query, description = "Comma-separated operation tags"),
+    ),
+    responses(
+        (status = 200, description = "Metric objects, streamed", content_type = "application/json-seq"),
+        (status = 202, description = "Accepted; the metrics go to the egress provider (see Location)"),
+        (status = 400, description = "Invalid request", body = super::problem::Problem, content_type = "application/problem+json"),
+    )
+)]
+pub async fn get_livemetrics(
+    State(app): State<AppState>,
+    origin: RequestOrigin,
+    RawQuery(query): RawQuery,
+) -> Result<Response, Problem> {
+    let mut validation = Validation::default();
+    let request = LiveMetricsQuery::parse(query.as_deref(), &mut validation);
+    let request = validation.finish(request)?;
+    let spec = LiveMetricsSpec::defaults(app.metrics.interval());
+    start_livemetrics(app, origin, request, spec).await
+}
+
+/// `POST /livemetrics`: the counters an `EventMetricsConfiguration` body names.
+#[utoipa::path(post, path = "/livemetrics",
+    params(
+        ("pid" = Option<u64>, Query, description = "Process id"),
+        ("uid" = Option<String>, Query, description = "Runtime instance id"),
+        ("name" = Option<String>, Query, description = "Process name"),
+        ("durationSeconds" = Option<i64>, Query, description = "Seconds to collect (default 30; -1 until stopped)"),
+        ("egressProvider" = Option<String>, Query, description = "Send the metrics to this egress provider instead of the response"),
+        ("tags" = Option<String>, Query, description = "Comma-separated operation tags"),
+    ),
+    request_body(content = String, description = "EventMetricsConfiguration: {includeDefaultProviders, providers: [{providerName, counterNames}], meters: [{meterName, instrumentNames}]}", content_type = "application/json"),
+    responses(
+        (status = 200, description = "Metric objects, streamed", content_type = "application/json-seq"),
+        (status = 202, description = "Accepted; the metrics go to the egress provider (see Location)"),
+        (status = 400, description = "Invalid request", body = super::problem::Problem, content_type = "application/problem+json"),
+    )
+)]
+pub async fn post_livemetrics(
+    State(app): State<AppState>,
+    origin: RequestOrigin,
+    RawQuery(query): RawQuery,
+    body: Bytes,
+) -> Result<Response, Problem> {
+    let mut validation = Validation::default();
+    let request = LiveMetricsQuery::parse(query.as_deref(), &mut validation);
+    let spec = match serde_json::from_slice::<serde_json::Value>(&body) {
+        Ok(document) => match LiveMetricsSpec::from_json(&document, app.metrics.interval()) {
+            Ok(spec) => Some(spec),
+            Err(errors) => {
+                for (field, message) in errors {
+                    validation.error(field, message);
+                }
+                None
+            }
+        },
+        Err(error) => {
+            validation.error(
+                "body",
+                format!("The request body is not valid JSON: {error}"),
+            );
+            None
+        }
+    };
+    let (request, spec) = validation.finish((request, spec))?;
+    let spec = spec.ok_or_else(|| Problem::bad_request("the request body is invalid"))?;
+    start_livemetrics(app, origin, request, spec).await
+}
+
+/// Starts the live-metrics artifact through the capture pipeline: streamed in the response, or
+/// sent to the egress provider.
+async fn start_livemetrics(
+    app: AppState,
+    origin: RequestOrigin,
+    request: LiveMetricsQuery,
+    spec: LiveMetricsSpec,
+) -> Result<Response, Problem> {
+    let destination = match request.egress_provider {
+        Some(provider) => Destination::Egress(provider),
+        None => Destination::Stream,
+    };
+    let started = super::operations::service(&app)
+        .start(StartRequest {
+            artifact: spec,
+            target: request.selector,
+            destination,
+            tags: request.tags,
+            duration: request.duration,
+        })
+        .await
+        .map_err(super::trace::start_problem)?;
+    let location =
+        HeaderValue::from_str(&origin.url(&format!("/operations/{}", started.operation.id())))
+            .map_err(|_| {
+                Problem::bad_request("The request's Host header cannot form a Location URL.")
+            })?;
+    let mut response = match started.stream {
+        None => StatusCode::ACCEPTED.into_response(),
+        Some(stream) => {
+            let mut response = Body::from_stream(stream).into_response();
+            let headers = response.headers_mut();
+            headers.insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static(live::CONTENT_TYPE),
+            );
+            let disposition = format!("attachment; filename={}", started.file_name);
+            if let Ok(value) = HeaderValue::from_str(&disposition) {
+                headers.insert(header::CONTENT_DISPOSITION, value);
+            }
+            response
+        }
+    };
+    response.headers_mut().insert(header::LOCATION, location);
+    Ok(response)
+}
