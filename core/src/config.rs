@@ -73,6 +73,13 @@ impl Default for Config {
     }
 }
 
+/// dotnet-monitor's default counter providers.
+pub const DEFAULT_METRICS_PROVIDERS: &[&str] = &[
+    "System.Runtime",
+    "Microsoft.AspNetCore.Hosting",
+    "Grpc.AspNetCore.Server",
+];
+
 /// `[metrics]`: the background counter sessions behind `GET /metrics`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -98,7 +105,7 @@ impl Default for MetricsConfig {
         MetricsConfig {
             enabled: true,
             interval_seconds: 5,
-            providers: crate::metrics::DEFAULT_PROVIDERS
+            providers: DEFAULT_METRICS_PROVIDERS
                 .iter()
                 .map(|provider| (*provider).to_owned())
                 .collect(),

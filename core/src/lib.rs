@@ -6,10 +6,12 @@
 //!   timeouts, key reload, signals and the shutdown deadline;
 //! - [`http`]: the HTTP API (routes, the screen before them, extractors, problem+json errors);
 //! - [`auth`]: API-key authentication of requests;
+//! - [`telemetry`]: diagmon's own metrics (requests, operations, egress), served on `/metrics`;
 //! - [`tls`]: the HTTPS certificate and key;
 //! - [`secret`]: which configuration keys are secrets, and values read from env or files;
 //! - [`egress`]: the WebAssembly egress host and its providers;
-//! - [`metrics`]: counters of the observed processes and diagmon's own metrics, for `/metrics`;
+//! - [`metrics`]: counters of the observed processes (background sessions, `/livemetrics`, the
+//!   counters view), for `/metrics`;
 //! - [`operations`]: the registry of artifact operations, their limits and their capture;
 //! - [`processes`]: which runtimes diagmon can see, what identifies them, and process selection;
 //! - [`diagnostics`]: the diagnostics IPC client, EventPipe sessions and the nettrace validator;
@@ -31,4 +33,5 @@ pub mod procfs;
 pub mod profiles;
 pub mod secret;
 pub mod server;
+pub mod telemetry;
 pub mod tls;

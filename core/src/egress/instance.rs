@@ -176,7 +176,7 @@ impl ProviderInstance {
         let instantiating = Instant::now();
         let bindings = match provider.pre.instantiate(&mut store) {
             Ok(bindings) => {
-                crate::metrics::own::record_plugin_instantiation(
+                crate::telemetry::record_plugin_instantiation(
                     &provider.name,
                     instantiating.elapsed().as_secs_f64(),
                 );

@@ -143,7 +143,7 @@ impl Upload {
             return Err(error.clone());
         }
         self.bytes += chunk.len() as u64;
-        crate::metrics::own::record_egressed(&self.provider.name, chunk.len() as u64);
+        crate::telemetry::record_egressed(&self.provider.name, chunk.len() as u64);
         while !chunk.is_empty() {
             if self.buffer.is_empty() && chunk.len() >= self.chunk_size {
                 // Already a whole write: no copy.
@@ -243,7 +243,7 @@ impl Upload {
     }
 
     fn fail(&mut self, error: EgressError) -> EgressError {
-        crate::metrics::own::record_egress_failure(&self.provider.name, error.kind());
+        crate::telemetry::record_egress_failure(&self.provider.name, error.kind());
         self.failed = Some(error.clone());
         self.pending.clear();
         // Closing the channel makes the thread abort the guest's upload and end.
@@ -288,7 +288,7 @@ impl Upload {
             }),
         };
         if let Err(error) = &finished {
-            crate::metrics::own::record_egress_failure(&self.provider.name, error.kind());
+            crate::telemetry::record_egress_failure(&self.provider.name, error.kind());
         }
         finished
     }

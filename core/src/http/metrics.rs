@@ -14,9 +14,10 @@ use super::params::QueryParams;
 use super::problem::{Problem, Validation};
 use super::{AppState, RequestOrigin};
 use crate::metrics::live::{self, LiveMetricsSpec};
-use crate::metrics::{own, prometheus};
+use crate::metrics::prometheus;
 use crate::operations::{Destination, StartRequest};
 use crate::processes::ProcessSelector;
+use crate::telemetry as own;
 
 /// `GET /metrics`.
 #[utoipa::path(get, path = "/metrics",

@@ -268,7 +268,7 @@ impl CounterReader {
         self.stats.malformed += malformed;
         self.stats.samples += samples.len() as u64;
         if malformed > 0 {
-            crate::metrics::own::record_malformed(malformed);
+            crate::telemetry::record_malformed(malformed);
         }
         Ok(samples)
     }

@@ -35,7 +35,7 @@ impl LiveMetricsSpec {
     /// The default providers (dotnet-monitor's), all their counters.
     pub fn defaults(interval: Duration) -> Self {
         LiveMetricsSpec {
-            providers: super::DEFAULT_PROVIDERS
+            providers: crate::config::DEFAULT_METRICS_PROVIDERS
                 .iter()
                 .map(|name| ((*name).to_owned(), BTreeSet::new()))
                 .collect(),

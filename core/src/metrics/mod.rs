@@ -1,4 +1,5 @@
-//! Metrics: the counters of every observed process, and diagmon's own.
+//! Metrics: the counters of every observed process (diagmon's own metrics are in
+//! [`crate::telemetry`]).
 //!
 //! [`MetricsService`] keeps one background counter session per observed process (all processes
 //! by default; `[metrics] include`/`exclude` filter them), started and stopped as processes come
@@ -11,13 +12,11 @@
 //! - [`counters`]: counter sessions and the counter reports in their events;
 //! - [`console`]: `diagmon counters`, a live view in the terminal;
 //! - [`live`]: `/livemetrics`: counter reports as a json-seq stream;
-//! - [`prometheus`]: names, units and the text format;
-//! - [`own`]: diagmon's own metrics.
+//! - [`prometheus`]: names, units and the text format.
 
 pub mod console;
 pub mod counters;
 pub mod live;
-pub mod own;
 pub mod prometheus;
 
 use std::collections::{BTreeMap, HashMap};
@@ -33,12 +32,6 @@ use crate::diagnostics::DiagnosticsError;
 use crate::processes::{ProcessDirectory, ProcessRecord, filter_matches};
 use counters::{CounterKind, CounterRequest, CounterSample};
 
-/// dotnet-monitor's default counter providers.
-pub const DEFAULT_PROVIDERS: &[&str] = &[
-    "System.Runtime",
-    "Microsoft.AspNetCore.Hosting",
-    "Grpc.AspNetCore.Server",
-];
 /// How many intervals a process whose session failed waits before the next attempt.
 const RETRY_INTERVALS: u32 = 3;
 /// The longest wait between two looks at the process list.
@@ -178,13 +171,13 @@ impl MetricsService {
                 },
             );
         }
-        own::record_session_change(1);
+        crate::telemetry::record_session_change(1);
         tracing::info!(pid = process.pid, name = %process.name, "counter session started");
         let outcome = counters::watch_counters(&client, &request, &stop, |sample| {
             self.record(process.uid, sample)
         })
         .await;
-        own::record_session_change(-1);
+        crate::telemetry::record_session_change(-1);
         if let Ok(mut store) = self.store.lock() {
             store.remove(&process.uid);
         }
@@ -196,7 +189,7 @@ impl MetricsService {
                 "counter session ended"
             ),
             Err(error) => {
-                own::record_session_failure(failure_reason(&error));
+                crate::telemetry::record_session_failure(failure_reason(&error));
                 tracing::warn!(pid = process.pid, name = %process.name, %error, "counter session failed");
             }
         }

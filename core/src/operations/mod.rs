@@ -184,7 +184,7 @@ impl Operation {
     /// Adds captured bytes to the live progress.
     pub fn add_bytes(&self, bytes: u64) {
         self.bytes_captured.fetch_add(bytes, Ordering::Relaxed);
-        crate::metrics::own::record_captured(self.kind.as_str(), bytes);
+        crate::telemetry::record_captured(self.kind.as_str(), bytes);
     }
 
     /// The source started: the operation is Running, and can be stopped gracefully with `stop`.
@@ -193,7 +193,7 @@ impl Operation {
         let mut progress = self.lock();
         if progress.state == OperationState::Starting {
             progress.state = OperationState::Running;
-            crate::metrics::own::record_operation(self.kind.as_str(), "Running");
+            crate::telemetry::record_operation(self.kind.as_str(), "Running");
             tracing::info!(operation = %self.id, "operation running");
         }
     }
@@ -289,7 +289,7 @@ impl Operation {
             }
         }
         progress.finished_at = Some(Instant::now());
-        crate::metrics::own::record_operation(self.kind.as_str(), &format!("{:?}", progress.state));
+        crate::telemetry::record_operation(self.kind.as_str(), &format!("{:?}", progress.state));
         drop(progress);
         self.slot.lock().unwrap_or_else(|p| p.into_inner()).take();
         self.cancel.cancel();
