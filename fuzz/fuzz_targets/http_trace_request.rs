@@ -15,15 +15,18 @@ use axum::Router;
 use axum::body::Body;
 use axum::http::{Method, Request, header};
 use diagmon::auth::Authenticator;
-use diagmon::config::Config;
+use diagmon::config::{Config, StorageConfig};
+use diagmon::dumps::DumpFolder;
 use diagmon::egress::EgressHost;
 use diagmon::http::{AppState, Screen, router};
+use diagmon::metrics::MetricsService;
 use diagmon::operations::OperationRegistry;
 use diagmon::processes::{Discovery, ProcessDirectory};
 use libfuzzer_sys::fuzz_target;
 use tower::ServiceExt;
 
-/// The router (over an empty socket directory) and the runtime that drives it, made once.
+/// The router (over an empty socket directory, with a dump folder inside it) and the runtime that
+/// drives it, made once.
 struct Server {
     runtime: tokio::runtime::Runtime,
     router: Router,
@@ -48,6 +51,12 @@ fn server() -> &'static Server {
             ),
             operations: Arc::new(OperationRegistry::new(&config.limits, &config.operations)),
             egress: EgressHost::default(),
+            dumps: DumpFolder::open(&StorageConfig {
+                dump_temp_folder: Some(socket_dir.path().join("dumps")),
+                ..StorageConfig::default()
+            })
+            .expect("a dump folder"),
+            metrics: MetricsService::new(config.metrics.clone()),
             config: Arc::new(config),
         };
         let screen = Screen::new(Authenticator::disabled(), &state.config.http);
