@@ -9,8 +9,7 @@
 # Prints the cache path on success.
 #
 # Why these versions: Azurite 3.36 and later declare Node >= 21 (Node 20 here) and 3.37 uploads
-# 3x slower; moto is the S3 server that checks SigV4 once its IAM auth is switched on
-# (shared/docs/object-storage.md).
+# 3x slower; moto is the S3 server that checks SigV4 once its IAM auth is switched on.
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"

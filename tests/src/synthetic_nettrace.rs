@@ -1,6 +1,6 @@
 //! A fast writer of synthetic but valid nettrace (V4, "format 1") streams.
 //!
-//! This is a test oracle, written from the protocol notes (`ipc-protocol.md` §5.1) and independent
+//! This is a test oracle, written from the protocol notes (`docs/nettrace.md`) and independent
 //! of diagmon's own parser. A stream is:
 //!
 //! ```text
