@@ -4,16 +4,16 @@
 
 use std::time::{Duration, Instant};
 
-use axum::body::{Body, Bytes};
+use axum::body::Bytes;
 use axum::extract::{MatchedPath, RawQuery, Request, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
 use super::params::QueryParams;
 use super::problem::{Problem, Validation};
 use super::{AppState, RequestOrigin};
-use crate::metrics::live::{self, LiveMetricsSpec};
+use crate::metrics::live::LiveMetricsSpec;
 use crate::metrics::prometheus;
 use crate::operations::{Destination, StartRequest};
 use crate::processes::ProcessSelector;
@@ -193,27 +193,5 @@ async fn start_livemetrics(
         })
         .await
         .map_err(super::trace::start_problem)?;
-    let location =
-        HeaderValue::from_str(&origin.url(&format!("/operations/{}", started.operation.id())))
-            .map_err(|_| {
-                Problem::bad_request("The request's Host header cannot form a Location URL.")
-            })?;
-    let mut response = match started.stream {
-        None => StatusCode::ACCEPTED.into_response(),
-        Some(stream) => {
-            let mut response = Body::from_stream(stream).into_response();
-            let headers = response.headers_mut();
-            headers.insert(
-                header::CONTENT_TYPE,
-                HeaderValue::from_static(live::CONTENT_TYPE),
-            );
-            let disposition = format!("attachment; filename={}", started.file_name);
-            if let Ok(value) = HeaderValue::from_str(&disposition) {
-                headers.insert(header::CONTENT_DISPOSITION, value);
-            }
-            response
-        }
-    };
-    response.headers_mut().insert(header::LOCATION, location);
-    Ok(response)
+    super::trace::started_response(&origin, started)
 }

@@ -16,9 +16,6 @@ use crate::operations::source::{ArtifactSource, ArtifactSpec, GracefulStop, Summ
 use crate::operations::{ErrorCode, OperationError};
 use crate::processes::ProcessRecord;
 
-/// The MIME type of the stream.
-pub const CONTENT_TYPE: &str = "application/json-seq";
-
 /// What a live-metrics request asks for: providers and meters, each with the counters to keep
 /// (an empty set keeps all).
 #[derive(Debug, Clone, PartialEq, Eq)]
