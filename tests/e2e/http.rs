@@ -827,11 +827,8 @@ async fn cancelling_a_trace_whose_client_stopped_reading_frees_its_slot_at_once(
     drop(stalled);
 }
 
-// Ignored: since the server answers requests whose client half-closed (`half_close(true)` in
-// `core/src/server/connection.rs`, #10 item 7), a client's FIN no longer ends the connection, so a
-// client gone from a stream that writes nothing is only noticed at the next write. Failed in CI
-// after the merge (the operation stayed Running for 30 s); to fix, not to delete.
-#[ignore = "half-close support hides a client gone from a quiet stream; see the comment"]
+/// A client that closed its connection is noticed even when the trace writes nothing that would
+/// fail: its FIN, then 10 s without a byte moving (docs/security.md), ends the response.
 #[tokio::test]
 async fn a_client_gone_from_a_quiet_endless_trace_is_noticed() {
     let target = TestTarget::start(Program::Worker, &[]);

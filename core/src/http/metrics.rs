@@ -57,18 +57,31 @@ pub async fn get_metrics(
 }
 
 /// Counts the request by route pattern and status, and times it to the response head.
+///
+/// It runs outside the routing (so that refused and unknown requests are counted too); the
+/// route pattern comes back on the response, put there by [`mark_route`].
 pub async fn count_requests(request: Request, next: Next) -> Response {
-    let route = request
-        .extensions()
-        .get::<MatchedPath>()
-        .map_or_else(|| "unmatched".to_owned(), |path| path.as_str().to_owned());
     let started = Instant::now();
     let response = next.run(request).await;
+    let route = response
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or("unmatched", MatchedPath::as_str);
     own::record_request(
-        &route,
+        route,
         response.status().as_u16(),
         started.elapsed().as_secs_f64(),
     );
+    response
+}
+
+/// Copies the matched route pattern onto the response, for [`count_requests`].
+pub async fn mark_route(request: Request, next: Next) -> Response {
+    let route = request.extensions().get::<MatchedPath>().cloned();
+    let mut response = next.run(request).await;
+    if let Some(route) = route {
+        response.extensions_mut().insert(route);
+    }
     response
 }
 

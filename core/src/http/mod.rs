@@ -181,6 +181,7 @@ pub fn router(state: AppState, screen: Screen) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(body_limit))
+        .layer(axum::middleware::from_fn(metrics::mark_route))
         .with_state(state);
     Router::new()
         .fallback_service(routes)

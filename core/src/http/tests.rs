@@ -321,3 +321,27 @@ async fn every_route_but_health_and_the_description_needs_a_valid_token() {
     assert_eq!(status, StatusCode::BAD_REQUEST);
     assert!(problem["errors"]["durationSeconds"].is_array(), "{problem}");
 }
+
+#[tokio::test]
+async fn own_request_metrics_are_labelled_with_the_route_pattern() {
+    let dir = tempfile::tempdir().unwrap();
+    let app = app(dir.path(), Authenticator::disabled());
+    let id = uuid::Uuid::new_v4();
+    for uri in [
+        "/healthz".to_owned(),
+        format!("/operations/{id}"),
+        "/nowhere".to_owned(),
+    ] {
+        app.clone().oneshot(get(&uri)).await.unwrap();
+    }
+    let response = app.oneshot(get("/metrics")).await.unwrap();
+    let bytes = response.into_body().collect().await.unwrap().to_bytes();
+    let text = String::from_utf8_lossy(&bytes);
+    for labels in [
+        r#"route="/healthz",status="200""#,
+        r#"route="/operations/{id}",status="400""#,
+        r#"route="unmatched",status="404""#,
+    ] {
+        assert!(text.contains(labels), "{labels} missing:\n{text}");
+    }
+}

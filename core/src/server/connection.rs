@@ -9,7 +9,10 @@
 //! - an idle timeout: a connection with no request in flight and no bytes moving for that long
 //!   is closed (this also covers HTTP/2, and a client that never sends a byte);
 //! - half-closed clients: a client that shuts down its sending side after a complete request
-//!   still gets its response (hyper's `half_close`).
+//!   still gets its response (hyper's `half_close`). A FIN looks the same whether the client
+//!   only stopped sending or went away, and only a write tells them apart; so a response that
+//!   moves no bytes for [`HALF_CLOSED_QUIET`] after the client's FIN (an endless trace of a
+//!   quiet process, say) is ended as if the client had left, which cancels its operation.
 //!
 //! Stopping has two steps, each a [`CancellationToken`] in [`Stopping`]: `drain` stops accepting
 //! and closes connections gracefully (in-flight responses finish), `abort` drops whatever is
@@ -17,9 +20,10 @@
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::os::fd::AsFd;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -42,6 +46,14 @@ use crate::http::ListenerScheme;
 /// How long a listener waits after a failed `accept` (e.g. out of file descriptors) before it
 /// tries again, so that the error neither spins a core nor floods the log.
 const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
+
+/// How long a response may move no bytes after its client sent FIN before the connection is
+/// closed: the client has most likely gone, and no write has come to prove it.
+const HALF_CLOSED_QUIET: Duration = Duration::from_secs(10);
+
+/// How often a connection is checked for idleness and, with a response in flight, for its
+/// client's FIN.
+const FIN_PEEK_INTERVAL: Duration = Duration::from_secs(1);
 
 /// The limits every connection is served under, shared by all listeners of a server.
 #[derive(Debug)]
@@ -144,7 +156,15 @@ impl Connection {
     async fn serve(self, stream: TcpStream, tls: Option<tokio_rustls::TlsAcceptor>) {
         // Best effort: small responses (problem bodies, 202s) should not wait for Nagle.
         let _ = stream.set_nodelay(true);
-        let activity = Arc::new(Activity::new());
+        // The socket is non-blocking (tokio set it so), and so is this second descriptor of it:
+        // a peek never waits. It is closed with the connection, when `serve` returns.
+        let probe = stream
+            .as_fd()
+            .try_clone_to_owned()
+            .map(std::net::TcpStream::from)
+            .map_err(|error| tracing::debug!(%error, "cannot watch the connection for FIN"))
+            .ok();
+        let activity = Arc::new(Activity::new(probe));
         let stream = Tracked {
             inner: stream,
             activity: activity.clone(),
@@ -230,15 +250,22 @@ struct Activity {
     last_io_millis: AtomicU64,
     requests: AtomicU64,
     in_flight: AtomicUsize,
+    /// The client has shut down its sending side (its FIN is waiting to be read).
+    read_closed: AtomicBool,
+    /// A second descriptor of the connection's socket, to peek for the client's FIN while
+    /// hyper, which stops reading during a response when half-close is allowed, does not.
+    probe: Option<std::net::TcpStream>,
 }
 
 impl Activity {
-    fn new() -> Activity {
+    fn new(probe: Option<std::net::TcpStream>) -> Activity {
         Activity {
+            probe,
             opened: Instant::now(),
             last_io_millis: AtomicU64::new(0),
             requests: AtomicU64::new(0),
             in_flight: AtomicUsize::new(0),
+            read_closed: AtomicBool::new(false),
         }
     }
 
@@ -247,23 +274,44 @@ impl Activity {
         self.last_io_millis.store(millis, Ordering::Relaxed);
     }
 
+    /// Notes the client's FIN if it is the next thing to read: a peek that reads end-of-file
+    /// (data that is not read yet, a pipelined request say, hides it until hyper reads it).
+    fn peek_for_fin(&self) {
+        if let Some(probe) = &self.probe
+            && matches!(probe.peek(&mut [0; 1]), Ok(0))
+        {
+            self.read_closed.store(true, Ordering::Relaxed);
+        }
+    }
+
     /// Resolves when the connection should be closed for idleness: no request head within
-    /// `first_request` of opening, or later no request in flight and no bytes for `idle`.
+    /// `first_request` of opening; later no request in flight and no bytes for `idle`; or, once
+    /// the client sent FIN, no bytes for [`HALF_CLOSED_QUIET`] even with a response in flight.
     async fn idle(&self, first_request: Duration, idle: Duration) {
         loop {
             let now = Instant::now();
+            if self.in_flight.load(Ordering::Relaxed) > 0 {
+                self.peek_for_fin();
+            }
+            let last =
+                self.opened + Duration::from_millis(self.last_io_millis.load(Ordering::Relaxed));
+            let in_flight = self.in_flight.load(Ordering::Relaxed) > 0;
+            let read_closed = self.read_closed.load(Ordering::Relaxed);
             let deadline = if self.requests.load(Ordering::Relaxed) == 0 {
                 self.opened + first_request
-            } else if self.in_flight.load(Ordering::Relaxed) > 0 {
+            } else if in_flight && read_closed {
+                last + HALF_CLOSED_QUIET
+            } else if in_flight {
                 now + idle
             } else {
-                let last = Duration::from_millis(self.last_io_millis.load(Ordering::Relaxed));
-                self.opened + last + idle
+                last + idle
             };
-            if deadline <= now && self.in_flight.load(Ordering::Relaxed) == 0 {
+            if deadline <= now && (read_closed || self.in_flight.load(Ordering::Relaxed) == 0) {
                 return;
             }
-            tokio::time::sleep_until(deadline.max(now).into()).await;
+            // Wakes at least every FIN_PEEK_INTERVAL to look for the client's FIN again.
+            let wake = deadline.max(now).min(now + FIN_PEEK_INTERVAL);
+            tokio::time::sleep_until(wake.into()).await;
         }
     }
 }
