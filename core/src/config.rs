@@ -98,6 +98,9 @@ pub struct MetricsConfig {
     pub exclude: Vec<ProcessFilter>,
     /// Whether `/metrics` needs an API key (dotnet-monitor: never).
     pub require_auth: bool,
+    /// Extra listeners that serve only `/metrics` (dotnet-monitor's metrics URLs), so that a
+    /// scraper can reach it on an address where the API is not served. Empty: none.
+    pub urls: Vec<String>,
 }
 
 impl Default for MetricsConfig {
@@ -113,6 +116,7 @@ impl Default for MetricsConfig {
             include: Vec::new(),
             exclude: Vec::new(),
             require_auth: false,
+            urls: Vec::new(),
         }
     }
 }
@@ -645,19 +649,19 @@ impl Config {
             }
         }
         self.metrics.validate()?;
+        self.listen_urls()?;
+        self.metrics_listen_urls()?;
         Ok(())
     }
 
     /// The checked `urls`, in order.
     pub fn listen_urls(&self) -> Result<Vec<ListenUrl>, ConfigError> {
-        self.urls
-            .iter()
-            .enumerate()
-            .map(|(index, url)| {
-                ListenUrl::parse(url)
-                    .map_err(|error| ConfigError(format!("`urls[{index}]`: {error}")))
-            })
-            .collect()
+        parse_urls("urls", &self.urls)
+    }
+
+    /// The checked `metrics.urls`, in order.
+    pub fn metrics_listen_urls(&self) -> Result<Vec<ListenUrl>, ConfigError> {
+        parse_urls("metrics.urls", &self.metrics.urls)
     }
 
     /// The configuration as TOML, with secrets replaced by `:REDACTED:`.
@@ -669,6 +673,16 @@ impl Config {
         redact(&mut value);
         toml::to_string_pretty(&value).unwrap_or_else(|error| format!("# {error}\n"))
     }
+}
+
+/// Parses every URL of the list `key`, naming the one that is wrong.
+fn parse_urls(key: &str, urls: &[String]) -> Result<Vec<ListenUrl>, ConfigError> {
+    urls.iter()
+        .enumerate()
+        .map(|(index, url)| {
+            ListenUrl::parse(url).map_err(|error| ConfigError(format!("`{key}[{index}]`: {error}")))
+        })
+        .collect()
 }
 
 /// Fails unless `min <= value <= max`, naming `key`.

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use diagmon_tests::monitor::Monitor;
 use diagmon_tests::target::{Program, TestTarget};
+use reqwest::StatusCode;
 use serde_json::Value;
 
 /// Providers the tests ask for: the runtime's, the target's own, and one that does not exist
@@ -693,4 +694,76 @@ async fn meters_and_malformed_counter_events_from_the_simulated_runtime() {
         (Some(4.0), Some("Rate"))
     );
     assert_eq!(rate["tags"], "route=/a");
+}
+
+/// The address a `[metrics] urls` listener printed (`diagmon serving /metrics on URL`).
+fn metrics_listener_url(monitor: &Monitor) -> String {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let printed = monitor.stdout_lines().iter().find_map(|line| {
+            line.strip_prefix("diagmon serving /metrics on ")
+                .map(str::to_owned)
+        });
+        if let Some(url) = printed {
+            return url;
+        }
+        assert!(Instant::now() < deadline, "{:?}", monitor.stdout_lines());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[tokio::test]
+async fn metrics_urls_serve_metrics_alone_on_their_own_listener() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = format!(
+        "socket_dir = {:?}\n[metrics]\nurls = [\"http://127.0.0.1:0\"]\n",
+        dir.path().display().to_string()
+    );
+    let monitor = Monitor::start(&config, &["--temp-apikey"]);
+    let metrics_url = metrics_listener_url(&monitor);
+    assert_ne!(metrics_url, monitor.url(""));
+    let client = reqwest::Client::new();
+
+    // /metrics answers there without a key, like dotnet-monitor's metrics URLs; the API does not.
+    let scraped = client
+        .get(format!("{metrics_url}/metrics"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(scraped.status(), StatusCode::OK);
+    assert!(
+        scraped
+            .text()
+            .await
+            .unwrap()
+            .contains("# TYPE diagmon_process_resident_memory_bytes gauge")
+    );
+    for path in ["/processes", "/trace", "/operations", "/ui"] {
+        let response = client
+            .get(format!("{metrics_url}{path}"))
+            .send()
+            .await
+            .unwrap();
+        assert!(
+            [StatusCode::NOT_FOUND, StatusCode::UNAUTHORIZED].contains(&response.status()),
+            "{path}: {}",
+            response.status()
+        );
+        assert_ne!(response.status(), StatusCode::OK, "{path}");
+    }
+    // The API URL still needs its key.
+    let api = client.get(monitor.url("/processes")).send().await.unwrap();
+    assert_eq!(api.status(), StatusCode::UNAUTHORIZED);
+}
+
+#[test]
+fn a_bad_metrics_url_stops_the_start_and_names_the_key() {
+    let output = std::process::Command::new(diagmon_tests::monitor::monitor_binary())
+        .args(["collect", "--no-auth", "--urls", "http://127.0.0.1:0"])
+        .env("DIAGMON_METRICS__URLS", "[\"ftp://127.0.0.1:1\"]")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success());
+    assert!(stderr.contains("metrics.urls[0]"), "{stderr}");
 }

@@ -150,6 +150,34 @@ async fn method_not_allowed() -> Problem {
     )
 }
 
+/// What a `[metrics] urls` listener serves: `/metrics` alone (and `/healthz`), behind the same
+/// screen as the API, so that `[metrics] require_auth` and the Host checks hold there too.
+pub fn metrics_router(state: AppState, screen: Screen) -> Router {
+    let screen = screen.with_public_metrics(!state.config.metrics.require_auth);
+    let routes = Router::new()
+        .route("/metrics", get(metrics::get_metrics))
+        .route("/healthz", get(health))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::middleware::from_fn(metrics::mark_route))
+        .with_state(state);
+    screened(routes, screen)
+}
+
+/// Wraps `routes` in the layers every listener has: the screen before routing, request
+/// counting and tracing.
+fn screened(routes: Router, screen: Screen) -> Router {
+    Router::new()
+        .fallback_service(routes)
+        .layer(axum::middleware::from_fn_with_state(screen, guard::screen))
+        .layer(axum::middleware::from_fn(metrics::count_requests))
+        .layer(
+            TraceLayer::new_for_http()
+                .make_span_with(DefaultMakeSpan::new().level(Level::INFO))
+                .on_response(DefaultOnResponse::new().level(Level::INFO)),
+        )
+}
+
 /// The API routes and the web console's static files ([`ui`]), with [`guard::screen`] around
 /// the routing itself: it runs before a route is chosen, so answers for unknown routes and
 /// methods (404, 405 with `Allow`) are only given to requests that passed it.
@@ -183,13 +211,5 @@ pub fn router(state: AppState, screen: Screen) -> Router {
         .layer(DefaultBodyLimit::max(body_limit))
         .layer(axum::middleware::from_fn(metrics::mark_route))
         .with_state(state);
-    Router::new()
-        .fallback_service(routes)
-        .layer(axum::middleware::from_fn_with_state(screen, guard::screen))
-        .layer(axum::middleware::from_fn(metrics::count_requests))
-        .layer(
-            TraceLayer::new_for_http()
-                .make_span_with(DefaultMakeSpan::new().level(Level::INFO))
-                .on_response(DefaultOnResponse::new().level(Level::INFO)),
-        )
+    screened(routes, screen)
 }

@@ -61,6 +61,7 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let urls = config.listen_urls()?;
+    let metrics_urls = config.metrics_listen_urls()?;
     let no_auth = !auth.authenticator.is_enabled();
     if no_auth && !auth.no_auth_on_network {
         let remote: Vec<&str> = config
@@ -78,7 +79,11 @@ pub async fn run(
             );
         }
     }
-    let tls = if urls.iter().any(|url| url.scheme == Scheme::Https) {
+    let tls = if urls
+        .iter()
+        .chain(&metrics_urls)
+        .any(|url| url.scheme == Scheme::Https)
+    {
         let tls = config.tls.as_ref().context(
             "`urls` has an https:// address but no [tls] certificate and key are configured",
         )?;
@@ -107,6 +112,7 @@ pub async fn run(
         config: Arc::new(config.clone()),
     };
     let screen = Screen::new(auth.authenticator.clone(), &config.http);
+    let metrics_app = crate::http::metrics_router(state.clone(), screen.clone());
     let app = crate::http::router(state, screen.clone());
 
     let mut listeners = Vec::new();
@@ -127,7 +133,18 @@ pub async fn run(
         let shown = format!("{}://{local}", url.scheme.as_str());
         println!("diagmon listening on {shown}");
         tracing::info!(url = %shown, "listening");
-        listeners.push((url.scheme, listener));
+        listeners.push((url.scheme, listener, app.clone()));
+    }
+    // `/metrics` alone: it needs a key only with `[metrics] require_auth`, like on the API URLs,
+    // so serving it on another address opens nothing more than the API URLs do.
+    for (text, url) in config.metrics.urls.iter().zip(&metrics_urls) {
+        let listener = TcpListener::bind(&url.address)
+            .await
+            .with_context(|| format!("cannot listen on the metrics URL {text}"))?;
+        let shown = format!("{}://{}", url.scheme.as_str(), listener.local_addr()?);
+        println!("diagmon serving /metrics on {shown}");
+        tracing::info!(url = %shown, "serving /metrics");
+        listeners.push((url.scheme, listener, metrics_app.clone()));
     }
 
     let key_reload = auth
@@ -136,12 +153,12 @@ pub async fn run(
     let limits = Arc::new(ConnectionLimits::new(&config.http));
     let stopping = Stopping::default();
     let mut servers = Vec::new();
-    for (scheme, listener) in listeners {
+    for (scheme, listener, app) in listeners {
         let tls = (scheme == Scheme::Https).then(|| tls.clone()).flatten();
         servers.push(tokio::spawn(serve_listener(
             listener,
             tls,
-            app.clone(),
+            app,
             limits.clone(),
             stopping.clone(),
         )));
