@@ -723,6 +723,18 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_example_config_is_understood_and_states_the_defaults() {
+        let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/diagmon.toml");
+        let loaded = load(Some(&example), serde_json::json!({}))
+            .unwrap_or_else(|error| panic!("config/diagmon.toml: {error}"));
+        // Every value the example sets is the default: it documents them, it changes none.
+        assert_eq!(
+            toml::Value::try_from(&loaded).unwrap(),
+            toml::Value::try_from(Config::default()).unwrap()
+        );
+    }
+
+    #[test]
     fn defaults_are_loopback_and_three_traces() {
         let config = load(None, serde_json::json!({})).unwrap();
         assert_eq!(config.urls, [DEFAULT_URL]);
