@@ -1,4 +1,4 @@
-// diagmon's web console: processes, traces and dumps, operations. Everything it shows comes from
+// diagmon's web console: processes, traces, dumps and live metrics, operations. Everything it shows comes from
 // the public HTTP API (./api.js) with the API key of this tab; nothing is computed that the server
 // did not say, except the throughput, which is the change of `bytesCaptured` between two polls.
 
@@ -271,9 +271,13 @@ function selectProcess(uid) {
 // ---------------------------------------------------------------------------------------------
 // Field errors: the API's problem+json `errors` map, shown next to the field it names
 
-/** The control whose `data-field` is `field` or, failing that, its nearest parent field. */
-function controlFor(field) {
-  const controls = [...document.querySelectorAll("[data-field]")];
+/** The control whose `data-field` is `field` or, failing that, its nearest parent field: in
+ * `form` first, then among the controls outside every form (destination, tags). */
+function controlFor(field, form) {
+  const controls = [
+    ...(form ? form.querySelectorAll("[data-field]") : []),
+    ...[...document.querySelectorAll("[data-field]")].filter((control) => !control.closest("form")),
+  ];
   let name = field.toLowerCase();
   while (name) {
     const control = controls.find((candidate) => candidate.dataset.field.toLowerCase() === name);
@@ -320,7 +324,7 @@ function showRequestError(error, formError) {
   const unplaced = [];
   const fieldErrors = Object.entries(error.fieldErrors);
   for (const [field, messages] of fieldErrors) {
-    const control = controlFor(field);
+    const control = controlFor(field, formError.closest("form"));
     if (!control || !showFieldError(control, messages.join(" "))) {
       unplaced.push(`${field}: ${messages.join(" ")}`);
     }
@@ -505,6 +509,102 @@ async function receiveDownload(id, response) {
     download.reason = error.message;
   }
   refreshOperationsNow();
+}
+
+// ---------------------------------------------------------------------------------------------
+// Live metrics: `GET /livemetrics` read as it arrives (application/json-seq: each record is
+// 0x1E, a JSON `Metric`, a newline), the latest value of each counter in a table
+
+const live = { controller: null, rows: new Map() };
+
+$("livemetrics-form").addEventListener("submit", async (event) => {
+  event.preventDefault();
+  clearErrors();
+  const process = selectedProcess();
+  if (!process || live.controller) {
+    return;
+  }
+  const form = event.target;
+  const parameters = { ...commonParameters(process), durationSeconds: $("livemetrics-duration").value.trim() };
+  const controller = new AbortController();
+  form.querySelector('[type="submit"]').disabled = true;
+  live.rows.clear();
+  $("livemetrics").tBodies[0].replaceChildren();
+  $("livemetrics-status").textContent = "";
+  let response;
+  try {
+    response = await send(`/livemetrics${query(parameters)}`, { signal: controller.signal });
+  } catch (error) {
+    form.querySelector('[type="submit"]').disabled = false;
+    showRequestError(error, $("livemetrics-error"));
+    return;
+  }
+  const id = operationIdOf(response.headers.get("Location"));
+  refreshOperationsNow();
+  if (response.status !== 200) {
+    form.querySelector('[type="submit"]').disabled = false;
+    $("livemetrics-status").textContent = `Egressed by operation ${id}: see Operations.`;
+    return;
+  }
+  live.controller = controller;
+  $("livemetrics-stop").hidden = false;
+  $("livemetrics-status").textContent = "Watching…";
+  try {
+    await readMetrics(response.body, showMetric);
+    $("livemetrics-status").textContent = "Finished: the duration has elapsed.";
+  } catch (error) {
+    $("livemetrics-status").textContent =
+      error.name === "AbortError" ? "Stopped." : `The stream was cut short: ${error.message}`;
+  } finally {
+    live.controller = null;
+    $("livemetrics-stop").hidden = true;
+    form.querySelector('[type="submit"]').disabled = false;
+    refreshOperationsNow();
+  }
+});
+
+$("livemetrics-stop").addEventListener("click", () => {
+  if (live.controller) {
+    live.controller.abort();
+  }
+});
+
+/** Calls `onMetric` with each JSON record of a json-seq body, as the records arrive. */
+async function readMetrics(body, onMetric) {
+  const reader = body.pipeThrough(new TextDecoderStream()).getReader();
+  let pending = "";
+  for (;;) {
+    const { value, done } = await reader.read();
+    if (done) {
+      return;
+    }
+    pending += value;
+    const records = pending.split("\x1e");
+    pending = records.pop();
+    for (const record of records.map((text) => text.trim()).filter(Boolean)) {
+      onMetric(JSON.parse(record));
+    }
+    // The last record is complete once its newline has arrived.
+    if (pending.endsWith("\n") && pending.trim()) {
+      onMetric(JSON.parse(pending.trim()));
+      pending = "";
+    }
+  }
+}
+
+function showMetric(metric) {
+  const key = `${metric.provider}\u0000${metric.name}\u0000${metric.tags || ""}`;
+  let row = live.rows.get(key);
+  if (!row) {
+    row = el("tr", {}, el("td"), el("th", { scope: "row" }), el("td", { className: "number" }), el("td"));
+    row.cells[0].textContent = metric.provider;
+    row.cells[1].textContent = metric.tags ? `${metric.displayName} [${metric.tags}]` : metric.displayName;
+    row.cells[3].textContent = metric.unit;
+    row.dataset.counter = metric.name;
+    live.rows.set(key, row);
+    $("livemetrics").tBodies[0].append(row);
+  }
+  row.cells[2].textContent = Number.isInteger(metric.value) ? String(metric.value) : metric.value.toFixed(2);
 }
 
 // ---------------------------------------------------------------------------------------------

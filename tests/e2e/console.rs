@@ -588,3 +588,104 @@ async fn egress_lists_the_configured_providers_and_openapi_describes_it() {
         description["paths"]
     );
 }
+
+/// The live-metrics table's rows: counter name to the value shown.
+const LIVE_ROWS: &str = "const rows = {};
+     for (const row of document.querySelectorAll('#livemetrics tbody tr')) {
+         rows[row.dataset.counter] = row.cells[2].textContent;
+     }
+     return rows;";
+
+#[tokio::test]
+async fn live_metrics_show_the_runtime_counters_as_they_arrive_and_can_be_stopped() {
+    let target = TestTarget::start(Program::Worker, &[]);
+    let monitor = monitor_for(&target, "", &["--no-auth"]);
+    let browser = Browser::start(1280, 1000).await;
+    browser.goto(&monitor.url("/ui")).await;
+    select_process(&browser, target.pid()).await;
+
+    // The API's error lands beside the live-metrics duration, not the trace's.
+    browser.type_into("#livemetrics-duration", "soon").await;
+    browser.click("#livemetrics-form button[type=submit]").await;
+    let error = browser
+        .wait_until(
+            "the duration error",
+            DEFAULT_WAIT,
+            "const field = document.getElementById('livemetrics-duration');
+             return field.getAttribute('aria-invalid') === 'true'
+                 ? document.getElementById('livemetrics-duration-error').textContent : null;",
+        )
+        .await;
+    assert!(
+        error.as_str().is_some_and(|text| !text.is_empty()),
+        "{error}"
+    );
+    let trace_field_marked = browser
+        .eval(
+            "return document.getElementById('duration').hasAttribute('aria-invalid')",
+            Vec::new(),
+        )
+        .await;
+    assert_eq!(trace_field_marked, json!(false));
+
+    // Three seconds of counters: the runtime's own appear with numbers, then the stream ends.
+    browser.type_into("#livemetrics-duration", "3").await;
+    browser.click("#livemetrics-form button[type=submit]").await;
+    let finished = browser
+        .wait_until(
+            "live metrics to finish",
+            Duration::from_secs(30),
+            &format!(
+                "return document.getElementById('livemetrics-status').textContent.startsWith('Finished')
+                    ? (() => {{ {LIVE_ROWS} }})() : null;"
+            ),
+        )
+        .await;
+    for counter in ["cpu-usage", "working-set", "threadpool-thread-count"] {
+        let shown = finished[counter].as_str().unwrap_or_default();
+        assert!(shown.parse::<f64>().is_ok(), "{counter}: {finished}");
+    }
+    browser.screenshot("live-metrics").await;
+    let done = newest_operation(&browser, "Succeeded", false, Duration::from_secs(10)).await;
+    let operation: Value = reqwest::get(monitor.url(&format!(
+        "/operations/{}",
+        done["id"].as_str().expect("an operation id")
+    )))
+    .await
+    .expect("GET the operation")
+    .json()
+    .await
+    .expect("JSON");
+    assert_eq!(operation["kind"], "metrics", "{operation}");
+
+    // Watching without end, then Stop: the stream ends and so does its operation.
+    browser.type_into("#livemetrics-duration", "-1").await;
+    browser.click("#livemetrics-form button[type=submit]").await;
+    browser
+        .wait_until(
+            "a first counter",
+            Duration::from_secs(30),
+            "return (!document.getElementById('livemetrics-stop').hidden
+                 && document.querySelectorAll('#livemetrics tbody tr').length > 0) || null",
+        )
+        .await;
+    browser.click("#livemetrics-stop").await;
+    browser
+        .wait_until(
+            "the stream to stop",
+            DEFAULT_WAIT,
+            "return document.getElementById('livemetrics-status').textContent === 'Stopped.' || null",
+        )
+        .await;
+    let ended = browser
+        .wait_until(
+            "the operation to end",
+            Duration::from_secs(30),
+            "const card = document.querySelector('#operations .operation');
+             return card && ['Succeeded', 'Cancelled', 'Failed'].includes(card.dataset.status)
+                 ? card.dataset.status : null;",
+        )
+        .await;
+    assert_eq!(ended, json!("Cancelled"));
+    browser.close().await;
+}

@@ -622,6 +622,7 @@ async fn get_dump_streams_mini_and_full_cores_that_match_their_operation() {
         let operation = final_operation(&client, &location).await;
         assert_eq!(operation["status"], "Succeeded", "{operation}");
         assert_eq!(operation["isStoppable"], false);
+        assert_eq!(operation["kind"], "dump");
         assert_eq!(
             operation["summary"]["sha256"],
             sha256.as_str(),

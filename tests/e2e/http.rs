@@ -170,6 +170,7 @@ async fn an_endless_trace_stops_gracefully_or_is_cancelled() {
     let (_, running) = operation(&client, &location).await;
     assert_eq!(running["status"], "Running");
     assert_eq!(running["isStoppable"], true);
+    assert_eq!(running["kind"], "trace");
     let stop = client
         .delete(format!("{location}?stop=true"))
         .send()

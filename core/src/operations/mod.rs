@@ -309,6 +309,7 @@ impl Operation {
             operation_id: self.id,
             created_date_time: humantime::format_rfc3339_millis(self.created).to_string(),
             status: progress.state,
+            kind: self.kind.as_str(),
             process: self.process.clone(),
             egress_provider_name: self.egress_provider.clone(),
             is_stoppable: progress.state == OperationState::Running && self.is_stoppable(),
@@ -326,7 +327,7 @@ impl Operation {
 }
 
 /// An operation as `GET /operations/{id}` shows it (dotnet-monitor's OperationStatus, plus
-/// `bytesCaptured` and `summary`).
+/// `kind`, `bytesCaptured` and `summary`).
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct OperationStatus {
@@ -336,6 +337,9 @@ pub struct OperationStatus {
     pub created_date_time: String,
     /// The state.
     pub status: OperationState,
+    /// What is captured: `trace`, `dump`, `gcdump`, `metrics` or `logs`.
+    #[schema(value_type = String)]
+    pub kind: &'static str,
     /// The process.
     pub process: OperationProcess,
     /// The egress provider, or null for streamed artifacts.
