@@ -767,3 +767,53 @@ fn a_bad_metrics_url_stops_the_start_and_names_the_key() {
     assert!(!output.status.success());
     assert!(stderr.contains("metrics.urls[0]"), "{stderr}");
 }
+
+#[tokio::test]
+async fn livemetrics_with_egress_stores_the_records_its_summary_describes() {
+    let target = TestTarget::start(Program::CounterApp, &[]);
+    let stored = tempfile::tempdir().unwrap();
+    let config = format!(
+        "socket_dir = {:?}\n[metrics]\ninterval_seconds = 1\nproviders = {PROVIDERS}\n\
+         [egress.providers.files]\ncomponent = \"filesystem\"\ndirectory = {:?}\n",
+        target.tmpdir().display().to_string(),
+        stored.path().display().to_string()
+    );
+    let monitor = Monitor::start(&config, &["--no-auth"]);
+    let client = reqwest::Client::new();
+    let pid = target.pid();
+    let response = client
+        .post(monitor.url(&format!(
+            "/livemetrics?pid={pid}&durationSeconds=3&egressProvider=files&tags=live"
+        )))
+        .json(&serde_json::json!({
+            "includeDefaultProviders": false,
+            "providers": [{"providerName": "Diagmon-Counters", "counterNames": ["fixed-mean"]}]
+        }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::ACCEPTED);
+    let location = response.headers()["location"].to_str().unwrap().to_owned();
+    let operation = final_operation(&client, &location).await;
+    assert_eq!(operation["status"], "Succeeded", "{operation}");
+    assert_eq!(operation["kind"], "metrics");
+    assert_eq!(operation["egressProviderName"], "files");
+    assert_eq!(operation["tags"], serde_json::json!(["live"]));
+    let path = operation["resourceLocation"].as_str().unwrap();
+    assert!(path.ends_with(&format!("_{pid}.metrics.json")), "{path}");
+    let bytes = std::fs::read(path).unwrap();
+    assert_eq!(operation["summary"]["bytes"], bytes.len());
+    use sha2::Digest;
+    let sha256: String = sha2::Sha256::digest(&bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    assert_eq!(operation["summary"]["sha256"], sha256.as_str());
+    // About three one-second reports of the one counter asked for, each its known value.
+    let records = json_seq(&bytes);
+    assert!((2..=4).contains(&records.len()), "{records:?}");
+    for record in &records {
+        assert_eq!(record["name"], "fixed-mean", "{record}");
+        assert_eq!(record["value"], 42.5, "{record}");
+    }
+}
