@@ -700,3 +700,100 @@ async fn a_dump_is_stored_under_its_dotnet_monitor_name_with_its_kind_in_the_met
         Some("application/octet-stream")
     );
 }
+
+/// A TCP proxy to `upstream` that holds back the answer to every CompleteMultipartUpload
+/// (`POST ...?uploadId=...`) for `delay`: the store has committed the object, the client hears
+/// of it late. Returns the proxy's address.
+async fn slow_complete_proxy(upstream: u16, delay: Duration) -> std::net::SocketAddr {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((client, _)) = listener.accept().await {
+            let Ok(server) = tokio::net::TcpStream::connect(("127.0.0.1", upstream)).await else {
+                continue;
+            };
+            let (mut client_read, mut client_write) = client.into_split();
+            let (mut server_read, mut server_write) = server.into_split();
+            // Requests and answers alternate on a connection: the flag says the request
+            // waiting for its answer is a complete.
+            let completing = Arc::new(AtomicBool::new(false));
+            let marks = completing.clone();
+            tokio::spawn(async move {
+                let mut buffer = vec![0; 64 << 10];
+                while let Ok(read @ 1..) = client_read.read(&mut buffer).await {
+                    let text = String::from_utf8_lossy(&buffer[..read]);
+                    let request_line = text.lines().next().unwrap_or_default();
+                    if ["GET ", "PUT ", "POST ", "HEAD ", "DELETE "]
+                        .iter()
+                        .any(|method| request_line.starts_with(method))
+                    {
+                        marks.store(
+                            request_line.starts_with("POST ") && request_line.contains("uploadId="),
+                            Ordering::SeqCst,
+                        );
+                    }
+                    if server_write.write_all(&buffer[..read]).await.is_err() {
+                        break;
+                    }
+                }
+            });
+            tokio::spawn(async move {
+                let mut buffer = vec![0; 64 << 10];
+                while let Ok(read @ 1..) = server_read.read(&mut buffer).await {
+                    if completing.swap(false, Ordering::SeqCst) {
+                        tokio::time::sleep(delay).await;
+                    }
+                    if client_write.write_all(&buffer[..read]).await.is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    address
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_complete_whose_answer_comes_too_late_but_committed_is_a_success() {
+    let moto = Moto::start();
+    moto.create_bucket(BUCKET);
+    let proxy = slow_complete_proxy(moto.port(), Duration::from_secs(10)).await;
+    let (dir, _runtime, pid) = simulated(StreamBehaviour::FullSpeed {
+        total_bytes: 7 << 20,
+    })
+    .await;
+    let grant = format!(
+        r#"object_store = {{ url = "s3://traces/late", endpoint = "http://{proxy}", allow_http = true, region = "us-east-1", access_key_id = "{}", secret_access_key = "{}" }}"#,
+        moto.access_key_id, moto.secret_access_key
+    );
+    // `finish` may take 8 s: the complete waits for up to 6 of them, then the object is looked at.
+    let providers = format!(
+        "{}[egress.providers.s3.limits]\ncall_timeout_ms = 8000\n",
+        provider("s3", &grant, "part_size_mib = 5")
+    );
+    let monitor = monitor(dir.path(), &providers);
+    let client = reqwest::Client::new();
+    let location = start_trace(
+        &client,
+        &monitor,
+        &format!("pid={pid}&durationSeconds=-1&egressProvider=s3"),
+    )
+    .await;
+    let done = final_operation(&client, &location).await;
+    assert_eq!(done["status"], "Succeeded", "{done}");
+    let object = moto
+        .get(BUCKET, &format!("late/{}", object_name(&done)))
+        .expect("the object exists");
+    assert_is_the_trace(&object, &done, u64::from(pid));
+    assert!(
+        monitor
+            .stderr_lines()
+            .iter()
+            .any(|line| line.contains("committed although completing it reported a failure")),
+        "the late answer was not what happened"
+    );
+}

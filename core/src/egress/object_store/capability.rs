@@ -6,7 +6,7 @@
 //! memory budget ([`crate::egress::budget`]) until the store has it.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 use tokio::runtime::Handle;
@@ -31,6 +31,10 @@ pub(crate) struct ObjectStoreCtx {
 /// How long before a call's deadline a host call gives up, so that the provider gets its
 /// `timed-out` error back before diagmon stops it.
 const DEADLINE_MARGIN: Duration = Duration::from_millis(250);
+
+/// At most this much of a provider call's time goes to looking whether a failed complete
+/// committed all the same.
+const COMMIT_CHECK_TIME: Duration = Duration::from_secs(5);
 
 /// Most multipart uploads one instance may have open at once (an instance stores one artifact).
 const MAX_OPEN_UPLOADS: usize = 4;
@@ -252,9 +256,23 @@ impl wit::HostMultipartUpload for ObjectStoreView<'_> {
         upload: Resource<MultipartWrite>,
     ) -> Result<wit::ObjectInfo, wit::StoreError> {
         let deadline = self.deadline;
-        // On a timeout, dropping `write` aborts the upload in the background.
+        // A part of the time left is kept to look whether a complete that failed committed
+        // all the same (its answer timed out, or a retry found the upload gone): then the
+        // object is there and the provider is told so, not that it failed. Otherwise dropping
+        // `write` aborts the upload in the background.
+        let now = Instant::now();
+        let check = (deadline.saturating_duration_since(now) / 4).min(COMMIT_CHECK_TIME);
         let result = self.take_upload(upload).and_then(|(ctx, mut write)| {
-            ctx.block_on(deadline, "completing the upload", write.complete())
+            let sent = SystemTime::now();
+            let completing = deadline.checked_sub(check).unwrap_or(deadline);
+            ctx.block_on(completing, "completing the upload", write.complete())
+                .or_else(|error| {
+                    let committed = async { Ok(write.committed_since(sent).await) };
+                    match ctx.block_on(deadline, "checking the upload", committed) {
+                        Ok(Some(info)) => Ok(info),
+                        _ => Err(error),
+                    }
+                })
         });
         result
             .map(to_wit_info)

@@ -6,14 +6,14 @@
 use std::collections::VecDeque;
 use std::fmt;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use ::object_store::client::HttpError;
 use ::object_store::path::Path as StorePath;
 use ::object_store::signer::Signer;
 use ::object_store::{
-    Attribute, AttributeValue, Attributes, MultipartUpload, ObjectStore, PutMultipartOptions,
-    PutOptions, PutPayload,
+    Attribute, AttributeValue, Attributes, MultipartUpload, ObjectStore, ObjectStoreExt,
+    PutMultipartOptions, PutOptions, PutPayload,
 };
 use bytes::Bytes;
 use tokio::runtime::Handle;
@@ -38,6 +38,9 @@ const MAX_PATH: usize = 1024;
 const MAX_DETAIL: usize = 1500;
 /// How long an abort may take when no call deadline bounds it.
 const ABORT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How far the store's clock may be behind diagmon's for [`MultipartWrite::committed_since`]
+/// to still recognise an object this upload wrote.
+const CLOCK_SKEW: Duration = Duration::from_secs(5);
 /// Longest signed URL expiry (S3's limit for SigV4).
 const MAX_SIGNED_URL_EXPIRY: Duration = Duration::from_secs(7 * 24 * 3600);
 
@@ -633,6 +636,33 @@ impl MultipartWrite {
                 Err(error)
             }
         }
+    }
+
+    /// Whether the store committed this upload although `complete` did not say so (it timed
+    /// out, or its answer was lost and a retry found the upload gone): the object is at the
+    /// path, of this upload's size, last written at or after `since` less [`CLOCK_SKEW`].
+    /// Any doubt (the object is missing, differs, or cannot be looked at) is `None`.
+    pub(crate) async fn committed_since(&mut self, since: SystemTime) -> Option<ObjectInfo> {
+        let meta = self.store.store.head(&self.path).await.ok()?;
+        let since_ms = since
+            .checked_sub(CLOCK_SKEW)?
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .ok()?
+            .as_millis();
+        let written_ms = u128::try_from(meta.last_modified.timestamp_millis()).ok()?;
+        if meta.size != self.bytes || written_ms < since_ms {
+            return None;
+        }
+        // Committed: nothing is left to abort.
+        for part in self.in_flight.drain(..) {
+            part.abort();
+        }
+        self.upload = None;
+        tracing::info!(store = %self.store.description, path = %self.path, bytes = self.bytes, "the upload was committed although completing it reported a failure");
+        Some(
+            self.store
+                .info(&self.relative, &self.path, self.bytes, meta.e_tag),
+        )
     }
 
     /// Stops the parts in flight and aborts the upload at the store.
