@@ -115,6 +115,11 @@ async fn get_gcdump_of_a_real_target_lists_its_objects_exactly() {
     let kept = row(&heap, "Diagmon.Kept").expect("a Diagmon.Kept row");
     assert_eq!(kept.count, KEPT, "{heap:#?}");
     assert_eq!(kept.size, KEPT * KEPT_SIZE);
+    // Each Kept object alone keeps its 100-byte array alive (array header and padding aside).
+    assert!(
+        (KEPT * (KEPT_SIZE + 100)..=KEPT * (KEPT_SIZE + 132)).contains(&kept.retained_size),
+        "{kept:?}"
+    );
     let arrays = row(&heap, "System.Byte[]").expect("a System.Byte[] row");
     assert!(arrays.count >= KEPT, "{arrays:?}");
     assert!(row(&heap, "System.String").is_some_and(|row| row.count > 0));
@@ -158,6 +163,8 @@ async fn get_gcdump_of_a_real_target_lists_its_objects_exactly() {
         .unwrap();
     assert_eq!(kept_row["count"], KEPT);
     assert_eq!(summary_report["heap"]["sizeKind"], "shallow");
+    assert_eq!(summary_report["heap"]["retainedSizeKind"], "dominated");
+    assert_eq!(kept_row["retainedSize"], kept.retained_size);
     assert_eq!(summary_report["capture"]["gcdumpBytes"], bytes.len());
     assert!(summary_report["capture"]["nettraceBytes"].as_u64().unwrap() > 0);
 

@@ -17,6 +17,7 @@
 //! exits, or the events do not make a whole graph, the operation fails and says why. One gcdump
 //! runs per process at a time. `docs/gcdump.md` documents the format and the cost.
 
+pub mod dominators;
 pub mod format;
 pub mod heap;
 pub mod report;

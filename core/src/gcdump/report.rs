@@ -1,8 +1,9 @@
 //! The heap report: per type, how many objects and how many bytes, sorted by size — what
 //! `dotnet-gcdump report` prints, computed from a [`MemoryGraph`].
 //!
-//! Sizes are shallow: the bytes of the objects themselves. Retained (inclusive) sizes are not
-//! computed.
+//! `size` is shallow: the bytes of the objects themselves. `retainedSize` comes from the
+//! dominator tree ([`super::dominators`]): the bytes kept alive only through one object of the
+//! type, a lower bound of what freeing all of them would free.
 
 use std::collections::HashMap;
 
@@ -21,6 +22,9 @@ pub struct TypeRow {
     pub count: u64,
     /// Their shallow size in bytes (the objects themselves, not what they refer to).
     pub size: u64,
+    /// The bytes they dominate: their own and those of every object reachable only through one
+    /// of them (a lower bound of what freeing them all would free).
+    pub retained_size: u64,
 }
 
 /// The heap report of one snapshot.
@@ -47,8 +51,10 @@ pub struct HeapReport {
     pub types: Vec<TypeRow>,
     /// The types left out by the limit, summed (`None` when every type is listed).
     pub other_types: Option<OtherTypes>,
-    /// What `size` counts: `"shallow"` (retained sizes are not computed).
+    /// What `size` counts: `"shallow"`.
     pub size_kind: String,
+    /// What `retainedSize` counts: `"dominated"` (from the dominator tree of the graph).
+    pub retained_size_kind: String,
 }
 
 /// The types a limited report leaves out.
@@ -97,6 +103,7 @@ pub fn report(dump: &HeapDump, top: Option<usize>) -> Result<HeapReport, FormatE
         types: rows,
         other_types,
         size_kind: "shallow".to_owned(),
+        retained_size_kind: "dominated".to_owned(),
     })
 }
 
@@ -117,7 +124,8 @@ fn per_type(graph: &MemoryGraph) -> Result<(Vec<TypeRow>, u64, u64, u64), Format
         entry.0 += 1;
         entry.1 += node.size.max(0) as u64;
     }
-    let mut by_name: HashMap<&str, (u64, u64)> = HashMap::new();
+    let retained = super::dominators::retained_by_type(graph)?;
+    let mut by_name: HashMap<&str, (u64, u64, u64)> = HashMap::new();
     for (type_index, (count, size)) in by_type {
         let name = graph
             .types
@@ -126,15 +134,17 @@ fn per_type(graph: &MemoryGraph) -> Result<(Vec<TypeRow>, u64, u64, u64), Format
         let entry = by_name.entry(name).or_default();
         entry.0 += count;
         entry.1 += size;
+        entry.2 += retained.get(type_index as usize).copied().unwrap_or(0);
     }
-    let objects = by_name.values().map(|(count, _)| count).sum();
-    let size = by_name.values().map(|(_, size)| size).sum();
+    let objects = by_name.values().map(|(count, _, _)| count).sum();
+    let size = by_name.values().map(|(_, size, _)| size).sum();
     let rows = by_name
         .into_iter()
-        .map(|(name, (count, size))| TypeRow {
+        .map(|(name, (count, size, retained_size))| TypeRow {
             name: name.to_owned(),
             count,
             size,
+            retained_size,
         })
         .collect();
     Ok((rows, objects, size, undescribed))
@@ -171,23 +181,31 @@ pub fn render(report: &HeapReport) -> String {
         group(report.size),
         group(report.root_references),
     ));
-    out.push_str(&format!("{:>16}  {:>12}  Type\n", "Size (Bytes)", "Count"));
+    out.push_str(&format!(
+        "{:>16}  {:>12}  {:>18}  Type\n",
+        "Size (Bytes)", "Count", "Retained (Bytes)"
+    ));
     for row in &report.types {
         out.push_str(&format!(
-            "{:>16}  {:>12}  {}\n",
+            "{:>16}  {:>12}  {:>18}  {}\n",
             group(row.size),
             group(row.count),
+            group(row.retained_size),
             row.name
         ));
     }
     if let Some(other) = &report.other_types {
         out.push_str(&format!(
-            "{:>16}  {:>12}  ({} more types not listed)\n",
+            "{:>16}  {:>12}  {:>18}  ({} more types not listed)\n",
             group(other.size),
             group(other.count),
+            "",
             other.types
         ));
     }
+    out.push_str(
+        "Size: the objects themselves. Retained: what is reachable only through one object of the type (dominator tree).\n",
+    );
     if report.undescribed_objects > 0 {
         out.push_str(&format!(
             "{} referenced objects were not described by the heap walk\n",
@@ -202,7 +220,7 @@ fn group(value: u64) -> String {
     let digits = value.to_string();
     let mut out = String::with_capacity(digits.len() + digits.len() / 3);
     for (index, digit) in digits.chars().enumerate() {
-        if index > 0 && (digits.len() - index) % 3 == 0 {
+        if index > 0 && (digits.len() - index).is_multiple_of(3) {
             out.push(',');
         }
         out.push(digit);
@@ -258,12 +276,14 @@ mod tests {
                 TypeRow {
                     name: "System.String".into(),
                     count: 1,
-                    size: 100
+                    size: 100,
+                    retained_size: 0,
                 },
                 TypeRow {
                     name: "App.Item".into(),
                     count: 2,
-                    size: 48
+                    size: 48,
+                    retained_size: 48,
                 },
             ]
         );
