@@ -2,7 +2,8 @@
 //! keeping about 1,000,000 objects alive (the `HeapKeeper` target: 500,000 `Diagmon.Kept`
 //! objects, each holding a 16-byte array), streamed to the bench.
 //!
-//! Prints, per round: the time from the request to the last byte of the file, diagmon's peak RSS
+//! Prints, per round: the time from the request to the last byte of the file, the CPU time diagmon
+//! spent in it (the rest is the runtime's heap walk and the wait for it), diagmon's peak RSS
 //! (`VmHWM`, reset before each snapshot) and its growth over the RSS before the request (also per
 //! million objects), the objects and references the heap walk described, and the size of the
 //! `.gcdump` against the nettrace stream it was built from (from the operation's report). Asserts
@@ -13,7 +14,7 @@
 
 use std::time::{Duration, Instant};
 
-use diagmon_tests::bench::{env_number, median, reset_peak_rss, status_mib};
+use diagmon_tests::bench::{cpu_seconds, env_number, median, reset_peak_rss, status_mib};
 use diagmon_tests::monitor::Monitor;
 use diagmon_tests::target::{Program, TestTarget};
 use futures_util::StreamExt;
@@ -39,9 +40,10 @@ async fn main() {
         rounds
     );
     println!(
-        "{:>5} {:>9} {:>10} {:>10} {:>9} {:>10} {:>10} {:>11} {:>10} {:>7}",
+        "{:>5} {:>9} {:>9} {:>10} {:>10} {:>9} {:>10} {:>10} {:>11} {:>10} {:>7}",
         "round",
         "seconds",
+        "cpu s",
         "objects",
         "refs",
         "peak MiB",
@@ -57,6 +59,7 @@ async fn main() {
         tokio::time::sleep(Duration::from_millis(500)).await;
         let before = status_mib(monitor.pid(), "VmRSS");
         reset_peak_rss(monitor.pid());
+        let cpu_before = cpu_seconds(monitor.pid());
         let started = Instant::now();
         let response = client
             .get(monitor.url(&format!("/gcdump?pid={}&report=true", target.pid())))
@@ -72,6 +75,7 @@ async fn main() {
         }
         let elapsed = started.elapsed();
         let peak = status_mib(monitor.pid(), "VmHWM");
+        let cpu = cpu_seconds(monitor.pid()) - cpu_before;
         let operation = loop {
             let operation: Value = client
                 .get(&location)
@@ -94,9 +98,10 @@ async fn main() {
         let gcdump = bytes as f64 / MIB;
         let growth = peak - before;
         println!(
-            "{:>5} {:>9.2} {:>10} {:>10} {:>9.1} {:>10.1} {:>10.1} {:>11.1} {:>10.1} {:>7.3}",
+            "{:>5} {:>9.2} {:>9.2} {:>10} {:>10} {:>9.1} {:>10.1} {:>10.1} {:>11.1} {:>10.1} {:>7.3}",
             round,
             elapsed.as_secs_f64(),
+            cpu,
             objects,
             number("edges"),
             peak,
