@@ -285,3 +285,45 @@ async fn a_process_that_exits_during_the_gcdump_fails_it() {
     let message = operation["error"]["message"].as_str().unwrap();
     assert!(message.contains("exited during the gcdump"), "{message}");
 }
+
+#[tokio::test]
+async fn get_gcdump_with_egress_stores_the_file_its_summary_describes() {
+    let target = TestTarget::start(Program::HeapKeeper, &["250", "-1"]);
+    let dir = tempfile::tempdir().unwrap();
+    let monitor = monitor_for(
+        target.tmpdir(),
+        &format!(
+            "[egress.providers.files]\ncomponent = \"filesystem\"\ndirectory = {:?}\n",
+            dir.path().display().to_string()
+        ),
+    );
+    let client = reqwest::Client::new();
+    let response = client
+        .get(monitor.url(&format!(
+            "/gcdump?pid={}&egressProvider=files",
+            target.pid()
+        )))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::ACCEPTED);
+    let operation = final_operation(&client, &location_of(&response)).await;
+    assert_eq!(operation["status"], "Succeeded", "{operation}");
+    assert_eq!(operation["egressProviderName"], "files");
+    assert!(
+        operation["summary"]["report"].is_null(),
+        "only when asked for"
+    );
+    let stored: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .flatten()
+        .map(|entry| entry.path())
+        .filter(|path| path.extension().is_some_and(|ext| ext == "gcdump"))
+        .collect();
+    assert_eq!(stored.len(), 1, "{stored:?}");
+    let bytes = std::fs::read(&stored[0]).unwrap();
+    assert_eq!(operation["summary"]["sha256"], sha256_hex(&bytes));
+    let dump = format::read(&bytes).unwrap();
+    let heap = report::report(&dump, None).unwrap();
+    assert_eq!(row(&heap, "Diagmon.Kept").map(|row| row.count), Some(250));
+}
