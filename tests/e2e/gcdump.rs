@@ -72,6 +72,32 @@ fn sha256_hex(bytes: &[u8]) -> String {
         .collect()
 }
 
+/// The final state of the one operation of `monitor`, after a streamed gcdump that must not
+/// deliver a whole file: the response is either refused before its headers (the stream failed
+/// before its first byte) or a 200 whose body is cut.
+async fn failed_stream(
+    client: &reqwest::Client,
+    monitor: &Monitor,
+    response: reqwest::Result<reqwest::Response>,
+) -> Value {
+    if let Ok(response) = response {
+        assert_eq!(response.status(), StatusCode::OK);
+        assert!(body_of(response).await.is_err(), "a cut body, not a file");
+    }
+    let operations: Value = client
+        .get(monitor.url("/operations"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let operations = operations.as_array().unwrap();
+    assert_eq!(operations.len(), 1, "{operations:?}");
+    let id = operations[0]["operationId"].as_str().unwrap();
+    final_operation(client, &monitor.url(&format!("/operations/{id}"))).await
+}
+
 /// The report's row for `name`.
 fn row<'a>(report: &'a report::HeapReport, name: &str) -> Option<&'a report::TypeRow> {
     report.types.iter().find(|row| row.name == name)
@@ -252,11 +278,8 @@ async fn a_gcdump_past_its_timeout_fails_and_says_so() {
             target.pid()
         )))
         .send()
-        .await
-        .unwrap();
-    let location = location_of(&response);
-    assert!(body_of(response).await.is_err(), "a cut body, not a file");
-    let operation = final_operation(&client, &location).await;
+        .await;
+    let operation = failed_stream(&client, &monitor, response).await;
     assert_eq!(operation["status"], "Failed", "{operation}");
     assert_eq!(operation["error"]["code"], "RuntimeTimeout", "{operation}");
     let message = operation["error"]["message"].as_str().unwrap();
@@ -269,17 +292,15 @@ async fn a_process_that_exits_during_the_gcdump_fails_it() {
     let target = TestTarget::start(Program::HeapKeeper, &["2000000", "-1"]);
     let monitor = monitor_for(target.tmpdir(), "");
     let client = reqwest::Client::new();
-    let response = client
+    let request = client
         .get(monitor.url(&format!("/gcdump?pid={}", target.pid())))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), StatusCode::OK);
-    let location = location_of(&response);
-    tokio::time::sleep(Duration::from_millis(150)).await;
-    target.signal(libc::SIGKILL);
-    assert!(body_of(response).await.is_err(), "a cut body, not a file");
-    let operation = final_operation(&client, &location).await;
+        .send();
+    let kill = async {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        target.signal(libc::SIGKILL);
+    };
+    let (response, ()) = tokio::join!(request, kill);
+    let operation = failed_stream(&client, &monitor, response).await;
     assert_eq!(operation["status"], "Failed", "{operation}");
     assert_eq!(operation["error"]["code"], "TargetGone", "{operation}");
     let message = operation["error"]["message"].as_str().unwrap();
