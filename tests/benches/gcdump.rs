@@ -3,7 +3,8 @@
 //! objects, each holding a 16-byte array), streamed to the bench.
 //!
 //! Prints, per round: the time from the request to the last byte of the file, the CPU time diagmon
-//! spent in it (the rest is the runtime's heap walk and the wait for it), diagmon's peak RSS
+//! spent in it, the part of the time until the heap-walk session ended (the runtime's GC and
+//! diagmon reading its events; the rest is building and writing the graph), diagmon's peak RSS
 //! (`VmHWM`, reset before each snapshot) and its growth over the RSS before the request (also per
 //! million objects), the objects and references the heap walk described, and the size of the
 //! `.gcdump` against the nettrace stream it was built from (from the operation's report). Asserts
@@ -40,9 +41,10 @@ async fn main() {
         rounds
     );
     println!(
-        "{:>5} {:>9} {:>9} {:>10} {:>10} {:>9} {:>10} {:>10} {:>11} {:>10} {:>7}",
+        "{:>5} {:>9} {:>9} {:>9} {:>10} {:>10} {:>9} {:>10} {:>10} {:>11} {:>10} {:>7}",
         "round",
         "seconds",
+        "walk s",
         "cpu s",
         "objects",
         "refs",
@@ -98,9 +100,10 @@ async fn main() {
         let gcdump = bytes as f64 / MIB;
         let growth = peak - before;
         println!(
-            "{:>5} {:>9.2} {:>9.2} {:>10} {:>10} {:>9.1} {:>10.1} {:>10.1} {:>11.1} {:>10.1} {:>7.3}",
+            "{:>5} {:>9.2} {:>9.2} {:>9.2} {:>10} {:>10} {:>9.1} {:>10.1} {:>10.1} {:>11.1} {:>10.1} {:>7.3}",
             round,
             elapsed.as_secs_f64(),
+            number("walkMilliseconds") as f64 / 1000.0,
             cpu,
             objects,
             number("edges"),

@@ -189,6 +189,30 @@ impl MemoryGraph {
             .is_some_and(|&label| label != 0)
     }
 
+    /// The type and size of node `index`, without its children.
+    pub fn type_and_size(&self, index: u32) -> Result<(u32, i32), FormatError> {
+        let label = *self
+            .labels
+            .get(index as usize)
+            .ok_or_else(|| FormatError::Invalid(format!("no node {index}")))?;
+        let mut r = Cursor::new(&self.blob);
+        r.pos = label as usize;
+        let type_and_size = r.compressed("a node record")?;
+        let type_index = u32::try_from(type_and_size >> 1)
+            .map_err(|_| FormatError::Invalid(format!("node {index} has a negative type")))?;
+        let entry = self.types.get(type_index as usize).ok_or_else(|| {
+            FormatError::Invalid(format!(
+                "node {index} has type {type_index}, which is not defined"
+            ))
+        })?;
+        let size = if type_and_size & 1 != 0 {
+            r.compressed("a node size")?
+        } else {
+            entry.size.max(0)
+        };
+        Ok((type_index, size))
+    }
+
     /// Decodes node `index` (an undescribed node reads as `UNDEFINED`, size 0, no children).
     pub fn node(&self, index: u32) -> Result<Node, FormatError> {
         let label = *self

@@ -131,6 +131,9 @@ pub struct CaptureFigures {
     pub roots: u64,
     /// Milliseconds from the start to the finished file.
     pub milliseconds: u64,
+    /// Of those, milliseconds from the start to the end of the heap-walk session (the runtime's
+    /// GC and diagmon reading its events).
+    pub walk_milliseconds: u64,
 }
 
 /// The report the operation's summary carries when asked for: the heap report and the capture's
@@ -250,6 +253,7 @@ pub async fn capture(
                 ),
             )
         })??;
+    let walk_milliseconds = started.elapsed().as_millis() as u64;
     let (builder, nettrace_bytes) = walked;
     let counts = builder.counts();
     let process_name = process_name.to_owned();
@@ -270,6 +274,7 @@ pub async fn capture(
         edges: counts.edges,
         roots: counts.roots,
         milliseconds: started.elapsed().as_millis() as u64,
+        walk_milliseconds,
     };
     tracing::info!(pid, ?figures, "gcdump captured");
     Ok(Captured {

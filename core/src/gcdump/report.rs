@@ -119,10 +119,10 @@ fn per_type(graph: &MemoryGraph) -> Result<(Vec<TypeRow>, u64, u64, u64), Format
             undescribed += 1;
             continue;
         }
-        let node = graph.node(index)?;
-        let entry = by_type.entry(node.type_index).or_default();
+        let (type_index, size) = graph.type_and_size(index)?;
+        let entry = by_type.entry(type_index).or_default();
         entry.0 += 1;
-        entry.1 += node.size.max(0) as u64;
+        entry.1 += size.max(0) as u64;
     }
     let retained = super::dominators::retained_by_type(graph)?;
     let mut by_name: HashMap<&str, (u64, u64, u64)> = HashMap::new();
