@@ -16,6 +16,7 @@
 //! - [`processes`]: which runtimes diagmon can see, what identifies them, and process selection;
 //! - [`diagnostics`]: the diagnostics IPC client, EventPipe sessions and the nettrace validator;
 //! - [`dumps`]: process dumps: the dump folder, the checks before a dump, the dump file's life;
+//! - [`gcdump`]: heap snapshots: the heap walk, the `.gcdump` format and the heap report;
 //! - [`profiles`]: named provider sets for traces;
 //! - [`procfs`]: what Linux says about a process when its runtime cannot.
 #![deny(missing_docs)]
@@ -25,6 +26,7 @@ pub mod config;
 pub mod diagnostics;
 pub mod dumps;
 pub mod egress;
+pub mod gcdump;
 pub mod http;
 pub mod metrics;
 pub mod operations;

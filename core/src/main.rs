@@ -64,6 +64,9 @@ enum Commands {
     Trace(TraceArgs),
     /// Write a dump of one process into a file, as `dotnet-dump collect` does.
     Dump(DumpArgs),
+    /// Take a heap snapshot (.gcdump) of one process, as `dotnet-gcdump collect` does, or report
+    /// on one (`diagmon gcdump report FILE`).
+    Gcdump(GcdumpArgs),
     /// Watch one process's counters live, like `dotnet-counters monitor`: redrawn in place on a
     /// terminal, one line per report otherwise.
     Counters(CountersArgs),
@@ -182,6 +185,52 @@ struct DumpArgs {
 }
 
 #[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = true)]
+struct GcdumpArgs {
+    #[command(subcommand)]
+    command: Option<GcdumpCommand>,
+    #[command(flatten)]
+    discovery: DiscoveryArgs,
+    /// The process id.
+    #[arg(short, long)]
+    pid: Option<u64>,
+    /// The runtime instance uid.
+    #[arg(long)]
+    uid: Option<uuid::Uuid>,
+    /// The process name.
+    #[arg(long)]
+    name: Option<String>,
+    /// Output file (default: {yyyyMMdd_HHmmss}_{pid}.gcdump in the current directory).
+    #[arg(short, long)]
+    output: Option<PathBuf>,
+    /// Seconds the whole snapshot may take before it fails.
+    #[arg(long, default_value_t = 30.0)]
+    timeout: f64,
+    /// The configuration file, for its [limits] section.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+enum GcdumpCommand {
+    /// Report on a .gcdump file: objects and bytes per type, largest first, as
+    /// `dotnet-gcdump report` prints.
+    Report(GcdumpReportArgs),
+}
+
+#[derive(Debug, Args)]
+struct GcdumpReportArgs {
+    /// The .gcdump file.
+    file: PathBuf,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+    /// List only the N largest types (the rest are summed on one line).
+    #[arg(long, value_name = "N")]
+    top: Option<usize>,
+}
+
+#[derive(Debug, Args)]
 struct CountersArgs {
     #[command(flatten)]
     discovery: DiscoveryArgs,
@@ -275,6 +324,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         }
         Commands::Trace(args) => trace(args).await,
         Commands::Dump(args) => dump(args).await,
+        Commands::Gcdump(args) => gcdump(args).await,
         Commands::Counters(args) => counters(args).await,
         Commands::Validate { file } => match nettrace::validate_file(&file) {
             Ok(summary) => {
@@ -495,6 +545,124 @@ async fn dump(args: DumpArgs) -> Result<ExitCode> {
             }
         }
     }
+}
+
+/// `diagmon gcdump`: the same artifact as `GET /gcdump`, written to a file; or
+/// `diagmon gcdump report FILE`.
+async fn gcdump(args: GcdumpArgs) -> Result<ExitCode> {
+    if let Some(GcdumpCommand::Report(report)) = args.command {
+        return gcdump_report(report);
+    }
+    let timeout = Duration::try_from_secs_f64(args.timeout)
+        .ok()
+        .filter(|timeout| !timeout.is_zero() && *timeout <= diagmon::gcdump::MAX_TIMEOUT)
+        .with_context(|| {
+            format!(
+                "--timeout {} is not a number of seconds above 0 and at most {}",
+                args.timeout,
+                diagmon::gcdump::MAX_TIMEOUT.as_secs()
+            )
+        })?;
+    let file = config::config_file(args.config.as_deref());
+    let config = config::load(file.as_deref(), serde_json::json!({}))?;
+    let directory = directory(&args.discovery).await?;
+    let target = ProcessSelector {
+        pid: args.pid,
+        uid: args.uid,
+        name: args.name,
+    };
+    let output = match &args.output {
+        Some(output) => output.clone(),
+        None => {
+            let processes = directory.list().await;
+            let pid = diagmon::processes::resolve(&processes, &target, &Default::default())
+                .map(|process| process.pid)
+                .unwrap_or(0);
+            PathBuf::from(
+                diagmon::egress::ArtifactKind::GcDump.file_name(std::time::SystemTime::now(), pid),
+            )
+        }
+    };
+    let output = std::path::absolute(&output)
+        .with_context(|| format!("cannot resolve {}", output.display()))?;
+    let registry = Arc::new(OperationRegistry::new(&config.limits, &config.operations));
+    let operations = Operations::new(registry, directory, EgressHost::default(), &config);
+    println!(
+        "Writing a heap snapshot to {} (the process pauses for a full blocking GC)",
+        output.display()
+    );
+    let started = operations
+        .start(StartRequest {
+            artifact: diagmon::gcdump::GcDumpSpec {
+                timeout,
+                report: true,
+            },
+            target,
+            destination: Destination::File(output.clone()),
+            tags: BTreeSet::new(),
+            duration: None,
+        })
+        .await
+        .map_err(|error| match error {
+            StartError::Process(error) => {
+                anyhow::anyhow!("{error} (`diagmon ps` lists the processes diagmon can see)")
+            }
+            other => anyhow::Error::new(other),
+        })?;
+    let operation = started.operation;
+    tokio::select! {
+        _ = operation.finished() => {}
+        _ = tokio::signal::ctrl_c() => {
+            let _ = operation.cancel();
+            operation.finished().await;
+        }
+    }
+    let status = operation.status();
+    match (status.summary, status.error) {
+        (Some(summary), _) => {
+            println!("Wrote {} bytes (sha256 {})", summary.bytes, summary.sha256);
+            if let Some(capture) = summary
+                .report
+                .as_ref()
+                .and_then(|report| report.get("capture"))
+            {
+                println!(
+                    "{} objects, {} references, {} roots; {} nettrace bytes read in {} ms",
+                    capture["nodes"],
+                    capture["edges"],
+                    capture["roots"],
+                    capture["nettraceBytes"],
+                    capture["milliseconds"]
+                );
+            }
+            println!("Complete");
+            Ok(ExitCode::SUCCESS)
+        }
+        (None, error) => {
+            let _ = std::fs::remove_file(&output);
+            match error {
+                Some(error) => bail!("no gcdump was written: {} ({})", error.message, error.code),
+                None => bail!(
+                    "no gcdump was written: the operation ended {:?}",
+                    status.status
+                ),
+            }
+        }
+    }
+}
+
+/// `diagmon gcdump report FILE [--json] [--top N]`.
+fn gcdump_report(args: GcdumpReportArgs) -> Result<ExitCode> {
+    let bytes = std::fs::read(&args.file)
+        .with_context(|| format!("cannot read {}", args.file.display()))?;
+    let report = diagmon::gcdump::report_of_file(&bytes, args.top)
+        .with_context(|| format!("cannot read {}", args.file.display()))?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", diagmon::gcdump::report::render(&report));
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 async fn counters(args: CountersArgs) -> Result<ExitCode> {

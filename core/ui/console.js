@@ -158,14 +158,17 @@ async function loadServerFacts() {
   }
 }
 
-/** Shows the dump control when the server's own API description lists `/dump`. */
+/** Shows the dump and heap-snapshot controls when the server's own API description lists
+ * `/dump` and `/gcdump`. */
 async function detectArtifactRoutes() {
   try {
     const response = await fetch("/openapi.json", { cache: "no-store" });
     const description = await response.json();
     $("dump-form").hidden = !(description.paths && "/dump" in description.paths);
+    $("gcdump-form").hidden = !(description.paths && "/gcdump" in description.paths);
   } catch {
     $("dump-form").hidden = true;
+    $("gcdump-form").hidden = true;
   }
 }
 
@@ -469,6 +472,15 @@ $("dump-form").addEventListener("submit", async (event) => {
   if (process) {
     const parameters = { ...commonParameters(process), type: $("dump-type").value };
     await startArtifact(`/dump${query(parameters)}`, {}, event.target);
+  }
+});
+
+$("gcdump-form").addEventListener("submit", async (event) => {
+  event.preventDefault();
+  clearErrors();
+  const process = selectedProcess();
+  if (process) {
+    await startArtifact(`/gcdump${query(commonParameters(process))}`, {}, event.target);
   }
 });
 

@@ -37,6 +37,10 @@ pub enum Program {
     /// incremented by N when the file given as the first argument appears holding N) and `polled`
     /// (PollingCounter, always 12, "MB"). Runs until killed.
     CounterApp,
+    /// `HeapKeeper.cs`: keeps `[count]` (default 1000) `Diagmon.Kept` objects alive (32 bytes
+    /// each on 64-bit), each holding a byte array of `[payloadBytes]` (default 100; -1: none),
+    /// prints "ready", then sleeps until killed.
+    HeapKeeper,
 }
 
 impl Program {
@@ -47,6 +51,7 @@ impl Program {
             Program::EventSourceApp => "EventSourceApp",
             Program::BigHeap => "BigHeap",
             Program::CounterApp => "CounterApp",
+            Program::HeapKeeper => "HeapKeeper",
         }
     }
 }

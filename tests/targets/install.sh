@@ -3,7 +3,7 @@
 # (see tests/src/target.rs), into ${DIAGMON_TEST_CACHE:-<repo root>/.cache/test-target}:
 #   - the C# compiler `mcs` (Debian package mono-mcs), if missing;
 #   - the .NET Core 3.1.23 runtime, from the PyPI wheel dotnetcore2==3.1.23, in <cache>/dotnetcore2/bin;
-#   - every tests/targets/*.cs compiled to <cache>/bin/<Name>.dll + <Name>.runtimeconfig.json.
+#   - every tests/targets/*.cs (Worker, EventSourceApp, BigHeap, CounterApp, HeapKeeper) compiled to <cache>/bin/<Name>.dll + <Name>.runtimeconfig.json.
 # Idempotent; a second run with nothing to do takes well under a second.
 # Prints the cache path on success.
 set -euo pipefail

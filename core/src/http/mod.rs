@@ -7,6 +7,7 @@
 
 pub mod dump;
 pub mod egress_providers;
+pub mod gcdump;
 pub mod guard;
 pub mod metrics;
 pub mod openapi;
@@ -192,6 +193,7 @@ pub fn router(state: AppState, screen: Screen) -> Router {
         .route("/env", get(processes::get_environment))
         .route("/trace", get(trace::get_trace).post(trace::post_trace))
         .route("/dump", get(dump::get_dump))
+        .route("/gcdump", get(gcdump::get_gcdump))
         .route(
             "/livemetrics",
             get(metrics::get_livemetrics).post(metrics::post_livemetrics),

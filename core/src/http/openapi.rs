@@ -12,6 +12,7 @@ use utoipa::OpenApi;
         super::trace::post_trace,
         super::trace::get_trace,
         super::dump::get_dump,
+        super::gcdump::get_gcdump,
         super::processes::list_processes,
         super::processes::get_process,
         super::processes::get_environment,

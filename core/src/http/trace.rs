@@ -195,7 +195,12 @@ pub(super) fn start_problem(error: StartError) -> Problem {
     match error {
         StartError::UnknownEgressProvider(_) => Problem::field("egressProvider", error.to_string()),
         StartError::RateLimited(_) => Problem::rate_limited(),
-        StartError::Failed(failure) if failure.code == ErrorCode::DumpInProgress => {
+        StartError::Failed(failure)
+            if matches!(
+                failure.code,
+                ErrorCode::DumpInProgress | ErrorCode::GcDumpInProgress
+            ) =>
+        {
             Problem::new(StatusCode::TOO_MANY_REQUESTS, failure.message)
         }
         StartError::Process(_) | StartError::Failed(_) => Problem::bad_request(error.to_string()),

@@ -61,6 +61,10 @@ pub enum ErrorCode {
     DumpFolderError,
     /// The runtime reported a dump, but the file is missing, empty or not a core file.
     DumpInvalid,
+    /// A gcdump of the process is already running.
+    GcDumpInProgress,
+    /// The runtime's heap-walk events do not make a whole heap graph.
+    GcDumpIncomplete,
 }
 
 impl ErrorCode {
@@ -91,6 +95,8 @@ impl ErrorCode {
             ErrorCode::NotEnoughSpace => "NotEnoughSpace",
             ErrorCode::DumpFolderError => "DumpFolderError",
             ErrorCode::DumpInvalid => "DumpInvalid",
+            ErrorCode::GcDumpInProgress => "GcDumpInProgress",
+            ErrorCode::GcDumpIncomplete => "GcDumpIncomplete",
         }
     }
 }

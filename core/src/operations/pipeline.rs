@@ -67,10 +67,12 @@ pub(crate) async fn run<S: ArtifactSource>(
         }
     }
     .await;
+    let report = copied.is_ok().then(|| source.report()).flatten();
     drop(source);
     let outcome = match copied {
         Ok(()) => match summarizer.finish().await {
-            Ok(summary) => {
+            Ok(mut summary) => {
+                summary.report = report;
                 if sink.commits() && !operation.begin_commit() {
                     // Cancelled between the end of the source and the commit.
                     sink.abort().await;

@@ -53,6 +53,12 @@ pub trait ArtifactSource: Send + 'static {
 
     /// How the artifact is summarised.
     fn summary_kind(&self) -> SummaryKind;
+
+    /// What the artifact's summary reports besides its bytes (a gcdump's heap report), once the
+    /// artifact is whole; `None` for most kinds.
+    fn report(&self) -> Option<serde_json::Value> {
+        None
+    }
 }
 
 /// Ends a capture gracefully from another task: the source then completes the artifact and

@@ -20,7 +20,7 @@ use crate::diagnostics::summary::{TraceDigest, TraceSummarizer};
 const QUEUE: usize = 8;
 
 /// What a finished artifact holds. The event fields are present for traces only.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ArtifactSummary {
     /// Bytes in the artifact.
@@ -39,6 +39,10 @@ pub struct ArtifactSummary {
     pub events_by_provider: Option<BTreeMap<String, u64>>,
     /// SHA-256 of the bytes, lowercase hex.
     pub sha256: String,
+    /// What the artifact reports besides its bytes, when asked for (a gcdump's heap report).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub report: Option<serde_json::Value>,
 }
 
 impl From<TraceDigest> for ArtifactSummary {
@@ -56,6 +60,7 @@ impl From<TraceDigest> for ArtifactSummary {
             dropped_events_estimate: Some(summary.dropped_events_estimate),
             events_by_provider: Some(summary.events_by_provider),
             sha256: digest.sha256,
+            report: None,
         }
     }
 }
@@ -122,6 +127,7 @@ impl ByteSummarizer {
                     dropped_events_estimate: None,
                     events_by_provider: None,
                     sha256: hex(&hasher.finalize()),
+                    report: None,
                 });
             })
             .map_err(|error| {
