@@ -51,6 +51,14 @@ pub struct Config {
     /// Counters of the observed processes on `/metrics`.
     #[serde(default)]
     pub metrics: MetricsConfig,
+    /// Collection rules, as written (`[collection_rules.NAME]`, plus `allow_execute`,
+    /// `defaults` and `templates`); `rules::config::parse` checks them at start-up and on reload.
+    #[serde(default = "empty_table", alias = "CollectionRules")]
+    pub collection_rules: serde_json::Value,
+}
+
+fn empty_table() -> serde_json::Value {
+    serde_json::Value::Object(serde_json::Map::new())
 }
 
 impl Default for Config {
@@ -69,6 +77,7 @@ impl Default for Config {
             egress: EgressConfig::default(),
             storage: StorageConfig::default(),
             metrics: MetricsConfig::default(),
+            collection_rules: empty_table(),
         }
     }
 }
@@ -189,7 +198,7 @@ pub struct DefaultProcessConfig {
 }
 
 /// One default-process filter.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ProcessFilter {
     /// What to compare.

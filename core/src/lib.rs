@@ -17,6 +17,7 @@
 //! - [`diagnostics`]: the diagnostics IPC client, EventPipe sessions and the nettrace validator;
 //! - [`dumps`]: process dumps: the dump folder, the checks before a dump, the dump file's life;
 //! - [`profiles`]: named provider sets for traces;
+//! - [`rules`]: collection rules: triggers that start artifact operations by themselves;
 //! - [`procfs`]: what Linux says about a process when its runtime cannot.
 #![deny(missing_docs)]
 
@@ -31,6 +32,7 @@ pub mod operations;
 pub mod processes;
 pub mod procfs;
 pub mod profiles;
+pub mod rules;
 pub mod secret;
 pub mod server;
 pub mod telemetry;

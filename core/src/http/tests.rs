@@ -24,21 +24,42 @@ fn app(socket_dir: &std::path::Path, authenticator: Authenticator) -> Router {
         socket_dir: Some(socket_dir.to_owned()),
         ..Config::default()
     };
+    let processes = ProcessDirectory::new(
+        Discovery::Connect {
+            socket_dir: socket_dir.to_owned(),
+        },
+        Timeouts::default(),
+    );
+    let operations = Arc::new(OperationRegistry::new(&config.limits, &config.operations));
+    let dumps = crate::dumps::DumpFolder::open(&crate::config::StorageConfig {
+        dump_temp_folder: Some(socket_dir.join("dumps")),
+        ..Default::default()
+    })
+    .expect("a dump folder");
+    let metrics = crate::metrics::MetricsService::new(config.metrics.clone());
+    let rules = crate::rules::RulesService::new(
+        crate::rules::config::RulesConfig::default(),
+        crate::rules::actions::ActionEnv {
+            operations: crate::operations::Operations::new(
+                operations.clone(),
+                processes.clone(),
+                EgressHost::default(),
+                &config,
+            ),
+            processes: processes.clone(),
+            dumps: dumps.clone(),
+            counter_interval: metrics.interval(),
+            allow_execute: false,
+        },
+        metrics.clone(),
+    );
     let state = AppState {
-        processes: ProcessDirectory::new(
-            Discovery::Connect {
-                socket_dir: socket_dir.to_owned(),
-            },
-            Timeouts::default(),
-        ),
-        operations: Arc::new(OperationRegistry::new(&config.limits, &config.operations)),
+        processes,
+        operations,
         egress: EgressHost::default(),
-        dumps: crate::dumps::DumpFolder::open(&crate::config::StorageConfig {
-            dump_temp_folder: Some(socket_dir.join("dumps")),
-            ..Default::default()
-        })
-        .expect("a dump folder"),
-        metrics: crate::metrics::MetricsService::new(config.metrics.clone()),
+        dumps,
+        metrics,
+        rules,
         config: Arc::new(config),
     };
     let screen = Screen::new(authenticator, &state.config.http);

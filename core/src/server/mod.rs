@@ -2,7 +2,8 @@
 //!
 //! [`run`] starts process discovery (connect or listen mode), loads the egress providers, binds
 //! every URL, serves the API ([`crate::http::router`]) on each under the connection limits of
-//! `[http]` ([`connection`]), watches the config file for key changes ([`key_reload`]) and, when
+//! `[http]` ([`connection`]), runs the collection rules ([`crate::rules`]), watches the config
+//! file for key changes ([`key_reload`]) and rule changes and, when
 //! the shutdown future resolves, stops:
 //!
 //! 1. new traces are refused with 503 (other routes still answer, so clients can follow their
@@ -35,7 +36,7 @@ use crate::diagnostics::reverse::ReversePort;
 use crate::diagnostics::{DiagnosticsClient, Timeouts, endpoint};
 use crate::egress::EgressHost;
 use crate::http::{AppState, Screen};
-use crate::operations::{OperationFilter, OperationRegistry};
+use crate::operations::{OperationFilter, OperationRegistry, Operations};
 use crate::processes::{Discovery, ProcessDirectory};
 
 pub use connection::{ConnectionLimits, Stopping, serve_listener};
@@ -58,6 +59,7 @@ pub struct ServerAuth {
 pub async fn run(
     config: Config,
     auth: ServerAuth,
+    config_file: Option<PathBuf>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let urls = config.listen_urls()?;
@@ -92,15 +94,43 @@ pub async fn run(
     if !config.egress.providers.is_empty() {
         tracing::info!(providers = ?egress.provider_names(), "egress providers loaded");
     }
+    let rules_config =
+        crate::rules::config::parse(&config.collection_rules, &egress.provider_names())?;
     let operations = Arc::new(OperationRegistry::new(&config.limits, &config.operations));
     let dumps = crate::dumps::DumpFolder::open(&config.storage)?;
     let processes = ProcessDirectory::new(discovery, config.runtime.timeouts());
     let metrics = crate::metrics::MetricsService::new(config.metrics.clone());
     let stop_metrics = CancellationToken::new();
     metrics.spawn(processes.clone(), stop_metrics.clone());
+    let rules = crate::rules::RulesService::new(
+        rules_config,
+        crate::rules::actions::ActionEnv {
+            operations: Operations::new(
+                operations.clone(),
+                processes.clone(),
+                egress.clone(),
+                &config,
+            ),
+            processes: processes.clone(),
+            dumps: dumps.clone(),
+            counter_interval: metrics.interval(),
+            allow_execute: false,
+        },
+        metrics.clone(),
+    );
+    let stop_rules = CancellationToken::new();
+    rules.spawn(stop_rules.clone());
+    let rules_reload = config_file.map(|file| {
+        tokio::spawn(crate::rules::watch_config_file(
+            file,
+            rules.clone(),
+            egress.provider_names(),
+        ))
+    });
     let state = AppState {
         dumps: dumps.clone(),
         metrics,
+        rules,
         processes,
         operations: operations.clone(),
         egress,
@@ -157,6 +187,10 @@ pub async fn run(
     if let Some(key_reload) = key_reload {
         key_reload.abort();
     }
+    if let Some(rules_reload) = rules_reload {
+        rules_reload.abort();
+    }
+    stop_rules.cancel();
     operations
         .stop_all(deadline.saturating_duration_since(Instant::now()))
         .await;
