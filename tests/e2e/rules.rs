@@ -374,3 +374,97 @@ fn bad_rules_stop_the_start_up_with_the_rule_and_key() {
     ));
     assert!(stderr.contains("allow_execute = true"), "{stderr}");
 }
+
+#[tokio::test]
+async fn listen_mode_starts_the_startup_actions_before_resuming_the_runtime() {
+    use diagmon_tests::simulated_runtime::{SimulatedRuntime, SimulatedRuntimeConfig};
+    let dir = tempfile::tempdir().unwrap();
+    let port = dir.path().join("port.sock");
+    let stored = dir.path().join("stored");
+    std::fs::create_dir(&stored).unwrap();
+    let config = format!(
+        "{egress}[diagnostic_port]\nendpoint_name = {:?}\n\
+         [collection_rules.from_the_start]\n\
+         trigger = {{ type = \"Startup\" }}\n\
+         actions = [{{ type = \"CollectTrace\", settings = {{ profile = \"Cpu\", duration = \"1s\", egress = \"files\" }} }}]\n",
+        port.display().to_string(),
+        egress = egress_section(&stored),
+    );
+    let monitor = Monitor::start(&config, &["--no-auth"]);
+    let runtime = SimulatedRuntime::connect(&port, true, SimulatedRuntimeConfig::default())
+        .await
+        .unwrap();
+    let pid = runtime.config().pid;
+    let finished = wait_rule(
+        &monitor,
+        pid,
+        "from_the_start",
+        Duration::from_secs(60),
+        |rule| rule["state"] == "Finished",
+    )
+    .await;
+    assert!(finished.get("lastError").is_none(), "{finished}");
+    assert!(runtime.is_resumed(), "the runtime was resumed");
+    let commands = runtime.commands_received();
+    let trace = commands
+        .iter()
+        .position(|&(set, id)| set == 0x02 && (0x02..=0x06).contains(&id));
+    let resume = commands.iter().position(|&command| command == (0x04, 0x01));
+    assert!(
+        matches!((trace, resume), (Some(trace), Some(resume)) if trace < resume),
+        "the trace must start before the runtime is resumed: {commands:02x?}"
+    );
+    let files = files_in(&stored);
+    assert_eq!(files.len(), 1, "{files:?}");
+    nettrace::validate_file(&files[0]).expect("a complete nettrace");
+}
+
+#[tokio::test]
+async fn an_event_meter_trigger_fires_on_a_simulated_net_8_runtime() {
+    use diagmon_tests::counter_events::METER_GAUGE;
+    use diagmon_tests::simulated_runtime::{
+        SimulatedRuntime, SimulatedRuntimeConfig, StreamBehaviour,
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let runtime = SimulatedRuntime::listen(
+        dir.path(),
+        SimulatedRuntimeConfig {
+            stream: StreamBehaviour::Counters { malformed: false },
+            ..SimulatedRuntimeConfig::default()
+        },
+    )
+    .await
+    .unwrap();
+    let marker = dir.path().join("fired");
+    let (instrument, value, _) = METER_GAUGE;
+    let config = format!(
+        "socket_dir = {:?}\n\
+         [metrics]\ninterval_seconds = 1\nmeters = [\"Sim.Meter\"]\n\
+         [collection_rules]\nallow_execute = true\n\
+         [collection_rules.meter]\n\
+         trigger = {{ type = \"EventMeter\", settings = {{ meter_name = \"Sim.Meter\", instrument_name = \"{instrument}\", greater_than = 10, sliding_window_duration = \"1s\" }} }}\n\
+         actions = [\
+           {{ name = \"env\", type = \"GetEnvironmentVariable\", settings = {{ name = \"DOTNET_SIMULATED_RUNTIME\" }} }},\
+           {{ type = \"Execute\", settings = {{ path = \"/bin/sh\", arguments = [\"-c\", \"echo $(Actions.env.Value) $(Process.RuntimeId) > {}\"] }} }}\
+         ]\n\
+         limits = {{ action_count = 1 }}\n\
+         [collection_rules.below]\n\
+         trigger = {{ type = \"EventMeter\", settings = {{ meter_name = \"Sim.Meter\", instrument_name = \"{instrument}\", less_than = {value}, sliding_window_duration = \"1s\" }} }}\n",
+        dir.path().display().to_string(),
+        marker.display(),
+    );
+    let monitor = Monitor::start(&config, &["--no-auth"]);
+    let pid = runtime.config().pid;
+    let finished = wait_rule(&monitor, pid, "meter", Duration::from_secs(60), |rule| {
+        rule["state"] == "Finished"
+    })
+    .await;
+    assert!(finished.get("lastError").is_none(), "{finished}");
+    assert_eq!(
+        std::fs::read_to_string(&marker).unwrap(),
+        format!("1 {}\n", runtime.config().cookie)
+    );
+    let (_, below) = get(&monitor, &format!("/collectionrules/below?pid={pid}")).await;
+    assert_eq!(below["state"], "Running", "{below}");
+    assert_eq!(below["lifetimeOccurrences"], 0, "{below}");
+}

@@ -152,7 +152,9 @@ impl CounterTrigger {
 pub struct Action {
     /// Its name (given, or `action{index}`): `$(Actions.NAME.…)` refers to its outputs.
     pub name: String,
-    /// Whether the next action waits until this one completed (otherwise only until it started).
+    /// Whether the next action waits until this one completed (otherwise only until it
+    /// started; the rule still waits for every action before it triggers again). Default false,
+    /// as in dotnet-monitor.
     pub wait_for_completion: bool,
     /// What it does.
     pub kind: ActionKind,
@@ -878,7 +880,7 @@ fn parse_action(
             format!("`{name}` names an earlier action too; action names must be unique"),
         ));
     }
-    let wait_for_completion = obj.bool("wait_for_completion")?.unwrap_or(true);
+    let wait_for_completion = obj.bool("wait_for_completion")?.unwrap_or(false);
     let settings_key = obj.key("settings");
     let settings = obj.get("settings");
     obj.finish()?;

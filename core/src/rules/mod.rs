@@ -9,7 +9,9 @@
 //! - [`state`]: the states and counters `/collectionrules` shows.
 //!
 //! [`RulesService`] applies every rule to every process its filters match, as processes are
-//! found (the ones running at start-up and later ones alike, in either port mode), stops a
+//! found (the ones running at start-up and later ones alike, in either port mode; in listen mode
+//! a runtime that connects is resumed once its rules are under way, so Startup actions see it
+//! from its first instruction), stops a
 //! process's rules when it goes away, and applies a new configuration without a restart: rules
 //! that were removed or changed stop (their operations keep running), new and changed ones
 //! start over. `docs/collection-rules.md` describes the configuration.
@@ -31,7 +33,7 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::metrics::MetricsService;
-use crate::processes::filter_matches;
+use crate::processes::{ProcessRecord, filter_matches};
 use actions::ActionEnv;
 use config::RulesConfig;
 use state::{RuleDescription, RuleDetailedDescription, RuleRun};
@@ -55,6 +57,8 @@ pub struct RulesService {
     /// Per (runtime uid, rule name).
     runs: Mutex<BTreeMap<(Uuid, String), Running>>,
     changed: Notify,
+    /// Stops every rule.
+    stop: CancellationToken,
 }
 
 impl RulesService {
@@ -68,6 +72,7 @@ impl RulesService {
             config: Mutex::new(Arc::new(config)),
             runs: Mutex::new(BTreeMap::new()),
             changed: Notify::new(),
+            stop: CancellationToken::new(),
         })
     }
 
@@ -102,14 +107,20 @@ impl RulesService {
         self.changed.notify_one();
     }
 
-    /// Applies the rules to the processes until `stop` is cancelled (then every rule stops).
-    pub fn spawn(self: &Arc<Self>, stop: CancellationToken) {
-        tokio::spawn(Arc::clone(self).supervise(stop));
+    /// Applies the rules to the processes until [`RulesService::stop`].
+    pub fn spawn(self: &Arc<Self>) {
+        tokio::spawn(Arc::clone(self).supervise());
     }
 
-    async fn supervise(self: Arc<Self>, stop: CancellationToken) {
+    /// Stops every rule (operations they started keep running) and the supervision.
+    pub fn stop(&self) {
+        self.stop.cancel();
+    }
+
+    async fn supervise(self: Arc<Self>) {
+        let stop = self.stop.clone();
         loop {
-            self.apply(&stop).await;
+            self.apply().await;
             tokio::select! {
                 _ = stop.cancelled() => break,
                 _ = self.changed.notified() => {}
@@ -124,13 +135,12 @@ impl RulesService {
 
     /// Starts the rules on processes that match them and have none yet; forgets the runs of
     /// processes that went away.
-    async fn apply(&self, stop: &CancellationToken) {
+    async fn apply(&self) {
         let config = self.config();
-        let env = self.env.lock().unwrap_or_else(|p| p.into_inner()).clone();
         if config.rules.is_empty() && self.runs.lock().map(|r| r.is_empty()).unwrap_or(true) {
             return;
         }
-        let processes = env.processes.list().await;
+        let processes = self.processes().list().await;
         let mut runs = self.runs.lock().unwrap_or_else(|p| p.into_inner());
         runs.retain(|(uid, _), running| {
             let present = processes.iter().any(|process| process.uid == *uid);
@@ -139,25 +149,74 @@ impl RulesService {
             }
             present
         });
+        drop(runs);
         for process in &processes {
-            for rule in config.rules.values() {
-                let key = (process.uid, rule.name.clone());
-                if runs.contains_key(&key)
-                    || !rule.filters.iter().all(|f| filter_matches(f, process))
-                {
-                    continue;
-                }
-                let run = Arc::new(RuleRun::new(rule.clone()));
-                let token = stop.child_token();
-                tokio::spawn(runner::run_rule(
-                    run.clone(),
-                    process.clone(),
-                    env.clone(),
-                    self.metrics.clone(),
-                    token.clone(),
-                ));
-                runs.insert(key, Running { run, stop: token });
+            self.start_runs(process);
+        }
+    }
+
+    fn processes(&self) -> crate::processes::ProcessDirectory {
+        self.env
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .processes
+            .clone()
+    }
+
+    /// Starts on `process` the rules that match it and do not run on it yet.
+    fn start_runs(&self, process: &ProcessRecord) {
+        if self.stop.is_cancelled() {
+            return;
+        }
+        let config = self.config();
+        let env = self.env.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let mut runs = self.runs.lock().unwrap_or_else(|p| p.into_inner());
+        for rule in config.rules.values() {
+            let key = (process.uid, rule.name.clone());
+            if runs.contains_key(&key) || !rule.filters.iter().all(|f| filter_matches(f, process)) {
+                continue;
             }
+            let run = Arc::new(RuleRun::new(rule.clone()));
+            let token = self.stop.child_token();
+            tokio::spawn(runner::run_rule(
+                run.clone(),
+                process.clone(),
+                env.clone(),
+                self.metrics.clone(),
+                token.clone(),
+            ));
+            runs.insert(key, Running { run, stop: token });
+        }
+    }
+
+    /// Listen mode: starts the rules on the runtime `uid` that just connected (suspended, when it
+    /// was started with `suspend`) and waits, at most `timeout`, until they are under way: every
+    /// trigger watches and the actions of Startup rules have started. Resume the runtime after.
+    pub async fn start_before_resume(&self, uid: Uuid, timeout: Duration) {
+        if self.config().rules.is_empty() {
+            return;
+        }
+        let processes = self.processes().list().await;
+        let Some(process) = processes.iter().find(|process| process.uid == uid) else {
+            return;
+        };
+        self.start_runs(process);
+        // The supervisor may have started some of them first: wait for every run on it.
+        let runs: Vec<Arc<RuleRun>> = self
+            .runs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .filter(|((run_uid, _), _)| *run_uid == uid)
+            .map(|(_, running)| running.run.clone())
+            .collect();
+        let all_started = futures_util::future::join_all(runs.iter().map(|run| run.wait_started()));
+        if tokio::time::timeout(timeout, all_started).await.is_err() {
+            tracing::warn!(
+                pid = process.pid,
+                timeout_seconds = timeout.as_secs(),
+                "the collection rules of a new runtime were not under way in time; resuming it anyway"
+            );
         }
     }
 

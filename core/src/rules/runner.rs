@@ -47,6 +47,7 @@ pub async fn run_rule(
             run.finish(FinishReason::Startup);
         }
         Trigger::Counter(trigger) => {
+            run.mark_started();
             let mut window = CounterWindow::new(trigger.clone());
             'feeds: loop {
                 let feed_stop = stop.child_token();
@@ -101,12 +102,14 @@ pub async fn run_rule(
             }
         }
     }
+    run.mark_started();
     tracing::info!(rule = %rule.name, pid = process.pid, "collection rule ended");
 }
 
 /// Runs the rule's actions in order. An action that does not wait for completion lets the next
-/// one start once it started; one whose outputs a later action uses is waited for then; every
-/// action is complete when this returns. The first failure ends the list.
+/// one start once it started; one whose outputs a later action uses is waited for then. Once
+/// every action started the run is marked started; every action is complete when this returns.
+/// The first failure ends the list.
 async fn run_actions(
     run: &RuleRun,
     process: &ProcessRecord,
@@ -141,6 +144,7 @@ async fn run_actions(
             pending.insert(action.name.clone(), task);
         }
     }
+    run.mark_started();
     for (name, task) in pending {
         joined(&name, task).await?;
     }

@@ -82,6 +82,9 @@ struct Progress {
 pub struct RuleRun {
     rule: Rule,
     progress: Mutex<Progress>,
+    /// True once the rule is under way: its trigger is watching, or (Startup) its actions have
+    /// started. A runtime waiting in listen mode is resumed after that.
+    started: tokio::sync::watch::Sender<bool>,
 }
 
 impl RuleRun {
@@ -96,7 +99,19 @@ impl RuleRun {
                 finished: None,
                 last_error: None,
             }),
+            started: tokio::sync::watch::channel(false).0,
         }
+    }
+
+    /// The rule is under way (see [`RuleRun::wait_started`]).
+    pub fn mark_started(&self) {
+        self.started.send_replace(true);
+    }
+
+    /// Waits until the rule is under way: its trigger watches, or (Startup) its actions started.
+    pub async fn wait_started(&self) {
+        let mut started = self.started.subscribe();
+        let _ = started.wait_for(|started| *started).await;
     }
 
     /// The rule.

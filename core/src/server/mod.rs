@@ -89,7 +89,7 @@ pub async fn run(
         None
     };
 
-    let discovery = start_discovery(&config).await?;
+    let (discovery, arrivals) = start_discovery(&config).await?;
     let egress = EgressHost::load(&config.egress).await?;
     if !config.egress.providers.is_empty() {
         tracing::info!(providers = ?egress.provider_names(), "egress providers loaded");
@@ -118,8 +118,10 @@ pub async fn run(
         },
         metrics.clone(),
     );
-    let stop_rules = CancellationToken::new();
-    rules.spawn(stop_rules.clone());
+    rules.spawn();
+    if let Some(arrivals) = arrivals {
+        tokio::spawn(resume_new_runtimes(arrivals, rules.clone()));
+    }
     let rules_reload = config_file.map(|file| {
         tokio::spawn(crate::rules::watch_config_file(
             file,
@@ -127,6 +129,7 @@ pub async fn run(
             egress.provider_names(),
         ))
     });
+    let state_rules = rules.clone();
     let state = AppState {
         dumps: dumps.clone(),
         metrics,
@@ -190,7 +193,7 @@ pub async fn run(
     if let Some(rules_reload) = rules_reload {
         rules_reload.abort();
     }
-    stop_rules.cancel();
+    state_rules.stop();
     operations
         .stop_all(deadline.saturating_duration_since(Instant::now()))
         .await;
@@ -229,9 +232,9 @@ fn cancel_unfinished(operations: &OperationRegistry) -> usize {
         .count()
 }
 
-/// Finds runtimes by their sockets (connect mode) or binds the diagnostic port (listen mode)
-/// and resumes every runtime that connects to it.
-async fn start_discovery(config: &Config) -> anyhow::Result<Discovery> {
+/// Finds runtimes by their sockets (connect mode) or binds the diagnostic port (listen mode);
+/// in listen mode, also the runtimes that connect from now on, to resume them.
+async fn start_discovery(config: &Config) -> anyhow::Result<(Discovery, Option<Arrivals>)> {
     Ok(match &config.diagnostic_port {
         Some(port) => {
             let port = ReversePort::bind(&port.endpoint_name, port.limits())
@@ -242,24 +245,42 @@ async fn start_discovery(config: &Config) -> anyhow::Result<Discovery> {
                         port.endpoint_name.display()
                     )
                 })?;
-            tokio::spawn(resume_new_runtimes(port.clone()));
-            Discovery::Listen(port)
+            let arrivals = Arrivals {
+                receiver: port.subscribe(),
+                port: port.clone(),
+            };
+            (Discovery::Listen(port), Some(arrivals))
         }
-        None => Discovery::Connect {
-            socket_dir: config
-                .socket_dir
-                .clone()
-                .unwrap_or_else(endpoint::default_socket_dir),
-        },
+        None => (
+            Discovery::Connect {
+                socket_dir: config
+                    .socket_dir
+                    .clone()
+                    .unwrap_or_else(endpoint::default_socket_dir),
+            },
+            None,
+        ),
     })
 }
 
-/// Resumes every runtime that connects to the diagnostic port, as dotnet-monitor does once it
-/// has nothing to start before the runtime runs: a runtime started with `suspend` waits for it
-/// (for a runtime that was not suspended, ResumeRuntime does nothing).
-async fn resume_new_runtimes(port: ReversePort) {
+/// The runtimes that connect to the diagnostic port, from its binding on.
+struct Arrivals {
+    receiver: tokio::sync::broadcast::Receiver<crate::diagnostics::reverse::AdvertisedRuntime>,
+    port: ReversePort,
+}
+
+/// The longest a new runtime waits for its collection rules to be under way before it is resumed.
+const RULES_BEFORE_RESUME: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Resumes every runtime that connects to the diagnostic port once its collection rules are
+/// under way (Startup actions started), as dotnet-monitor does: a runtime started with
+/// `suspend` waits for it (for a runtime that was not suspended, ResumeRuntime does nothing).
+async fn resume_new_runtimes(arrivals: Arrivals, rules: Arc<crate::rules::RulesService>) {
     use endpoint::Endpoint;
-    let mut arrivals = port.subscribe();
+    let Arrivals {
+        receiver: mut arrivals,
+        port,
+    } = arrivals;
     loop {
         let runtime = match arrivals.recv().await {
             Ok(runtime) => runtime,
@@ -274,7 +295,11 @@ async fn resume_new_runtimes(port: ReversePort) {
             cookie: runtime.cookie,
         };
         let client = DiagnosticsClient::new(endpoint, Timeouts::default());
+        let rules = rules.clone();
         tokio::spawn(async move {
+            rules
+                .start_before_resume(runtime.cookie, RULES_BEFORE_RESUME)
+                .await;
             match client.resume_runtime().await {
                 Ok(()) => tracing::info!(pid = runtime.pid, "runtime resumed"),
                 Err(error) => {
