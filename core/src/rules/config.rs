@@ -896,7 +896,11 @@ fn parse_action(
                     "is required: name an egress provider (or set collection_rules.defaults.actions.egress)",
                 )
             })?;
-        if !context.egress_providers.contains(&egress) {
+        if !context
+            .egress_providers
+            .iter()
+            .any(|provider| provider.eq_ignore_ascii_case(&egress))
+        {
             return Err(error(
                 &settings.key("egress"),
                 format!(
@@ -1514,6 +1518,25 @@ mod tests {
             matches!(&rule.actions[0].kind, ActionKind::CollectDump { egress, .. } if egress == "files")
         );
         assert_eq!(config.rules.len(), 1);
+    }
+
+    #[test]
+    fn the_example_configuration_loads() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../config/collection-rules.toml");
+        let config = crate::config::load(Some(&path), json!({})).unwrap();
+        let providers: Vec<String> = config.egress.providers.keys().cloned().collect();
+        let rules = parse(&config.collection_rules, &providers).unwrap();
+        assert!(!rules.allow_execute);
+        assert_eq!(
+            rules.rules.keys().collect::<Vec<_>>(),
+            [
+                "high_cpu",
+                "large_heap",
+                "slow_requests_meter",
+                "trace_at_start"
+            ]
+        );
     }
 
     #[test]
