@@ -468,3 +468,82 @@ async fn an_event_meter_trigger_fires_on_a_simulated_net_8_runtime() {
     assert_eq!(below["state"], "Running", "{below}");
     assert_eq!(below["lifetimeOccurrences"], 0, "{below}");
 }
+
+#[tokio::test]
+async fn rule_operations_are_ordinary_operations_that_can_be_stopped() {
+    use diagmon_tests::simulated_runtime::{
+        SimulatedRuntime, SimulatedRuntimeConfig, StreamBehaviour,
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let runtime = SimulatedRuntime::listen(
+        dir.path(),
+        SimulatedRuntimeConfig {
+            stream: StreamBehaviour::Counters { malformed: false },
+            ..SimulatedRuntimeConfig::default()
+        },
+    )
+    .await
+    .unwrap();
+    let stored = dir.path().join("stored");
+    std::fs::create_dir(&stored).unwrap();
+    let config = format!(
+        "socket_dir = {:?}\n{egress}\
+         [metrics]\nenabled = false\ninterval_seconds = 1\n\
+         [collection_rules.capture]\n\
+         trigger = {{ type = \"Startup\" }}\n\
+         actions = [\
+           {{ name = \"metrics\", type = \"CollectLiveMetrics\", settings = {{ include_default_providers = false, providers = [{{ provider_name = \"Sim.Provider\" }}], duration = \"2s\", egress = \"files\" }} }},\
+           {{ name = \"trace\", type = \"CollectTrace\", settings = {{ providers = [{{ name = \"Sim.Provider\" }}], duration = \"00:10:00\", egress = \"files\" }} }}\
+         ]\n",
+        dir.path().display().to_string(),
+        egress = egress_section(&stored),
+    );
+    let monitor = Monitor::start(&config, &["--no-auth"]);
+    let pid = runtime.config().pid;
+    // Both actions start (neither waits for completion); the live metrics end after 2 s, the
+    // trace runs on and the rule is executing its actions meanwhile.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let (metrics, trace) = loop {
+        let (_, operations) = get(&monitor, "/operations?tags=capture").await;
+        let operations = operations.as_array().cloned().unwrap_or_default();
+        let done = operations.iter().find(|o| o["status"] == "Succeeded");
+        let running = operations.iter().find(|o| o["status"] == "Running");
+        if let (Some(done), Some(running)) = (done, running) {
+            break (done.clone(), running.clone());
+        }
+        assert!(Instant::now() < deadline, "{operations:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(trace["isStoppable"], true, "{trace}");
+    let (_, rule) = get(&monitor, &format!("/collectionrules/capture?pid={pid}")).await;
+    assert_eq!(rule["state"], "ActionExecuting", "{rule}");
+    let stop = reqwest::Client::new()
+        .delete(monitor.url(&format!(
+            "/operations/{}?stop=true",
+            trace["operationId"].as_str().unwrap()
+        )))
+        .send()
+        .await
+        .unwrap();
+    assert!(stop.status().is_success(), "{}", stop.status());
+    let finished = wait_rule(&monitor, pid, "capture", Duration::from_secs(30), |rule| {
+        rule["state"] == "Finished"
+    })
+    .await;
+    assert!(finished.get("lastError").is_none(), "{finished}");
+    let files = files_in(&stored);
+    assert_eq!(files.len(), 2, "{files:?}");
+    let nettrace_file = files
+        .iter()
+        .find(|f| f.to_string_lossy().ends_with(".nettrace"))
+        .expect("the trace");
+    nettrace::validate_file(nettrace_file).expect("a complete nettrace");
+    let metrics_file = files
+        .iter()
+        .find(|f| f.to_string_lossy().ends_with(".metrics.json"))
+        .expect("the live metrics");
+    let records = std::fs::read_to_string(metrics_file).unwrap();
+    assert!(records.starts_with('\u{1e}'), "json-seq: {records}");
+    assert!(records.contains("Sim.Provider"), "{records}");
+    assert_eq!(metrics["egressProviderName"], "files", "{metrics}");
+}
