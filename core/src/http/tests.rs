@@ -234,6 +234,8 @@ async fn a_process_that_does_not_exist_is_a_problem_that_says_so() {
         get("/trace?pid=999999999"),
         get("/process?pid=999999999"),
         get("/env?pid=999999999"),
+        get("/collectionrules?pid=999999999"),
+        get("/collectionrules/any?pid=999999999"),
     ] {
         let uri = request.uri().clone();
         let (status, content_type, problem) = send(request).await;

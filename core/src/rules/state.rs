@@ -240,3 +240,71 @@ impl RuleRun {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::config::{Limits, Trigger};
+    use super::super::limits::Admission;
+    use super::*;
+    use std::time::Duration;
+
+    fn rule(limits: Limits) -> Rule {
+        Rule {
+            name: "r".into(),
+            filters: Vec::new(),
+            trigger: Trigger::Startup,
+            actions: Vec::new(),
+            limits,
+        }
+    }
+
+    #[test]
+    fn states_follow_the_runs_and_the_limits() {
+        let run = RuleRun::new(rule(Limits {
+            action_count: 1,
+            ..Limits::default()
+        }));
+        let described = run.describe_detailed();
+        assert_eq!(described.state, RuleState::Running);
+        assert_eq!(described.action_count_limit, 1);
+        assert_eq!(described.rule_finished_countdown, None);
+        assert_eq!(run.admit(Instant::now()), Admission::Run);
+        assert_eq!(run.describe().state, RuleState::ActionExecuting);
+        assert!(run.actions_ended(Some("action `a`: it broke".into())));
+        let described = run.describe_detailed();
+        assert_eq!(described.state, RuleState::Finished);
+        assert!(described.state_reason.contains("ActionCount"));
+        assert_eq!(described.lifetime_occurrences, 1);
+        assert_eq!(
+            described.last_error.as_deref(),
+            Some("action `a`: it broke")
+        );
+    }
+
+    #[test]
+    fn a_full_window_is_throttled_with_a_countdown() {
+        let run = RuleRun::new(rule(Limits {
+            action_count: 1,
+            action_count_sliding_window_duration: Some(Duration::from_secs(3600)),
+            rule_duration: Some(Duration::from_secs(7200)),
+        }));
+        assert_eq!(run.admit(Instant::now()), Admission::Run);
+        assert!(!run.actions_ended(None));
+        let described = run.describe_detailed();
+        assert_eq!(described.state, RuleState::Throttled);
+        assert_eq!(
+            described
+                .action_count_sliding_window_duration_limit
+                .as_deref(),
+            Some("01:00:00")
+        );
+        assert!(described.sliding_window_duration_countdown.is_some());
+        assert!(described.rule_finished_countdown.is_some());
+        assert!(matches!(run.admit(Instant::now()), Admission::Throttled(_)));
+        run.finish(FinishReason::Startup);
+        let described = run.describe_detailed();
+        assert_eq!(described.state, RuleState::Finished);
+        assert!(described.state_reason.contains("Startup"));
+        assert_eq!(described.rule_finished_countdown, None);
+    }
+}
