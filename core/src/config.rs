@@ -53,12 +53,22 @@ pub struct Config {
     pub metrics: MetricsConfig,
     /// Collection rules, as written (`[collection_rules.NAME]`, plus `allow_execute`,
     /// `defaults` and `templates`); `rules::config::parse` checks them at start-up and on reload.
-    #[serde(default = "empty_table", alias = "CollectionRules")]
+    #[serde(
+        default = "empty_table",
+        alias = "CollectionRules",
+        skip_serializing_if = "is_empty_table"
+    )]
     pub collection_rules: serde_json::Value,
 }
 
 fn empty_table() -> serde_json::Value {
     serde_json::Value::Object(serde_json::Map::new())
+}
+
+/// Whether `value` is the empty default of `collection_rules` (left out of the built-in
+/// defaults, so that a file may use dotnet-monitor's section name `CollectionRules`).
+fn is_empty_table(value: &serde_json::Value) -> bool {
+    value.as_object().is_some_and(serde_json::Map::is_empty)
 }
 
 impl Default for Config {

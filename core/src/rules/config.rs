@@ -1540,6 +1540,23 @@ mod tests {
     }
 
     #[test]
+    fn a_json_file_may_use_dotnet_monitors_section_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.json");
+        std::fs::write(
+            &path,
+            r#"{"CollectionRules": {"AtStart": {"Trigger": {"Type": "Startup"}, "Limits": {"RuleDuration": "00:05:00"}}}}"#,
+        )
+        .unwrap();
+        let config = crate::config::load(Some(&path), json!({})).unwrap();
+        let rules = parse(&config.collection_rules, &[]).unwrap();
+        assert_eq!(
+            rules.rules["AtStart"].limits.rule_duration,
+            Some(Duration::from_secs(300))
+        );
+    }
+
+    #[test]
     fn arguments_split_like_words() {
         assert_eq!(
             split_arguments(r#"a "b c" 'd e' f\ g """#).unwrap(),

@@ -64,6 +64,7 @@ pub struct RulesService {
 impl RulesService {
     /// A service for `config`'s rules, acting through `env` and reading counters from `metrics`.
     pub fn new(config: RulesConfig, env: ActionEnv, metrics: Arc<MetricsService>) -> Arc<Self> {
+        warn_unavailable(&config);
         let mut env = env;
         env.allow_execute = config.allow_execute;
         Arc::new(RulesService {
@@ -87,6 +88,7 @@ impl RulesService {
     /// Puts `config` in force: removed and changed rules stop, new and changed ones start on the
     /// processes they match.
     pub fn replace(&self, config: RulesConfig) {
+        warn_unavailable(&config);
         if let Ok(mut env) = self.env.lock() {
             env.allow_execute = config.allow_execute;
         }
@@ -234,6 +236,21 @@ impl RulesService {
         let runs = self.runs.lock().unwrap_or_else(|p| p.into_inner());
         runs.get(&(uid, name.to_owned()))
             .map(|running| running.run.describe_detailed())
+    }
+}
+
+/// Logs the actions that are accepted but cannot run in this build (`CollectGCDump`).
+fn warn_unavailable(config: &RulesConfig) {
+    for rule in config.rules.values() {
+        for action in &rule.actions {
+            if matches!(action.kind, config::ActionKind::CollectGCDump { .. }) {
+                tracing::warn!(
+                    rule = %rule.name,
+                    action = %action.name,
+                    "CollectGCDump actions are accepted but cannot run: this build has no GC dump capture; the action will fail"
+                );
+            }
+        }
     }
 }
 
