@@ -302,8 +302,13 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         if hours > 23 || minutes > 59 || !(0.0..60.0).contains(&seconds) {
             return Err(bad());
         }
-        let whole = days * 86_400 + hours * 3600 + minutes * 60;
-        return Ok(Duration::from_secs(whole) + Duration::from_secs_f64(seconds));
+        let whole = days
+            .checked_mul(86_400)
+            .and_then(|d| d.checked_add(hours * 3600 + minutes * 60))
+            .ok_or_else(bad)?;
+        return Duration::from_secs(whole)
+            .checked_add(Duration::from_secs_f64(seconds))
+            .ok_or_else(bad);
     }
     let split = text
         .find(|c: char| !(c.is_ascii_digit() || c == '.'))

@@ -45,7 +45,10 @@ impl LimitTracker {
 
     /// When the rule ends by its duration, if it has one.
     pub fn deadline(&self) -> Option<Instant> {
-        self.limits.rule_duration.map(|d| self.started + d)
+        // A duration too long for the clock never ends the rule.
+        self.limits
+            .rule_duration
+            .and_then(|d| self.started.checked_add(d))
     }
 
     fn forget_old(&mut self, now: Instant) {
@@ -161,6 +164,20 @@ mod tests {
         assert_eq!(tracker.window_occurrences(at(10)), 2);
         assert_eq!(tracker.lifetime_occurrences(), 3);
         assert!(!tracker.is_finished(at(1000)));
+    }
+
+    #[test]
+    fn a_rule_duration_beyond_the_clock_never_ends_the_rule() {
+        let start = Instant::now();
+        let tracker = LimitTracker::new(
+            Limits {
+                rule_duration: Some(Duration::MAX),
+                ..Limits::default()
+            },
+            start,
+        );
+        assert_eq!(tracker.deadline(), None);
+        assert!(!tracker.is_finished(start));
     }
 
     #[test]
