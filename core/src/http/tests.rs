@@ -308,7 +308,14 @@ async fn every_route_but_health_and_the_description_needs_a_valid_token() {
     let dir = tempfile::tempdir().unwrap();
     let (authenticator, token) = Authenticator::temporary().unwrap();
     let app = app(dir.path(), authenticator);
-    for uri in ["/processes", "/operations", "/info", "/trace?pid=1"] {
+    for uri in [
+        "/processes",
+        "/operations",
+        "/info",
+        "/trace?pid=1",
+        "/collectionrules",
+        "/collectionrules/any",
+    ] {
         let (status, _, _) = send_to(app.clone(), get(uri)).await;
         assert_eq!(status, StatusCode::UNAUTHORIZED, "{uri}");
         let forged = Request::get(uri)
@@ -326,6 +333,10 @@ async fn every_route_but_health_and_the_description_needs_a_valid_token() {
     for uri in ["/healthz", "/openapi.json"] {
         let (status, _, _) = send_to(app.clone(), get(uri)).await;
         assert_eq!(status, StatusCode::OK, "{uri}");
+    }
+    let (_, _, openapi) = send_to(app.clone(), get("/openapi.json")).await;
+    for path in ["/collectionrules", "/collectionrules/{collectionRuleName}"] {
+        assert!(openapi["paths"][path]["get"].is_object(), "{path}");
     }
     let authorized = Request::get("/operations")
         .header(header::HOST, "localhost")
