@@ -51,6 +51,24 @@ pub struct Config {
     /// Counters of the observed processes on `/metrics`.
     #[serde(default)]
     pub metrics: MetricsConfig,
+    /// Collection rules, as written (`[collection_rules.NAME]`, plus `allow_execute`,
+    /// `defaults` and `templates`); `rules::config::parse` checks them at start-up and on reload.
+    #[serde(
+        default = "empty_table",
+        alias = "CollectionRules",
+        skip_serializing_if = "is_empty_table"
+    )]
+    pub collection_rules: serde_json::Value,
+}
+
+fn empty_table() -> serde_json::Value {
+    serde_json::Value::Object(serde_json::Map::new())
+}
+
+/// Whether `value` is the empty default of `collection_rules` (left out of the built-in
+/// defaults, so that a file may use dotnet-monitor's section name `CollectionRules`).
+fn is_empty_table(value: &serde_json::Value) -> bool {
+    value.as_object().is_some_and(serde_json::Map::is_empty)
 }
 
 impl Default for Config {
@@ -69,6 +87,7 @@ impl Default for Config {
             egress: EgressConfig::default(),
             storage: StorageConfig::default(),
             metrics: MetricsConfig::default(),
+            collection_rules: empty_table(),
         }
     }
 }
@@ -193,7 +212,7 @@ pub struct DefaultProcessConfig {
 }
 
 /// One default-process filter.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ProcessFilter {
     /// What to compare.

@@ -18,6 +18,7 @@
 //! - [`dumps`]: process dumps: the dump folder, the checks before a dump, the dump file's life;
 //! - [`gcdump`]: heap snapshots: the heap walk, the `.gcdump` format and the heap report;
 //! - [`profiles`]: named provider sets for traces;
+//! - [`rules`]: collection rules: triggers that start artifact operations by themselves;
 //! - [`procfs`]: what Linux says about a process when its runtime cannot.
 #![deny(missing_docs)]
 
@@ -33,6 +34,7 @@ pub mod operations;
 pub mod processes;
 pub mod procfs;
 pub mod profiles;
+pub mod rules;
 pub mod secret;
 pub mod server;
 pub mod telemetry;

@@ -371,11 +371,11 @@ async fn collect(args: CollectArgs) -> Result<ExitCode> {
     } else {
         ServerAuth {
             authenticator: Authenticator::from_config(&config.authentication),
-            watched_file: file,
+            watched_file: file.clone(),
             no_auth_on_network: false,
         }
     };
-    server::run(config, auth, stop).await?;
+    server::run(config, auth, file, stop).await?;
     Ok(ExitCode::SUCCESS)
 }
 

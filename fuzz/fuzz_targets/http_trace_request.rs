@@ -20,8 +20,11 @@ use diagmon::dumps::DumpFolder;
 use diagmon::egress::EgressHost;
 use diagmon::http::{AppState, Screen, router};
 use diagmon::metrics::MetricsService;
-use diagmon::operations::OperationRegistry;
+use diagmon::operations::{OperationRegistry, Operations};
 use diagmon::processes::{Discovery, ProcessDirectory};
+use diagmon::rules::RulesService;
+use diagmon::rules::actions::ActionEnv;
+use diagmon::rules::config::RulesConfig;
 use libfuzzer_sys::fuzz_target;
 use tower::ServiceExt;
 
@@ -42,21 +45,42 @@ fn server() -> &'static Server {
             .expect("a tokio runtime");
         let socket_dir = tempfile::tempdir().expect("a temporary socket directory");
         let config = Config::default();
+        let processes = ProcessDirectory::new(
+            Discovery::Connect {
+                socket_dir: socket_dir.path().to_owned(),
+            },
+            config.runtime.timeouts(),
+        );
+        let operations = Arc::new(OperationRegistry::new(&config.limits, &config.operations));
+        let dumps = DumpFolder::open(&StorageConfig {
+            dump_temp_folder: Some(socket_dir.path().join("dumps")),
+            ..StorageConfig::default()
+        })
+        .expect("a dump folder");
+        let metrics = MetricsService::new(config.metrics.clone());
+        let rules = RulesService::new(
+            RulesConfig::default(),
+            ActionEnv {
+                operations: Operations::new(
+                    operations.clone(),
+                    processes.clone(),
+                    EgressHost::default(),
+                    &config,
+                ),
+                processes: processes.clone(),
+                dumps: dumps.clone(),
+                counter_interval: metrics.interval(),
+                allow_execute: false,
+            },
+            metrics.clone(),
+        );
         let state = AppState {
-            processes: ProcessDirectory::new(
-                Discovery::Connect {
-                    socket_dir: socket_dir.path().to_owned(),
-                },
-                config.runtime.timeouts(),
-            ),
-            operations: Arc::new(OperationRegistry::new(&config.limits, &config.operations)),
+            processes,
+            operations,
             egress: EgressHost::default(),
-            dumps: DumpFolder::open(&StorageConfig {
-                dump_temp_folder: Some(socket_dir.path().join("dumps")),
-                ..StorageConfig::default()
-            })
-            .expect("a dump folder"),
-            metrics: MetricsService::new(config.metrics.clone()),
+            dumps,
+            metrics,
+            rules,
             config: Arc::new(config),
         };
         let screen = Screen::new(Authenticator::disabled(), &state.config.http);

@@ -5,6 +5,7 @@
 //! request before routing (Host, Origin, API key, shutdown). Serving the router on sockets is
 //! [`crate::server`]'s job.
 
+pub mod collection_rules;
 pub mod dump;
 pub mod egress_providers;
 pub mod gcdump;
@@ -55,6 +56,8 @@ pub struct AppState {
     pub dumps: Arc<crate::dumps::DumpFolder>,
     /// The background counter sessions behind `/metrics`.
     pub metrics: Arc<crate::metrics::MetricsService>,
+    /// The collection rules and their states.
+    pub rules: Arc<crate::rules::RulesService>,
 }
 
 /// The scheme of the listener a request came in on; the server attaches it to every request.
@@ -197,6 +200,14 @@ pub fn router(state: AppState, screen: Screen) -> Router {
         .route(
             "/livemetrics",
             get(metrics::get_livemetrics).post(metrics::post_livemetrics),
+        )
+        .route(
+            "/collectionrules",
+            get(collection_rules::list_collection_rules),
+        )
+        .route(
+            "/collectionrules/{name}",
+            get(collection_rules::get_collection_rule),
         )
         .route("/operations", get(operations::list_operations))
         .route(

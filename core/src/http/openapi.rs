@@ -24,6 +24,8 @@ use utoipa::OpenApi;
         super::metrics::get_livemetrics,
         super::metrics::post_livemetrics,
         super::egress_providers::list_egress_providers,
+        super::collection_rules::list_collection_rules,
+        super::collection_rules::get_collection_rule,
     ),
     components(schemas(super::trace::EventProvidersConfiguration, super::trace::EventProviderConfiguration)),
     modifiers(&BearerSecurity),

@@ -24,21 +24,42 @@ fn app(socket_dir: &std::path::Path, authenticator: Authenticator) -> Router {
         socket_dir: Some(socket_dir.to_owned()),
         ..Config::default()
     };
+    let processes = ProcessDirectory::new(
+        Discovery::Connect {
+            socket_dir: socket_dir.to_owned(),
+        },
+        Timeouts::default(),
+    );
+    let operations = Arc::new(OperationRegistry::new(&config.limits, &config.operations));
+    let dumps = crate::dumps::DumpFolder::open(&crate::config::StorageConfig {
+        dump_temp_folder: Some(socket_dir.join("dumps")),
+        ..Default::default()
+    })
+    .expect("a dump folder");
+    let metrics = crate::metrics::MetricsService::new(config.metrics.clone());
+    let rules = crate::rules::RulesService::new(
+        crate::rules::config::RulesConfig::default(),
+        crate::rules::actions::ActionEnv {
+            operations: crate::operations::Operations::new(
+                operations.clone(),
+                processes.clone(),
+                EgressHost::default(),
+                &config,
+            ),
+            processes: processes.clone(),
+            dumps: dumps.clone(),
+            counter_interval: metrics.interval(),
+            allow_execute: false,
+        },
+        metrics.clone(),
+    );
     let state = AppState {
-        processes: ProcessDirectory::new(
-            Discovery::Connect {
-                socket_dir: socket_dir.to_owned(),
-            },
-            Timeouts::default(),
-        ),
-        operations: Arc::new(OperationRegistry::new(&config.limits, &config.operations)),
+        processes,
+        operations,
         egress: EgressHost::default(),
-        dumps: crate::dumps::DumpFolder::open(&crate::config::StorageConfig {
-            dump_temp_folder: Some(socket_dir.join("dumps")),
-            ..Default::default()
-        })
-        .expect("a dump folder"),
-        metrics: crate::metrics::MetricsService::new(config.metrics.clone()),
+        dumps,
+        metrics,
+        rules,
         config: Arc::new(config),
     };
     let screen = Screen::new(authenticator, &state.config.http);
@@ -213,6 +234,8 @@ async fn a_process_that_does_not_exist_is_a_problem_that_says_so() {
         get("/trace?pid=999999999"),
         get("/process?pid=999999999"),
         get("/env?pid=999999999"),
+        get("/collectionrules?pid=999999999"),
+        get("/collectionrules/any?pid=999999999"),
     ] {
         let uri = request.uri().clone();
         let (status, content_type, problem) = send(request).await;
@@ -285,7 +308,14 @@ async fn every_route_but_health_and_the_description_needs_a_valid_token() {
     let dir = tempfile::tempdir().unwrap();
     let (authenticator, token) = Authenticator::temporary().unwrap();
     let app = app(dir.path(), authenticator);
-    for uri in ["/processes", "/operations", "/info", "/trace?pid=1"] {
+    for uri in [
+        "/processes",
+        "/operations",
+        "/info",
+        "/trace?pid=1",
+        "/collectionrules",
+        "/collectionrules/any",
+    ] {
         let (status, _, _) = send_to(app.clone(), get(uri)).await;
         assert_eq!(status, StatusCode::UNAUTHORIZED, "{uri}");
         let forged = Request::get(uri)
@@ -303,6 +333,10 @@ async fn every_route_but_health_and_the_description_needs_a_valid_token() {
     for uri in ["/healthz", "/openapi.json"] {
         let (status, _, _) = send_to(app.clone(), get(uri)).await;
         assert_eq!(status, StatusCode::OK, "{uri}");
+    }
+    let (_, _, openapi) = send_to(app.clone(), get("/openapi.json")).await;
+    for path in ["/collectionrules", "/collectionrules/{collectionRuleName}"] {
+        assert!(openapi["paths"][path]["get"].is_object(), "{path}");
     }
     let authorized = Request::get("/operations")
         .header(header::HOST, "localhost")

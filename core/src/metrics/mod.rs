@@ -23,6 +23,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use tokio::sync::broadcast;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -43,7 +44,13 @@ pub struct MetricsService {
     config: MetricsConfig,
     /// Per runtime uid: the process and its series.
     store: Mutex<BTreeMap<Uuid, ProcessSeries>>,
+    /// Every counter report, with the runtime uid it came from, for whoever else needs it
+    /// (collection-rule triggers share the sessions this way).
+    samples: broadcast::Sender<(Uuid, CounterSample)>,
 }
+
+/// Counter reports kept for a slow subscriber before it misses some.
+const SAMPLE_BACKLOG: usize = 1024;
 
 /// The series of one process.
 #[derive(Debug)]
@@ -71,6 +78,7 @@ impl MetricsService {
         Arc::new(MetricsService {
             config,
             store: Mutex::new(BTreeMap::new()),
+            samples: broadcast::channel(SAMPLE_BACKLOG).0,
         })
     }
 
@@ -82,6 +90,24 @@ impl MetricsService {
     /// The reporting interval.
     pub fn interval(&self) -> Duration {
         Duration::from_secs(u64::from(self.config.interval_seconds))
+    }
+
+    /// Every counter report of the background sessions from now on, with its runtime uid.
+    pub fn subscribe(&self) -> broadcast::Receiver<(Uuid, CounterSample)> {
+        self.samples.subscribe()
+    }
+
+    /// Whether the background sessions collect `provider` (an EventSource, or a meter when
+    /// `meter`) of `process`: then [`MetricsService::subscribe`] delivers its reports.
+    pub fn collects(&self, process: &ProcessRecord, provider: &str, meter: bool) -> bool {
+        let list = if meter {
+            &self.config.meters
+        } else {
+            &self.config.providers
+        };
+        self.config.enabled
+            && self.observes(process)
+            && list.iter().any(|name| name.eq_ignore_ascii_case(provider))
     }
 
     /// Starts observing the processes of `processes` until `stop` is cancelled (then every
@@ -174,6 +200,9 @@ impl MetricsService {
         crate::telemetry::record_session_change(1);
         tracing::info!(pid = process.pid, name = %process.name, "counter session started");
         let outcome = counters::watch_counters(&client, &request, &stop, |sample| {
+            if self.samples.receiver_count() > 0 {
+                let _ = self.samples.send((process.uid, sample.clone()));
+            }
             self.record(process.uid, sample)
         })
         .await;

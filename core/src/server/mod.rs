@@ -2,7 +2,8 @@
 //!
 //! [`run`] starts process discovery (connect or listen mode), loads the egress providers, binds
 //! every URL, serves the API ([`crate::http::router`]) on each under the connection limits of
-//! `[http]` ([`connection`]), watches the config file for key changes ([`key_reload`]) and, when
+//! `[http]` ([`connection`]), runs the collection rules ([`crate::rules`]), watches the config
+//! file for key changes ([`key_reload`]) and rule changes and, when
 //! the shutdown future resolves, stops:
 //!
 //! 1. new traces are refused with 503 (other routes still answer, so clients can follow their
@@ -35,7 +36,7 @@ use crate::diagnostics::reverse::ReversePort;
 use crate::diagnostics::{DiagnosticsClient, Timeouts, endpoint};
 use crate::egress::EgressHost;
 use crate::http::{AppState, Screen};
-use crate::operations::{OperationFilter, OperationRegistry};
+use crate::operations::{OperationFilter, OperationRegistry, Operations};
 use crate::processes::{Discovery, ProcessDirectory};
 
 pub use connection::{ConnectionLimits, Stopping, serve_listener};
@@ -58,6 +59,7 @@ pub struct ServerAuth {
 pub async fn run(
     config: Config,
     auth: ServerAuth,
+    config_file: Option<PathBuf>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let urls = config.listen_urls()?;
@@ -92,20 +94,51 @@ pub async fn run(
         None
     };
 
-    let discovery = start_discovery(&config).await?;
+    let (discovery, arrivals) = start_discovery(&config).await?;
     let egress = EgressHost::load(&config.egress).await?;
     if !config.egress.providers.is_empty() {
         tracing::info!(providers = ?egress.provider_names(), "egress providers loaded");
     }
+    let rules_config =
+        crate::rules::config::parse(&config.collection_rules, &egress.provider_names())?;
     let operations = Arc::new(OperationRegistry::new(&config.limits, &config.operations));
     let dumps = crate::dumps::DumpFolder::open(&config.storage)?;
     let processes = ProcessDirectory::new(discovery, config.runtime.timeouts());
     let metrics = crate::metrics::MetricsService::new(config.metrics.clone());
     let stop_metrics = CancellationToken::new();
     metrics.spawn(processes.clone(), stop_metrics.clone());
+    let rules = crate::rules::RulesService::new(
+        rules_config,
+        crate::rules::actions::ActionEnv {
+            operations: Operations::new(
+                operations.clone(),
+                processes.clone(),
+                egress.clone(),
+                &config,
+            ),
+            processes: processes.clone(),
+            dumps: dumps.clone(),
+            counter_interval: metrics.interval(),
+            allow_execute: false,
+        },
+        metrics.clone(),
+    );
+    rules.spawn();
+    if let Some(arrivals) = arrivals {
+        tokio::spawn(resume_new_runtimes(arrivals, rules.clone()));
+    }
+    let rules_reload = config_file.map(|file| {
+        tokio::spawn(crate::rules::watch_config_file(
+            file,
+            rules.clone(),
+            egress.provider_names(),
+        ))
+    });
+    let state_rules = rules.clone();
     let state = AppState {
         dumps: dumps.clone(),
         metrics,
+        rules,
         processes,
         operations: operations.clone(),
         egress,
@@ -174,6 +207,10 @@ pub async fn run(
     if let Some(key_reload) = key_reload {
         key_reload.abort();
     }
+    if let Some(rules_reload) = rules_reload {
+        rules_reload.abort();
+    }
+    state_rules.stop();
     operations
         .stop_all(deadline.saturating_duration_since(Instant::now()))
         .await;
@@ -212,9 +249,9 @@ fn cancel_unfinished(operations: &OperationRegistry) -> usize {
         .count()
 }
 
-/// Finds runtimes by their sockets (connect mode) or binds the diagnostic port (listen mode)
-/// and resumes every runtime that connects to it.
-async fn start_discovery(config: &Config) -> anyhow::Result<Discovery> {
+/// Finds runtimes by their sockets (connect mode) or binds the diagnostic port (listen mode);
+/// in listen mode, also the runtimes that connect from now on, to resume them.
+async fn start_discovery(config: &Config) -> anyhow::Result<(Discovery, Option<Arrivals>)> {
     Ok(match &config.diagnostic_port {
         Some(port) => {
             let port = ReversePort::bind(&port.endpoint_name, port.limits())
@@ -225,24 +262,42 @@ async fn start_discovery(config: &Config) -> anyhow::Result<Discovery> {
                         port.endpoint_name.display()
                     )
                 })?;
-            tokio::spawn(resume_new_runtimes(port.clone()));
-            Discovery::Listen(port)
+            let arrivals = Arrivals {
+                receiver: port.subscribe(),
+                port: port.clone(),
+            };
+            (Discovery::Listen(port), Some(arrivals))
         }
-        None => Discovery::Connect {
-            socket_dir: config
-                .socket_dir
-                .clone()
-                .unwrap_or_else(endpoint::default_socket_dir),
-        },
+        None => (
+            Discovery::Connect {
+                socket_dir: config
+                    .socket_dir
+                    .clone()
+                    .unwrap_or_else(endpoint::default_socket_dir),
+            },
+            None,
+        ),
     })
 }
 
-/// Resumes every runtime that connects to the diagnostic port, as dotnet-monitor does once it
-/// has nothing to start before the runtime runs: a runtime started with `suspend` waits for it
-/// (for a runtime that was not suspended, ResumeRuntime does nothing).
-async fn resume_new_runtimes(port: ReversePort) {
+/// The runtimes that connect to the diagnostic port, from its binding on.
+struct Arrivals {
+    receiver: tokio::sync::broadcast::Receiver<crate::diagnostics::reverse::AdvertisedRuntime>,
+    port: ReversePort,
+}
+
+/// The longest a new runtime waits for its collection rules to be under way before it is resumed.
+const RULES_BEFORE_RESUME: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Resumes every runtime that connects to the diagnostic port once its collection rules are
+/// under way (Startup actions started), as dotnet-monitor does: a runtime started with
+/// `suspend` waits for it (for a runtime that was not suspended, ResumeRuntime does nothing).
+async fn resume_new_runtimes(arrivals: Arrivals, rules: Arc<crate::rules::RulesService>) {
     use endpoint::Endpoint;
-    let mut arrivals = port.subscribe();
+    let Arrivals {
+        receiver: mut arrivals,
+        port,
+    } = arrivals;
     loop {
         let runtime = match arrivals.recv().await {
             Ok(runtime) => runtime,
@@ -257,7 +312,11 @@ async fn resume_new_runtimes(port: ReversePort) {
             cookie: runtime.cookie,
         };
         let client = DiagnosticsClient::new(endpoint, Timeouts::default());
+        let rules = rules.clone();
         tokio::spawn(async move {
+            rules
+                .start_before_resume(runtime.cookie, RULES_BEFORE_RESUME)
+                .await;
             match client.resume_runtime().await {
                 Ok(()) => tracing::info!(pid = runtime.pid, "runtime resumed"),
                 Err(error) => {
