@@ -295,8 +295,24 @@ async fn a_process_that_exits_during_the_gcdump_fails_it() {
     let request = client
         .get(monitor.url(&format!("/gcdump?pid={}", target.pid())))
         .send();
+    // Killed once the snapshot is under way (its operation Running), not before it starts.
     let kill = async {
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let operations: Value = client
+                .get(monitor.url("/operations"))
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            if operations[0]["status"] == "Running" {
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "{operations}");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
         target.signal(libc::SIGKILL);
     };
     let (response, ()) = tokio::join!(request, kill);
