@@ -10,6 +10,7 @@
 //! - [`EgressHost`] loads and checks the configured providers at start-up and starts uploads;
 //! - [`Upload`] streams one [`Artifact`] into a provider (`write`, then `finish` or `abort`);
 //! - [`check_component`] inspects a component file for `diagmon plugin check`;
+//! - [`run_conformance`] runs a provider through the contract for `diagmon plugin test`;
 //! - [`EgressError`] says what went wrong, keeping a provider's own errors apart from the host
 //!   stopping it.
 //!
@@ -22,6 +23,7 @@ pub mod builtin;
 mod check;
 mod component;
 mod config;
+mod conformance;
 #[cfg(test)]
 mod dependencies;
 mod engine;
@@ -43,6 +45,10 @@ mod world;
 pub use artifact::{Artifact, ArtifactKind};
 pub use check::{ComponentReport, ImportReport, check_component};
 pub use config::{EgressConfig, MAX_CHUNK, ProviderConfig, ProviderLimits};
+pub use conformance::{
+    CaseResult, ConformanceOptions, ConformanceReport, DEFAULT_LARGE_BYTES, Outcome,
+    UNKNOWN_SETTING, run_conformance,
+};
 pub use error::{EgressError, ProviderErrorKind};
 pub use object_store::{FromEnv, FromFile, GrantValue, ObjectStoreGrant};
 pub use registry::{EgressHost, ProviderUsageSnapshot};
