@@ -242,3 +242,71 @@ fn plugin_check_with_a_config_tries_the_real_settings_and_grant() {
         "{stderr}"
     );
 }
+
+#[tokio::test]
+async fn the_gzip_example_built_on_the_guest_sdk_passes() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut provider = ProviderConfig::new(
+        rust_example("gzip_directory_provider")
+            .display()
+            .to_string(),
+    );
+    provider.directory = Some(dir.path().to_owned());
+    provider
+        .settings
+        .insert("level".to_owned(), serde_json::json!(1));
+    let report = conformance(provider, LARGE_BYTES).await;
+    assert_passes(&report);
+    // The SDK's settings errors name the key and what the provider knows.
+    let unknown = report.case("unknown setting refused").unwrap();
+    assert!(
+        unknown
+            .detail
+            .contains("the gzip provider knows `level`, `overwrite`"),
+        "{}",
+        unknown.detail
+    );
+    // A real round trip: what it stores is a gzip of the bytes, under `{file_name}.gz`.
+    let host = diagmon::egress::EgressHost::load(&diagmon::egress::EgressConfig {
+        providers: [("gz".to_owned(), {
+            let mut p = ProviderConfig::new(
+                rust_example("gzip_directory_provider")
+                    .display()
+                    .to_string(),
+            );
+            p.directory = Some(dir.path().to_owned());
+            p
+        })]
+        .into_iter()
+        .collect(),
+        cache_directory: Some(shared_cache()),
+    })
+    .await
+    .unwrap();
+    let artifact = diagmon::egress::Artifact::trace(
+        1,
+        uuid::Uuid::new_v4(),
+        "app",
+        uuid::Uuid::new_v4(),
+        Vec::new(),
+        std::time::SystemTime::now(),
+    );
+    let name = format!("{}.gz", artifact.file_name);
+    let mut upload = host.begin("gz", artifact).await.unwrap();
+    let text = "a line of a very compressible trace\n".repeat(50_000);
+    upload
+        .write(bytes::Bytes::from(text.clone().into_bytes()))
+        .await
+        .unwrap();
+    let location = upload.finish().await.unwrap();
+    assert_eq!(PathBuf::from(&location), dir.path().join(&name));
+    let stored = std::fs::read(&location).unwrap();
+    assert!(stored.len() < text.len() / 20, "{} bytes", stored.len());
+    let gunzip = Command::new("gzip")
+        .args(["-dc"])
+        .arg(&location)
+        .output()
+        .unwrap();
+    assert!(gunzip.status.success());
+    assert!(gunzip.stdout == text.as_bytes());
+}

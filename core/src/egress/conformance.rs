@@ -8,8 +8,8 @@
 //! of every kind; names with spaces and unicode; a large artifact in small and in large chunks;
 //! and the provider without its grants fails cleanly (an error, not a trap). Where the provider
 //! writes into a directory the suite can see (a `directory` grant, or a `file://` object store)
-//! it also checks what landed there byte for byte, that no partial file is left, and removes
-//! what each case created.
+//! it also checks what landed there byte for byte (or, for a gzip file, by the CRC-32 and size
+//! of its trailer), that no partial file is left, and removes what each case created.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -367,9 +367,9 @@ impl Suite {
             return Err("`finish` returned an empty location".to_owned());
         }
         self.check_landed(&before, |file| {
-            std::fs::read(file)
-                .map(|bytes| bytes == data)
-                .unwrap_or(false)
+            std::fs::read(file).is_ok_and(|bytes| bytes == data)
+                || gzip_trailer(file)
+                    .is_some_and(|trailer| trailer == (crc32(0, data), data.len() as u32))
         })?;
         Ok(format!("stored at {location}"))
     }
@@ -392,7 +392,7 @@ impl Suite {
             ))
         } else if !created.iter().any(|p| is_artifact(&directory.join(p))) {
             Err(format!(
-                "no new file in {} holds exactly the bytes written (new files: {})",
+                "no new file in {} holds exactly the bytes written, or gzips them (new files: {})",
                 directory.display(),
                 names(&created)
             ))
@@ -466,7 +466,11 @@ impl Suite {
         .await;
         let location = outcome.map_err(|e| describe(&e))?;
         let elapsed = started.elapsed();
-        self.check_landed(&before, |file| holds_pattern(file, total))?;
+        self.check_landed(&before, |file| {
+            holds_pattern(file, total)
+                || gzip_trailer(file)
+                    .is_some_and(|trailer| trailer == (pattern_crc32(total), total as u32))
+        })?;
         let mib = total as f64 / f64::from(1 << 20);
         Ok(format!(
             "{mib:.0} MiB at {:.0} MiB/s, stored at {location}",
@@ -696,9 +700,70 @@ fn holds_pattern(file: &Path, total: u64) -> bool {
     true
 }
 
+/// The CRC-32 (IEEE, as gzip's trailer holds it) of `data`, continuing from `crc`.
+fn crc32(crc: u32, data: &[u8]) -> u32 {
+    static TABLE: std::sync::OnceLock<[u32; 256]> = std::sync::OnceLock::new();
+    let table = TABLE.get_or_init(|| {
+        let mut table = [0u32; 256];
+        for (n, entry) in table.iter_mut().enumerate() {
+            let mut c = n as u32;
+            for _ in 0..8 {
+                c = if c & 1 == 1 {
+                    0xedb8_8320 ^ (c >> 1)
+                } else {
+                    c >> 1
+                };
+            }
+            *entry = c;
+        }
+        table
+    });
+    let mut c = !crc;
+    for byte in data {
+        c = table[((c ^ u32::from(*byte)) & 0xff) as usize] ^ (c >> 8);
+    }
+    !c
+}
+
+/// The CRC-32 of the first `total` bytes of the large artifact.
+fn pattern_crc32(total: u64) -> u32 {
+    let mut crc = 0;
+    let mut offset = 0u64;
+    while offset < total {
+        let len = SEGMENT.min((total - offset) as usize);
+        crc = crc32(crc, &segment_bytes(offset, len));
+        offset += len as u64;
+    }
+    crc
+}
+
+/// The CRC-32 and size (mod 2^32) in the trailer of `file` when it is a gzip stream: what a
+/// provider that compresses says it was given.
+fn gzip_trailer(file: &Path) -> Option<(u32, u32)> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut reader = std::fs::File::open(file).ok()?;
+    let mut magic = [0u8; 2];
+    reader.read_exact(&mut magic).ok()?;
+    if magic != [0x1f, 0x8b] {
+        return None;
+    }
+    let mut trailer = [0u8; 4];
+    reader.seek(SeekFrom::End(-8)).ok()?;
+    reader.read_exact(&mut trailer).ok()?;
+    let crc = u32::from_le_bytes(trailer);
+    reader.read_exact(&mut trailer).ok()?;
+    Some((crc, u32::from_le_bytes(trailer)))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn crc32_is_gzips() {
+        assert_eq!(crc32(0, b"123456789"), 0xcbf4_3926);
+        assert_eq!(crc32(crc32(0, b"1234"), b"56789"), 0xcbf4_3926);
+    }
 
     #[test]
     fn segments_number_themselves_and_split_anywhere() {
