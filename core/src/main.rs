@@ -15,7 +15,8 @@ use diagmon::diagnostics::nettrace;
 use diagmon::diagnostics::reverse::{PortLimits, ReversePort};
 use diagmon::diagnostics::{EventProvider, SessionConfig, Timeouts, endpoint};
 use diagmon::egress::{
-    ConformanceOptions, EgressConfig, EgressHost, ProviderConfig, run_conformance,
+    ConformanceOptions, EgressConfig, EgressHost, ProviderConfig, TemplateLanguage,
+    run_conformance, write_template,
 };
 use diagmon::operations::{
     Destination, OperationRegistry, Operations, StartError, StartRequest, TraceSpec,
@@ -105,6 +106,16 @@ enum PluginCommand {
         file: PathBuf,
         #[command(flatten)]
         provider: ProviderArgs,
+    },
+    /// Write a starting project for an egress provider into the new directory NAME: the
+    /// contract, a provider that stores each artifact in its granted directory, a build script
+    /// and a README.
+    New {
+        /// The language: rust (on the guest SDK) or python (componentize-py).
+        #[arg(long, value_name = "LANG", value_parser = clap::builder::ValueParser::new(parse_language))]
+        lang: TemplateLanguage,
+        /// The project's directory, created; its last component names the project.
+        name: PathBuf,
     },
     /// Run a component through the egress contract (begin/write/finish, abort, an empty and a
     /// large artifact, every kind, unusual names, settings errors, a denied grant) and print each
@@ -270,6 +281,11 @@ fn main() -> ExitCode {
     }
 }
 
+/// `--lang` of `plugin new`.
+fn parse_language(text: &str) -> Result<TemplateLanguage, String> {
+    text.parse()
+}
+
 /// The provider named by `--config` and `--provider`, with `component` as its component, and the
 /// compile cache of that configuration; `None` without `--config`.
 fn configured_provider(
@@ -384,6 +400,18 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         Commands::Collect(args) => collect(args).await,
         Commands::Plugin(PluginCommand::Check { file, provider }) => {
             plugin_check(&file, &provider).await
+        }
+        Commands::Plugin(PluginCommand::New { lang, name }) => {
+            let files = write_template(&name, lang).map_err(anyhow::Error::msg)?;
+            println!("wrote {}:", name.display());
+            for file in files {
+                println!("  {}", file.display());
+            }
+            println!(
+                "build it with {}/build.sh; its README says what next",
+                name.display()
+            );
+            Ok(ExitCode::SUCCESS)
         }
         Commands::Plugin(PluginCommand::Test {
             file,

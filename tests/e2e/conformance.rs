@@ -310,3 +310,88 @@ async fn the_gzip_example_built_on_the_guest_sdk_passes() {
     assert!(gunzip.status.success());
     assert!(gunzip.stdout == text.as_bytes());
 }
+
+#[test]
+fn the_guest_sdk_carries_the_contract_unchanged() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    assert!(
+        std::fs::read(root.join("wit/egress.wit")).unwrap()
+            == std::fs::read(root.join("plugins/sdk/wit/egress.wit")).unwrap(),
+        "plugins/sdk/wit/egress.wit differs from wit/egress.wit; copy it over"
+    );
+}
+
+/// `plugin new --lang rust` writes a project that builds on its own (offline, from the crates
+/// cargo already has) and passes the conformance suite; `--lang python` writes the Python
+/// example, which passes it above.
+#[test]
+fn a_new_rust_project_builds_and_passes_the_suite() {
+    let dir = tempfile::tempdir().unwrap();
+    let project = dir.path().join("fresh-provider");
+    let new = Command::new(monitor_binary())
+        .args(["plugin", "new", "--lang", "rust"])
+        .arg(&project)
+        .output()
+        .unwrap();
+    assert!(
+        new.status.success(),
+        "{}",
+        String::from_utf8_lossy(&new.stderr)
+    );
+    // One target directory for every run, so that later runs build incrementally.
+    let target = diagmon_tests::guests::target_dir().join("wasm-templates");
+    let started = std::time::Instant::now();
+    let build = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
+        .current_dir(&project)
+        .args([
+            "build",
+            "--offline",
+            "--release",
+            "--target",
+            "wasm32-wasip2",
+            "--target-dir",
+        ])
+        .arg(&target)
+        .env_remove("RUSTFLAGS")
+        .env_remove("CARGO_ENCODED_RUSTFLAGS")
+        .output()
+        .unwrap();
+    assert!(
+        build.status.success(),
+        "{}",
+        String::from_utf8_lossy(&build.stderr)
+    );
+    let component = target.join("wasm32-wasip2/release/fresh_provider.wasm");
+    eprintln!(
+        "built the Rust template in {:.1} s: {} bytes",
+        started.elapsed().as_secs_f64(),
+        std::fs::metadata(&component).unwrap().len()
+    );
+    let test = Command::new(monitor_binary())
+        .args(["plugin", "test"])
+        .arg(&component)
+        .args(["--large-mib", "16"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&test.stdout);
+    assert!(test.status.success(), "{stdout}");
+    assert!(
+        stdout.contains("result: PASS (11 cases, 0 skipped)"),
+        "{stdout}"
+    );
+
+    let python = dir.path().join("py-provider");
+    let new = Command::new(monitor_binary())
+        .args(["plugin", "new", "--lang", "python"])
+        .arg(&python)
+        .output()
+        .unwrap();
+    assert!(new.status.success());
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/python-sidecar");
+    for file in ["app.py", "provider.py"] {
+        assert!(
+            std::fs::read(python.join(file)).unwrap() == std::fs::read(root.join(file)).unwrap()
+        );
+    }
+    assert!(python.join("build.sh").is_file() && python.join("wit/egress.wit").is_file());
+}

@@ -11,6 +11,7 @@
 //! - [`Upload`] streams one [`Artifact`] into a provider (`write`, then `finish` or `abort`);
 //! - [`check_component`] inspects a component file for `diagmon plugin check`;
 //! - [`run_conformance`] runs a provider through the contract for `diagmon plugin test`;
+//! - [`write_template`] writes a starting project for `diagmon plugin new`;
 //! - [`EgressError`] says what went wrong, keeping a provider's own errors apart from the host
 //!   stopping it.
 //!
@@ -39,6 +40,7 @@ mod partials;
 mod provider;
 mod registry;
 mod store_state;
+mod template;
 mod upload;
 mod world;
 
@@ -52,5 +54,6 @@ pub use conformance::{
 pub use error::{EgressError, ProviderErrorKind};
 pub use object_store::{FromEnv, FromFile, GrantValue, ObjectStoreGrant};
 pub use registry::{EgressHost, ProviderUsageSnapshot};
+pub use template::{TemplateLanguage, write_template};
 pub use upload::Upload;
 pub use world::{ImportNeed, WORLD_VERSION};
