@@ -20,8 +20,9 @@ use bytes::{Bytes, BytesMut};
 
 use super::artifact::{Artifact, ArtifactKind};
 use super::builtin;
-use super::check::check_component;
+use super::check::check_component_cached;
 use super::config::{EgressConfig, MAX_CHUNK, ProviderConfig};
+use super::engine;
 use super::error::EgressError;
 use super::registry::EgressHost;
 
@@ -212,14 +213,21 @@ impl Suite {
                 "a built-in: checked when diagmon is built",
             );
         } else {
-            let verdict = match check_component(&component).await {
-                Ok(report) if report.is_ok() => Ok(format!(
-                    "exports {}",
-                    report.provider_export.unwrap_or_default()
-                )),
-                Ok(report) => Err(report.problems.join("; ")),
-                Err(error) => Err(error.to_string()),
-            };
+            // Through the compile cache: the load that follows then compiles nothing.
+            let cache = self
+                .options
+                .cache_directory
+                .clone()
+                .or_else(engine::default_cache_directory);
+            let verdict =
+                match check_component_cached(Path::new(&component), cache.as_deref()).await {
+                    Ok(report) if report.is_ok() => Ok(format!(
+                        "exports {}",
+                        report.provider_export.unwrap_or_default()
+                    )),
+                    Ok(report) => Err(report.problems.join("; ")),
+                    Err(error) => Err(error.to_string()),
+                };
             let loads = verdict.is_ok();
             self.record("component loads", started, verdict);
             if !loads {
