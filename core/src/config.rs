@@ -520,8 +520,57 @@ pub struct ConfigError(String);
 
 impl From<figment::Error> for ConfigError {
     fn from(error: figment::Error) -> Self {
-        let messages: Vec<String> = error.into_iter().map(|e| e.to_string()).collect();
+        let messages: Vec<String> = error.into_iter().map(|e| describe_error(&e)).collect();
         ConfigError(messages.join("; "))
+    }
+}
+
+/// One loading error as a person reads it: the key as written in the file (without figment's
+/// `default.` profile prefix), what is wrong, and where the value came from.
+fn describe_error(error: &figment::Error) -> String {
+    use figment::error::Kind;
+    let quote = |names: &[&str]| {
+        names
+            .iter()
+            .map(|name| format!("`{name}`"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let (key, what) = match &error.kind {
+        Kind::UnknownField(field, expected) => {
+            // The path ends with the unknown key itself: name the table it is in.
+            let table = error.path[..error.path.len().saturating_sub(1)].join(".");
+            let place = if table.is_empty() {
+                "at the top level".to_owned()
+            } else {
+                format!("in `{table}`")
+            };
+            (
+                String::new(),
+                format!(
+                    "unknown key `{field}` {place}; the keys there are {}",
+                    quote(expected)
+                ),
+            )
+        }
+        Kind::MissingField(field) => (
+            error.path.join("."),
+            format!("the key `{field}` is missing"),
+        ),
+        other => (error.path.join("."), other.to_string()),
+    };
+    let origin = error
+        .metadata
+        .as_ref()
+        .map(|metadata| match &metadata.source {
+            Some(source) => format!(" (in {source})"),
+            None => format!(" (from {})", metadata.name),
+        })
+        .unwrap_or_default();
+    if key.is_empty() {
+        format!("{what}{origin}")
+    } else {
+        format!("`{key}`: {what}{origin}")
     }
 }
 
@@ -751,6 +800,33 @@ mod tests {
             toml::Value::try_from(&loaded).unwrap(),
             toml::Value::try_from(Config::default()).unwrap()
         );
+    }
+
+    #[test]
+    fn an_unknown_key_is_named_in_its_table_without_the_profile_prefix() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(
+            &path,
+            "[egress.providers.x]\ncomponent = \"filesystem\"\ndirectroy = \"/tmp/x\"\n",
+        )
+        .unwrap();
+        let message = load(Some(&path), serde_json::json!({}))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            message.starts_with(
+                "invalid configuration: unknown key `directroy` in `egress.providers.x`; \
+                 the keys there are `component`, `directory`,"
+            ),
+            "{message}"
+        );
+        assert!(
+            message.ends_with(&format!("(in {})", path.display())),
+            "{message}"
+        );
+        assert!(!message.contains("default."), "{message}");
+        assert!(!message.contains("``"), "{message}");
     }
 
     #[test]

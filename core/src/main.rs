@@ -14,7 +14,10 @@ use diagmon::diagnostics::eventpipe::Rundown;
 use diagmon::diagnostics::nettrace;
 use diagmon::diagnostics::reverse::{PortLimits, ReversePort};
 use diagmon::diagnostics::{EventProvider, SessionConfig, Timeouts, endpoint};
-use diagmon::egress::EgressHost;
+use diagmon::egress::{
+    ConformanceOptions, EgressConfig, EgressHost, ProviderConfig, TemplateLanguage,
+    run_conformance, write_template,
+};
 use diagmon::operations::{
     Destination, OperationRegistry, Operations, StartError, StartRequest, TraceSpec,
 };
@@ -104,7 +107,43 @@ enum PluginCommand {
     Check {
         /// The component (.wasm).
         file: PathBuf,
+        #[command(flatten)]
+        provider: ProviderArgs,
     },
+    /// Write a starting project for an egress provider into the new directory NAME: the
+    /// contract, a provider that stores each artifact in its granted directory, a build script
+    /// and a README.
+    New {
+        /// The language: rust (on the guest SDK) or python (componentize-py).
+        #[arg(long, value_name = "LANG", value_parser = clap::builder::ValueParser::new(parse_language))]
+        lang: TemplateLanguage,
+        /// The project's directory, created; its last component names the project.
+        name: PathBuf,
+    },
+    /// Run a component through the egress contract (begin/write/finish, abort, an empty and a
+    /// large artifact, every kind, unusual names, settings errors, a denied grant) and print each
+    /// case with the provider's own words. Exit 1 when a case fails.
+    Test {
+        /// The component (.wasm), or a built-in's name.
+        file: String,
+        #[command(flatten)]
+        provider: ProviderArgs,
+        /// The size of the large artifact, in MiB.
+        #[arg(long, value_name = "MIB", default_value_t = 1024)]
+        large_mib: u64,
+    },
+}
+
+#[derive(Debug, Args)]
+struct ProviderArgs {
+    /// A configuration file whose provider gives the settings, grants and limits to use (its
+    /// `component` is replaced by the file given). Without it: no settings, and for
+    /// `plugin test` a scratch directory as the `directory` grant.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// The provider of the configuration to use; may be left out when it has only one.
+    #[arg(long, value_name = "NAME", requires = "config")]
+    provider: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -256,14 +295,21 @@ struct CountersArgs {
 
 fn main() -> ExitCode {
     diagmon::tls::install_crypto_provider();
+    let cli = Cli::parse();
+    // `plugin check` and `plugin test` print a report: only warnings and errors beside it.
+    let default_level = match cli.command {
+        Commands::Plugin(_) => "warn",
+        _ => "info",
+    };
+    // Colour codes only for a person at a terminal, not into a file or a log collector.
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("DIAGMON_LOG")
-                .unwrap_or_else(|_| "info".into()),
+                .unwrap_or_else(|_| default_level.into()),
         )
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr)
         .init();
-    let cli = Cli::parse();
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
         Err(error) => {
@@ -284,18 +330,143 @@ fn main() -> ExitCode {
     }
 }
 
+/// `--lang` of `plugin new`.
+fn parse_language(text: &str) -> Result<TemplateLanguage, String> {
+    text.parse()
+}
+
+/// The provider named by `--config` and `--provider`, with `component` as its component, and the
+/// compile cache of that configuration; `None` without `--config`.
+fn configured_provider(
+    component: &str,
+    args: &ProviderArgs,
+) -> Result<Option<(String, ProviderConfig, Option<PathBuf>)>> {
+    let Some(file) = &args.config else {
+        return Ok(None);
+    };
+    let config = config::load(Some(file), serde_json::json!({}))?;
+    let providers = &config.egress.providers;
+    let known = || providers.keys().cloned().collect::<Vec<_>>().join(", ");
+    let (name, provider) = match &args.provider {
+        Some(wanted) => providers
+            .iter()
+            .find(|(name, _)| name.eq_ignore_ascii_case(wanted))
+            .with_context(|| {
+                format!(
+                    "{} has no provider `{wanted}` (it has: {}); name one of [egress.providers.NAME]",
+                    file.display(),
+                    known()
+                )
+            })?,
+        None if providers.len() == 1 => providers
+            .iter()
+            .next()
+            .context("the configuration's only provider")?,
+        None => bail!(
+            "{} has {} egress providers ({}); choose one with --provider NAME",
+            file.display(),
+            providers.len(),
+            known()
+        ),
+    };
+    let mut provider = provider.clone();
+    provider.component = component.to_owned();
+    Ok(Some((
+        name.clone(),
+        provider,
+        config.egress.cache_directory.clone(),
+    )))
+}
+
+/// `diagmon plugin check`: the component's report, then, with `--config`, `configure` with the
+/// provider's real settings and grants.
+async fn plugin_check(file: &std::path::Path, args: &ProviderArgs) -> Result<ExitCode> {
+    let report = diagmon::egress::check_component(file).await?;
+    print!("{report}");
+    if !report.is_ok() {
+        return Ok(ExitCode::FAILURE);
+    }
+    let Some((name, provider, cache_directory)) =
+        configured_provider(&file.to_string_lossy(), args)?
+    else {
+        return Ok(ExitCode::SUCCESS);
+    };
+    let egress = EgressConfig {
+        providers: [(name.clone(), provider)].into_iter().collect(),
+        cache_directory,
+    };
+    match EgressHost::load(&egress).await {
+        Ok(_) => {
+            println!(
+                "settings:  OK: `configure` accepted the settings and grants of [egress.providers.{name}]"
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(error) => {
+            println!("settings:  REFUSED: {error}");
+            Ok(ExitCode::FAILURE)
+        }
+    }
+}
+
+/// `diagmon plugin test`: the conformance suite.
+async fn plugin_test(file: &str, args: &ProviderArgs, large_mib: u64) -> Result<ExitCode> {
+    let mut scratch = None;
+    let (name, provider, cache_directory) = match configured_provider(file, args)? {
+        Some(configured) => configured,
+        None => {
+            let directory =
+                std::env::temp_dir().join(format!("diagmon-plugin-test-{}", uuid::Uuid::new_v4()));
+            std::fs::create_dir_all(&directory)
+                .with_context(|| format!("cannot create {}", directory.display()))?;
+            let mut provider = ProviderConfig::new(file);
+            provider.directory = Some(directory.clone());
+            scratch = Some(directory);
+            ("under-test".to_owned(), provider, None)
+        }
+    };
+    let options = ConformanceOptions {
+        name,
+        provider,
+        cache_directory,
+        large_bytes: large_mib.saturating_mul(1 << 20),
+    };
+    let report = run_conformance(&options).await;
+    print!("{report}");
+    if let Some(directory) = scratch {
+        // Best effort: the scratch directory is in the temporary directory anyway.
+        let _ = std::fs::remove_dir_all(directory);
+    }
+    Ok(if report.passed() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
 async fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         Commands::Collect(args) => collect(args).await,
-        Commands::Plugin(PluginCommand::Check { file }) => {
-            let report = diagmon::egress::check_component(&file).await?;
-            print!("{report}");
-            Ok(if report.is_ok() {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::FAILURE
-            })
+        Commands::Plugin(PluginCommand::Check { file, provider }) => {
+            plugin_check(&file, &provider).await
         }
+        Commands::Plugin(PluginCommand::New { lang, name }) => {
+            let files = write_template(&name, lang).map_err(anyhow::Error::msg)?;
+            println!("wrote {}:", name.display());
+            for file in files {
+                println!("  {}", file.display());
+            }
+            println!(
+                "build it with {}/build.sh; its README says what next",
+                name.display()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Commands::Plugin(PluginCommand::Test {
+            file,
+            provider,
+            large_mib,
+        }) => plugin_test(&file, &provider, large_mib).await,
         Commands::Generatekey { output, expiration } => {
             let key = generate_key(expiration)?;
             print!("{}", render_key(&key, output));

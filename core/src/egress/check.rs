@@ -140,7 +140,15 @@ pub(crate) fn inspect(component: &Component) -> ComponentReport {
 /// provides its imports (given the grants they name). `Err` when the file cannot be read or is
 /// not a compilable component; otherwise the report lists the problems, if any.
 pub async fn check_component(path: impl AsRef<Path>) -> Result<ComponentReport, EgressError> {
-    let path = path.as_ref();
+    check_component_cached(path.as_ref(), None).await
+}
+
+/// [`check_component`], keeping the compiled component in the compile cache `cache` (or taking it
+/// from there), so that loading it next costs no second compilation.
+pub(crate) async fn check_component_cached(
+    path: &Path,
+    cache: Option<&Path>,
+) -> Result<ComponentReport, EgressError> {
     // Errors read "egress provider `FILE` cannot be loaded: the file ...".
     let name = path.display().to_string();
     let origin = "the file";
@@ -150,7 +158,7 @@ pub async fn check_component(path: impl AsRef<Path>) -> Result<ComponentReport, 
     component::check_header(&name, origin, &bytes)?;
     let size = bytes.len() as u64;
     let sha256 = engine::sha256_hex(&bytes);
-    let component = component::compile(&name, origin, bytes, None).await?;
+    let component = component::compile(&name, origin, bytes, cache).await?;
     let mut report = inspect(&component);
     report.path = path.to_owned();
     report.size = size;

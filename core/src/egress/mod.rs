@@ -10,6 +10,8 @@
 //! - [`EgressHost`] loads and checks the configured providers at start-up and starts uploads;
 //! - [`Upload`] streams one [`Artifact`] into a provider (`write`, then `finish` or `abort`);
 //! - [`check_component`] inspects a component file for `diagmon plugin check`;
+//! - [`run_conformance`] runs a provider through the contract for `diagmon plugin test`;
+//! - [`write_template`] writes a starting project for `diagmon plugin new`;
 //! - [`EgressError`] says what went wrong, keeping a provider's own errors apart from the host
 //!   stopping it.
 //!
@@ -22,6 +24,7 @@ pub mod builtin;
 mod check;
 mod component;
 mod config;
+mod conformance;
 #[cfg(test)]
 mod dependencies;
 mod engine;
@@ -37,14 +40,20 @@ mod partials;
 mod provider;
 mod registry;
 mod store_state;
+mod template;
 mod upload;
 mod world;
 
 pub use artifact::{Artifact, ArtifactKind};
 pub use check::{ComponentReport, ImportReport, check_component};
 pub use config::{EgressConfig, MAX_CHUNK, ProviderConfig, ProviderLimits};
+pub use conformance::{
+    CaseResult, ConformanceOptions, ConformanceReport, DEFAULT_LARGE_BYTES, Outcome,
+    UNKNOWN_SETTING, run_conformance,
+};
 pub use error::{EgressError, ProviderErrorKind};
 pub use object_store::{FromEnv, FromFile, GrantValue, ObjectStoreGrant};
 pub use registry::{EgressHost, ProviderUsageSnapshot};
+pub use template::{TemplateLanguage, write_template};
 pub use upload::Upload;
 pub use world::{ImportNeed, WORLD_VERSION};

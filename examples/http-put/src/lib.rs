@@ -18,7 +18,7 @@
 //!
 //! Settings:
 //! - `url` (required): where to PUT; `{file_name}`, `{pid}`, `{process_name}` and
-//!   `{operation_id}` are replaced. Its origin must be in `allowed_outbound_hosts`, or every
+//!   `{operation_id}` are replaced by the artifact's values, percent-encoded. Its origin must be in `allowed_outbound_hosts`, or every
 //!   upload is refused with `denied`.
 //! - `headers` (optional): a table of extra request headers.
 //!
@@ -30,7 +30,8 @@ use std::cell::RefCell;
 
 use wasip2::http::outgoing_handler;
 use wasip2::http::types::{
-    ErrorCode, Fields, FutureIncomingResponse, Method, OutgoingBody, OutgoingRequest, Scheme,
+    ErrorCode, Fields, FutureIncomingResponse, HeaderError, Method, OutgoingBody, OutgoingRequest,
+    Scheme,
 };
 use wasip2::io::streams::{OutputStream, StreamError};
 
@@ -128,12 +129,27 @@ fn json_string(text: &str) -> Result<(String, &str), String> {
     Err("`headers`: unterminated string".to_owned())
 }
 
+/// The URL for one artifact: the placeholders replaced by the artifact's values, each
+/// percent-encoded (a process or file name may hold spaces, `/`, `?` or any unicode).
 fn render(template: &str, artifact: &Artifact) -> String {
     template
-        .replace("{file_name}", &artifact.file_name)
+        .replace("{file_name}", &percent_encode(&artifact.file_name))
         .replace("{pid}", &artifact.pid.to_string())
-        .replace("{process_name}", &artifact.process_name)
-        .replace("{operation_id}", &artifact.operation_id)
+        .replace("{process_name}", &percent_encode(&artifact.process_name))
+        .replace("{operation_id}", &percent_encode(&artifact.operation_id))
+}
+
+/// Percent-encodes every byte but RFC 3986's unreserved characters.
+fn percent_encode(value: &str) -> String {
+    let mut out = String::with_capacity(value.len());
+    for byte in value.bytes() {
+        if byte.is_ascii_alphanumeric() || b"-._~".contains(&byte) {
+            out.push(char::from(byte));
+        } else {
+            out.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    out
 }
 
 fn http_error(what: &str, code: ErrorCode) -> Error {
@@ -203,8 +219,16 @@ impl Guest for Component {
                 .into_iter()
                 .map(|(name, value)| (name, value.into_bytes())),
         );
-        let headers = Fields::from_list(&header_list)
-            .map_err(|e| Error::InvalidSettings(format!("bad header: {e:?}")))?;
+        let headers = Fields::from_list(&header_list).map_err(|e| {
+            Error::InvalidSettings(match e {
+                HeaderError::Forbidden => {
+                    "`headers` names a header the host sets itself (such as `host` or \
+                         `content-length`); remove it"
+                        .to_owned()
+                }
+                _ => "`headers` holds a name or value that is not a valid HTTP header".to_owned(),
+            })
+        })?;
         let request = OutgoingRequest::new(headers);
         let invalid = |what: &str| Error::InvalidSettings(format!("invalid {what} in `{url}`"));
         request

@@ -139,6 +139,17 @@ impl GrantedStore {
         format!("{}/{}", self.base_url, encoded.join("/"))
     }
 
+    /// The attributes this store can keep: a `file://` store (a plain directory) keeps no content
+    /// type or metadata, and object_store's local store refuses any, so they are checked and
+    /// dropped there.
+    fn storable(&self, attributes: Attributes) -> Attributes {
+        if self.base_url.starts_with("file://") {
+            Attributes::new()
+        } else {
+            attributes
+        }
+    }
+
     fn info(
         &self,
         relative: &str,
@@ -162,7 +173,7 @@ impl GrantedStore {
         options: &ObjectOptions,
     ) -> Result<ObjectInfo, StoreError> {
         let path = self.resolve(relative)?;
-        let attributes = options.attributes()?;
+        let attributes = self.storable(options.attributes()?);
         let size = data.len() as u64;
         let put_options = PutOptions {
             attributes,
@@ -194,7 +205,7 @@ impl GrantedStore {
                 ),
             ));
         }
-        let attributes = options.attributes()?;
+        let attributes = self.storable(options.attributes()?);
         let upload = self
             .store
             .put_multipart_opts(
