@@ -242,10 +242,13 @@ impl Single<'_> {
 }
 
 /// The monitor's configuration: the simulators' socket directory, a `files` provider into
-/// `out`, and room for `traces` traces at once.
+/// `out`, and room for `traces` traces at once. Metrics are off: the monitor's counters session
+/// to a simulator would get a full-speed synthetic trace too (the simulator serves one to every
+/// session), and decoding its payloads took a third of the monitor's CPU.
 fn monitor_config(socket_dir: &Path, out: &Path, cache: &Path, traces: usize) -> String {
     format!(
-        "socket_dir = {:?}\n[limits]\nmax_concurrent_traces = {traces}\n\
+        "socket_dir = {:?}\n[metrics]\nenabled = false\n\
+         [limits]\nmax_concurrent_traces = {traces}\n\
          [egress]\ncache_directory = {:?}\n\
          [egress.providers.files]\ncomponent = \"filesystem\"\ndirectory = {:?}\n",
         socket_dir.display().to_string(),
