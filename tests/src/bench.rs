@@ -12,6 +12,18 @@ use diagmon::diagnostics::{
 /// The provider the simulated runtime's synthetic trace comes from.
 pub const SYNTHETIC_PROVIDER: &str = "Diagmon-Synthetic";
 
+/// How [`SimulatorProcess::start_with`] starts the simulator.
+#[derive(Clone, Debug, Default)]
+pub struct SimulatorOptions {
+    /// The directory of its socket (shared by several simulators, so that one monitor sees them
+    /// all); default: a fresh temporary directory.
+    pub socket_dir: Option<std::path::PathBuf>,
+    /// Where the fresh temporary directory goes; default: the system's.
+    pub parent: Option<std::path::PathBuf>,
+    /// `--event-bytes`: the average event size; default: the simulator's (about 95 bytes).
+    pub event_bytes: Option<usize>,
+}
+
 /// The `simulated-runtime` binary, serving full-speed sessions of a given size; killed on drop.
 pub struct SimulatorProcess {
     child: Child,
@@ -23,12 +35,26 @@ impl SimulatorProcess {
     /// Starts `simulated-runtime` (the path comes from the bench's `CARGO_BIN_EXE_*`), serving
     /// sessions of `bytes` bytes of synthetic nettrace as fast as they are read.
     pub fn start(binary: &str, bytes: u64) -> SimulatorProcess {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let child = Command::new(binary)
+        Self::start_with(binary, bytes, &SimulatorOptions::default())
+    }
+
+    /// [`start`](Self::start) with the options of [`SimulatorOptions`].
+    pub fn start_with(binary: &str, bytes: u64, options: &SimulatorOptions) -> SimulatorProcess {
+        let dir = match &options.parent {
+            Some(parent) => tempfile::tempdir_in(parent),
+            None => tempfile::tempdir(),
+        }
+        .expect("tempdir");
+        let mut command = Command::new(binary);
+        command
             .arg("--dir")
-            .arg(dir.path())
+            .arg(options.socket_dir.as_deref().unwrap_or(dir.path()))
             .arg("--full-speed-bytes")
-            .arg(bytes.to_string())
+            .arg(bytes.to_string());
+        if let Some(event_bytes) = options.event_bytes {
+            command.arg("--event-bytes").arg(event_bytes.to_string());
+        }
+        let child = command
             .stdout(Stdio::piped())
             .spawn()
             .expect("start simulated-runtime");
@@ -120,7 +146,8 @@ pub fn cpu_seconds(pid: u32) -> f64 {
     (ticks(11) + ticks(12)) / per_second
 }
 
-/// Pins this process, and so every process it starts later, to CPU `cpu`.
+/// Pins this process, and so every process it starts later, to CPU `cpu`. Strictly, it pins the
+/// calling thread, and what it starts later (threads and processes) inherits that.
 pub fn pin_to_cpu(cpu: usize) {
     // CPU_SET indexes a fixed-size set.
     assert!(
@@ -140,6 +167,20 @@ pub fn pin_to_cpu(cpu: usize) {
             std::io::Error::last_os_error()
         );
     }
+}
+
+/// CPU time (user + system) the calling thread has used so far, in seconds.
+pub fn thread_cpu_seconds() -> f64 {
+    // SAFETY: getrusage fills in the zeroed struct it is given.
+    let usage = unsafe {
+        let mut usage: libc::rusage = std::mem::zeroed();
+        if libc::getrusage(libc::RUSAGE_THREAD, &mut usage) != 0 {
+            return f64::NAN;
+        }
+        usage
+    };
+    let seconds = |time: libc::timeval| time.tv_sec as f64 + time.tv_usec as f64 / 1e6;
+    seconds(usage.ru_utime) + seconds(usage.ru_stime)
 }
 
 /// The median of `values` (the upper one of an even count); NaN if there are none.

@@ -122,6 +122,9 @@ pub struct SimulatedRuntimeConfig {
     pub dump: DumpBehaviour,
     /// Misbehaviour injected into every exchange, if any.
     pub fault: Option<Fault>,
+    /// Average size of the synthetic trace's ordinary events in bytes
+    /// ([`SyntheticTrace::with_event_bytes`]); `None`: about 95 bytes.
+    pub event_bytes: Option<usize>,
 }
 
 impl Default for SimulatedRuntimeConfig {
@@ -153,6 +156,7 @@ impl Default for SimulatedRuntimeConfig {
             dump_level: 3,
             dump: DumpBehaviour::Write { bytes: 64 << 10 },
             fault: None,
+            event_bytes: None,
         }
     }
 }
@@ -898,7 +902,8 @@ async fn run_session(
     mut stop: watch::Receiver<bool>,
     behaviour: StreamBehaviour,
 ) {
-    let mut trace = SyntheticTrace::new(guard.shared.config.pid);
+    let mut trace =
+        SyntheticTrace::with_event_bytes(guard.shared.config.pid, guard.shared.config.event_bytes);
     let rundown = request.request_rundown && request.rundown_keyword != 0;
     let mut buf = Vec::with_capacity(FULL_SPEED_WRITE + 2 * FULL_SPEED_BLOCK);
     trace.write_header(&mut buf);

@@ -210,18 +210,40 @@ pub struct SyntheticTrace {
 }
 
 impl SyntheticTrace {
-    /// A writer for a trace of process `pid`.
+    /// A writer for a trace of process `pid` (events of about 95 bytes on average).
     pub fn new(pid: u32) -> Self {
-        let mut tick_payload = Vec::new();
-        put_utf16z(
-            &mut tick_payload,
-            "Synthetic tick event from the diagmon simulated runtime",
-        );
+        Self::with_event_bytes(pid, None)
+    }
+
+    /// A writer for a trace of process `pid` whose ordinary events average about `event_bytes`
+    /// bytes each (compressed header included): the Tick message is lengthened or shortened to
+    /// get there, the GC-like events keep their fixed payload. `None`: the default message.
+    pub fn with_event_bytes(pid: u32, event_bytes: Option<usize>) -> Self {
         let mut gc_payload = Vec::new();
         for v in [7u32, 0, 1, 0] {
             gc_payload.extend_from_slice(&v.to_le_bytes());
         }
         gc_payload.extend_from_slice(&0u16.to_le_bytes());
+        let message = match event_bytes {
+            None => "Synthetic tick event from the diagmon simulated runtime".to_owned(),
+            Some(bytes) => {
+                // One event in 4 is GC-like (its continuation record: flags, timestamp step,
+                // payload); the 3 Tick events make up the rest of the average. A continuation
+                // record is 1 flag byte + the timestamp varint + the payload.
+                let record_overhead = 1 + varu64_len(TIMESTAMP_STEP);
+                let gc_record = record_overhead + gc_payload.len();
+                let tick_record = (4 * bytes).saturating_sub(gc_record) / 3;
+                // UTF-16 with a 2-byte terminator.
+                let chars = tick_record.saturating_sub(record_overhead + 2) / 2;
+                "Synthetic tick event from the diagmon simulated runtime. "
+                    .chars()
+                    .cycle()
+                    .take(chars.max(1))
+                    .collect()
+            }
+        };
+        let mut tick_payload = Vec::new();
+        put_utf16z(&mut tick_payload, &message);
         let mut rundown_payload = Vec::new();
         for v in [0x7f00_1234_5678u64, 0x7f00_0000_1000, 0x7f00_8765_4320] {
             rundown_payload.extend_from_slice(&v.to_le_bytes());
@@ -650,6 +672,13 @@ fn put_varu64(out: &mut Vec<u8>, mut value: u64) {
         value >>= 7;
     }
     out.push(value as u8);
+}
+
+/// How many bytes [`put_varu64`] writes for `value`.
+fn varu64_len(value: u64) -> usize {
+    let mut out = Vec::new();
+    put_varu64(&mut out, value);
+    out.len()
 }
 
 /// UTF-16LE string with a NUL terminator.

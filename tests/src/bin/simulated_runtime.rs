@@ -32,6 +32,10 @@ struct Args {
     /// Newest CollectTracing answered (1..=6).
     #[arg(long, default_value_t = 5)]
     collect_tracing_level: u8,
+    /// Average size of the synthetic events in bytes (default: about 95, like real runtime
+    /// events).
+    #[arg(long, value_name = "N")]
+    event_bytes: Option<usize>,
 }
 
 #[tokio::main]
@@ -45,6 +49,7 @@ async fn main() -> anyhow::Result<()> {
     let mut config = SimulatedRuntimeConfig {
         process_info_level: args.process_info_level,
         collect_tracing_level: args.collect_tracing_level,
+        event_bytes: args.event_bytes,
         ..SimulatedRuntimeConfig::default()
     };
     if let Some(pid) = args.pid {
