@@ -19,7 +19,8 @@ use diagmon::egress::{
     run_conformance, write_template,
 };
 use diagmon::operations::{
-    Destination, OperationRegistry, Operations, StartError, StartRequest, TraceSpec,
+    ArtifactSpec, Destination, Operation, OperationRegistry, OperationStatus, Operations,
+    StartError, StartRequest, TraceSpec,
 };
 use diagmon::processes::{Discovery, ProcessDirectory, ProcessSelector};
 use diagmon::server::{self, ServerAuth};
@@ -585,41 +586,27 @@ async fn trace(args: TraceArgs) -> Result<ExitCode> {
     let config = config::Config::default();
     let registry = Arc::new(OperationRegistry::new(&config.limits, &config.operations));
     let operations = Operations::new(registry, directory, EgressHost::default(), &config);
-    let started = operations
-        .start(StartRequest {
-            artifact: TraceSpec::new(session),
-            target: ProcessSelector {
-                pid: args.pid,
-                uid: args.uid,
-                name: args.name,
-            },
-            destination: Destination::File(args.output.clone()),
-            tags: BTreeSet::new(),
-            duration: Some(args.duration),
-        })
-        .await
-        .map_err(|error| match error {
-            StartError::Process(error) => {
-                anyhow::anyhow!("{error} (`diagmon ps` lists the processes diagmon can see)")
-            }
-            other => anyhow::Error::new(other),
-        })?;
-    let operation = started.operation;
-    let process = operation.process();
-    eprintln!(
-        "tracing process {} ({}) for {}; Ctrl-C stops early",
-        process.pid,
-        process.name,
-        humantime::format_duration(args.duration)
-    );
-    tokio::select! {
-        _ = operation.finished() => {}
-        _ = tokio::signal::ctrl_c() => {
-            let _ = operation.request_stop();
-            operation.finished().await;
-        }
-    }
-    let status = operation.status();
+    let request = StartRequest {
+        artifact: TraceSpec::new(session),
+        target: ProcessSelector {
+            pid: args.pid,
+            uid: args.uid,
+            name: args.name,
+        },
+        destination: Destination::File(args.output.clone()),
+        tags: BTreeSet::new(),
+        duration: Some(args.duration),
+    };
+    let status = run_to_end(&operations, request, OnCtrlC::Stop, |operation| {
+        let process = operation.process();
+        eprintln!(
+            "tracing process {} ({}) for {}; Ctrl-C stops early",
+            process.pid,
+            process.name,
+            humantime::format_duration(args.duration)
+        );
+    })
+    .await?;
     match (status.summary, status.error) {
         (Some(summary), _) => {
             eprintln!(
@@ -645,6 +632,46 @@ async fn trace(args: TraceArgs) -> Result<ExitCode> {
     }
 }
 
+/// What Ctrl-C does to a capture the CLI runs.
+enum OnCtrlC {
+    /// Stop it gracefully: what was captured so far is a complete artifact (a trace).
+    Stop,
+    /// Cancel it: nothing is kept.
+    Cancel,
+}
+
+/// Starts `request`, calls `started` with its operation, and waits for its end, which Ctrl-C
+/// brings forward as `on_ctrl_c` says; returns the final status.
+async fn run_to_end<A: ArtifactSpec>(
+    operations: &Operations,
+    request: StartRequest<A>,
+    on_ctrl_c: OnCtrlC,
+    started: impl FnOnce(&Operation),
+) -> Result<OperationStatus> {
+    let operation = operations
+        .start(request)
+        .await
+        .map_err(|error| match error {
+            StartError::Process(error) => {
+                anyhow::anyhow!("{error} (`diagmon ps` lists the processes diagmon can see)")
+            }
+            other => anyhow::Error::new(other),
+        })?
+        .operation;
+    started(&operation);
+    tokio::select! {
+        _ = operation.finished() => {}
+        _ = tokio::signal::ctrl_c() => {
+            let _ = match on_ctrl_c {
+                OnCtrlC::Stop => operation.request_stop(),
+                OnCtrlC::Cancel => operation.cancel(),
+            };
+            operation.finished().await;
+        }
+    }
+    Ok(operation.status())
+}
+
 /// `diagmon dump`: the same artifact as `GET /dump` (the runtime writes the dump into the dump
 /// folder; it is copied to the output file and deleted), printing what `dotnet-dump collect`
 /// prints.
@@ -668,37 +695,21 @@ async fn dump(args: DumpArgs) -> Result<ExitCode> {
         args.dump_type.description(),
         output.display()
     );
-    let started = operations
-        .start(StartRequest {
-            artifact: diagmon::dumps::DumpSpec {
-                folder,
-                dump_type: args.dump_type,
-            },
-            target: ProcessSelector {
-                pid: args.pid,
-                uid: args.uid,
-                name: args.name,
-            },
-            destination: Destination::File(output.clone()),
-            tags: BTreeSet::new(),
-            duration: None,
-        })
-        .await
-        .map_err(|error| match error {
-            StartError::Process(error) => {
-                anyhow::anyhow!("{error} (`diagmon ps` lists the processes diagmon can see)")
-            }
-            other => anyhow::Error::new(other),
-        })?;
-    let operation = started.operation;
-    tokio::select! {
-        _ = operation.finished() => {}
-        _ = tokio::signal::ctrl_c() => {
-            let _ = operation.cancel();
-            operation.finished().await;
-        }
-    }
-    let status = operation.status();
+    let request = StartRequest {
+        artifact: diagmon::dumps::DumpSpec {
+            folder,
+            dump_type: args.dump_type,
+        },
+        target: ProcessSelector {
+            pid: args.pid,
+            uid: args.uid,
+            name: args.name,
+        },
+        destination: Destination::File(output.clone()),
+        tags: BTreeSet::new(),
+        duration: None,
+    };
+    let status = run_to_end(&operations, request, OnCtrlC::Cancel, |_| {}).await?;
     match (status.summary, status.error) {
         (Some(summary), _) => {
             println!("Wrote {} bytes (sha256 {})", summary.bytes, summary.sha256);
@@ -762,33 +773,17 @@ async fn gcdump(args: GcdumpArgs) -> Result<ExitCode> {
         "Writing a heap snapshot to {} (the process pauses for a full blocking GC)",
         output.display()
     );
-    let started = operations
-        .start(StartRequest {
-            artifact: diagmon::gcdump::GcDumpSpec {
-                timeout,
-                report: true,
-            },
-            target,
-            destination: Destination::File(output.clone()),
-            tags: BTreeSet::new(),
-            duration: None,
-        })
-        .await
-        .map_err(|error| match error {
-            StartError::Process(error) => {
-                anyhow::anyhow!("{error} (`diagmon ps` lists the processes diagmon can see)")
-            }
-            other => anyhow::Error::new(other),
-        })?;
-    let operation = started.operation;
-    tokio::select! {
-        _ = operation.finished() => {}
-        _ = tokio::signal::ctrl_c() => {
-            let _ = operation.cancel();
-            operation.finished().await;
-        }
-    }
-    let status = operation.status();
+    let request = StartRequest {
+        artifact: diagmon::gcdump::GcDumpSpec {
+            timeout,
+            report: true,
+        },
+        target,
+        destination: Destination::File(output.clone()),
+        tags: BTreeSet::new(),
+        duration: None,
+    };
+    let status = run_to_end(&operations, request, OnCtrlC::Cancel, |_| {}).await?;
     match (status.summary, status.error) {
         (Some(summary), _) => {
             println!("Wrote {} bytes (sha256 {})", summary.bytes, summary.sha256);
