@@ -20,7 +20,6 @@
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::os::fd::AsFd;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -30,6 +29,7 @@ use std::time::{Duration, Instant};
 use axum::Router;
 use axum::extract::ConnectInfo;
 use bytes::Bytes;
+use futures_util::FutureExt;
 use hyper::body::{Frame, Incoming, SizeHint};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
@@ -156,17 +156,10 @@ impl Connection {
     async fn serve(self, stream: TcpStream, tls: Option<tokio_rustls::TlsAcceptor>) {
         // Best effort: small responses (problem bodies, 202s) should not wait for Nagle.
         let _ = stream.set_nodelay(true);
-        // The socket is non-blocking (tokio set it so), and so is this second descriptor of it:
-        // a peek never waits. It is closed with the connection, when `serve` returns.
-        let probe = stream
-            .as_fd()
-            .try_clone_to_owned()
-            .map(std::net::TcpStream::from)
-            .map_err(|error| tracing::debug!(%error, "cannot watch the connection for FIN"))
-            .ok();
-        let activity = Arc::new(Activity::new(probe));
+        let stream = Arc::new(stream);
+        let activity = Arc::new(Activity::new(stream.clone()));
         let stream = Tracked {
-            inner: stream,
+            inner: SharedStream(stream),
             activity: activity.clone(),
         };
         match tls {
@@ -252,15 +245,15 @@ struct Activity {
     in_flight: AtomicUsize,
     /// The client has shut down its sending side (its FIN is waiting to be read).
     read_closed: AtomicBool,
-    /// A second descriptor of the connection's socket, to peek for the client's FIN while
-    /// hyper, which stops reading during a response when half-close is allowed, does not.
-    probe: Option<std::net::TcpStream>,
+    /// The connection's socket, to peek for the client's FIN while hyper, which stops reading
+    /// during a response when half-close is allowed, does not.
+    socket: Arc<TcpStream>,
 }
 
 impl Activity {
-    fn new(probe: Option<std::net::TcpStream>) -> Activity {
+    fn new(socket: Arc<TcpStream>) -> Activity {
         Activity {
-            probe,
+            socket,
             opened: Instant::now(),
             last_io_millis: AtomicU64::new(0),
             requests: AtomicU64::new(0),
@@ -277,9 +270,8 @@ impl Activity {
     /// Notes the client's FIN if it is the next thing to read: a peek that reads end-of-file
     /// (data that is not read yet, a pipelined request say, hides it until hyper reads it).
     fn peek_for_fin(&self) {
-        if let Some(probe) = &self.probe
-            && matches!(probe.peek(&mut [0; 1]), Ok(0))
-        {
+        // Readable now (data or FIN) or not at all: a peek that would wait is not made.
+        if let Some(Ok(0)) = self.socket.peek(&mut [0; 1]).now_or_never() {
             self.read_closed.store(true, Ordering::Relaxed);
         }
     }
@@ -362,6 +354,74 @@ impl hyper::body::Body for CountedBody {
 
     fn size_hint(&self) -> SizeHint {
         self.body.size_hint()
+    }
+}
+
+/// A TCP stream that is read and written through a shared reference, so that [`Activity`] can
+/// look at the same socket while hyper owns the connection.
+struct SharedStream(Arc<TcpStream>);
+
+impl AsyncRead for SharedStream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        loop {
+            std::task::ready!(self.0.poll_read_ready(cx))?;
+            match self.0.try_read(buf.initialize_unfilled()) {
+                Ok(read) => {
+                    buf.advance(read);
+                    return Poll::Ready(Ok(()));
+                }
+                // The readiness was stale and is now cleared: wait for the next one.
+                Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => continue,
+                Err(error) => return Poll::Ready(Err(error)),
+            }
+        }
+    }
+}
+
+impl AsyncWrite for SharedStream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        loop {
+            std::task::ready!(self.0.poll_write_ready(cx))?;
+            match self.0.try_write(buf) {
+                Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => continue,
+                result => return Poll::Ready(result),
+            }
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        loop {
+            std::task::ready!(self.0.poll_write_ready(cx))?;
+            match self.0.try_write_vectored(bufs) {
+                Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => continue,
+                result => return Poll::Ready(result),
+            }
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        true
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        // Writes go straight to the socket.
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(socket2::SockRef::from(&*self.0).shutdown(std::net::Shutdown::Write))
     }
 }
 
