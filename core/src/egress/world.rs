@@ -160,8 +160,8 @@ pub(crate) fn require_world(
 
 impl Artifact {
     /// The WIT record.
-    pub(crate) fn to_wit(&self) -> diagmon::egress::types::Artifact {
-        use diagmon::egress::types;
+    pub(crate) fn to_wit(&self) -> self::diagmon::egress::types::Artifact {
+        use self::diagmon::egress::types;
         let since_epoch = self
             .started_at
             .duration_since(std::time::UNIX_EPOCH)
