@@ -2,7 +2,6 @@
 //! the operations' one entry point ([`DumpSpec`]).
 
 use axum::extract::{RawQuery, State};
-use axum::http::HeaderValue;
 use axum::response::Response;
 
 use super::params::QueryParams;
@@ -11,7 +10,7 @@ use super::trace::{start_problem, started_response};
 use super::{AppState, RequestOrigin};
 use crate::diagnostics::dump::{DumpType, UnknownDumpType};
 use crate::dumps::DumpSpec;
-use crate::operations::{Destination, StartRequest};
+use crate::operations::StartRequest;
 
 /// `GET /dump?type=`: the runtime writes the dump into the dump folder; diagmon streams it (200)
 /// or sends it to the egress provider (202), then deletes it.
@@ -45,18 +44,10 @@ pub async fn get_dump(
             DumpType::default()
         }),
     };
-    let destination = match params.get("egressProvider").filter(|name| !name.is_empty()) {
-        Some(provider) => Destination::Egress(provider.to_owned()),
-        None => Destination::Stream,
-    };
+    let destination = params.destination();
     let tags = params.tags();
     validation.finish(())?;
-    // Operation ids are plain ASCII: if the prefix makes a header value, every Location does.
-    if HeaderValue::from_str(&origin.url("/operations/")).is_err() {
-        return Err(Problem::bad_request(
-            "The request's Host header cannot form a Location URL.",
-        ));
-    }
+    super::trace::check_location_base(&origin)?;
     let started = super::operations::service(&app)
         .start(StartRequest {
             artifact: DumpSpec {

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use axum::extract::{RawQuery, State};
-use axum::http::{HeaderValue, StatusCode};
+use axum::http::StatusCode;
 use axum::response::Response;
 
 use super::params::QueryParams;
@@ -12,7 +12,7 @@ use super::problem::{Problem, Validation};
 use super::trace::{start_problem, started_response};
 use super::{AppState, RequestOrigin};
 use crate::gcdump::{DEFAULT_TIMEOUT, GcDumpSpec, MAX_TIMEOUT};
-use crate::operations::{ArtifactKind, Destination, StartError, StartRequest};
+use crate::operations::{ArtifactKind, StartError, StartRequest};
 
 /// `GET /gcdump`: the runtime walks its heap in an induced, blocking gen-2 GC; diagmon turns the
 /// walk into a `.gcdump` file and streams it (200) or sends it to the egress provider (202).
@@ -42,17 +42,10 @@ pub async fn get_gcdump(
     let target = params.process_selector(&mut validation);
     let timeout = timeout(&params, &mut validation);
     let report = params.flag("report", &mut validation);
-    let destination = match params.get("egressProvider").filter(|name| !name.is_empty()) {
-        Some(provider) => Destination::Egress(provider.to_owned()),
-        None => Destination::Stream,
-    };
+    let destination = params.destination();
     let tags = params.tags();
     validation.finish(())?;
-    if HeaderValue::from_str(&origin.url("/operations/")).is_err() {
-        return Err(Problem::bad_request(
-            "The request's Host header cannot form a Location URL.",
-        ));
-    }
+    super::trace::check_location_base(&origin)?;
     let started = super::operations::service(&app)
         .start(StartRequest {
             artifact: GcDumpSpec { timeout, report },

@@ -89,7 +89,7 @@ pub async fn mark_route(request: Request, next: Next) -> Response {
 struct LiveMetricsQuery {
     selector: ProcessSelector,
     duration: Option<Duration>,
-    egress_provider: Option<String>,
+    destination: Destination,
     tags: std::collections::BTreeSet<String>,
 }
 
@@ -99,10 +99,7 @@ impl LiveMetricsQuery {
         LiveMetricsQuery {
             selector: params.process_selector(validation),
             duration: params.duration(validation),
-            egress_provider: params
-                .get("egressProvider")
-                .filter(|name| !name.is_empty())
-                .map(str::to_owned),
+            destination: params.destination(),
             tags: params.tags(),
         }
     }
@@ -192,15 +189,12 @@ async fn start_livemetrics(
     request: LiveMetricsQuery,
     spec: LiveMetricsSpec,
 ) -> Result<Response, Problem> {
-    let destination = match request.egress_provider {
-        Some(provider) => Destination::Egress(provider),
-        None => Destination::Stream,
-    };
+    super::trace::check_location_base(&origin)?;
     let started = super::operations::service(&app)
         .start(StartRequest {
             artifact: spec,
             target: request.selector,
-            destination,
+            destination: request.destination,
             tags: request.tags,
             duration: request.duration,
         })

@@ -6,6 +6,7 @@ use std::collections::BTreeSet;
 use uuid::Uuid;
 
 use super::problem::Validation;
+use crate::operations::Destination;
 use crate::processes::ProcessSelector;
 
 /// The decoded query string.
@@ -51,6 +52,14 @@ impl QueryParams {
         });
         let name = self.get("name").map(str::to_owned);
         ProcessSelector { pid, uid, name }
+    }
+
+    /// `egressProvider`: the provider the artifact goes to; absent or empty, the response.
+    pub fn destination(&self) -> Destination {
+        match self.get("egressProvider").filter(|name| !name.is_empty()) {
+            Some(provider) => Destination::Egress(provider.to_owned()),
+            None => Destination::Stream,
+        }
     }
 
     /// `tags`: comma-separated, empties dropped.

@@ -110,7 +110,7 @@ pub async fn get_trace(
 struct TraceRequest {
     selector: ProcessSelector,
     duration: Option<Duration>,
-    egress_provider: Option<String>,
+    destination: Destination,
     tags: BTreeSet<String>,
 }
 
@@ -119,10 +119,7 @@ impl TraceRequest {
         TraceRequest {
             selector: params.process_selector(validation),
             duration: params.duration(validation),
-            egress_provider: params
-                .get("egressProvider")
-                .filter(|name| !name.is_empty())
-                .map(str::to_owned),
+            destination: params.destination(),
             tags: params.tags(),
         }
     }
@@ -136,27 +133,27 @@ async fn start_trace(
     request: TraceRequest,
     config: SessionConfig,
 ) -> Result<Response, Problem> {
-    // Operation ids are plain ASCII: if the prefix makes a header value, every Location does.
-    if HeaderValue::from_str(&origin.url("/operations/")).is_err() {
-        return Err(Problem::bad_request(
-            "The request's Host header cannot form a Location URL.",
-        ));
-    }
-    let destination = match request.egress_provider {
-        Some(provider) => Destination::Egress(provider),
-        None => Destination::Stream,
-    };
+    check_location_base(&origin)?;
     let started = super::operations::service(&app)
         .start(StartRequest {
             artifact: TraceSpec::new(config),
             target: request.selector,
-            destination,
+            destination: request.destination,
             tags: request.tags,
             duration: request.duration,
         })
         .await
         .map_err(start_problem)?;
     started_response(&origin, started)
+}
+
+/// Refuses, before anything starts, a request whose Host header cannot form its operation's
+/// `Location` (operation ids are plain ASCII: if the prefix makes a header value, every
+/// `Location` does).
+pub(super) fn check_location_base(origin: &RequestOrigin) -> Result<(), Problem> {
+    HeaderValue::from_str(&origin.url("/operations/"))
+        .map(|_| ())
+        .map_err(|_| Problem::bad_request("The request's Host header cannot form a Location URL."))
 }
 
 /// The answer to a started artifact: its streamed body (200, with its file name), or 202 when it
