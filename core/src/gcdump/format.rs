@@ -191,6 +191,12 @@ impl MemoryGraph {
 
     /// The type and size of node `index`, without its children.
     pub fn type_and_size(&self, index: u32) -> Result<(u32, i32), FormatError> {
+        self.record(index)
+            .map(|(_, type_index, size)| (type_index, size))
+    }
+
+    /// Node `index`'s record: its type and size, and a cursor at its child list.
+    fn record(&self, index: u32) -> Result<(Cursor<'_>, u32, i32), FormatError> {
         let label = *self
             .labels
             .get(index as usize)
@@ -210,30 +216,12 @@ impl MemoryGraph {
         } else {
             entry.size.max(0)
         };
-        Ok((type_index, size))
+        Ok((r, type_index, size))
     }
 
     /// Decodes node `index` (an undescribed node reads as `UNDEFINED`, size 0, no children).
     pub fn node(&self, index: u32) -> Result<Node, FormatError> {
-        let label = *self
-            .labels
-            .get(index as usize)
-            .ok_or_else(|| FormatError::Invalid(format!("no node {index}")))?;
-        let mut r = Cursor::new(&self.blob);
-        r.pos = label as usize;
-        let type_and_size = r.compressed("a node record")?;
-        let type_index = u32::try_from(type_and_size >> 1)
-            .map_err(|_| FormatError::Invalid(format!("node {index} has a negative type")))?;
-        let entry = self.types.get(type_index as usize).ok_or_else(|| {
-            FormatError::Invalid(format!(
-                "node {index} has type {type_index}, which is not defined"
-            ))
-        })?;
-        let size = if type_and_size & 1 != 0 {
-            r.compressed("a node size")?
-        } else {
-            entry.size.max(0)
-        };
+        let (mut r, type_index, size) = self.record(index)?;
         let count = r.compressed("a node's child count")?;
         let count = usize::try_from(count).map_err(|_| {
             FormatError::Invalid(format!("node {index} has a negative child count"))
