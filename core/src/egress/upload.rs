@@ -11,8 +11,11 @@
 //! gives up on its own a little after the deadline. Each thread holds one of the provider's
 //! `max_instances` permits and is counted in its usage until it ends.
 //!
-//! Chunks are gathered into writes of exactly the provider's chunk size (smaller writes cost more
-//! per byte; a chunk that is already that large goes as it is, without a copy) and up to
+//! A chunk of at least [`DIRECT_WRITE`] bytes (or the provider's chunk size, if that is smaller)
+//! goes to the provider as it is, without a copy: a session's 256 KiB reads reach the guest's
+//! `write` straight from the read buffer, whose only copy is the one into linear memory. Smaller
+//! chunks are gathered into writes of the provider's chunk size (many small writes cost more per
+//! byte than one copy), and whatever is gathered goes first when a large chunk comes. Up to
 //! [`IN_FLIGHT`] writes are queued while the next one is gathered. The thread hands each gathering
 //! buffer back once written, so the same few warm buffers are reused instead of fresh ones that
 //! fault in page by page. Memory per upload is bounded by three chunks, whatever the artifact's
@@ -34,6 +37,10 @@ use super::provider::LoadedProvider;
 
 /// How much longer than a call's deadline the async side waits before giving up on the thread.
 const GRACE: Duration = Duration::from_secs(2);
+
+/// Chunks at least this large are written as they are instead of being gathered: at this size a
+/// `write` call's own cost is small beside the copy that gathering would add.
+const DIRECT_WRITE: usize = 64 << 10;
 
 /// Chunks handed to the thread and not yet written. Two keep the provider busy: the next chunk
 /// is already queued when a write returns, so no thread wake-up sits between two writes (with
@@ -57,11 +64,7 @@ pub struct Upload {
     provider: Arc<LoadedProvider>,
     requests: Option<mpsc::Sender<Request>>,
     pending: VecDeque<oneshot::Receiver<Written>>,
-    /// The chunk being gathered; its capacity is `chunk_size` (none before the first byte).
-    buffer: BytesMut,
-    /// Gathering buffers the thread handed back, ready for reuse.
-    spare: Vec<BytesMut>,
-    chunk_size: usize,
+    gathering: Gathering,
     failed: Option<EgressError>,
     done: oneshot::Receiver<()>,
     bytes: u64,
@@ -116,9 +119,7 @@ impl Upload {
             provider,
             requests: Some(requests),
             pending: VecDeque::with_capacity(IN_FLIGHT),
-            buffer: BytesMut::new(),
-            spare: Vec::with_capacity(IN_FLIGHT),
-            chunk_size,
+            gathering: Gathering::new(chunk_size),
             failed: None,
             done,
             bytes: 0,
@@ -138,30 +139,14 @@ impl Upload {
     /// Hands the next chunk of the artifact to the provider. Returns once the chunk is buffered
     /// or on its way; an error from the provider may surface on a later call. After an error the
     /// upload is dead: every later call returns that error.
-    pub async fn write(&mut self, mut chunk: Bytes) -> Result<(), EgressError> {
+    pub async fn write(&mut self, chunk: Bytes) -> Result<(), EgressError> {
         if let Some(error) = &self.failed {
             return Err(error.clone());
         }
         self.bytes += chunk.len() as u64;
         crate::telemetry::record_egressed(&self.provider.name, chunk.len() as u64);
-        while !chunk.is_empty() {
-            if self.buffer.is_empty() && chunk.len() >= self.chunk_size {
-                // Already a whole write: no copy.
-                return self.send(chunk).await;
-            }
-            if self.buffer.capacity() == 0 {
-                self.buffer = self
-                    .spare
-                    .pop()
-                    .unwrap_or_else(|| BytesMut::with_capacity(self.chunk_size));
-            }
-            let take = chunk.len().min(self.chunk_size - self.buffer.len());
-            self.buffer.extend_from_slice(&chunk.split_to(take));
-            if self.buffer.len() == self.chunk_size {
-                // The next buffer is taken after `send`, which may have been handed one back.
-                let full = std::mem::take(&mut self.buffer);
-                self.send(full.freeze()).await?;
-            }
+        for write in self.gathering.push(chunk).into_iter().flatten() {
+            self.send(write).await?;
         }
         Ok(())
     }
@@ -221,12 +206,8 @@ impl Upload {
         let deadline = self.provider.limits.write_timeout();
         match tokio::time::timeout(deadline + GRACE, pending).await {
             Ok(Ok(Written { result, buffer })) => {
-                // At most IN_FLIGHT spares: with the one being gathered, three buffers in all.
-                if let Some(buffer) = buffer
-                    && buffer.capacity() == self.chunk_size
-                    && self.spare.len() < IN_FLIGHT
-                {
-                    self.spare.push(buffer);
+                if let Some(buffer) = buffer {
+                    self.gathering.recycle(buffer);
                 }
                 result.map_err(|error| self.fail(error))
             }
@@ -256,9 +237,8 @@ impl Upload {
         if let Some(error) = &self.failed {
             return Err(error.clone());
         }
-        if !self.buffer.is_empty() {
-            let data = std::mem::take(&mut self.buffer).freeze();
-            self.send(data).await?;
+        if let Some(gathered) = self.gathering.finish() {
+            self.send(gathered).await?;
         }
         self.wait_pending().await?;
         let (reply, result) = oneshot::channel();
@@ -305,6 +285,87 @@ impl Upload {
                 "the provider did not finish aborting within {}",
                 humantime::format_duration(wait)
             );
+        }
+    }
+}
+
+/// Turns the artifact's chunks into the provider's writes, in order: a chunk of at least
+/// [`DIRECT_WRITE`] bytes (or the chunk size, if smaller) becomes a write as it is; smaller ones
+/// are gathered into buffers of the chunk size.
+#[derive(Debug)]
+struct Gathering {
+    chunk_size: usize,
+    /// The write being gathered; its capacity is `chunk_size` (none before the first byte).
+    buffer: BytesMut,
+    /// What a small chunk had left once it filled the buffer; gathered first by the next call,
+    /// so that the next buffer is taken only after the full one was sent (and perhaps one came
+    /// back).
+    rest: Bytes,
+    /// Gathering buffers the thread handed back, ready for reuse.
+    spare: Vec<BytesMut>,
+}
+
+impl Gathering {
+    fn new(chunk_size: usize) -> Self {
+        Gathering {
+            chunk_size,
+            buffer: BytesMut::new(),
+            rest: Bytes::new(),
+            spare: Vec::with_capacity(IN_FLIGHT),
+        }
+    }
+
+    /// The writes `chunk` completes, in order: at most two (what was gathered before a large
+    /// chunk and the chunk itself, or a gathering buffer the chunk filled).
+    fn push(&mut self, chunk: Bytes) -> [Option<Bytes>; 2] {
+        let rest = std::mem::take(&mut self.rest);
+        if !rest.is_empty() {
+            // Less than a chunk size, into an empty buffer: it cannot fill it.
+            self.gather(rest);
+        }
+        if chunk.len() >= DIRECT_WRITE.min(self.chunk_size) {
+            return [self.take_gathered(), Some(chunk)];
+        }
+        [self.gather(chunk), None]
+    }
+
+    /// Adds a chunk smaller than the chunk size to the buffer; returns the buffer once full.
+    fn gather(&mut self, mut chunk: Bytes) -> Option<Bytes> {
+        if self.buffer.capacity() == 0 {
+            self.buffer = self
+                .spare
+                .pop()
+                .unwrap_or_else(|| BytesMut::with_capacity(self.chunk_size));
+        }
+        let room = self.chunk_size.saturating_sub(self.buffer.len());
+        if chunk.len() < room {
+            self.buffer.extend_from_slice(&chunk);
+            return None;
+        }
+        self.buffer.extend_from_slice(&chunk.split_to(room));
+        self.rest = chunk;
+        Some(std::mem::take(&mut self.buffer).freeze())
+    }
+
+    /// What is gathered and not yet written, if anything.
+    fn take_gathered(&mut self) -> Option<Bytes> {
+        (!self.buffer.is_empty()).then(|| std::mem::take(&mut self.buffer).freeze())
+    }
+
+    /// The last write: everything still gathered.
+    fn finish(&mut self) -> Option<Bytes> {
+        let rest = std::mem::take(&mut self.rest);
+        if !rest.is_empty() {
+            self.gather(rest);
+        }
+        self.take_gathered()
+    }
+
+    /// Keeps a gathering buffer the thread handed back, emptied, for reuse: at most
+    /// [`IN_FLIGHT`] spares, so with the one being gathered three buffers in all.
+    fn recycle(&mut self, buffer: BytesMut) {
+        if buffer.capacity() == self.chunk_size && self.spare.len() < IN_FLIGHT {
+            self.spare.push(buffer);
         }
     }
 }
@@ -379,5 +440,91 @@ fn run(
 fn remove_partials(provider: &LoadedProvider, artifact: &Artifact) {
     if let Some(directory) = provider.directory_path() {
         partials::remove_for_operation(&provider.name, directory, artifact.operation_id);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn writes(gathering: &mut Gathering, chunk: Bytes) -> Vec<Bytes> {
+        gathering.push(chunk).into_iter().flatten().collect()
+    }
+
+    fn filled(len: usize, byte: u8) -> Bytes {
+        Bytes::from(vec![byte; len])
+    }
+
+    #[test]
+    fn a_large_chunk_is_written_as_it_is_without_a_copy() {
+        let mut gathering = Gathering::new(1 << 20);
+        let read = filled(256 << 10, 1);
+        let out = writes(&mut gathering, read.clone());
+        assert_eq!(out.len(), 1);
+        assert_eq!(
+            out[0].as_ptr(),
+            read.as_ptr(),
+            "the same memory, not a copy"
+        );
+        assert_eq!(out[0].len(), read.len());
+        assert!(gathering.finish().is_none());
+    }
+
+    #[test]
+    fn small_chunks_are_gathered_into_writes_of_the_chunk_size() {
+        let mut gathering = Gathering::new(100 << 10);
+        let mut out = Vec::new();
+        let mut sent = Vec::new();
+        for index in 0..7u8 {
+            let chunk = filled(40 << 10, index);
+            sent.extend_from_slice(&chunk);
+            out.extend(writes(&mut gathering, chunk));
+        }
+        out.extend(gathering.finish());
+        let sizes: Vec<usize> = out.iter().map(Bytes::len).collect();
+        assert_eq!(sizes, [100 << 10, 100 << 10, 80 << 10]);
+        assert_eq!(out.concat(), sent, "the same bytes in the same order");
+    }
+
+    #[test]
+    fn what_was_gathered_goes_before_a_large_chunk() {
+        let mut gathering = Gathering::new(1 << 20);
+        let small = filled(1000, 1);
+        let large = filled(DIRECT_WRITE, 2);
+        assert!(writes(&mut gathering, small.clone()).is_empty());
+        let out = writes(&mut gathering, large.clone());
+        assert_eq!(out.len(), 2);
+        assert_eq!(out[0], small);
+        assert_eq!(out[1].as_ptr(), large.as_ptr());
+        assert!(writes(&mut gathering, filled(10, 3)).is_empty());
+        assert_eq!(gathering.finish(), Some(filled(10, 3)));
+    }
+
+    #[test]
+    fn a_chunk_size_below_the_direct_size_passes_chunks_of_that_size_through() {
+        let mut gathering = Gathering::new(4 << 10);
+        let chunk = filled(4 << 10, 5);
+        let out = writes(&mut gathering, chunk.clone());
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].as_ptr(), chunk.as_ptr());
+    }
+
+    #[test]
+    fn a_buffer_handed_back_is_reused_for_the_next_gathering() {
+        let mut gathering = Gathering::new(64 << 10);
+        let full = writes(&mut gathering, filled(48 << 10, 1))
+            .into_iter()
+            .chain(writes(&mut gathering, filled(48 << 10, 2)))
+            .next()
+            .expect("a full buffer");
+        assert_eq!(full.len(), 64 << 10);
+        let address = full.as_ptr();
+        let mut buffer = full.try_into_mut().expect("the only reference");
+        buffer.clear();
+        gathering.recycle(buffer);
+        // The 32 KiB left of the second chunk go into the buffer that came back.
+        let last = gathering.finish().expect("the rest");
+        assert_eq!(last.len(), 32 << 10);
+        assert_eq!(last.as_ptr(), address);
     }
 }
