@@ -242,7 +242,8 @@ impl Single<'_> {
 }
 
 /// The monitor's configuration: the simulators' socket directory, a `files` provider into
-/// `out`, and room for `traces` traces at once. Metrics are off: the monitor's counters session
+/// `out`, and room for `traces` traces at once (both the trace limit and the provider's
+/// instances: with the default 8 instances, 24 of 32 uploads would queue for one). Metrics are off: the monitor's counters session
 /// to a simulator would get a full-speed synthetic trace too (the simulator serves one to every
 /// session), and decoding its payloads took a third of the monitor's CPU.
 fn monitor_config(socket_dir: &Path, out: &Path, cache: &Path, traces: usize) -> String {
@@ -250,7 +251,8 @@ fn monitor_config(socket_dir: &Path, out: &Path, cache: &Path, traces: usize) ->
         "socket_dir = {:?}\n[metrics]\nenabled = false\n\
          [limits]\nmax_concurrent_traces = {traces}\n\
          [egress]\ncache_directory = {:?}\n\
-         [egress.providers.files]\ncomponent = \"filesystem\"\ndirectory = {:?}\n",
+         [egress.providers.files]\ncomponent = \"filesystem\"\ndirectory = {:?}\n\
+         [egress.providers.files.limits]\nmax_instances = {traces}\n",
         socket_dir.display().to_string(),
         cache.display().to_string(),
         out.display().to_string()

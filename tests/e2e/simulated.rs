@@ -497,3 +497,85 @@ async fn listen_mode_lists_no_more_runtimes_than_configured() {
     let log = monitor.stderr_lines().join("\n") + &monitor.stdout_lines().join("\n");
     assert!(log.contains("too many runtimes"), "{log}");
 }
+
+/// An upload waiting for one of its provider's instances opens no session meanwhile: a session
+/// opened first would go unread while it waits (a runtime drops events once its buffers fill).
+#[tokio::test]
+async fn an_egressed_trace_opens_its_session_only_once_the_provider_has_an_instance() {
+    use diagmon_tests::monitor::Monitor;
+    let (dir, runtime) = simulated(SimulatedRuntimeConfig::default()).await;
+    let out = tempfile::tempdir().unwrap();
+    let monitor = Monitor::start(
+        &format!(
+            "socket_dir = {:?}\n[metrics]\nenabled = false\n\
+             [egress.providers.files]\ncomponent = \"filesystem\"\ndirectory = {:?}\n\
+             [egress.providers.files.limits]\nmax_instances = 1\ncall_timeout_ms = 20000\n",
+            dir.path().display().to_string(),
+            out.path().display().to_string()
+        ),
+        &["--no-auth"],
+    );
+    let client = reqwest::Client::new();
+    let url = monitor.url("/trace?profile=Cpu&durationSeconds=-1&egressProvider=files");
+    let first = client.get(&url).send().await.unwrap();
+    assert_eq!(first.status(), reqwest::StatusCode::ACCEPTED);
+    let first = first.headers()["location"].to_str().unwrap().to_owned();
+    let collect_requests = |runtime: &SimulatedRuntime| {
+        runtime
+            .commands_received()
+            .iter()
+            // EventPipe's command set; command 1 is StopTracing, the others CollectTracing.
+            .filter(|(set, command)| *set == 0x02 && *command != 0x01)
+            .count()
+    };
+    assert_eq!(collect_requests(&runtime), 1);
+    // The second waits for the only instance, which the first holds.
+    let second = tokio::spawn({
+        let client = client.clone();
+        async move { client.get(&url).send().await.unwrap() }
+    });
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(!second.is_finished(), "the second start waits for an instance");
+    assert_eq!(
+        (collect_requests(&runtime), runtime.active_sessions()),
+        (1, 1),
+        "no session is opened for the waiting upload"
+    );
+    let stop = client
+        .delete(format!("{first}?stop=true"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(stop.status(), reqwest::StatusCode::ACCEPTED);
+    let second = tokio::time::timeout(Duration::from_secs(10), second)
+        .await
+        .expect("the second starts once the first is done")
+        .unwrap();
+    assert_eq!(second.status(), reqwest::StatusCode::ACCEPTED);
+    let second = second.headers()["location"].to_str().unwrap().to_owned();
+    assert_eq!(collect_requests(&runtime), 2);
+    let stop = client
+        .delete(format!("{second}?stop=true"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(stop.status(), reqwest::StatusCode::ACCEPTED);
+    for location in [first, second] {
+        let mut operation = serde_json::Value::Null;
+        for _ in 0..100 {
+            operation = client
+                .get(&location)
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            if !["Running", "Stopping"].contains(&operation["status"].as_str().unwrap_or("")) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert_eq!(operation["status"], "Succeeded", "{operation}");
+    }
+}

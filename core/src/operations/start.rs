@@ -184,7 +184,16 @@ struct Launch {
     duration: Option<Duration>,
 }
 
-/// Opens the source and the sink, tells the caller (with the artifact's file name), and runs the
+/// A sink as far as it is opened before the source.
+#[allow(clippy::large_enum_variant)] // One per start, matched once.
+enum SinkBeforeSource {
+    /// Open: a streamed body, or an upload holding its provider's instance.
+    Ready(Sink),
+    /// A file, created only once the source is open, so that a failed start leaves none.
+    File(PathBuf),
+}
+
+/// Opens the sink and the source, tells the caller (with the artifact's file name), and runs the
 /// pipeline. Failures are recorded on the operation and sent to the caller.
 async fn launch<A: ArtifactSpec>(
     launch: Launch,
@@ -206,12 +215,11 @@ async fn launch<A: ArtifactSpec>(
     let started_at = SystemTime::now();
     let kind = artifact.kind();
     let file_name = kind.file_name(started_at, process.pid);
-    let source = match artifact.open(directory.client(&process), &process).await {
-        Ok(source) => source,
-        Err(error) => return fail(error, ready),
-    };
+    // An upload takes one of its provider's instances before the source opens: it may wait for
+    // one (`limits.max_instances`), and a session opened first would go unread meanwhile (the
+    // runtime drops events once its buffers fill, and the wait counts against the capture).
     let sink = match sink {
-        PlannedSink::Stream(sender) => Sink::Stream(sender),
+        PlannedSink::Stream(sender) => SinkBeforeSource::Ready(Sink::Stream(sender)),
         PlannedSink::Egress(provider) => {
             let described = Artifact::new(
                 kind,
@@ -223,11 +231,24 @@ async fn launch<A: ArtifactSpec>(
                 started_at,
             );
             match egress.begin(&provider, described).await {
-                Ok(upload) => Sink::Egress(upload),
+                Ok(upload) => SinkBeforeSource::Ready(Sink::Egress(upload)),
                 Err(error) => return fail(error.into(), ready),
             }
         }
-        PlannedSink::File(path) => match tokio::fs::File::create(&path).await {
+        PlannedSink::File(path) => SinkBeforeSource::File(path),
+    };
+    let source = match artifact.open(directory.client(&process), &process).await {
+        Ok(source) => source,
+        Err(error) => {
+            if let SinkBeforeSource::Ready(sink) = sink {
+                sink.abort().await;
+            }
+            return fail(error, ready);
+        }
+    };
+    let sink = match sink {
+        SinkBeforeSource::Ready(sink) => sink,
+        SinkBeforeSource::File(path) => match tokio::fs::File::create(&path).await {
             Ok(file) => Sink::File { file, path },
             Err(error) => {
                 let message = format!("cannot create {}: {error}", path.display());
