@@ -77,12 +77,21 @@ impl<'a> Reader<'a> {
     }
 
     /// LEB128: 7 bits a byte, least significant first, high bit set on all but the last.
+    ///
+    /// One- and two-byte values, most of a trace's (a timestamp delta of a few microseconds
+    /// takes two), are decoded inline; longer ones by [`Reader::varu64_long`].
     #[inline]
     pub(super) fn varu64(&mut self) -> Option<u64> {
         let first = *self.buf.get(self.pos)?;
         if first < 0x80 {
             self.pos += 1;
             return Some(u64::from(first));
+        }
+        if let Some(&second) = self.buf.get(self.pos + 1)
+            && second < 0x80
+        {
+            self.pos += 2;
+            return Some(u64::from(first & 0x7F) | (u64::from(second) << 7));
         }
         self.varu64_long()
     }
@@ -155,5 +164,72 @@ impl<'a> Reader<'a> {
         let index = rest.chunks_exact(2).position(|pair| pair == [0, 0])?;
         self.pos = self.pos.checked_add((index + 1) * 2)?;
         Some(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// LEB128 encoding of `value`.
+    fn leb128(mut value: u64) -> Vec<u8> {
+        let mut bytes = Vec::new();
+        loop {
+            let low = (value & 0x7F) as u8;
+            value >>= 7;
+            if value == 0 {
+                bytes.push(low);
+                return bytes;
+            }
+            bytes.push(low | 0x80);
+        }
+    }
+
+    #[test]
+    fn varints_of_every_length_decode_alike_inline_and_in_the_loop() {
+        for value in [
+            0,
+            1,
+            0x7F,
+            0x80,
+            1_000,
+            0x3FFF,
+            0x4000,
+            0x1F_FFFF,
+            1 << 35,
+            u64::from(u32::MAX),
+            u64::MAX,
+        ] {
+            let mut bytes = leb128(value);
+            bytes.push(0xAA); // what follows is left alone
+            let mut inline = Reader::new(&bytes);
+            let mut looped = Reader::new(&bytes);
+            assert_eq!(inline.varu64(), Some(value), "{value:#x}");
+            assert_eq!(looped.varu64_long(), Some(value), "{value:#x}");
+            assert_eq!(inline.pos, bytes.len() - 1, "{value:#x}");
+            assert_eq!(looped.pos, inline.pos);
+        }
+    }
+
+    #[test]
+    fn a_varint_cut_short_reads_nothing_and_keeps_the_position() {
+        for bytes in [&[0x80u8][..], &[0xE8, 0x87], &[0xFF, 0xFF, 0xFF]] {
+            let mut reader = Reader::new(bytes);
+            assert_eq!(reader.varu64(), None, "{bytes:?}");
+            assert_eq!(reader.pos, 0);
+            assert!(!reader.bad_varint);
+        }
+    }
+
+    #[test]
+    fn a_two_byte_varint_too_large_for_a_u32_cannot_exist_but_a_long_one_is_refused() {
+        let mut reader = Reader::new(&[0xE8, 0x07]);
+        assert_eq!(reader.varu32(), Some(1_000));
+        let mut too_large = leb128(u64::from(u32::MAX) + 1);
+        too_large.push(0);
+        let mut reader = Reader::new(&too_large);
+        assert_eq!(reader.varu32(), None);
+        assert!(reader.bad_varint);
+        assert_eq!(reader.pos, 0);
     }
 }
