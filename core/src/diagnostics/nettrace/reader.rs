@@ -222,7 +222,7 @@ mod tests {
     }
 
     #[test]
-    fn a_two_byte_varint_too_large_for_a_u32_cannot_exist_but_a_long_one_is_refused() {
+    fn varu32_takes_a_two_byte_value_and_refuses_one_too_large_for_it() {
         let mut reader = Reader::new(&[0xE8, 0x07]);
         assert_eq!(reader.varu32(), Some(1_000));
         let mut too_large = leb128(u64::from(u32::MAX) + 1);
