@@ -213,7 +213,7 @@ mod tests {
 
     #[test]
     fn a_varint_cut_short_reads_nothing_and_keeps_the_position() {
-        for bytes in [&[0x80u8][..], &[0xE8, 0x87], &[0xFF, 0xFF, 0xFF]] {
+        for bytes in [&[0x80u8][..], &[0xE8, 0x87][..], &[0xFF, 0xFF, 0xFF][..]] {
             let mut reader = Reader::new(bytes);
             assert_eq!(reader.varu64(), None, "{bytes:?}");
             assert_eq!(reader.pos, 0);
