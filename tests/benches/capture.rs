@@ -22,11 +22,11 @@
 //! The directories are tmpfs (`/dev/shm`) and one on the real disk (`BENCH_DISK_DIR`, default the
 //! bench's target temporary directory). After each file row the bench calls `sync` untimed, so
 //! that one row's write-back does not land on the next. Rows run interleaved, `BENCH_ROUNDS`
-//! times (3 by default); the table shows the median and the best of each figure.
+//! times (5 by default); the table shows the median and the best of each figure.
 //!
 //! Part two (`BENCH_MANY`, default 32; 0 skips it): as many simulated runtimes, one egressed
-//! trace from each at once (`limits.max_concurrent_traces` raised to match) into the disk
-//! directory: aggregate throughput, the monitor's peak RSS against 64 MiB + 4 MiB per operation,
+//! trace from each at once (`limits.max_concurrent_traces` and the provider's `max_instances`
+//! raised to match) into the disk directory: aggregate throughput, the monitor's peak RSS against 64 MiB + 4 MiB per operation,
 //! operations failed, and the slowest operation's rate against the fastest's.
 //!
 //! `BENCH_PARTS=single` or `many` runs one part. The knobs do not start with `DIAGMON_`: the
