@@ -26,8 +26,9 @@
 //!
 //! Part two (`BENCH_MANY`, default 32; 0 skips it): as many simulated runtimes, one egressed
 //! trace from each at once (`limits.max_concurrent_traces` and the provider's `max_instances`
-//! raised to match) into the disk directory: aggregate throughput, the monitor's peak RSS against 64 MiB + 4 MiB per operation,
-//! operations failed, and the slowest operation's rate against the fastest's.
+//! raised to match) into the disk directory: aggregate throughput, the monitor's peak RSS
+//! against 64 MiB + 4 MiB per operation, operations failed, and the slowest operation's rate
+//! against the fastest's.
 //!
 //! `BENCH_PARTS=single` or `many` runs one part. The knobs do not start with `DIAGMON_`: the
 //! monitor's configuration reads every such variable.
