@@ -535,7 +535,10 @@ async fn an_egressed_trace_opens_its_session_only_once_the_provider_has_an_insta
         async move { client.get(&url).send().await.unwrap() }
     });
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    assert!(!second.is_finished(), "the second start waits for an instance");
+    assert!(
+        !second.is_finished(),
+        "the second start waits for an instance"
+    );
     assert_eq!(
         (collect_requests(&runtime), runtime.active_sessions()),
         (1, 1),
