@@ -17,6 +17,7 @@ use futures_util::FutureExt;
 use futures_util::future::BoxFuture;
 
 use super::config::{Action, ActionKind, tokens};
+use super::events::StoppingTraceSpec;
 use crate::dumps::{DumpFolder, DumpSpec};
 use crate::gcdump::GcDumpSpec;
 use crate::metrics::live::LiveMetricsSpec;
@@ -121,18 +122,41 @@ pub async fn start(
         ActionKind::CollectTrace {
             session,
             duration,
+            stopping_event,
             egress,
-        } => env
-            .operations
-            .start(StartRequest {
-                artifact: TraceSpec::new(session.clone()),
-                target,
-                destination: Destination::Egress(egress.clone()),
-                tags,
-                duration: Some(*duration),
-            })
-            .await
-            .map_err(|e| e.to_string())?,
+        } => {
+            let trace = TraceSpec::new(session.clone());
+            let destination = Destination::Egress(egress.clone());
+            let duration = Some(*duration);
+            match stopping_event {
+                None => {
+                    env.operations
+                        .start(StartRequest {
+                            artifact: trace,
+                            target,
+                            destination,
+                            tags,
+                            duration,
+                        })
+                        .await
+                }
+                Some(event) => {
+                    env.operations
+                        .start(StartRequest {
+                            artifact: StoppingTraceSpec {
+                                trace,
+                                event: event.clone(),
+                            },
+                            target,
+                            destination,
+                            tags,
+                            duration,
+                        })
+                        .await
+                }
+            }
+            .map_err(|e| e.to_string())?
+        }
         ActionKind::CollectDump { dump_type, egress } => env
             .operations
             .start(StartRequest {

@@ -167,8 +167,10 @@ pub enum ActionKind {
     CollectTrace {
         /// The session to start.
         session: SessionConfig,
-        /// Its length.
+        /// Its length (the longest, with a stopping event).
         duration: Duration,
+        /// The event that ends it early, complete.
+        stopping_event: Option<StoppingEvent>,
         /// The egress provider.
         egress: String,
     },
@@ -209,6 +211,20 @@ pub enum ActionKind {
         /// The variable (tokens substituted when it runs).
         name: String,
     },
+}
+
+/// The event that ends a `CollectTrace` early (dotnet-monitor's `StoppingEvent`): the trace
+/// stops, complete, after the first event of `provider_name` named `event_name` whose payload
+/// has every field of `payload_filter` with the value given.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoppingEvent {
+    /// The provider; one of the trace's providers.
+    pub provider_name: String,
+    /// The event's name as the trace's metadata gives it (`Activity1Start`), or TraceEvent's
+    /// `Task/Opcode` form of it (`Activity1/Start`).
+    pub event_name: String,
+    /// Payload field name → the value's text (numbers in decimal, booleans `True`/`False`).
+    pub payload_filter: BTreeMap<String, String>,
 }
 
 impl ActionKind {
@@ -1080,19 +1096,86 @@ fn parse_collect_trace(
         }
         session.buffer_size_mb = size as u32;
     }
-    if settings.get("stopping_event").is_some() {
-        return Err(error(
+    let stopping_event = match settings.get("stopping_event") {
+        None => None,
+        Some(_) if profile.is_some() => {
+            return Err(error(
+                &settings.key("stopping_event"),
+                "a stopping event needs `providers`, not `profile`: list the event's provider",
+            ));
+        }
+        Some(value) => Some(parse_stopping_event(
             &settings.key("stopping_event"),
-            "stopping a trace at an event is not supported yet; give a `duration` instead",
-        ));
-    }
+            value,
+            &session,
+        )?),
+    };
     let duration = settings
         .duration_in("duration", Duration::from_secs(1), MAX_WINDOW)?
         .unwrap_or(DEFAULT_ARTIFACT_DURATION);
     Ok(ActionKind::CollectTrace {
         session,
         duration,
+        stopping_event,
         egress: egress(settings)?,
+    })
+}
+
+/// `stopping_event = {provider_name, event_name, payload_filter?}`; the provider must be one of
+/// `session`'s (compared exactly, as dotnet-monitor does).
+fn parse_stopping_event(
+    path: &str,
+    value: &Value,
+    session: &SessionConfig,
+) -> Result<StoppingEvent, RuleConfigError> {
+    let mut obj = Obj::new(path, value)?;
+    let provider_name = obj.required_string("provider_name")?;
+    let event_name = obj.required_string("event_name")?;
+    let mut payload_filter = BTreeMap::new();
+    if let Some(filter) = obj.get("payload_filter") {
+        let key = obj.key("payload_filter");
+        let filter = filter
+            .as_object()
+            .ok_or_else(|| error(&key, "must be a table of field names and values"))?;
+        for (field, expected) in filter {
+            let expected = match expected {
+                Value::String(text) => text.clone(),
+                Value::Number(number) => number.to_string(),
+                Value::Bool(true) => "True".to_owned(),
+                Value::Bool(false) => "False".to_owned(),
+                _ => {
+                    return Err(error(
+                        &format!("{key}.{field}"),
+                        "must be a string, a number or a boolean",
+                    ));
+                }
+            };
+            payload_filter.insert(field.clone(), expected);
+        }
+    }
+    if !session
+        .providers
+        .iter()
+        .any(|provider| provider.name == provider_name)
+    {
+        return Err(error(
+            &obj.key("provider_name"),
+            format!(
+                "`{provider_name}` is not one of the trace's providers ({}); add it to `providers`",
+                session
+                    .providers
+                    .iter()
+                    .map(|provider| provider.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        ));
+    }
+    obj.finish()?;
+    Ok(StoppingEvent {
+        provider_name,
+        event_name,
+        payload_filter,
     })
 }
 
