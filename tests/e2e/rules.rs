@@ -889,3 +889,39 @@ async fn execute_and_environment_actions_are_operations_that_stop_and_cancel() {
         assert_eq!(state.get("lastError").is_some(), failed, "{rule}: {state}");
     }
 }
+
+#[tokio::test]
+async fn a_stopping_event_of_a_real_net_core_3_1_event_source_ends_the_trace() {
+    let target = TestTarget::start(Program::EventSourceApp, &[]);
+    let stored = tempfile::tempdir().unwrap();
+    // EventSourceApp writes `Tick(n)` with n = 0, 1, 2, ... every 10 ms or a little more: the
+    // tick n = 1000, some 10 s after its start, stops the trace (started well before).
+    let config = format!(
+        "socket_dir = {:?}\n{egress}[metrics]\nenabled = false\n\
+         [collection_rules.first_report]\n\
+         trigger = {{ type = \"Startup\" }}\n\
+         actions = [{{ type = \"CollectTrace\", settings = {{ \
+           providers = [{{ name = \"Diagmon-Test\", keywords = \"0x1\", event_level = \"Informational\" }}], \
+           duration = \"00:05:00\", egress = \"files\", \
+           stopping_event = {{ provider_name = \"Diagmon-Test\", event_name = \"Tick\", payload_filter = {{ n = 1000 }} }} }} }}]\n",
+        target.tmpdir().display().to_string(),
+        egress = egress_section(stored.path()),
+    );
+    let started = Instant::now();
+    let monitor = Monitor::start(&config, &["--no-auth"]);
+    let operation = wait_final_operation(&monitor, "first_report", Duration::from_secs(90)).await;
+    assert_eq!(operation["status"], "Succeeded", "{operation}");
+    assert!(
+        started.elapsed() < Duration::from_secs(60),
+        "{:?}",
+        started.elapsed()
+    );
+    // The ticks up to the stopping one (those before the trace started are not in it).
+    let ticks = operation["summary"]["eventsByProvider"]["Diagmon-Test"]
+        .as_u64()
+        .unwrap_or_default();
+    assert!((1..=1001).contains(&ticks), "{operation}");
+    let files = files_in(stored.path());
+    assert_eq!(files.len(), 1, "{files:?}");
+    nettrace::validate_file(&files[0]).expect("a complete nettrace");
+}
