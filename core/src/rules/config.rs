@@ -1864,6 +1864,8 @@ mod tests {
             [
                 "high_cpu",
                 "large_heap",
+                "server_errors",
+                "slow_api",
                 "slow_requests_meter",
                 "trace_at_start"
             ]
