@@ -1,7 +1,9 @@
 //! Collection rules end to end: the real binary applying rules to real .NET Core 3.1 targets in
 //! connect mode (`CounterApp`'s `fixed-mean` counter always reports 42.5), artifacts landing in
 //! a filesystem egress provider, rule states read from `/collectionrules`, and configurations
-//! refused at start-up. Needs `tests/run` (installs the target and builds the binary).
+//! refused at start-up; and, on the simulated runtime, what 3.1 cannot show (meters, ASP.NET
+//! Core request events, listen mode) and the operations of `Execute` and
+//! `GetEnvironmentVariable`. Needs `tests/run` (installs the target and builds the binary).
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -787,7 +789,7 @@ async fn execute_and_environment_actions_are_operations_that_stop_and_cancel() {
         )
     };
     let config = format!(
-        "socket_dir = {:?}\n[metrics]\nenabled = false\n[collection_rules]\nallow_execute = true\n{}{}{}{}{}",
+        "socket_dir = {:?}\n[metrics]\nenabled = false\n[collection_rules]\nallow_execute = true\n{}{}{}{}{}{}",
         dir.path().display().to_string(),
         startup(
             "cancelled",
@@ -808,6 +810,10 @@ async fn execute_and_environment_actions_are_operations_that_stop_and_cancel() {
         startup(
             "missing",
             "{ type = \"GetEnvironmentVariable\", settings = { name = \"NOT_THERE\" } }"
+        ),
+        startup(
+            "no_program",
+            "{ type = \"Execute\", settings = { path = \"/nonexistent/program\" } }"
         ),
     );
     let monitor = Monitor::start(&config, &["--no-auth"]);
@@ -874,13 +880,18 @@ async fn execute_and_environment_actions_are_operations_that_stop_and_cancel() {
             .contains("NOT_THERE"),
         "{missing}"
     );
-    // The rules end: the cancelled, timed-out and missing ones with their error.
+    let no_program = wait_final_operation(&monitor, "no_program", Duration::from_secs(30)).await;
+    assert_eq!(no_program["status"], "Failed", "{no_program}");
+    assert_eq!(no_program["error"]["code"], "ActionFailed", "{no_program}");
+    assert!(no_program.get("outputs").is_none(), "{no_program}");
+    // The rules end: the cancelled, timed-out, missing and unrunnable ones with their error.
     for (rule, failed) in [
         ("cancelled", true),
         ("stopped", false),
         ("exit3", false),
         ("timeout", true),
         ("missing", true),
+        ("no_program", true),
     ] {
         let state = wait_rule(&monitor, pid, rule, Duration::from_secs(10), |state| {
             state["state"] == "Finished"
