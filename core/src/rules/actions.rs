@@ -233,12 +233,9 @@ pub async fn start(
                     return Err(message);
                 }
             };
-            if let Some(pid) = child.id() {
-                operation.mark_running(Some(Arc::new(Terminate { pid })));
-            } else {
-                operation.mark_running(None);
-            }
-            tokio::spawn(program.supervise(operation.clone(), child));
+            let terminate = Arc::new(Terminate::default());
+            operation.mark_running(Some(terminate.clone()));
+            tokio::spawn(program.supervise(operation.clone(), child, terminate));
             return Ok(operation);
         }
         ActionKind::GetEnvironmentVariable { name } => {
@@ -315,13 +312,31 @@ impl Program {
 
     /// Waits for the program and finishes `operation` with its exit code (the output
     /// `ExitCode`): Succeeded on 0 (or any code with `ignore_exit_code`), Failed otherwise and
-    /// when it outlives its timeout (it is then killed). A cancel of the operation kills it; its
-    /// exit code is recorded then too.
-    async fn supervise(self, operation: Arc<Operation>, mut child: tokio::process::Child) {
-        let waited = tokio::select! {
-            status = child.wait() => Waited::Exited(status),
-            _ = operation.cancellation().cancelled() => Waited::Cancelled,
-            _ = tokio::time::sleep(self.timeout) => Waited::TimedOut,
+    /// when it outlives its timeout (it is then killed). A stop (`terminate`) sends it SIGTERM;
+    /// a cancel of the operation kills it, and its exit code is recorded then too.
+    async fn supervise(
+        self,
+        operation: Arc<Operation>,
+        mut child: tokio::process::Child,
+        terminate: Arc<Terminate>,
+    ) {
+        let timeout = tokio::time::sleep(self.timeout);
+        tokio::pin!(timeout);
+        let waited = loop {
+            tokio::select! {
+                status = child.wait() => break Waited::Exited(status),
+                _ = operation.cancellation().cancelled() => break Waited::Cancelled,
+                _ = &mut timeout => break Waited::TimedOut,
+                _ = terminate.requested.notified() => {
+                    // The pid is the child's only while it has not been waited for.
+                    if let Some(pid) = child.id().and_then(|pid| libc::pid_t::try_from(pid).ok()) {
+                        // SAFETY: kill(2) has no memory-safety preconditions.
+                        if unsafe { libc::kill(pid, libc::SIGTERM) } != 0 {
+                            tracing::warn!(operation = %operation.id(), error = %std::io::Error::last_os_error(), "cannot send SIGTERM to an Execute program");
+                        }
+                    }
+                }
+            }
         };
         let failed = |message: String| {
             Outcome::Failed(OperationError::new(ErrorCode::ActionFailed, message))
@@ -368,35 +383,17 @@ fn exit_code(status: std::process::ExitStatus) -> i32 {
         .unwrap_or_else(|| 128 + status.signal().unwrap_or(0))
 }
 
-/// Stops an `Execute` program gracefully: SIGTERM, so that it can finish by itself.
-#[derive(Debug)]
+/// Stops an `Execute` program gracefully: its supervisor sends it SIGTERM, so that it can
+/// finish by itself.
+#[derive(Debug, Default)]
 struct Terminate {
-    pid: u32,
+    requested: tokio::sync::Notify,
 }
 
 impl GracefulStop for Terminate {
     fn stop(&self) -> BoxFuture<'_, Result<(), OperationError>> {
-        async move {
-            let pid = libc::pid_t::try_from(self.pid).map_err(|_| {
-                OperationError::new(
-                    ErrorCode::InternalError,
-                    "the program's pid is out of range",
-                )
-            })?;
-            // SAFETY: kill(2) has no memory-safety preconditions.
-            if unsafe { libc::kill(pid, libc::SIGTERM) } == 0 {
-                Ok(())
-            } else {
-                Err(OperationError::new(
-                    ErrorCode::ActionFailed,
-                    format!(
-                        "cannot signal the program: {}",
-                        std::io::Error::last_os_error()
-                    ),
-                ))
-            }
-        }
-        .boxed()
+        self.requested.notify_one();
+        std::future::ready(Ok(())).boxed()
     }
 }
 
