@@ -603,6 +603,8 @@ fn simulated_requests() -> Vec<diagmon_tests::aspnet_events::SimulatedRequest> {
         SimulatedRequest::new(800, "/health", 500, 10),
         SimulatedRequest::new(900, "/api/slow", 200, 1500),
         SimulatedRequest::hung(1000, "/api/hung"),
+        SimulatedRequest::new(2000, "/spread/a", 200, 10),
+        SimulatedRequest::new(4500, "/spread/b", 200, 10),
     ]
 }
 
@@ -650,7 +652,7 @@ async fn aspnet_triggers_fire_when_enough_matching_requests_fall_in_the_window()
         )
     };
     let config = format!(
-        "socket_dir = {:?}\n[metrics]\nenabled = false\n{}{}{}{}{}{}",
+        "socket_dir = {:?}\n[metrics]\nenabled = false\n{}{}{}{}{}{}{}{}",
         dir.path().display().to_string(),
         // Five requests under /api start (the hung one included).
         rule(
@@ -679,10 +681,19 @@ async fn aspnet_triggers_fire_when_enough_matching_requests_fall_in_the_window()
             "slow_excluded",
             "{ type = \"AspNetRequestDuration\", settings = { request_count = 1, request_duration = \"00:00:01\", exclude_paths = [\"/api/slow\", \"/api/hung\"] } }"
         ),
+        // /spread/a and /spread/b start 2.5 s apart: within a 5 s window, not within 1 s.
+        rule(
+            "spread_wide",
+            "{ type = \"AspNetRequestCount\", settings = { request_count = 2, include_paths = [\"/spread/*\"], sliding_window_duration = \"5s\" } }"
+        ),
+        rule(
+            "spread_narrow",
+            "{ type = \"AspNetRequestCount\", settings = { request_count = 2, include_paths = [\"/spread/*\"], sliding_window_duration = \"1s\" } }"
+        ),
     );
     let monitor = Monitor::start(&config, &["--no-auth"]);
     let pid = runtime.config().pid;
-    for fired in ["count", "errors", "slow"] {
+    for fired in ["count", "errors", "slow", "spread_wide"] {
         let rule = wait_rule(&monitor, pid, fired, Duration::from_secs(60), |rule| {
             rule["state"] == "Finished"
         })
@@ -694,8 +705,8 @@ async fn aspnet_triggers_fire_when_enough_matching_requests_fall_in_the_window()
         assert_eq!(operation["outputs"]["Value"], "1", "{operation}");
     }
     // Every request has been served (and the hung one has run for more than a second).
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    for quiet in ["too_few", "client_errors", "slow_excluded"] {
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    for quiet in ["too_few", "client_errors", "slow_excluded", "spread_narrow"] {
         let (status, rule) = get(&monitor, &format!("/collectionrules/{quiet}?pid={pid}")).await;
         assert_eq!(status, 200, "{quiet}: {rule}");
         assert_eq!(rule["state"], "Running", "{quiet}: {rule}");

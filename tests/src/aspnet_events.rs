@@ -91,11 +91,14 @@ pub struct RequestScript {
 type Transforms = Vec<(String, String)>;
 
 impl RequestScript {
-    /// The events of `requests` for a session asked for by `request`: none unless it enables
-    /// the DiagnosticSource EventSource with the Events keyword and spec lines for the hosting
+    /// The events of `requests` for a session asked for by `request`: none (and no metadata)
+    /// without requests, or unless the session enables the DiagnosticSource EventSource with the Events keyword and spec lines for the hosting
     /// activity's start or stop (each event carries its line's transforms).
     pub fn for_request(request: &CollectRequest, requests: &[SimulatedRequest]) -> Self {
         let mut script = RequestScript::default();
+        if requests.is_empty() {
+            return script;
+        }
         let Some(provider) = request.providers.iter().find(|p| {
             p.name.eq_ignore_ascii_case(DIAGNOSTIC_SOURCE) && p.keywords & KEYWORD_EVENTS != 0
         }) else {
