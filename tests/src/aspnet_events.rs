@@ -92,8 +92,9 @@ type Transforms = Vec<(String, String)>;
 
 impl RequestScript {
     /// The events of `requests` for a session asked for by `request`: none (and no metadata)
-    /// without requests, or unless the session enables the DiagnosticSource EventSource with the Events keyword and spec lines for the hosting
-    /// activity's start or stop (each event carries its line's transforms).
+    /// without requests, or unless the session enables the DiagnosticSource EventSource with
+    /// the Events keyword and spec lines for the hosting activity's start or stop (each event
+    /// carries its line's transforms).
     pub fn for_request(request: &CollectRequest, requests: &[SimulatedRequest]) -> Self {
         let mut script = RequestScript::default();
         if requests.is_empty() {
