@@ -3,7 +3,9 @@
 
 use std::time::Duration;
 
-use diagmon_tests::api::{final_operation, location_of, sha256_hex, validated_nettrace};
+use diagmon_tests::api::{
+    FINAL_STATES, final_operation, location_of, sha256_hex, validated_nettrace,
+};
 use diagmon_tests::monitor::Monitor;
 use diagmon_tests::target::{Program, TestTarget};
 use futures_util::StreamExt;
@@ -866,9 +868,10 @@ async fn clients_that_leave_while_a_trace_starts_leave_no_operation_behind() {
     let operations = loop {
         let listed = get_json(&client, monitor.url("/operations?tags=leaving")).await;
         let all = listed.as_array().unwrap().clone();
-        if all.iter().all(|op| {
-            ["Succeeded", "Failed", "Cancelled"].contains(&op["status"].as_str().unwrap())
-        }) {
+        if all
+            .iter()
+            .all(|op| FINAL_STATES.contains(&op["status"].as_str().unwrap()))
+        {
             break all;
         }
         assert!(

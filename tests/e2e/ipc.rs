@@ -7,9 +7,8 @@ use diagmon::diagnostics::eventpipe::Rundown;
 use diagmon::diagnostics::nettrace::NettraceSummary;
 use diagmon::diagnostics::{DiagnosticsError, EventProvider, SessionConfig, Timeouts};
 use diagmon::processes::{Discovery, ProcessDirectory, ProcessRecord};
-use diagmon_tests::api::validated_nettrace;
+use diagmon_tests::api::{sha256_hex, validated_nettrace};
 use diagmon_tests::target::{Program, TestTarget};
-use sha2::{Digest, Sha256};
 
 const SAMPLE_PROFILER: &str = "Microsoft-DotNETCore-SampleProfiler";
 const RUNTIME: &str = "Microsoft-Windows-DotNETRuntime";
@@ -59,12 +58,9 @@ async fn capture(
     let mut bytes = Vec::new();
     let digest = session.copy_to(&mut bytes).await?;
     stopper.await.unwrap()?;
-    let sha256: String = Sha256::digest(&bytes)
-        .iter()
-        .map(|byte| format!("{byte:02x}"))
-        .collect();
     assert_eq!(
-        digest.sha256, sha256,
+        digest.sha256,
+        sha256_hex(&bytes),
         "the digest covers exactly the bytes written"
     );
     Ok((bytes, digest.nettrace))

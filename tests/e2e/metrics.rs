@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use diagmon_tests::api::final_operation;
+use diagmon_tests::api::{final_operation, sha256_hex};
 use diagmon_tests::monitor::Monitor;
 use diagmon_tests::target::{Program, TestTarget};
 use reqwest::StatusCode;
@@ -788,12 +788,7 @@ async fn livemetrics_with_egress_stores_the_records_its_summary_describes() {
     assert!(path.ends_with(&format!("_{pid}.metrics.json")), "{path}");
     let bytes = std::fs::read(path).unwrap();
     assert_eq!(operation["summary"]["bytes"], bytes.len());
-    use sha2::Digest;
-    let sha256: String = sha2::Sha256::digest(&bytes)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
-    assert_eq!(operation["summary"]["sha256"], sha256.as_str());
+    assert_eq!(operation["summary"]["sha256"], sha256_hex(&bytes).as_str());
     // About three one-second reports of the one counter asked for, each its known value.
     let records = json_seq(&bytes);
     assert!((2..=4).contains(&records.len()), "{records:?}");
