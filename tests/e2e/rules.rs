@@ -10,6 +10,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use diagmon::diagnostics::nettrace;
+use diagmon_tests::api::FINAL_STATES;
 use diagmon_tests::monitor::{Monitor, monitor_binary};
 use diagmon_tests::target::{Program, TestTarget};
 use serde_json::Value;
@@ -614,10 +615,8 @@ async fn wait_final_operation(monitor: &Monitor, tag: &str, within: Duration) ->
     loop {
         let (_, operations) = get(monitor, &format!("/operations?tags={tag}")).await;
         if let Some(done) = operations.as_array().and_then(|list| {
-            list.iter().find(|o| {
-                ["Succeeded", "Failed", "Cancelled"]
-                    .contains(&o["status"].as_str().unwrap_or_default())
-            })
+            list.iter()
+                .find(|o| FINAL_STATES.contains(&o["status"].as_str().unwrap_or_default()))
         }) {
             return done.clone();
         }

@@ -26,7 +26,7 @@ use crate::operations::{ArtifactKind, StartError, StartRequest};
         ("report" = Option<bool>, Query, description = "Put the heap report (objects and bytes per type) in the operation's summary"),
     ),
     responses(
-        (status = 200, description = "The .gcdump file, streamed, named {yyyyMMdd_HHmmss}_{pid}.gcdump", content_type = "application/octet-stream"),
+        (status = 200, description = "The .gcdump file, streamed, named {yyyyMMdd_HHmmss_fff}_{pid}.gcdump", content_type = "application/octet-stream"),
         (status = 202, description = "Accepted; the file goes to the egress provider (see Location)"),
         (status = 400, description = "Invalid request", body = super::problem::Problem, content_type = "application/problem+json"),
         (status = 429, description = "A gcdump of this process (or the gcdump limit) is already running", body = super::problem::Problem, content_type = "application/problem+json"),
