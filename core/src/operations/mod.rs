@@ -671,6 +671,35 @@ mod tests {
     }
 
     #[test]
+    fn action_operations_take_no_slot_and_show_their_outputs() {
+        let registry = registry(10);
+        let first = register(&registry, &[]);
+        let _second = register(&registry, &[]);
+        // Every trace slot is taken; an action still registers.
+        let action =
+            registry.register_action(process(), OperationKind::Execute, ["rule".into()].into());
+        assert_eq!(action.kind(), OperationKind::Execute);
+        action.cancel().unwrap();
+        // The killed program's exit code arrives after the cancel.
+        action.record_outputs([("ExitCode".to_owned(), "137".to_owned())].into());
+        let status = action.status();
+        assert_eq!(status.kind, "execute");
+        assert_eq!(status.status, OperationState::Cancelled);
+        assert_eq!(status.outputs["ExitCode"], "137");
+        let environment =
+            registry.register_action(process(), OperationKind::Environment, BTreeSet::new());
+        environment.record_outputs([("Value".to_owned(), "1".to_owned())].into());
+        environment.finish(Outcome::Completed);
+        let status = serde_json::to_value(environment.status()).unwrap();
+        assert_eq!(status["kind"], "environment");
+        assert_eq!(status["status"], "Succeeded");
+        assert_eq!(status["outputs"]["Value"], "1");
+        // Artifact operations show no outputs.
+        let trace = serde_json::to_value(first.status()).unwrap();
+        assert!(trace.get("outputs").is_none(), "{trace}");
+    }
+
+    #[test]
     fn finished_operations_beyond_the_limit_are_pruned_oldest_first() {
         let registry = registry(1);
         let old = register(&registry, &[]);
