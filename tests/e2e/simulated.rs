@@ -502,6 +502,7 @@ async fn listen_mode_lists_no_more_runtimes_than_configured() {
 /// opened first would go unread while it waits (a runtime drops events once its buffers fill).
 #[tokio::test]
 async fn an_egressed_trace_opens_its_session_only_once_the_provider_has_an_instance() {
+    use diagmon_tests::api::{final_operation, location_of};
     use diagmon_tests::monitor::Monitor;
     let (dir, runtime) = simulated(SimulatedRuntimeConfig::default()).await;
     let out = tempfile::tempdir().unwrap();
@@ -519,7 +520,7 @@ async fn an_egressed_trace_opens_its_session_only_once_the_provider_has_an_insta
     let url = monitor.url("/trace?profile=Cpu&durationSeconds=-1&egressProvider=files");
     let first = client.get(&url).send().await.unwrap();
     assert_eq!(first.status(), reqwest::StatusCode::ACCEPTED);
-    let first = first.headers()["location"].to_str().unwrap().to_owned();
+    let first = location_of(&first);
     let collect_requests = |runtime: &SimulatedRuntime| {
         runtime
             .commands_received()
@@ -555,7 +556,7 @@ async fn an_egressed_trace_opens_its_session_only_once_the_provider_has_an_insta
         .expect("the second starts once the first is done")
         .unwrap();
     assert_eq!(second.status(), reqwest::StatusCode::ACCEPTED);
-    let second = second.headers()["location"].to_str().unwrap().to_owned();
+    let second = location_of(&second);
     assert_eq!(collect_requests(&runtime), 2);
     let stop = client
         .delete(format!("{second}?stop=true"))
@@ -564,21 +565,7 @@ async fn an_egressed_trace_opens_its_session_only_once_the_provider_has_an_insta
         .unwrap();
     assert_eq!(stop.status(), reqwest::StatusCode::ACCEPTED);
     for location in [first, second] {
-        let mut operation = serde_json::Value::Null;
-        for _ in 0..100 {
-            operation = client
-                .get(&location)
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
-            if !["Running", "Stopping"].contains(&operation["status"].as_str().unwrap_or("")) {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        let operation = final_operation(&client, &location, Duration::from_secs(10)).await;
         assert_eq!(operation["status"], "Succeeded", "{operation}");
     }
 }
