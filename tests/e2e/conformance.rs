@@ -315,9 +315,9 @@ async fn the_gzip_example_built_on_the_guest_sdk_passes() {
 fn the_guest_sdk_carries_the_contract_unchanged() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     assert!(
-        std::fs::read(root.join("wit/egress.wit")).unwrap()
+        std::fs::read(root.join("wit/diagmon-egress@0.1.0/egress.wit")).unwrap()
             == std::fs::read(root.join("plugins/sdk/wit/egress.wit")).unwrap(),
-        "plugins/sdk/wit/egress.wit differs from wit/egress.wit; copy it over"
+        "plugins/sdk/wit/egress.wit differs from wit/diagmon-egress@0.1.0/egress.wit; copy it over"
     );
 }
 

@@ -73,7 +73,7 @@ pub fn python_example() -> PathBuf {
             // cache (the Python component takes a minute to compile in a debug build): keep the
             // component while its sources are older.
             let modified = |path: &Path| std::fs::metadata(path).and_then(|m| m.modified()).ok();
-            let newest_source = ["app.py", "provider.py", "../../wit/egress.wit"]
+            let newest_source = ["app.py", "provider.py", "../../wit/diagmon-egress@0.1.0/egress.wit"]
                 .iter()
                 .filter_map(|file| modified(&source.join(file)))
                 .max();
@@ -84,7 +84,7 @@ pub fn python_example() -> PathBuf {
             }
             let result = std::process::Command::new(&tool)
                 .current_dir(&source)
-                .args(["-d", "../../wit", "-w", "egress-provider", "componentize", "app", "-o"])
+                .args(["-d", "../../wit/diagmon-egress@0.1.0", "-w", "egress-provider", "componentize", "app", "-o"])
                 .arg(&output)
                 .output()
                 .unwrap_or_else(|e| {

@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 
 /// The contract every template carries in `wit/`.
-const WIT: &str = include_str!("../../../wit/egress.wit");
+const WIT: &str = include_str!("../../../wit/diagmon-egress@0.1.0/egress.wit");
 
 /// The Rust guest SDK, vendored into a Rust project as `diagmon-egress-sdk/`.
 const SDK_FILES: &[(&str, &str)] = &[

@@ -14,7 +14,7 @@ use super::artifact::Artifact;
 use super::error::EgressError;
 
 wasmtime::component::bindgen!({
-    path: "../wit",
+    path: "../wit/diagmon-egress@0.1.0",
     world: "object-storage-provider",
     with: {
         "diagmon:egress/object-store.multipart-upload": super::object_store::MultipartWrite,
@@ -191,7 +191,7 @@ mod tests {
     #[test]
     fn the_world_version_is_the_wit_package_version() {
         let wit =
-            std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../wit/egress.wit"))
+            std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../wit/diagmon-egress@0.1.0/egress.wit"))
                 .unwrap();
         let declared: Vec<&str> = wit
             .lines()
