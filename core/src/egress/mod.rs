@@ -51,6 +51,7 @@ pub use conformance::{
     CaseResult, ConformanceOptions, ConformanceReport, DEFAULT_LARGE_BYTES, Outcome,
     UNKNOWN_SETTING, run_conformance,
 };
+pub use engine::CompileSource;
 pub use error::{EgressError, ProviderErrorKind};
 pub use object_store::{FromEnv, FromFile, GrantValue, ObjectStoreGrant};
 pub use registry::{EgressHost, ProviderUsageSnapshot};
