@@ -405,6 +405,8 @@ diagmon_egress_sdk::export_provider!(Component);
 
 #[cfg(test)]
 mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
     use super::*;
 
     #[test]
@@ -435,9 +437,45 @@ mod tests {
                 .contains("not a usable project name")
         );
         assert!(
-            "js".parse::<TemplateLanguage>()
+            "cobol"
+                .parse::<TemplateLanguage>()
                 .unwrap_err()
-                .contains("use `rust` or `python`")
+                .contains("use `rust`, `python`, `js` or `c`")
+        );
+    }
+
+    #[test]
+    fn js_and_c_projects_carry_the_example_the_contract_and_a_build_script_of_their_own() {
+        let dir = tempfile::tempdir().unwrap();
+        let js = dir.path().join("my-js");
+        let files = write_template(&js, "js".parse().unwrap()).unwrap();
+        assert!(files.contains(&PathBuf::from("package-lock.json")));
+        assert_eq!(
+            std::fs::read_to_string(js.join("wit/egress.wit")).unwrap(),
+            WIT
+        );
+        let build = std::fs::read_to_string(js.join("build.sh")).unwrap();
+        assert!(build.contains("WIT=${WIT:-wit}") && build.contains("OUT=${OUT:-my_js.wasm}"));
+        let lock = std::fs::read_to_string(js.join("package-lock.json")).unwrap();
+        assert!(lock.contains("\"name\": \"my-js\"") && !lock.contains(JS_PACKAGE_NAME));
+
+        let c = dir.path().join("my-c");
+        write_template(&c, "c".parse().unwrap()).unwrap();
+        let build = std::fs::read_to_string(c.join("build.sh")).unwrap();
+        assert!(build.contains("WIT=${WIT:-wit}") && build.contains("OUT=${OUT:-my_c.wasm}"));
+        assert!(
+            std::fs::metadata(c.join("build.sh"))
+                .unwrap()
+                .permissions()
+                .mode()
+                & 0o111
+                != 0,
+            "build.sh is executable"
+        );
+        assert!(
+            std::fs::read_to_string(c.join("provider.c"))
+                .unwrap()
+                .contains("#include \"egress_provider.h\"")
         );
     }
 }
