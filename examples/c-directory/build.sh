@@ -1,5 +1,5 @@
 #!/bin/sh
-# Builds the provider into c_directory.wasm, a component (about 100 KB):
+# Builds the provider into c_directory.wasm, a component (about 240 KB):
 #   1. `wit-bindgen c` writes the bindings of the contract into $BUILD_DIR/bindings;
 #   2. clang (Debian: clang, lld, wasi-libc, libclang-rt-14-dev-wasm32) compiles provider.c and
 #      the bindings for wasm32-wasi (WASI preview 1) into a core module;

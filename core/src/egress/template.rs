@@ -319,7 +319,7 @@ fn c_files(name: &str) -> Vec<(String, String)> {
              libclang-rt-14-dev-wasm32`, then\n\n    cargo install wit-bindgen-cli --version \
              0.63.0 --locked --no-default-features --features c\n    cargo install wasm-tools \
              --version 1.262.0 --locked --no-default-features --features component\n\n\
-             Build and test:\n\n    ./build.sh        # {module}.wasm, about 100 KB\n    \
+             Build and test:\n\n    ./build.sh        # {module}.wasm, about 240 KB\n    \
              diagmon plugin test {module}.wasm\n\nThen in diagmon's configuration:\n\n```toml\n\
              [egress.providers.{name}]\ncomponent = \"/absolute/path/to/{module}.wasm\"\n\
              directory = \"/var/lib/diagmon/traces\"\n```\n\n`provider.c` says what to change; \
