@@ -39,12 +39,17 @@ function storeError(action, error) {
   return refuse("other", `${action} in ${describe()}: ${error}`);
 }
 
+// `prefix` as a path prefix ending in "/" ("" for none); refused unless it is relative and clean.
 function checkPrefix(value) {
-  if (value.startsWith("/") || value.split("/").slice(0, -1).some((s) => s === "" || s === "." || s === "..")) {
-    throw refuse("invalid-settings",
-      `\`prefix\` must be a relative path like "traces/" (no leading "/", no "." or ".." segments), not ${JSON.stringify(value)}`);
+  if (value === "") {
+    return value;
   }
-  return value === "" || value.endsWith("/") ? value : `${value}/`;
+  const trimmed = value.endsWith("/") ? value.slice(0, -1) : value;
+  if (value.startsWith("/") || trimmed.split("/").some((s) => s === "" || s === "." || s === "..")) {
+    throw refuse("invalid-settings",
+      `\`prefix\` must be a relative path like "traces/" (no leading "/", no empty, "." or ".." segments), not ${JSON.stringify(value)}`);
+  }
+  return `${trimmed}/`;
 }
 
 class Upload {

@@ -174,6 +174,22 @@ async fn the_javascript_example_passes_on_a_file_store() {
         "stored under the prefix: {}",
         stored.detail
     );
+    // A prefix that would leave the grant stops start-up, in the provider's words.
+    let mut escaping = js_provider(dir.path());
+    escaping
+        .settings
+        .insert("prefix".to_owned(), serde_json::json!("../elsewhere"));
+    let error = diagmon::egress::EgressHost::load(&diagmon::egress::EgressConfig {
+        providers: [("js".to_owned(), escaping)].into_iter().collect(),
+        cache_directory: Some(shared_cache()),
+    })
+    .await
+    .unwrap_err()
+    .to_string();
+    assert!(
+        error.contains("`prefix` must be a relative path") && error.contains("../elsewhere"),
+        "{error}"
+    );
 }
 
 /// Start-up with the JavaScript provider (12 MB, seconds to compile) once its compiled form is
