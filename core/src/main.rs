@@ -240,7 +240,7 @@ struct GcdumpArgs {
     /// The process name.
     #[arg(long)]
     name: Option<String>,
-    /// Output file (default: {yyyyMMdd_HHmmss}_{pid}.gcdump in the current directory).
+    /// Output file (default: {yyyyMMdd_HHmmss_fff}_{pid}.gcdump in the current directory).
     #[arg(short, long)]
     output: Option<PathBuf>,
     /// Seconds the whole snapshot may take before it fails.

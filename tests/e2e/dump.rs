@@ -13,6 +13,7 @@ use diagmon::config::StorageConfig;
 use diagmon::diagnostics::dump::{DumpCommandError, DumpType};
 use diagmon::diagnostics::{Command, DiagnosticsClient, Endpoint, RuntimeErrorCode, Timeouts};
 use diagmon::dumps::{DumpError, DumpFile, DumpFolder, DumpStream};
+use diagmon_tests::api::{final_operation, location_of, sha256_hex};
 use diagmon_tests::monitor::{Monitor, monitor_binary};
 use diagmon_tests::simulated_runtime::{
     DumpBehaviour, SimulatedRuntime, SimulatedRuntimeConfig, hresult,
@@ -22,6 +23,9 @@ use diagmon_tests::target::{Program, TestTarget};
 use futures_util::StreamExt;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
+
+/// How long an operation may take to end before a test gives up on it.
+const OPERATION_WAIT: Duration = Duration::from_secs(60);
 
 /// ELF `e_type` of a core file.
 const ET_CORE: u16 = 4;
@@ -99,14 +103,6 @@ fn listing(dir: &Path) -> Vec<String> {
                 .collect()
         })
         .unwrap_or_default()
-}
-
-fn sha256_hex(bytes: &[u8]) -> String {
-    use sha2::Digest;
-    sha2::Sha256::digest(bytes)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
 }
 
 /// A dump folder in a fresh temporary directory.
@@ -528,29 +524,6 @@ fn monitor_with(socket_dir: &Path, dumps: &Path, extra: &str) -> Monitor {
     )
 }
 
-/// Polls the operation at `location` until it reaches a final state (≤ 60 s).
-async fn final_operation(client: &reqwest::Client, location: &str) -> Value {
-    for _ in 0..600 {
-        let body: Value = client
-            .get(location)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        if ["Succeeded", "Failed", "Cancelled"].contains(&body["status"].as_str().unwrap_or("")) {
-            return body;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("operation {location} did not finish");
-}
-
-fn location_of(response: &reqwest::Response) -> String {
-    response.headers()["location"].to_str().unwrap().to_owned()
-}
-
 /// Streams a response body into `path`; returns its bytes' SHA-256 and length.
 async fn save_body(response: reqwest::Response, path: &Path) -> (String, u64) {
     use sha2::Digest;
@@ -619,7 +592,7 @@ async fn get_dump_streams_mini_and_full_cores_that_match_their_operation() {
             "{dump_type}: {} NT_PRSTATUS notes for {threads} threads",
             core.prstatus_notes
         );
-        let operation = final_operation(&client, &location).await;
+        let operation = final_operation(&client, &location, OPERATION_WAIT).await;
         assert_eq!(operation["status"], "Succeeded", "{operation}");
         assert_eq!(operation["isStoppable"], false);
         assert_eq!(operation["kind"], "dump");
@@ -672,7 +645,7 @@ async fn get_dump_with_egress_stores_what_the_summary_describes() {
             .await
             .unwrap();
         assert_eq!(response.status(), StatusCode::ACCEPTED, "{provider}");
-        let operation = final_operation(&client, &location_of(&response)).await;
+        let operation = final_operation(&client, &location_of(&response), OPERATION_WAIT).await;
         assert_eq!(operation["status"], "Succeeded", "{provider}: {operation}");
         assert_eq!(operation["egressProviderName"], provider);
         let location = operation["resourceLocation"].as_str().unwrap();
@@ -840,7 +813,7 @@ async fn a_target_killed_during_an_egressed_dump_fails_it_and_leaves_nothing() {
     }
     target.signal(libc::SIGKILL);
     assert_eq!(status, StatusCode::ACCEPTED);
-    let operation = final_operation(&client, &location_of(&response)).await;
+    let operation = final_operation(&client, &location_of(&response), OPERATION_WAIT).await;
     assert_eq!(operation["status"], "Failed", "{operation}");
     assert_eq!(operation["error"]["code"], "TargetGone", "{operation}");
     assert!(listing(&dumps).is_empty(), "{:?}", listing(&dumps));

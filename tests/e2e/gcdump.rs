@@ -9,11 +9,15 @@ use std::process::Command as Process;
 use std::time::Duration;
 
 use diagmon::gcdump::{format, report};
+use diagmon_tests::api::{final_operation, location_of, sha256_hex};
 use diagmon_tests::monitor::{Monitor, monitor_binary};
 use diagmon_tests::target::{Program, TestTarget};
 use futures_util::StreamExt;
 use reqwest::StatusCode;
 use serde_json::Value;
+
+/// How long an operation may take to end before a test gives up on it.
+const OPERATION_WAIT: Duration = Duration::from_secs(90);
 
 /// Objects the target keeps alive.
 const KEPT: u64 = 1000;
@@ -31,29 +35,6 @@ fn monitor_for(socket_dir: &Path, extra: &str) -> Monitor {
     )
 }
 
-/// Polls the operation at `location` until it reaches a final state (≤ 90 s).
-async fn final_operation(client: &reqwest::Client, location: &str) -> Value {
-    for _ in 0..900 {
-        let body: Value = client
-            .get(location)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        if ["Succeeded", "Failed", "Cancelled"].contains(&body["status"].as_str().unwrap_or("")) {
-            return body;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("operation {location} did not finish");
-}
-
-fn location_of(response: &reqwest::Response) -> String {
-    response.headers()["location"].to_str().unwrap().to_owned()
-}
-
 /// The whole body, or the error that cut it.
 async fn body_of(response: reqwest::Response) -> Result<Vec<u8>, String> {
     let mut body = Vec::new();
@@ -62,14 +43,6 @@ async fn body_of(response: reqwest::Response) -> Result<Vec<u8>, String> {
         body.extend_from_slice(&chunk.map_err(|error| error.to_string())?);
     }
     Ok(body)
-}
-
-fn sha256_hex(bytes: &[u8]) -> String {
-    use sha2::Digest;
-    sha2::Sha256::digest(bytes)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
 }
 
 /// The final state of the one operation of `monitor`, after a streamed gcdump that must not
@@ -95,7 +68,12 @@ async fn failed_stream(
     let operations = operations.as_array().unwrap();
     assert_eq!(operations.len(), 1, "{operations:?}");
     let id = operations[0]["operationId"].as_str().unwrap();
-    final_operation(client, &monitor.url(&format!("/operations/{id}"))).await
+    final_operation(
+        client,
+        &monitor.url(&format!("/operations/{id}")),
+        OPERATION_WAIT,
+    )
+    .await
 }
 
 /// The report's row for `name`.
@@ -175,7 +153,7 @@ async fn get_gcdump_of_a_real_target_lists_its_objects_exactly() {
     }
     assert_eq!(kept_reached, KEPT);
 
-    let operation = final_operation(&client, &location).await;
+    let operation = final_operation(&client, &location, OPERATION_WAIT).await;
     assert_eq!(operation["status"], "Succeeded", "{operation}");
     assert_eq!(operation["summary"]["bytes"], bytes.len());
     assert_eq!(operation["summary"]["sha256"], sha256_hex(&bytes));
@@ -250,7 +228,7 @@ async fn a_second_gcdump_of_the_same_process_is_refused() {
     assert!(detail.contains("already running"), "{detail}");
     let location = location_of(&first);
     body_of(first).await.expect("the first one completes");
-    let operation = final_operation(&client, &location).await;
+    let operation = final_operation(&client, &location, OPERATION_WAIT).await;
     assert_eq!(operation["status"], "Succeeded", "{operation}");
     // Once it is done, the process can be snapshot again.
     let again = client.get(&url).send().await.unwrap();
@@ -344,7 +322,7 @@ async fn get_gcdump_with_egress_stores_the_file_its_summary_describes() {
         .await
         .unwrap();
     assert_eq!(response.status(), StatusCode::ACCEPTED);
-    let operation = final_operation(&client, &location_of(&response)).await;
+    let operation = final_operation(&client, &location_of(&response), OPERATION_WAIT).await;
     assert_eq!(operation["status"], "Succeeded", "{operation}");
     assert_eq!(operation["egressProviderName"], "files");
     assert!(

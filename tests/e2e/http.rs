@@ -3,12 +3,17 @@
 
 use std::time::Duration;
 
-use diagmon::diagnostics::nettrace::{NettraceSummary, NettraceValidator};
+use diagmon_tests::api::{
+    FINAL_STATES, final_operation, location_of, sha256_hex, validated_nettrace,
+};
 use diagmon_tests::monitor::Monitor;
 use diagmon_tests::target::{Program, TestTarget};
 use futures_util::StreamExt;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
+
+/// How long an operation may take to end before a test gives up on it.
+const OPERATION_WAIT: Duration = Duration::from_secs(30);
 
 /// The seed's sample body: CPU samples plus the runtime's default keywords at Informational.
 fn sample_body() -> Value {
@@ -31,28 +36,10 @@ fn monitor_for(target: &TestTarget, extra_config: &str) -> Monitor {
     Monitor::start(&config, &["--no-auth"])
 }
 
-fn validate(bytes: &[u8]) -> NettraceSummary {
-    let mut validator = NettraceValidator::new();
-    validator.feed(bytes).expect("well-formed nettrace");
-    validator.finish().expect("a complete nettrace")
-}
-
 async fn operation(client: &reqwest::Client, location: &str) -> (StatusCode, Value) {
     let response = client.get(location).send().await.unwrap();
     let status = response.status();
     (status, response.json().await.unwrap())
-}
-
-/// Polls the operation until it reaches a final state (≤ 30 s).
-async fn final_operation(client: &reqwest::Client, location: &str) -> (StatusCode, Value) {
-    for _ in 0..300 {
-        let (status, body) = operation(client, location).await;
-        if ["Succeeded", "Failed", "Cancelled"].contains(&body["status"].as_str().unwrap_or("")) {
-            return (status, body);
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("operation {location} did not finish");
 }
 
 /// `POST url` with the sample body.
@@ -63,24 +50,6 @@ async fn post_trace(client: &reqwest::Client, url: String) -> reqwest::Response 
 /// `GET url` as JSON.
 async fn get_json(client: &reqwest::Client, url: impl reqwest::IntoUrl) -> Value {
     client.get(url).send().await.unwrap().json().await.unwrap()
-}
-
-fn sha256_hex(bytes: &[u8]) -> String {
-    use sha2::Digest;
-    sha2::Sha256::digest(bytes)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
-}
-
-fn location_of(response: &reqwest::Response) -> String {
-    response
-        .headers()
-        .get("location")
-        .expect("a Location header")
-        .to_str()
-        .unwrap()
-        .to_owned()
 }
 
 #[tokio::test]
@@ -120,12 +89,16 @@ async fn post_trace_streams_a_complete_trace_selected_by_pid_name_or_uid() {
             "{location}"
         );
         let bytes = response.bytes().await.unwrap();
-        let summary = validate(&bytes);
+        let summary = validated_nettrace(&bytes);
         assert!(summary.events_by_provider["Microsoft-DotNETCore-SampleProfiler"] > 0);
         assert!(summary.events_by_provider["Microsoft-Windows-DotNETRuntime"] > 0);
 
-        let (status, body) = final_operation(&client, &location).await;
-        assert_eq!(status, StatusCode::CREATED, "{body}");
+        let body = final_operation(&client, &location, OPERATION_WAIT).await;
+        assert_eq!(
+            operation(&client, &location).await.0,
+            StatusCode::CREATED,
+            "{body}"
+        );
         assert_eq!(body["status"], "Succeeded");
         assert_eq!(body["process"]["pid"], target.pid());
         assert_eq!(body["bytesCaptured"], bytes.len());
@@ -145,7 +118,7 @@ async fn get_trace_with_a_profile_gives_a_valid_trace() {
     .await
     .unwrap();
     assert_eq!(response.status(), StatusCode::OK);
-    let summary = validate(&response.bytes().await.unwrap());
+    let summary = validated_nettrace(&response.bytes().await.unwrap());
     assert!(summary.events_by_provider["Microsoft-DotNETCore-SampleProfiler"] > 0);
 }
 
@@ -181,8 +154,8 @@ async fn an_endless_trace_stops_gracefully_or_is_cancelled() {
         .await
         .unwrap()
         .expect("the stopped trace's body completes");
-    validate(&bytes);
-    let (_, stopped) = final_operation(&client, &location).await;
+    validated_nettrace(&bytes);
+    let stopped = final_operation(&client, &location, OPERATION_WAIT).await;
     assert_eq!(stopped["status"], "Succeeded");
     let listed: Value = get_json(&client, monitor.url("/operations?tags=b,a")).await;
     assert!(
@@ -210,7 +183,7 @@ async fn an_endless_trace_stops_gracefully_or_is_cancelled() {
         ended_with_error,
         "a cancelled trace must not end like a complete one"
     );
-    let (_, cancelled) = final_operation(&client, &location).await;
+    let cancelled = final_operation(&client, &location, OPERATION_WAIT).await;
     assert_eq!(cancelled["status"], "Cancelled");
     let again = client.delete(&location).send().await.unwrap();
     assert_eq!(again.status(), StatusCode::BAD_REQUEST);
@@ -227,7 +200,7 @@ async fn a_client_that_disconnects_ends_the_session_cleanly() {
     let mut body = response.bytes_stream();
     assert!(body.next().await.is_some());
     drop(body);
-    let (_, cancelled) = final_operation(&client, &location).await;
+    let cancelled = final_operation(&client, &location, OPERATION_WAIT).await;
     assert_eq!(cancelled["status"], "Cancelled");
     // The runtime is not left with a session: a new trace starts and completes.
     let response = post_trace(
@@ -236,7 +209,7 @@ async fn a_client_that_disconnects_ends_the_session_cleanly() {
     )
     .await;
     assert_eq!(response.status(), StatusCode::OK);
-    validate(&response.bytes().await.unwrap());
+    validated_nettrace(&response.bytes().await.unwrap());
 }
 
 #[tokio::test]
@@ -263,7 +236,7 @@ async fn a_killed_target_fails_the_operation_and_aborts_the_body() {
         ended_with_error,
         "a cut-short trace must not end like a complete one"
     );
-    let (_, failed) = final_operation(&client, &location).await;
+    let failed = final_operation(&client, &location, OPERATION_WAIT).await;
     assert_eq!(failed["status"], "Failed");
     assert_eq!(failed["error"]["code"], "TraceTruncated");
     assert!(
@@ -330,14 +303,14 @@ async fn concurrent_traces_are_limited_with_429() {
         "Rate limit reached."
     );
     for response in responses {
-        validate(&response.bytes().await.unwrap());
+        validated_nettrace(&response.bytes().await.unwrap());
     }
     // The slots are free again once the traces ended.
     let mut accepted = false;
     for _ in 0..50 {
         let response = client.get(&url).send().await.unwrap();
         if response.status() == StatusCode::OK {
-            validate(&response.bytes().await.unwrap());
+            validated_nettrace(&response.bytes().await.unwrap());
             accepted = true;
             break;
         }
@@ -438,7 +411,7 @@ async fn sigterm_completes_running_traces_before_exiting() {
     tokio::time::sleep(Duration::from_secs(1)).await;
     monitor.signal(libc::SIGTERM);
     let bytes = body.await.unwrap().expect("the body completes on shutdown");
-    validate(&bytes);
+    validated_nettrace(&bytes);
     let status = tokio::task::spawn_blocking(move || monitor.wait_exit(Duration::from_secs(20)))
         .await
         .unwrap()
@@ -474,8 +447,12 @@ async fn egress_to_the_filesystem_provider_records_where_the_trace_landed() {
     assert_eq!(response.status(), StatusCode::ACCEPTED);
     let location = location_of(&response);
     assert!(response.bytes().await.unwrap().is_empty());
-    let (status, done) = final_operation(&client, &location).await;
-    assert_eq!(status, StatusCode::CREATED, "{done}");
+    let done = final_operation(&client, &location, OPERATION_WAIT).await;
+    assert_eq!(
+        operation(&client, &location).await.0,
+        StatusCode::CREATED,
+        "{done}"
+    );
     assert_eq!(done["egressProviderName"], "ARTIFACTS");
     let path = std::path::PathBuf::from(done["resourceLocation"].as_str().unwrap());
     assert!(path.starts_with(traces.path()), "{}", path.display());
@@ -487,7 +464,7 @@ async fn egress_to_the_filesystem_provider_records_where_the_trace_landed() {
             .ends_with(&format!("_{}.nettrace", target.pid()))
     );
     let bytes = std::fs::read(&path).unwrap();
-    let summary = validate(&bytes);
+    let summary = validated_nettrace(&bytes);
     assert_eq!(done["summary"]["events"], summary.events);
     assert_eq!(done["summary"]["sha256"], sha256_hex(&bytes));
     let files: Vec<_> = std::fs::read_dir(traces.path()).unwrap().collect();
@@ -512,7 +489,7 @@ async fn a_killed_target_aborts_the_egress_upload() {
     let location = location_of(&response);
     tokio::time::sleep(Duration::from_millis(1500)).await;
     target.signal(libc::SIGKILL);
-    let (_, failed) = final_operation(&client, &location).await;
+    let failed = final_operation(&client, &location, OPERATION_WAIT).await;
     assert_eq!(failed["status"], "Failed", "{failed}");
     assert_eq!(failed["error"]["code"], "TraceTruncated");
     let files: Vec<_> = std::fs::read_dir(traces.path()).unwrap().collect();
@@ -560,7 +537,7 @@ async fn listen_mode_serves_runtimes_that_connect_and_resumes_suspended_ones() {
         .await
         .unwrap();
     assert_eq!(trace.status(), StatusCode::OK);
-    validate(&trace.bytes().await.unwrap());
+    validated_nettrace(&trace.bytes().await.unwrap());
 }
 
 /// The compile cache the egress host tests fill, so that the monitors here start fast.
@@ -583,7 +560,7 @@ async fn egress_trace(monitor: &Monitor, target: &TestTarget, provider: &str) ->
     )
     .await;
     assert_eq!(response.status(), StatusCode::ACCEPTED, "{provider}");
-    final_operation(&client, &location_of(&response)).await.1
+    final_operation(&client, &location_of(&response), OPERATION_WAIT).await
 }
 
 #[tokio::test]
@@ -617,14 +594,14 @@ async fn the_example_providers_egress_through_the_monitor() {
             .path
             .ends_with(&format!("_{}.nettrace", target.pid()))
     );
-    validate(&requests[0].body);
+    validated_nettrace(&requests[0].body);
     assert_eq!(done["summary"]["sha256"], sha256_hex(&requests[0].body));
 
     let done = egress_trace(&monitor, &target, "sidecar").await;
     assert_eq!(done["status"], "Succeeded", "{done}");
     let location = done["resourceLocation"].as_str().unwrap();
     let bytes = std::fs::read(location).unwrap();
-    validate(&bytes);
+    validated_nettrace(&bytes);
     assert_eq!(done["summary"]["sha256"], sha256_hex(&bytes));
 }
 
@@ -725,7 +702,7 @@ async fn a_new_trace_is_accepted(client: &reqwest::Client, monitor: &Monitor, pi
     )
     .await;
     assert_eq!(response.status(), StatusCode::OK);
-    validate(&response.bytes().await.unwrap());
+    validated_nettrace(&response.bytes().await.unwrap());
 }
 
 #[tokio::test]
@@ -850,7 +827,7 @@ async fn a_client_gone_from_a_quiet_endless_trace_is_noticed() {
         assert_eq!(running["status"], "Running", "{running}");
         drop(response);
         drop(leaving);
-        let (_, ended) = final_operation(&client, &location).await;
+        let ended = final_operation(&client, &location, OPERATION_WAIT).await;
         assert_eq!(ended["status"], "Cancelled", "{ended}");
     }
     a_new_trace_is_accepted(&client, &monitor, target.pid()).await;
@@ -891,9 +868,10 @@ async fn clients_that_leave_while_a_trace_starts_leave_no_operation_behind() {
     let operations = loop {
         let listed = get_json(&client, monitor.url("/operations?tags=leaving")).await;
         let all = listed.as_array().unwrap().clone();
-        if all.iter().all(|op| {
-            ["Succeeded", "Failed", "Cancelled"].contains(&op["status"].as_str().unwrap())
-        }) {
+        if all
+            .iter()
+            .all(|op| FINAL_STATES.contains(&op["status"].as_str().unwrap()))
+        {
             break all;
         }
         assert!(

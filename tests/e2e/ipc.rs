@@ -4,11 +4,11 @@
 use std::time::Duration;
 
 use diagmon::diagnostics::eventpipe::Rundown;
-use diagmon::diagnostics::nettrace::{NettraceSummary, NettraceValidator};
+use diagmon::diagnostics::nettrace::NettraceSummary;
 use diagmon::diagnostics::{DiagnosticsError, EventProvider, SessionConfig, Timeouts};
 use diagmon::processes::{Discovery, ProcessDirectory, ProcessRecord};
+use diagmon_tests::api::{sha256_hex, validated_nettrace};
 use diagmon_tests::target::{Program, TestTarget};
-use sha2::{Digest, Sha256};
 
 const SAMPLE_PROFILER: &str = "Microsoft-DotNETCore-SampleProfiler";
 const RUNTIME: &str = "Microsoft-Windows-DotNETRuntime";
@@ -58,22 +58,12 @@ async fn capture(
     let mut bytes = Vec::new();
     let digest = session.copy_to(&mut bytes).await?;
     stopper.await.unwrap()?;
-    let sha256: String = Sha256::digest(&bytes)
-        .iter()
-        .map(|byte| format!("{byte:02x}"))
-        .collect();
     assert_eq!(
-        digest.sha256, sha256,
+        digest.sha256,
+        sha256_hex(&bytes),
         "the digest covers exactly the bytes written"
     );
     Ok((bytes, digest.nettrace))
-}
-
-/// Validates bytes independently of the session's own check.
-fn validate(bytes: &[u8]) -> NettraceSummary {
-    let mut validator = NettraceValidator::new();
-    validator.feed(bytes).expect("well-formed");
-    validator.finish().expect("complete")
 }
 
 #[tokio::test]
@@ -115,7 +105,7 @@ async fn a_session_returns_a_complete_trace_with_samples_and_runtime_events() {
         .await
         .unwrap();
     assert_eq!(summary.bytes, bytes.len() as u64);
-    let checked = validate(&bytes);
+    let checked = validated_nettrace(&bytes);
     assert_eq!(checked.events, summary.events);
     assert_eq!(checked.process_id, Some(u64::from(target.pid())));
     let count = |provider: &str| {
@@ -144,7 +134,7 @@ async fn without_rundown_there_are_no_rundown_events() {
     let (bytes, _) = capture(&target, &sample_config(Rundown::Off), 2)
         .await
         .unwrap();
-    let checked = validate(&bytes);
+    let checked = validated_nettrace(&bytes);
     assert!(checked.events_by_provider.contains_key(SAMPLE_PROFILER));
     assert_eq!(checked.events_by_provider.get(RUNDOWN), None);
 }
@@ -159,7 +149,7 @@ async fn provider_keywords_and_level_reach_an_event_source() {
     let mut config = SessionConfig::new(vec![provider]);
     config.rundown = Rundown::Off;
     let (bytes, _) = capture(&target, &config, 2).await.unwrap();
-    let checked = validate(&bytes);
+    let checked = validated_nettrace(&bytes);
     assert!(
         checked
             .events_by_event
@@ -225,7 +215,7 @@ async fn sigterm_ends_the_trace_completely() {
     let mut bytes = Vec::new();
     let (_, summary) = tokio::join!(signal, session.copy_to(&mut bytes));
     let summary = summary.expect("a graceful exit completes the trace");
-    assert_eq!(validate(&bytes).events, summary.nettrace.events);
+    assert_eq!(validated_nettrace(&bytes).events, summary.nettrace.events);
     assert!(summary.nettrace.events_by_provider.contains_key(RUNDOWN));
 }
 
@@ -244,7 +234,7 @@ async fn dropping_a_session_ends_it_in_the_target() {
     let (bytes, _) = capture(&target, &sample_config(Rundown::Off), 1)
         .await
         .unwrap();
-    validate(&bytes);
+    validated_nettrace(&bytes);
 }
 
 /// A process that does nothing but live (a pid for impostor sockets to claim); killed on drop.

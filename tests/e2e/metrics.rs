@@ -7,10 +7,14 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use diagmon_tests::api::{final_operation, sha256_hex};
 use diagmon_tests::monitor::Monitor;
 use diagmon_tests::target::{Program, TestTarget};
 use reqwest::StatusCode;
 use serde_json::Value;
+
+/// How long an operation may take to end before a test gives up on it.
+const OPERATION_WAIT: Duration = Duration::from_secs(10);
 
 /// Providers the tests ask for: the runtime's, the target's own, and one that does not exist
 /// (it must simply give nothing).
@@ -372,25 +376,6 @@ fn json_seq(body: &[u8]) -> Vec<Value> {
         .collect()
 }
 
-/// Polls an operation until it is final.
-async fn final_operation(client: &reqwest::Client, location: &str) -> Value {
-    for _ in 0..100 {
-        let body: Value = client
-            .get(location)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        if ["Succeeded", "Failed", "Cancelled"].contains(&body["status"].as_str().unwrap_or("")) {
-            return body;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("operation {location} did not finish");
-}
-
 #[tokio::test]
 async fn livemetrics_streams_json_seq_metrics_with_known_values() {
     let target = TestTarget::start(Program::CounterApp, &[]);
@@ -454,7 +439,7 @@ async fn livemetrics_streams_json_seq_metrics_with_known_values() {
         records.iter().all(|r| r["provider"] == "Diagmon-Counters"),
         "{records:?}"
     );
-    let operation = final_operation(&client, &location).await;
+    let operation = final_operation(&client, &location, OPERATION_WAIT).await;
     assert_eq!(operation["status"], "Succeeded", "{operation}");
 
     // GET: the default providers (System.Runtime's counters).
@@ -794,7 +779,7 @@ async fn livemetrics_with_egress_stores_the_records_its_summary_describes() {
         .unwrap();
     assert_eq!(response.status(), StatusCode::ACCEPTED);
     let location = response.headers()["location"].to_str().unwrap().to_owned();
-    let operation = final_operation(&client, &location).await;
+    let operation = final_operation(&client, &location, OPERATION_WAIT).await;
     assert_eq!(operation["status"], "Succeeded", "{operation}");
     assert_eq!(operation["kind"], "metrics");
     assert_eq!(operation["egressProviderName"], "files");
@@ -803,12 +788,7 @@ async fn livemetrics_with_egress_stores_the_records_its_summary_describes() {
     assert!(path.ends_with(&format!("_{pid}.metrics.json")), "{path}");
     let bytes = std::fs::read(path).unwrap();
     assert_eq!(operation["summary"]["bytes"], bytes.len());
-    use sha2::Digest;
-    let sha256: String = sha2::Sha256::digest(&bytes)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
-    assert_eq!(operation["summary"]["sha256"], sha256.as_str());
+    assert_eq!(operation["summary"]["sha256"], sha256_hex(&bytes).as_str());
     // About three one-second reports of the one counter asked for, each its known value.
     let records = json_seq(&bytes);
     assert!((2..=4).contains(&records.len()), "{records:?}");

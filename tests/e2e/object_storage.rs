@@ -10,13 +10,16 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use diagmon::diagnostics::nettrace::{NettraceSummary, NettraceValidator};
+use diagmon_tests::api::{final_operation, sha256_hex, validated_nettrace};
 use diagmon_tests::monitor::{Monitor, monitor_binary};
 use diagmon_tests::simulated_runtime::{SimulatedRuntime, SimulatedRuntimeConfig, StreamBehaviour};
 use diagmon_tests::storage::{AZURITE_ACCOUNT, AZURITE_KEY, Azurite, Moto, StoredObject};
 use diagmon_tests::target::{Program, TestTarget};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
+
+/// How long an operation may take to end before a test gives up on it.
+const OPERATION_WAIT: Duration = Duration::from_secs(60);
 
 const BUCKET: &str = "traces";
 
@@ -108,39 +111,9 @@ async fn operation(client: &reqwest::Client, location: &str) -> Value {
         .unwrap()
 }
 
-/// Polls the operation until it reaches a final state (≤ 60 s).
-async fn final_operation(client: &reqwest::Client, location: &str) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let body = operation(client, location).await;
-        if ["Succeeded", "Failed", "Cancelled"].contains(&body["status"].as_str().unwrap_or("")) {
-            return body;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "operation {location} did not finish: {body}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-fn validate(bytes: &[u8]) -> NettraceSummary {
-    let mut validator = NettraceValidator::new();
-    validator.feed(bytes).expect("a well-formed nettrace");
-    validator.finish().expect("a complete nettrace")
-}
-
-fn sha256_hex(bytes: &[u8]) -> String {
-    use sha2::Digest;
-    sha2::Sha256::digest(bytes)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
-}
-
 /// Checks that `object` is the operation's trace, whole, with its metadata.
 fn assert_is_the_trace(object: &StoredObject, done: &Value, pid: u64) {
-    let summary = validate(&object.bytes);
+    let summary = validated_nettrace(&object.bytes);
     assert_eq!(
         done["summary"]["sha256"],
         sha256_hex(&object.bytes),
@@ -198,7 +171,7 @@ async fn s3_egress_of_a_real_trace_is_a_complete_object_with_its_metadata() {
         ),
     )
     .await;
-    let done = final_operation(&client, &location).await;
+    let done = final_operation(&client, &location, OPERATION_WAIT).await;
     assert_eq!(done["status"], "Succeeded", "{done}");
     assert_eq!(done["egressProviderName"], "s3");
     let name = object_name(&done);
@@ -241,7 +214,7 @@ async fn azure_egress_of_a_real_trace_is_a_complete_blob_with_its_metadata_and_a
         ),
     )
     .await;
-    let done = final_operation(&client, &location).await;
+    let done = final_operation(&client, &location, OPERATION_WAIT).await;
     assert_eq!(done["status"], "Succeeded", "{done}");
     // The location is a SAS URL: the blob's URL and a signature.
     let signed = done["resourceLocation"].as_str().unwrap();
@@ -298,7 +271,7 @@ async fn a_trace_of_many_parts_arrives_whole() {
         &format!("pid={pid}&durationSeconds=-1&egressProvider=s3"),
     )
     .await;
-    let done = final_operation(&client, &location).await;
+    let done = final_operation(&client, &location, OPERATION_WAIT).await;
     assert_eq!(done["status"], "Succeeded", "{done}");
     let elapsed = started.elapsed();
     let name = object_name(&done);
@@ -342,7 +315,7 @@ async fn a_cut_short_trace_aborts_the_s3_upload_leaving_no_parts() {
         &format!("pid={pid}&durationSeconds=-1&egressProvider=s3"),
     )
     .await;
-    let done = final_operation(&client, &location).await;
+    let done = final_operation(&client, &location, OPERATION_WAIT).await;
     assert_eq!(done["status"], "Failed", "{done}");
     assert_eq!(done["error"]["code"], "TraceTruncated", "{done}");
     // The upload had started (24 MiB is more than 4 parts) and was aborted.
@@ -382,7 +355,7 @@ async fn a_storage_server_killed_mid_upload_fails_the_operation_as_unreachable()
     let location = trace_under_way(&client, &monitor, pid, "azure").await;
     azurite.kill();
     let killed = Instant::now();
-    let done = final_operation(&client, &location).await;
+    let done = final_operation(&client, &location, OPERATION_WAIT).await;
     let took = killed.elapsed();
     assert_eq!(done["status"], "Failed", "{done}");
     let message = error_message(&done);
@@ -451,7 +424,7 @@ async fn a_hung_storage_server_fails_the_operation_as_timed_out_within_its_timeo
     let location = trace_under_way(&client, &monitor, pid, "azure").await;
     azurite.freeze();
     let frozen = Instant::now();
-    let done = final_operation(&client, &location).await;
+    let done = final_operation(&client, &location, OPERATION_WAIT).await;
     let took = frozen.elapsed();
     assert_eq!(done["status"], "Failed", "{done}");
     let message = error_message(&done);
@@ -495,7 +468,7 @@ async fn wrong_credentials_fail_the_operation_as_credentials_rejected() {
             &format!("pid={pid}&durationSeconds=1&egressProvider={name}"),
         )
         .await;
-        let done = final_operation(&client, &location).await;
+        let done = final_operation(&client, &location, OPERATION_WAIT).await;
         assert_eq!(done["status"], "Failed", "{name}: {done}");
         let message = error_message(&done);
         assert!(
@@ -512,7 +485,7 @@ async fn wrong_credentials_fail_the_operation_as_credentials_rejected() {
         &format!("pid={pid}&durationSeconds=1&egressProvider=good"),
     )
     .await;
-    let done = final_operation(&client, &location).await;
+    let done = final_operation(&client, &location, OPERATION_WAIT).await;
     assert_eq!(done["status"], "Succeeded", "{done}");
 }
 
@@ -531,7 +504,7 @@ async fn a_missing_bucket_fails_the_operation_as_bucket_missing() {
         &format!("pid={}&durationSeconds=1&egressProvider=s3", target.pid()),
     )
     .await;
-    let done = final_operation(&client, &location).await;
+    let done = final_operation(&client, &location, OPERATION_WAIT).await;
     assert_eq!(done["status"], "Failed", "{done}");
     let message = error_message(&done);
     assert!(message.contains("bucket missing"), "{message}");
@@ -783,7 +756,7 @@ async fn a_complete_whose_answer_comes_too_late_but_committed_is_a_success() {
         &format!("pid={pid}&durationSeconds=-1&egressProvider=s3"),
     )
     .await;
-    let done = final_operation(&client, &location).await;
+    let done = final_operation(&client, &location, OPERATION_WAIT).await;
     assert_eq!(done["status"], "Succeeded", "{done}");
     let object = moto
         .get(BUCKET, &format!("late/{}", object_name(&done)))

@@ -1,6 +1,7 @@
 //! Test support for diagmon's end-to-end tests: real parts to test against.
 //!
 //! - [`target`]: a real .NET Core 3.1 program with its own TMPDIR;
+//! - [`api`]: operations polled to their end, `Location`s, and the checks of an artifact's bytes;
 //! - [`monitor`]: the real `diagmon collect` binary on a loopback port;
 //! - [`simulated_runtime`] and [`synthetic_nettrace`]: a runtime for what 3.1 cannot show;
 //! - [`counter_events`]: counter and meter events as a runtime writes them, for the simulator;
@@ -10,6 +11,7 @@
 //! - [`storage`]: real object-storage servers (moto for S3, Azurite for Azure Blob) and an
 //!   independent client to read objects back.
 
+pub mod api;
 pub mod bench;
 pub mod browser;
 pub mod counter_events;

@@ -4,7 +4,7 @@
 use axum::extract::{RawQuery, State};
 use axum::response::Response;
 
-use super::params::QueryParams;
+use super::params::{DestinationQuery, ProcessQuery, QueryParams};
 use super::problem::{Problem, Validation};
 use super::trace::{start_problem, started_response};
 use super::{AppState, RequestOrigin};
@@ -15,12 +15,9 @@ use crate::operations::StartRequest;
 /// `GET /dump?type=`: the runtime writes the dump into the dump folder; diagmon streams it (200)
 /// or sends it to the egress provider (202), then deletes it.
 #[utoipa::path(get, path = "/dump", params(
-        ("pid" = Option<u64>, Query, description = "Process id"),
-        ("uid" = Option<String>, Query, description = "Runtime instance uid"),
-        ("name" = Option<String>, Query, description = "Process name"),
+        ProcessQuery,
         ("type" = Option<String>, Query, description = "Mini, Full, WithHeap (default) or Triage, case-insensitive"),
-        ("egressProvider" = Option<String>, Query, description = "Send the dump to this egress provider instead of the response"),
-        ("tags" = Option<String>, Query, description = "Comma-separated labels for the operation"),
+        DestinationQuery,
     ),
     responses(
         (status = 200, description = "The dump, streamed: an ELF core file named core_{yyyyMMdd_HHmmss_fff}", content_type = "application/octet-stream"),

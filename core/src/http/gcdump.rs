@@ -7,7 +7,7 @@ use axum::extract::{RawQuery, State};
 use axum::http::StatusCode;
 use axum::response::Response;
 
-use super::params::QueryParams;
+use super::params::{DestinationQuery, ProcessQuery, QueryParams};
 use super::problem::{Problem, Validation};
 use super::trace::{start_problem, started_response};
 use super::{AppState, RequestOrigin};
@@ -17,16 +17,13 @@ use crate::operations::{ArtifactKind, StartError, StartRequest};
 /// `GET /gcdump`: the runtime walks its heap in an induced, blocking gen-2 GC; diagmon turns the
 /// walk into a `.gcdump` file and streams it (200) or sends it to the egress provider (202).
 #[utoipa::path(get, path = "/gcdump", params(
-        ("pid" = Option<u64>, Query, description = "Process id"),
-        ("uid" = Option<String>, Query, description = "Runtime instance uid"),
-        ("name" = Option<String>, Query, description = "Process name"),
-        ("egressProvider" = Option<String>, Query, description = "Send the file to this egress provider instead of the response"),
-        ("tags" = Option<String>, Query, description = "Comma-separated labels for the operation"),
+        ProcessQuery,
+        DestinationQuery,
         ("timeoutSeconds" = Option<f64>, Query, description = "Deadline of the whole snapshot in seconds (default 30, at most 3600); past it the operation fails"),
         ("report" = Option<bool>, Query, description = "Put the heap report (objects and bytes per type) in the operation's summary"),
     ),
     responses(
-        (status = 200, description = "The .gcdump file, streamed, named {yyyyMMdd_HHmmss}_{pid}.gcdump", content_type = "application/octet-stream"),
+        (status = 200, description = "The .gcdump file, streamed, named {yyyyMMdd_HHmmss_fff}_{pid}.gcdump", content_type = "application/octet-stream"),
         (status = 202, description = "Accepted; the file goes to the egress provider (see Location)"),
         (status = 400, description = "Invalid request", body = super::problem::Problem, content_type = "application/problem+json"),
         (status = 429, description = "A gcdump of this process (or the gcdump limit) is already running", body = super::problem::Problem, content_type = "application/problem+json"),

@@ -10,7 +10,7 @@ use axum::http::{HeaderMap, HeaderValue, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
-use super::params::QueryParams;
+use super::params::{DestinationQuery, DurationQuery, ProcessQuery, QueryParams};
 use super::problem::{Problem, Validation};
 use super::{AppState, RequestOrigin};
 use crate::metrics::live::LiveMetricsSpec;
@@ -108,12 +108,9 @@ impl LiveMetricsQuery {
 /// `GET /livemetrics`: the default providers' counters as a json-seq stream.
 #[utoipa::path(get, path = "/livemetrics",
     params(
-        ("pid" = Option<u64>, Query, description = "Process id"),
-        ("uid" = Option<String>, Query, description = "Runtime instance id"),
-        ("name" = Option<String>, Query, description = "Process name"),
-        ("durationSeconds" = Option<i64>, Query, description = "Seconds to collect (default 30; -1 until stopped)"),
-        ("egressProvider" = Option<String>, Query, description = "Send the metrics to this egress provider instead of the response"),
-        ("tags" = Option<String>, Query, description = "Comma-separated operation tags"),
+        ProcessQuery,
+        DurationQuery,
+        DestinationQuery,
     ),
     responses(
         (status = 200, description = "Metric objects, streamed", content_type = "application/json-seq"),
@@ -136,12 +133,9 @@ pub async fn get_livemetrics(
 /// `POST /livemetrics`: the counters an `EventMetricsConfiguration` body names.
 #[utoipa::path(post, path = "/livemetrics",
     params(
-        ("pid" = Option<u64>, Query, description = "Process id"),
-        ("uid" = Option<String>, Query, description = "Runtime instance id"),
-        ("name" = Option<String>, Query, description = "Process name"),
-        ("durationSeconds" = Option<i64>, Query, description = "Seconds to collect (default 30; -1 until stopped)"),
-        ("egressProvider" = Option<String>, Query, description = "Send the metrics to this egress provider instead of the response"),
-        ("tags" = Option<String>, Query, description = "Comma-separated operation tags"),
+        ProcessQuery,
+        DurationQuery,
+        DestinationQuery,
     ),
     request_body(content = String, description = "EventMetricsConfiguration: {includeDefaultProviders, providers: [{providerName, counterNames}], meters: [{meterName, instrumentNames}]}", content_type = "application/json"),
     responses(

@@ -3,6 +3,7 @@
 
 use std::collections::BTreeSet;
 
+use utoipa::IntoParams;
 use uuid::Uuid;
 
 use super::problem::Validation;
@@ -112,6 +113,43 @@ impl QueryParams {
             }
         }
     }
+}
+
+// The OpenAPI description of the query parameters the methods above parse; each route lists the
+// ones it takes in its `params(...)`.
+
+/// `pid`, `uid` and `name` ([`QueryParams::process_selector`]).
+#[derive(IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code)] // Describes the query the handlers parse by hand.
+pub struct ProcessQuery {
+    /// Process id.
+    pid: Option<u64>,
+    /// Runtime instance uid.
+    uid: Option<Uuid>,
+    /// Process name (case-insensitive).
+    name: Option<String>,
+}
+
+/// `durationSeconds` ([`QueryParams::duration`]).
+#[derive(IntoParams)]
+#[into_params(parameter_in = Query, rename_all = "camelCase")]
+#[allow(dead_code)] // Describes the query the handlers parse by hand.
+pub struct DurationQuery {
+    /// Seconds to collect: default 30; -1 = until stopped.
+    duration_seconds: Option<i64>,
+}
+
+/// `egressProvider` and `tags` ([`QueryParams::destination`], [`QueryParams::tags`]).
+#[derive(IntoParams)]
+#[into_params(parameter_in = Query, rename_all = "camelCase")]
+#[allow(dead_code)] // Describes the query the handlers parse by hand.
+pub struct DestinationQuery {
+    /// Send the artifact to this egress provider (202 and a Location) instead of the response
+    /// (200).
+    egress_provider: Option<String>,
+    /// Comma-separated labels for the operation.
+    tags: Option<String>,
 }
 
 #[cfg(test)]

@@ -8,7 +8,7 @@ use serde::Serialize;
 use uuid::Uuid;
 
 use super::AppState;
-use super::params::QueryParams;
+use super::params::{ProcessQuery, QueryParams};
 use super::problem::{Problem, Validation};
 use crate::processes::{ProcessRecord, ProcessSelector, resolve};
 
@@ -63,9 +63,7 @@ pub async fn list_processes(State(app): State<AppState>) -> Json<Vec<ProcessIden
 
 /// `GET /process?pid=&uid=&name=`.
 #[utoipa::path(get, path = "/process", params(
-        ("pid" = Option<u64>, Query, description = "Process id"),
-        ("uid" = Option<uuid::Uuid>, Query, description = "Runtime instance uid"),
-        ("name" = Option<String>, Query, description = "Process name"),
+        ProcessQuery,
 ), responses((status = 200, body = ProcessDescription), (status = 400, description = "No single process matches, or invalid input", body = super::problem::Problem, content_type = "application/problem+json")))]
 pub async fn get_process(
     State(app): State<AppState>,
@@ -87,9 +85,7 @@ pub async fn get_process(
 
 /// `GET /env?pid=&uid=&name=`: the process's environment variables.
 #[utoipa::path(get, path = "/env", params(
-        ("pid" = Option<u64>, Query, description = "Process id"),
-        ("uid" = Option<uuid::Uuid>, Query, description = "Runtime instance uid"),
-        ("name" = Option<String>, Query, description = "Process name"),
+        ProcessQuery,
 ), responses((status = 200, body = BTreeMap<String, String>), (status = 400, description = "No single process matches, or invalid input", body = super::problem::Problem, content_type = "application/problem+json")))]
 pub async fn get_environment(
     State(app): State<AppState>,

@@ -10,9 +10,9 @@ use axum::extract::{RawQuery, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::Value;
-use utoipa::{IntoParams, ToSchema};
+use utoipa::ToSchema;
 
-use super::params::QueryParams;
+use super::params::{DestinationQuery, DurationQuery, ProcessQuery, QueryParams};
 use super::problem::{Problem, Validation};
 use super::{AppState, RequestOrigin};
 use crate::diagnostics::eventpipe::Rundown;
@@ -26,7 +26,9 @@ const BUFFER_SIZE_MB: std::ops::RangeInclusive<u64> = 1..=1024;
 
 /// `POST /trace`: a trace of the providers in the body (`EventProvidersConfiguration`).
 #[utoipa::path(post, path = "/trace", params(
-        TraceQuery,
+        ProcessQuery,
+        DurationQuery,
+        DestinationQuery,
     ),
     request_body(content = EventProvidersConfiguration, content_type = "application/json"),
     responses(
@@ -76,7 +78,9 @@ pub async fn post_trace(
 /// `GET /trace?profile=...`: a trace of predefined profiles.
 #[utoipa::path(get, path = "/trace", params(
         ("profile" = Option<String>, Query, description = "Comma list of Cpu, Http, Logs, Metrics, GcCollect (default Cpu,Http,Metrics,GcCollect)"),
-        TraceQuery,
+        ProcessQuery,
+        DurationQuery,
+        DestinationQuery,
     ),
     responses(
         (status = 200, description = "The trace, streamed (nettrace)", content_type = "application/octet-stream"),
@@ -362,25 +366,6 @@ fn provider_from_json(
 }
 
 // The OpenAPI description of the trace routes' inputs (`super::openapi` lists them).
-
-/// The query parameters `POST /trace` and `GET /trace` share.
-#[derive(IntoParams)]
-#[into_params(parameter_in = Query, rename_all = "camelCase")]
-#[allow(dead_code)] // Describes the query the handlers parse by hand (`super::params`).
-pub struct TraceQuery {
-    /// Process id.
-    pid: Option<u64>,
-    /// Runtime instance uid.
-    uid: Option<uuid::Uuid>,
-    /// Process name.
-    name: Option<String>,
-    /// Default 30; -1 = until stopped.
-    duration_seconds: Option<i64>,
-    /// Send the trace to this provider (202) instead of the response (200).
-    egress_provider: Option<String>,
-    /// Comma-separated tags for the operation.
-    tags: Option<String>,
-}
 
 /// `POST /trace`'s body (dotnet-monitor's EventProvidersConfiguration). Property names are
 /// matched case-insensitively.
