@@ -11,9 +11,11 @@ pub const RUNTIME_DEFAULT_KEYWORDS: u64 = 0x0014_C14F_CCBD;
 /// The profiles `GET /trace` uses when none are given.
 pub const DEFAULT_PROFILES: &str = "Cpu,Http,Metrics,GcCollect";
 
-/// DiagnosticSource specs selecting ASP.NET Core and HttpClient request activities.
-const DIAGNOSTIC_SOURCE_SPECS: &str = "Microsoft.AspNetCore/Microsoft.AspNetCore.Hosting.HttpRequestIn.Start@Activity1Start:-Request.Scheme;Request.Host;Request.PathBase;Request.QueryString;Request.Path;Request.Method;ActivityStartTime=*Activity.StartTimeUtc.Ticks\r\n\
-Microsoft.AspNetCore/Microsoft.AspNetCore.Hosting.HttpRequestIn.Stop@Activity1Stop:-Response.StatusCode;ActivityDuration=*Activity.Duration.Ticks\r\n\
+/// DiagnosticSource specs selecting ASP.NET Core and HttpClient request activities. The ASP.NET
+/// triggers of collection rules ask for the same: a runtime keeps the specs one session gave the
+/// DiagnosticSource provider for the others too, so every session asks for the same ones.
+pub const DIAGNOSTIC_SOURCE_SPECS: &str = "Microsoft.AspNetCore/Microsoft.AspNetCore.Hosting.HttpRequestIn.Start@Activity1Start:-Request.Scheme;Request.Host;Request.PathBase;Request.QueryString;Request.Path;Request.Method;ActivityStartTime=*Activity.StartTimeUtc.Ticks;ActivityId=*Activity.Id\r\n\
+Microsoft.AspNetCore/Microsoft.AspNetCore.Hosting.HttpRequestIn.Stop@Activity1Stop:-ActivityId=*Activity.Id;Request.Path;Response.StatusCode;ActivityDuration=*Activity.Duration.Ticks\r\n\
 HttpHandlerDiagnosticListener/System.Net.Http.HttpRequestOut.Start@Activity2Start:-Request.RequestUri;Request.Method;Request.RequestUri.Host;Request.RequestUri.Port\r\n\
 HttpHandlerDiagnosticListener/System.Net.Http.HttpRequestOut.Stop@Activity2Stop:-Response.StatusCode;ActivityDuration=*Activity.Duration.Ticks";
 

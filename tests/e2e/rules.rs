@@ -1,13 +1,16 @@
 //! Collection rules end to end: the real binary applying rules to real .NET Core 3.1 targets in
 //! connect mode (`CounterApp`'s `fixed-mean` counter always reports 42.5), artifacts landing in
 //! a filesystem egress provider, rule states read from `/collectionrules`, and configurations
-//! refused at start-up. Needs `tests/run` (installs the target and builds the binary).
+//! refused at start-up; and, on the simulated runtime, what 3.1 cannot show (meters, ASP.NET
+//! Core request events, listen mode) and the operations of `Execute` and
+//! `GetEnvironmentVariable`. Needs `tests/run` (installs the target and builds the binary).
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use diagmon::diagnostics::nettrace;
+use diagmon_tests::api::FINAL_STATES;
 use diagmon_tests::monitor::{Monitor, monitor_binary};
 use diagmon_tests::target::{Program, TestTarget};
 use serde_json::Value;
@@ -588,4 +591,358 @@ async fn rule_operations_are_ordinary_operations_that_can_be_stopped() {
     assert!(records.starts_with('\u{1e}'), "json-seq: {records}");
     assert!(records.contains("Sim.Provider"), "{records}");
     assert_eq!(metrics["egressProviderName"], "files", "{metrics}");
+}
+
+/// The requests the simulated application serves in the ASP.NET trigger tests (times after the
+/// session started, in ms).
+fn simulated_requests() -> Vec<diagmon_tests::aspnet_events::SimulatedRequest> {
+    use diagmon_tests::aspnet_events::SimulatedRequest;
+    vec![
+        SimulatedRequest::new(500, "/api/orders/1", 200, 10),
+        SimulatedRequest::new(600, "/api/orders/2", 500, 10),
+        SimulatedRequest::new(700, "/api/users", 503, 10),
+        SimulatedRequest::new(800, "/health", 500, 10),
+        SimulatedRequest::new(900, "/api/slow", 200, 1500),
+        SimulatedRequest::hung(1000, "/api/hung"),
+        SimulatedRequest::new(2000, "/spread/a", 200, 10),
+        SimulatedRequest::new(4500, "/spread/b", 200, 10),
+    ]
+}
+
+/// Polls `GET /operations?tags=TAG` until an operation is in a final state; it.
+async fn wait_final_operation(monitor: &Monitor, tag: &str, within: Duration) -> Value {
+    let deadline = Instant::now() + within;
+    loop {
+        let (_, operations) = get(monitor, &format!("/operations?tags={tag}")).await;
+        if let Some(done) = operations.as_array().and_then(|list| {
+            list.iter()
+                .find(|o| FINAL_STATES.contains(&o["status"].as_str().unwrap_or_default()))
+        }) {
+            return done.clone();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no finished operation tagged {tag} within {within:?}: {operations}\nstderr:\n{}",
+            monitor.stderr_lines().join("\n")
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test]
+async fn aspnet_triggers_fire_when_enough_matching_requests_fall_in_the_window() {
+    use diagmon_tests::simulated_runtime::{SimulatedRuntime, SimulatedRuntimeConfig};
+    let dir = tempfile::tempdir().unwrap();
+    let runtime = SimulatedRuntime::listen(
+        dir.path(),
+        SimulatedRuntimeConfig {
+            http_requests: simulated_requests(),
+            ..SimulatedRuntimeConfig::default()
+        },
+    )
+    .await
+    .unwrap();
+    let rule = |name: &str, trigger: &str| {
+        format!(
+            "[collection_rules.{name}]\n\
+             trigger = {trigger}\n\
+             actions = [{{ type = \"GetEnvironmentVariable\", settings = {{ name = \"DOTNET_SIMULATED_RUNTIME\" }} }}]\n\
+             limits = {{ action_count = 1 }}\n"
+        )
+    };
+    let config = format!(
+        "socket_dir = {:?}\n[metrics]\nenabled = false\n{}{}{}{}{}{}{}{}",
+        dir.path().display().to_string(),
+        // Five requests under /api start (the hung one included).
+        rule(
+            "count",
+            "{ type = \"AspNetRequestCount\", settings = { request_count = 5, include_paths = [\"/api/**/*\"], sliding_window_duration = \"00:01:00\" } }"
+        ),
+        rule(
+            "too_few",
+            "{ type = \"AspNetRequestCount\", settings = { RequestCount = 6, IncludePaths = [\"/api/**/*\"] } }"
+        ),
+        // 500 and 503 outside /health.
+        rule(
+            "errors",
+            "{ type = \"AspNetResponseStatus\", settings = { response_count = 2, status_codes = [\"500-599\"], exclude_paths = [\"/health\"] } }"
+        ),
+        rule(
+            "client_errors",
+            "{ type = \"AspNetResponseStatus\", settings = { response_count = 1, status_codes = [\"400-499\"] } }"
+        ),
+        // /api/slow stops after 1.5 s; /api/hung never stops and counts once it ran 1 s.
+        rule(
+            "slow",
+            "{ type = \"AspNetRequestDuration\", settings = { request_count = 2, request_duration = \"00:00:01\" } }"
+        ),
+        rule(
+            "slow_excluded",
+            "{ type = \"AspNetRequestDuration\", settings = { request_count = 1, request_duration = \"00:00:01\", exclude_paths = [\"/api/slow\", \"/api/hung\"] } }"
+        ),
+        // /spread/a and /spread/b start 2.5 s apart: within a 5 s window, not within 1 s.
+        rule(
+            "spread_wide",
+            "{ type = \"AspNetRequestCount\", settings = { request_count = 2, include_paths = [\"/spread/*\"], sliding_window_duration = \"5s\" } }"
+        ),
+        rule(
+            "spread_narrow",
+            "{ type = \"AspNetRequestCount\", settings = { request_count = 2, include_paths = [\"/spread/*\"], sliding_window_duration = \"1s\" } }"
+        ),
+    );
+    let monitor = Monitor::start(&config, &["--no-auth"]);
+    let pid = runtime.config().pid;
+    for fired in ["count", "errors", "slow", "spread_wide"] {
+        let rule = wait_rule(&monitor, pid, fired, Duration::from_secs(60), |rule| {
+            rule["state"] == "Finished"
+        })
+        .await;
+        assert_eq!(rule["lifetimeOccurrences"], 1, "{fired}: {rule}");
+        assert!(rule.get("lastError").is_none(), "{fired}: {rule}");
+        let operation = wait_final_operation(&monitor, fired, Duration::from_secs(10)).await;
+        assert_eq!(operation["kind"], "environment", "{operation}");
+        assert_eq!(operation["outputs"]["Value"], "1", "{operation}");
+    }
+    // Every request has been served (and the hung one has run for more than a second).
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    for quiet in ["too_few", "client_errors", "slow_excluded", "spread_narrow"] {
+        let (status, rule) = get(&monitor, &format!("/collectionrules/{quiet}?pid={pid}")).await;
+        assert_eq!(status, 200, "{quiet}: {rule}");
+        assert_eq!(rule["state"], "Running", "{quiet}: {rule}");
+        assert_eq!(rule["lifetimeOccurrences"], 0, "{quiet}: {rule}");
+    }
+    // Each trigger asked for the hosting activity through the DiagnosticSource EventSource.
+    let request = runtime.last_collect_request().expect("a session");
+    let provider = request
+        .providers
+        .iter()
+        .find(|p| p.name == "Microsoft-Diagnostics-DiagnosticSource")
+        .expect("the DiagnosticSource provider");
+    assert_eq!(provider.keywords & 0x2, 0x2);
+    assert!(
+        provider
+            .filter_data
+            .as_deref()
+            .unwrap_or_default()
+            .contains("HttpRequestIn.Stop@Activity1Stop"),
+        "{provider:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_stopping_event_ends_the_trace_complete_long_before_its_duration() {
+    use diagmon_tests::aspnet_events::SimulatedRequest;
+    use diagmon_tests::simulated_runtime::{SimulatedRuntime, SimulatedRuntimeConfig};
+    let dir = tempfile::tempdir().unwrap();
+    let runtime = SimulatedRuntime::listen(
+        dir.path(),
+        SimulatedRuntimeConfig {
+            http_requests: vec![
+                SimulatedRequest::new(300, "/fine", 200, 10),
+                SimulatedRequest::new(1500, "/broken", 500, 10),
+            ],
+            ..SimulatedRuntimeConfig::default()
+        },
+    )
+    .await
+    .unwrap();
+    let stored = dir.path().join("stored");
+    std::fs::create_dir(&stored).unwrap();
+    let specs = "Microsoft.AspNetCore/Microsoft.AspNetCore.Hosting.HttpRequestIn.Stop@Activity1Stop:-Request.Path;Response.StatusCode";
+    let config = format!(
+        "socket_dir = {:?}\n{egress}[metrics]\nenabled = false\n\
+         [collection_rules.until_error]\n\
+         trigger = {{ type = \"Startup\" }}\n\
+         actions = [{{ name = \"trace\", type = \"CollectTrace\", settings = {{ \
+           providers = [{{ name = \"Microsoft-Diagnostics-DiagnosticSource\", keywords = \"0x2\", event_level = \"Verbose\", arguments = {{ FilterAndPayloadSpecs = \"{specs}\" }} }}], \
+           duration = \"00:05:00\", egress = \"files\", \
+           stopping_event = {{ provider_name = \"Microsoft-Diagnostics-DiagnosticSource\", event_name = \"Activity1/Stop\", payload_filter = {{ EventName = \"Microsoft.AspNetCore.Hosting.HttpRequestIn.Stop\", SourceName = \"Microsoft.AspNetCore\" }} }} }} }}]\n",
+        dir.path().display().to_string(),
+        egress = egress_section(&stored),
+    );
+    let started = Instant::now();
+    let monitor = Monitor::start(&config, &["--no-auth"]);
+    let operation = wait_final_operation(&monitor, "until_error", Duration::from_secs(60)).await;
+    let elapsed = started.elapsed();
+    assert_eq!(operation["status"], "Succeeded", "{operation}");
+    assert!(elapsed < Duration::from_secs(60), "{elapsed:?}");
+    let by_provider = &operation["summary"]["eventsByProvider"];
+    assert!(
+        by_provider["Microsoft-Diagnostics-DiagnosticSource"].as_u64() >= Some(1),
+        "{operation}"
+    );
+    let pid = runtime.config().pid;
+    let rule = wait_rule(
+        &monitor,
+        pid,
+        "until_error",
+        Duration::from_secs(10),
+        |rule| rule["state"] == "Finished",
+    )
+    .await;
+    assert!(rule.get("lastError").is_none(), "{rule}");
+    let files = files_in(&stored);
+    assert_eq!(files.len(), 1, "{files:?}");
+    nettrace::validate_file(&files[0]).expect("a complete nettrace");
+}
+
+#[tokio::test]
+async fn execute_and_environment_actions_are_operations_that_stop_and_cancel() {
+    use diagmon_tests::simulated_runtime::{SimulatedRuntime, SimulatedRuntimeConfig};
+    let dir = tempfile::tempdir().unwrap();
+    let runtime = SimulatedRuntime::listen(dir.path(), SimulatedRuntimeConfig::default())
+        .await
+        .unwrap();
+    let startup = |name: &str, action: &str| {
+        format!(
+            "[collection_rules.{name}]\ntrigger = {{ type = \"Startup\" }}\nactions = [{action}]\n"
+        )
+    };
+    let config = format!(
+        "socket_dir = {:?}\n[metrics]\nenabled = false\n[collection_rules]\nallow_execute = true\n{}{}{}{}{}{}",
+        dir.path().display().to_string(),
+        startup(
+            "cancelled",
+            "{ type = \"Execute\", settings = { path = \"/bin/sleep\", arguments = \"300\" } }"
+        ),
+        startup(
+            "stopped",
+            "{ type = \"Execute\", settings = { path = \"/bin/sh\", arguments = [\"-c\", \"trap 'exit 0' TERM; sleep 300 & wait\"] } }"
+        ),
+        startup(
+            "exit3",
+            "{ type = \"Execute\", settings = { path = \"/bin/sh\", arguments = [\"-c\", \"exit 3\"], ignore_exit_code = true } }"
+        ),
+        startup(
+            "timeout",
+            "{ type = \"Execute\", settings = { path = \"/bin/sleep\", arguments = \"300\", timeout = \"1s\" } }"
+        ),
+        startup(
+            "missing",
+            "{ type = \"GetEnvironmentVariable\", settings = { name = \"NOT_THERE\" } }"
+        ),
+        startup(
+            "no_program",
+            "{ type = \"Execute\", settings = { path = \"/nonexistent/program\" } }"
+        ),
+    );
+    let monitor = Monitor::start(&config, &["--no-auth"]);
+    let pid = runtime.config().pid;
+    let client = reqwest::Client::new();
+    // The two long programs run as stoppable operations tagged with their rules.
+    for (rule, query) in [("cancelled", ""), ("stopped", "?stop=true")] {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let running = loop {
+            let (_, operations) = get(&monitor, &format!("/operations?tags={rule}")).await;
+            if let Some(running) = operations
+                .as_array()
+                .and_then(|list| list.iter().find(|o| o["status"] == "Running"))
+            {
+                break running.clone();
+            }
+            assert!(Instant::now() < deadline, "{rule}: {operations}");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        };
+        assert_eq!(running["kind"], "execute", "{running}");
+        assert_eq!(running["isStoppable"], true, "{running}");
+        assert_eq!(running["process"]["pid"], pid, "{running}");
+        let (_, state) = get(&monitor, &format!("/collectionrules/{rule}?pid={pid}")).await;
+        assert_eq!(state["state"], "ActionExecuting", "{state}");
+        let id = running["operationId"].as_str().unwrap();
+        let response = client
+            .delete(monitor.url(&format!("/operations/{id}{query}")))
+            .send()
+            .await
+            .unwrap();
+        assert!(response.status().is_success(), "{}", response.status());
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let cancelled = loop {
+        let operation = wait_final_operation(&monitor, "cancelled", Duration::from_secs(30)).await;
+        // The exit code of the killed program follows the cancel.
+        if operation["outputs"]["ExitCode"].is_string() || Instant::now() > deadline {
+            break operation;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(cancelled["status"], "Cancelled", "{cancelled}");
+    assert_eq!(
+        cancelled["outputs"]["ExitCode"], "137",
+        "SIGKILL: {cancelled}"
+    );
+    let stopped = wait_final_operation(&monitor, "stopped", Duration::from_secs(30)).await;
+    assert_eq!(stopped["status"], "Succeeded", "{stopped}");
+    assert_eq!(stopped["outputs"]["ExitCode"], "0", "{stopped}");
+    let exit3 = wait_final_operation(&monitor, "exit3", Duration::from_secs(30)).await;
+    assert_eq!(exit3["status"], "Succeeded", "{exit3}");
+    assert_eq!(exit3["outputs"]["ExitCode"], "3", "{exit3}");
+    let timeout = wait_final_operation(&monitor, "timeout", Duration::from_secs(30)).await;
+    assert_eq!(timeout["status"], "Failed", "{timeout}");
+    assert_eq!(timeout["error"]["code"], "ActionFailed", "{timeout}");
+    assert_eq!(timeout["outputs"]["ExitCode"], "137", "{timeout}");
+    let missing = wait_final_operation(&monitor, "missing", Duration::from_secs(30)).await;
+    assert_eq!(missing["kind"], "environment", "{missing}");
+    assert_eq!(missing["status"], "Failed", "{missing}");
+    assert!(
+        missing["error"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("NOT_THERE"),
+        "{missing}"
+    );
+    let no_program = wait_final_operation(&monitor, "no_program", Duration::from_secs(30)).await;
+    assert_eq!(no_program["status"], "Failed", "{no_program}");
+    assert_eq!(no_program["error"]["code"], "ActionFailed", "{no_program}");
+    assert!(no_program.get("outputs").is_none(), "{no_program}");
+    // The rules end: the cancelled, timed-out, missing and unrunnable ones with their error.
+    for (rule, failed) in [
+        ("cancelled", true),
+        ("stopped", false),
+        ("exit3", false),
+        ("timeout", true),
+        ("missing", true),
+        ("no_program", true),
+    ] {
+        let state = wait_rule(&monitor, pid, rule, Duration::from_secs(10), |state| {
+            state["state"] == "Finished"
+        })
+        .await;
+        assert_eq!(state.get("lastError").is_some(), failed, "{rule}: {state}");
+    }
+}
+
+#[tokio::test]
+async fn a_stopping_event_of_a_real_net_core_3_1_event_source_ends_the_trace() {
+    let target = TestTarget::start(Program::EventSourceApp, &[]);
+    let stored = tempfile::tempdir().unwrap();
+    // EventSourceApp writes `Tick(n)` with n = 0, 1, 2, ... every 10 ms or a little more: the
+    // tick n = 1000, some 10 s after its start, stops the trace (started well before).
+    let config = format!(
+        "socket_dir = {:?}\n{egress}[metrics]\nenabled = false\n\
+         [collection_rules.first_report]\n\
+         trigger = {{ type = \"Startup\" }}\n\
+         actions = [{{ type = \"CollectTrace\", settings = {{ \
+           providers = [{{ name = \"Diagmon-Test\", keywords = \"0x1\", event_level = \"Informational\" }}], \
+           duration = \"00:05:00\", egress = \"files\", \
+           stopping_event = {{ provider_name = \"Diagmon-Test\", event_name = \"Tick\", payload_filter = {{ n = 1000 }} }} }} }}]\n",
+        target.tmpdir().display().to_string(),
+        egress = egress_section(stored.path()),
+    );
+    let started = Instant::now();
+    let monitor = Monitor::start(&config, &["--no-auth"]);
+    let operation = wait_final_operation(&monitor, "first_report", Duration::from_secs(90)).await;
+    assert_eq!(operation["status"], "Succeeded", "{operation}");
+    assert!(
+        started.elapsed() < Duration::from_secs(60),
+        "{:?}",
+        started.elapsed()
+    );
+    // The ticks up to the stopping one (those before the trace started are not in it).
+    let ticks = operation["summary"]["eventsByProvider"]["Diagmon-Test"]
+        .as_u64()
+        .unwrap_or_default();
+    assert!((1..=1001).contains(&ticks), "{operation}");
+    let files = files_in(stored.path());
+    assert_eq!(files.len(), 1, "{files:?}");
+    nettrace::validate_file(&files[0]).expect("a complete nettrace");
 }

@@ -5,6 +5,7 @@
 //! - [`monitor`]: the real `diagmon collect` binary on a loopback port;
 //! - [`simulated_runtime`] and [`synthetic_nettrace`]: a runtime for what 3.1 cannot show;
 //! - [`counter_events`]: counter and meter events as a runtime writes them, for the simulator;
+//! - [`aspnet_events`]: ASP.NET Core request events (DiagnosticSource), for the simulator;
 //! - [`guests`]: WebAssembly fixtures and example providers, built from source;
 //! - [`browser`]: a real headless Chromium driven over WebDriver, for the web console;
 //! - [`http_server`]: a recording HTTP server for egress providers that upload over HTTP;
@@ -12,6 +13,7 @@
 //!   independent client to read objects back.
 
 pub mod api;
+pub mod aspnet_events;
 pub mod bench;
 pub mod browser;
 pub mod counter_events;

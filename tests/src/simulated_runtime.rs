@@ -16,6 +16,9 @@
 //!   command arrives on the current one; commands are still served one at a time.
 //! - Every request is answered with one reply and the connection is closed, except a successful
 //!   CollectTracing, whose connection then carries the nettrace stream.
+//! - A Paced session that enables the `Microsoft-Diagnostics-DiagnosticSource` EventSource for
+//!   ASP.NET Core's hosting activity also carries the start and stop events of the configured
+//!   [`SimulatedRuntimeConfig::http_requests`], at their times, as .NET 5+ lays them out.
 //! - Client garbage (bad magic, truncated payloads, hang-ups, broken pipes) is answered or dropped
 //!   and never panics the simulator.
 //! - NetPerf (format 0) CollectTracing requests are answered with BAD_ENCODING (0x80131384): only
@@ -35,6 +38,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use uuid::Uuid;
 
+use crate::aspnet_events::{RequestScript, SimulatedRequest};
 use crate::synthetic_nettrace::SyntheticTrace;
 
 /// Magic at the start of every IPC message header.
@@ -125,6 +129,10 @@ pub struct SimulatedRuntimeConfig {
     /// Average size of the synthetic trace's ordinary events in bytes
     /// ([`SyntheticTrace::with_event_bytes`]); `None`: about 95 bytes.
     pub event_bytes: Option<usize>,
+    /// ASP.NET Core requests the application serves: a Paced session that enables the
+    /// DiagnosticSource EventSource for the hosting activity gets their start and stop events
+    /// at their times ([`crate::aspnet_events`]).
+    pub http_requests: Vec<SimulatedRequest>,
 }
 
 impl Default for SimulatedRuntimeConfig {
@@ -157,6 +165,7 @@ impl Default for SimulatedRuntimeConfig {
             dump: DumpBehaviour::Write { bytes: 64 << 10 },
             fault: None,
             event_bytes: None,
+            http_requests: Vec::new(),
         }
     }
 }
@@ -910,7 +919,14 @@ async fn run_session(
     let result: std::io::Result<()> = async {
         match behaviour {
             StreamBehaviour::Paced => {
+                let requests =
+                    RequestScript::for_request(&request, &guard.shared.config.http_requests);
+                if !requests.metadata.is_empty() {
+                    trace.write_metadata_records(&mut buf, &requests.metadata);
+                }
                 stream.write_all(&buf).await?;
+                let started = tokio::time::Instant::now();
+                let mut timeline = requests.timeline.into_iter().peekable();
                 let mut ticker = tokio::time::interval(PACED_INTERVAL);
                 ticker.tick().await;
                 loop {
@@ -918,6 +934,16 @@ async fn run_session(
                         _ = ticker.tick() => {
                             buf.clear();
                             trace.write_event_block(&mut buf, PACED_BLOCK);
+                            let elapsed = started.elapsed();
+                            let mut due = Vec::new();
+                            while let Some((_, id, payload)) =
+                                timeline.next_if(|(at, _, _)| *at <= elapsed)
+                            {
+                                due.push((id, payload));
+                            }
+                            if !due.is_empty() {
+                                trace.write_events(&mut buf, &due);
+                            }
                             stream.write_all(&buf).await?;
                         }
                         changed = stop.changed() => {

@@ -9,16 +9,14 @@ use axum::extract::{Path, RawQuery, State};
 use axum::http::StatusCode;
 
 use super::AppState;
-use super::params::QueryParams;
+use super::params::{ProcessQuery, QueryParams};
 use super::problem::{Problem, Validation};
 use crate::processes::{ProcessRecord, resolve};
 use crate::rules::state::{RuleDescription, RuleDetailedDescription};
 
 /// `GET /collectionrules?pid=&uid=&name=`: every rule that applies to the process, by name.
 #[utoipa::path(get, path = "/collectionrules", params(
-        ("pid" = Option<u64>, Query, description = "Process id"),
-        ("uid" = Option<uuid::Uuid>, Query, description = "Runtime instance uid"),
-        ("name" = Option<String>, Query, description = "Process name"),
+        ProcessQuery,
 ), responses((status = 200, body = BTreeMap<String, RuleDescription>), (status = 400, description = "No single process matches, or invalid input", body = super::problem::Problem, content_type = "application/problem+json")))]
 pub async fn list_collection_rules(
     State(app): State<AppState>,
@@ -31,9 +29,7 @@ pub async fn list_collection_rules(
 /// `GET /collectionrules/{name}?pid=&uid=&name=`: one rule's state and counters on the process.
 #[utoipa::path(get, path = "/collectionrules/{collectionRuleName}", params(
         ("collectionRuleName" = String, Path, description = "The rule's name"),
-        ("pid" = Option<u64>, Query, description = "Process id"),
-        ("uid" = Option<uuid::Uuid>, Query, description = "Runtime instance uid"),
-        ("name" = Option<String>, Query, description = "Process name"),
+        ProcessQuery,
 ), responses((status = 200, body = RuleDetailedDescription), (status = 400, description = "No single process matches, or invalid input", body = super::problem::Problem, content_type = "application/problem+json"), (status = 404, description = "No such rule applies to the process", body = super::problem::Problem, content_type = "application/problem+json")))]
 pub async fn get_collection_rule(
     State(app): State<AppState>,

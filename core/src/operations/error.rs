@@ -47,6 +47,9 @@ pub enum ErrorCode {
     DumpInProgress,
     /// The target process exited or was killed.
     TargetGone,
+    /// A collection rule's action without an artifact failed: its program could not run,
+    /// exited with a failure code or outlived its timeout, or the variable could not be read.
+    ActionFailed,
     /// The runtime's `createdump` does not exist.
     CreatedumpMissing,
     /// The runtime's `createdump` lacks its execute bit.
@@ -88,6 +91,7 @@ impl ErrorCode {
             ErrorCode::EgressHostError => "EgressHostError",
             ErrorCode::DumpInProgress => "DumpInProgress",
             ErrorCode::TargetGone => "TargetGone",
+            ErrorCode::ActionFailed => "ActionFailed",
             ErrorCode::CreatedumpMissing => "CreatedumpMissing",
             ErrorCode::CreatedumpNotExecutable => "CreatedumpNotExecutable",
             ErrorCode::DumpFolderNotWritable => "DumpFolderNotWritable",

@@ -23,7 +23,7 @@ pub use start::{Destination, Operations, StartRequest, Started};
 pub use summary::ArtifactSummary;
 pub use trace::TraceSpec;
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime};
@@ -57,6 +57,31 @@ impl OperationState {
     /// True for Succeeded, Failed and Cancelled.
     pub fn is_final(self) -> bool {
         matches!(self, Self::Succeeded | Self::Failed | Self::Cancelled)
+    }
+}
+
+/// What an operation does: capture an artifact, or run one of a collection rule's actions that
+/// produce values (its `outputs`) instead of bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum OperationKind {
+    /// Captures an artifact of this kind.
+    Artifact(ArtifactKind),
+    /// Runs a program (a rule's `Execute` action); the output is its `ExitCode`.
+    Execute,
+    /// Reads an environment variable of the process (a rule's `GetEnvironmentVariable`
+    /// action); the output is its `Value`.
+    Environment,
+}
+
+impl OperationKind {
+    /// The name the API shows in `kind`: the artifact kind's (`trace`, `dump`, ...), `execute`
+    /// or `environment`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OperationKind::Artifact(kind) => kind.as_str(),
+            OperationKind::Execute => "execute",
+            OperationKind::Environment => "environment",
+        }
     }
 }
 
@@ -95,6 +120,9 @@ pub enum Outcome {
     Failed(OperationError),
     /// Cancelled, for this reason.
     Cancelled(String),
+    /// A rule action without an artifact completed; its outputs are recorded with
+    /// [`Operation::record_outputs`].
+    Completed,
 }
 
 #[derive(Debug)]
@@ -106,6 +134,8 @@ struct Progress {
     finished_at: Option<Instant>,
     /// The sink is committing the artifact: a cancel can no longer undo it.
     committing: bool,
+    /// What a rule action without an artifact produced.
+    outputs: BTreeMap<String, String>,
 }
 
 /// Why a DELETE on an operation was refused.
@@ -122,11 +152,11 @@ pub enum ControlError {
     Committing,
 }
 
-/// One artifact operation.
+/// One operation: an artifact capture, or a rule action without an artifact.
 #[derive(Debug)]
 pub struct Operation {
     id: Uuid,
-    kind: ArtifactKind,
+    kind: OperationKind,
     created: SystemTime,
     process: OperationProcess,
     egress_provider: Option<String>,
@@ -146,8 +176,8 @@ impl Operation {
         self.id
     }
 
-    /// The kind of artifact it captures.
-    pub fn kind(&self) -> ArtifactKind {
+    /// What it does.
+    pub fn kind(&self) -> OperationKind {
         self.kind
     }
 
@@ -287,6 +317,10 @@ impl Operation {
                 tracing::info!(operation = %self.id, %reason, "operation cancelled");
                 progress.state = OperationState::Cancelled;
             }
+            Outcome::Completed => {
+                progress.state = OperationState::Succeeded;
+                tracing::info!(operation = %self.id, "operation succeeded");
+            }
         }
         progress.finished_at = Some(Instant::now());
         crate::telemetry::record_operation(self.kind.as_str(), &format!("{:?}", progress.state));
@@ -294,6 +328,12 @@ impl Operation {
         self.slot.lock().unwrap_or_else(|p| p.into_inner()).take();
         self.cancel.cancel();
         self.finished.send_replace(true);
+    }
+
+    /// Records what a rule action without an artifact produced (an exit code, a value); also
+    /// after a final state, e.g. the exit code of a program killed by a cancel.
+    pub fn record_outputs(&self, outputs: BTreeMap<String, String>) {
+        self.lock().outputs.extend(outputs);
     }
 
     /// Waits until the operation reaches a final state.
@@ -318,6 +358,7 @@ impl Operation {
             resource_location: progress.resource_location.clone(),
             error: progress.error.clone(),
             summary: progress.summary.clone(),
+            outputs: progress.outputs.clone(),
         }
     }
 
@@ -337,7 +378,8 @@ pub struct OperationStatus {
     pub created_date_time: String,
     /// The state.
     pub status: OperationState,
-    /// What is captured: `trace`, `dump`, `gcdump`, `metrics` or `logs`.
+    /// What is captured: `trace`, `dump`, `gcdump`, `metrics` or `logs`; or the rule action
+    /// without an artifact that runs: `execute`, `environment`.
     #[schema(value_type = String)]
     pub kind: &'static str,
     /// The process.
@@ -359,6 +401,10 @@ pub struct OperationStatus {
     /// The artifact's summary (Succeeded only).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub summary: Option<ArtifactSummary>,
+    /// What a rule action without an artifact produced: `ExitCode` (execute), `Value`
+    /// (environment).
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub outputs: BTreeMap<String, String>,
 }
 
 /// Filters of `GET /operations`: process fields AND-ed, every listed tag required.
@@ -427,9 +473,32 @@ impl OperationRegistry {
         egress_provider: Option<String>,
         tags: BTreeSet<String>,
     ) -> Arc<Operation> {
+        let kind = OperationKind::Artifact(slot.kind);
+        self.insert(process, kind, Some(slot.permit), egress_provider, tags)
+    }
+
+    /// Registers a rule action without an artifact (`execute`, `environment`) in the Starting
+    /// state. Such actions take no concurrency slot: a rule's limits bound them.
+    pub fn register_action(
+        &self,
+        process: OperationProcess,
+        kind: OperationKind,
+        tags: BTreeSet<String>,
+    ) -> Arc<Operation> {
+        self.insert(process, kind, None, None, tags)
+    }
+
+    fn insert(
+        &self,
+        process: OperationProcess,
+        kind: OperationKind,
+        slot: Option<OwnedSemaphorePermit>,
+        egress_provider: Option<String>,
+        tags: BTreeSet<String>,
+    ) -> Arc<Operation> {
         let operation = Arc::new(Operation {
             id: Uuid::new_v4(),
-            kind: slot.kind,
+            kind,
             created: SystemTime::now(),
             process,
             egress_provider,
@@ -442,9 +511,10 @@ impl OperationRegistry {
                 summary: None,
                 finished_at: None,
                 committing: false,
+                outputs: BTreeMap::new(),
             }),
             stop: Mutex::default(),
-            slot: Mutex::new(Some(slot.permit)),
+            slot: Mutex::new(slot),
             cancel: CancellationToken::new(),
             finished: watch::channel(false).0,
         });
@@ -598,6 +668,35 @@ mod tests {
         let cancelled = register(&registry, &[]);
         cancelled.cancel().unwrap();
         assert!(!cancelled.begin_commit());
+    }
+
+    #[test]
+    fn action_operations_take_no_slot_and_show_their_outputs() {
+        let registry = registry(10);
+        let first = register(&registry, &[]);
+        let _second = register(&registry, &[]);
+        // Every trace slot is taken; an action still registers.
+        let action =
+            registry.register_action(process(), OperationKind::Execute, ["rule".into()].into());
+        assert_eq!(action.kind(), OperationKind::Execute);
+        action.cancel().unwrap();
+        // The killed program's exit code arrives after the cancel.
+        action.record_outputs([("ExitCode".to_owned(), "137".to_owned())].into());
+        let status = action.status();
+        assert_eq!(status.kind, "execute");
+        assert_eq!(status.status, OperationState::Cancelled);
+        assert_eq!(status.outputs["ExitCode"], "137");
+        let environment =
+            registry.register_action(process(), OperationKind::Environment, BTreeSet::new());
+        environment.record_outputs([("Value".to_owned(), "1".to_owned())].into());
+        environment.finish(Outcome::Completed);
+        let status = serde_json::to_value(environment.status()).unwrap();
+        assert_eq!(status["kind"], "environment");
+        assert_eq!(status["status"], "Succeeded");
+        assert_eq!(status["outputs"]["Value"], "1");
+        // Artifact operations show no outputs.
+        let trace = serde_json::to_value(first.status()).unwrap();
+        assert!(trace.get("outputs").is_none(), "{trace}");
     }
 
     #[test]

@@ -1,22 +1,29 @@
 //! Running a rule's actions on one process.
 //!
-//! Artifact actions (`CollectTrace`, `CollectDump`, `CollectLiveMetrics`) start an ordinary
-//! operation through [`Operations::start`], egressed to their provider and tagged with the rule's
-//! name: they are listed, stopped and cancelled in `/operations` like any other. `Execute` runs a
-//! program (no shell) and `GetEnvironmentVariable` reads the process's environment; both finish
-//! inside the rule. Each action's outputs (`EgressPath`, `ExitCode`, `Value`) are tokens for the
+//! Every action is an operation tagged with the rule's name, listed, stopped and cancelled in
+//! `/operations` like any other. Artifact actions (`CollectTrace`, `CollectDump`,
+//! `CollectGCDump`, `CollectLiveMetrics`) start one through [`Operations::start`], egressed to
+//! their provider. `Execute` (kind `execute`) runs a program, no shell: a stop sends it SIGTERM,
+//! a cancel kills it. `GetEnvironmentVariable` (kind `environment`) reads the process's
+//! environment. Each action's outputs (`EgressPath`, `ExitCode`, `Value`) are tokens for the
 //! later actions, as are the process's (`$(Process.ProcessId)`, ...).
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::os::unix::process::ExitStatusExt;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures_util::FutureExt;
+use futures_util::future::BoxFuture;
+
 use super::config::{Action, ActionKind, tokens};
+use super::events::StoppingTraceSpec;
 use crate::dumps::{DumpFolder, DumpSpec};
 use crate::gcdump::GcDumpSpec;
 use crate::metrics::live::LiveMetricsSpec;
 use crate::operations::{
-    Destination, Operation, OperationState, Operations, StartRequest, TraceSpec,
+    Destination, ErrorCode, GracefulStop, Operation, OperationError, OperationKind,
+    OperationProcess, OperationState, Operations, Outcome, StartRequest, TraceSpec,
 };
 use crate::processes::{ProcessDirectory, ProcessRecord, ProcessSelector};
 
@@ -33,15 +40,6 @@ pub struct ActionEnv {
     pub counter_interval: Duration,
     /// Whether `Execute` may run.
     pub allow_execute: bool,
-}
-
-/// An action that started.
-#[derive(Debug)]
-pub enum Running {
-    /// An operation, completed when it reaches a final state.
-    Operation(Arc<Operation>),
-    /// An action that finished as it ran, with its outputs.
-    Done(BTreeMap<&'static str, String>),
 }
 
 /// The tokens of one run of the actions: the process's, then each completed action's outputs.
@@ -65,7 +63,7 @@ impl Tokens {
     }
 
     /// Adds the outputs of action `name`.
-    pub fn add_outputs(&mut self, name: &str, outputs: &BTreeMap<&'static str, String>) {
+    pub fn add_outputs(&mut self, name: &str, outputs: &BTreeMap<String, String>) {
         for (output, value) in outputs {
             self.values
                 .insert(format!("Actions.{name}.{output}"), value.clone());
@@ -106,15 +104,14 @@ pub fn substituted_texts(action: &Action) -> Vec<&str> {
     }
 }
 
-/// Starts `action` of rule `rule` on `process`. An error says why it could not start or, for
-/// actions that finish as they run, why it failed.
+/// Starts `action` of rule `rule` on `process`: its operation, or why it could not start.
 pub async fn start(
     env: &ActionEnv,
     rule: &str,
     process: &ProcessRecord,
     action: &Action,
     tokens: &Tokens,
-) -> Result<Running, String> {
+) -> Result<Arc<Operation>, String> {
     let target = ProcessSelector {
         pid: Some(process.pid),
         uid: Some(process.uid),
@@ -125,18 +122,41 @@ pub async fn start(
         ActionKind::CollectTrace {
             session,
             duration,
+            stopping_event,
             egress,
-        } => env
-            .operations
-            .start(StartRequest {
-                artifact: TraceSpec::new(session.clone()),
-                target,
-                destination: Destination::Egress(egress.clone()),
-                tags,
-                duration: Some(*duration),
-            })
-            .await
-            .map_err(|e| e.to_string())?,
+        } => {
+            let trace = TraceSpec::new(session.clone());
+            let destination = Destination::Egress(egress.clone());
+            let duration = Some(*duration);
+            match stopping_event {
+                None => {
+                    env.operations
+                        .start(StartRequest {
+                            artifact: trace,
+                            target,
+                            destination,
+                            tags,
+                            duration,
+                        })
+                        .await
+                }
+                Some(event) => {
+                    env.operations
+                        .start(StartRequest {
+                            artifact: StoppingTraceSpec {
+                                trace,
+                                event: event.clone(),
+                            },
+                            target,
+                            destination,
+                            tags,
+                            duration,
+                        })
+                        .await
+                }
+            }
+            .map_err(|e| e.to_string())?
+        }
         ActionKind::CollectDump { dump_type, egress } => env
             .operations
             .start(StartRequest {
@@ -192,74 +212,221 @@ pub async fn start(
                         .to_owned(),
                 );
             }
-            let path = tokens.substitute(path);
-            let arguments: Vec<String> = arguments.iter().map(|a| tokens.substitute(a)).collect();
-            let code = execute(&path, &arguments, *timeout).await?;
-            if code != 0 && !ignore_exit_code {
-                return Err(format!("{path} exited with code {code}"));
-            }
-            return Ok(Running::Done([("ExitCode", code.to_string())].into()));
+            let program = Program {
+                path: tokens.substitute(path),
+                arguments: arguments.iter().map(|a| tokens.substitute(a)).collect(),
+                ignore_exit_code: *ignore_exit_code,
+                timeout: *timeout,
+            };
+            let operation = env.operations.registry().register_action(
+                OperationProcess::from(process),
+                OperationKind::Execute,
+                tags,
+            );
+            let child = match program.spawn() {
+                Ok(child) => child,
+                Err(message) => {
+                    operation.finish(Outcome::Failed(OperationError::new(
+                        ErrorCode::ActionFailed,
+                        message.clone(),
+                    )));
+                    return Err(message);
+                }
+            };
+            let terminate = Arc::new(Terminate::default());
+            operation.mark_running(Some(terminate.clone()));
+            tokio::spawn(program.supervise(operation.clone(), child, terminate));
+            return Ok(operation);
         }
         ActionKind::GetEnvironmentVariable { name } => {
             let name = tokens.substitute(name);
-            let environment = environment(env, process).await?;
-            let value = environment.get(&name).ok_or_else(|| {
-                format!(
-                    "process {} has no environment variable `{name}`",
-                    process.pid
-                )
-            })?;
-            return Ok(Running::Done([("Value", value.clone())].into()));
+            let operation = env.operations.registry().register_action(
+                OperationProcess::from(process),
+                OperationKind::Environment,
+                tags,
+            );
+            operation.mark_running(None);
+            tokio::spawn(read_variable(
+                env.clone(),
+                process.clone(),
+                name,
+                operation.clone(),
+            ));
+            return Ok(operation);
         }
     };
-    Ok(Running::Operation(started.operation))
+    Ok(started.operation)
 }
 
-/// Waits until a started action completed; its outputs, or why it failed.
-pub async fn completion(running: Running) -> Result<BTreeMap<&'static str, String>, String> {
-    match running {
-        Running::Done(outputs) => Ok(outputs),
-        Running::Operation(operation) => {
-            operation.finished().await;
-            let status = operation.status();
-            match status.status {
-                OperationState::Succeeded => {
-                    Ok([("EgressPath", status.resource_location.unwrap_or_default())].into())
-                }
-                state => Err(match status.error {
-                    Some(error) => format!(
-                        "operation {} ended {state:?}: {}",
-                        operation.id(),
-                        error.message
-                    ),
-                    None => format!("operation {} ended {state:?}", operation.id()),
-                }),
-            }
-        }
+/// Waits until a started action's operation reached a final state; its outputs, or why it
+/// did not succeed.
+pub async fn completion(operation: Arc<Operation>) -> Result<BTreeMap<String, String>, String> {
+    operation.finished().await;
+    let status = operation.status();
+    match status.status {
+        OperationState::Succeeded if !status.outputs.is_empty() => Ok(status.outputs),
+        OperationState::Succeeded => Ok([(
+            "EgressPath".to_owned(),
+            status.resource_location.unwrap_or_default(),
+        )]
+        .into()),
+        state => Err(match status.error {
+            Some(error) => format!(
+                "operation {} ended {state:?}: {}",
+                operation.id(),
+                error.message
+            ),
+            None => format!("operation {} ended {state:?}", operation.id()),
+        }),
     }
 }
 
-/// Runs `path` with `arguments` (no shell, no standard input, output discarded); its exit code.
-/// It is killed after `timeout`.
-async fn execute(path: &str, arguments: &[String], timeout: Duration) -> Result<i32, String> {
-    let mut child = tokio::process::Command::new(path)
-        .args(arguments)
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .map_err(|error| format!("cannot run {path}: {error}"))?;
-    match tokio::time::timeout(timeout, child.wait()).await {
-        Ok(Ok(status)) => Ok(status.code().unwrap_or(-1)),
-        Ok(Err(error)) => Err(format!("cannot wait for {path}: {error}")),
-        Err(_) => {
-            let _ = child.kill().await;
-            Err(format!(
-                "{path} did not finish within {} s and was killed",
-                timeout.as_secs_f64()
-            ))
+/// The program of an `Execute` action, its tokens substituted.
+#[derive(Debug, Clone)]
+struct Program {
+    path: String,
+    arguments: Vec<String>,
+    ignore_exit_code: bool,
+    timeout: Duration,
+}
+
+/// How the wait for an `Execute` program ended.
+enum Waited {
+    Exited(std::io::Result<std::process::ExitStatus>),
+    Cancelled,
+    TimedOut,
+}
+
+impl Program {
+    /// Starts the program: no shell, no standard input, output discarded.
+    fn spawn(&self) -> Result<tokio::process::Child, String> {
+        tokio::process::Command::new(&self.path)
+            .args(&self.arguments)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|error| format!("cannot run {}: {error}", self.path))
+    }
+
+    /// Waits for the program and finishes `operation` with its exit code (the output
+    /// `ExitCode`): Succeeded on 0 (or any code with `ignore_exit_code`), Failed otherwise and
+    /// when it outlives its timeout (it is then killed). A stop (`terminate`) sends it SIGTERM;
+    /// a cancel of the operation kills it, and its exit code is recorded then too.
+    async fn supervise(
+        self,
+        operation: Arc<Operation>,
+        mut child: tokio::process::Child,
+        terminate: Arc<Terminate>,
+    ) {
+        let timeout = tokio::time::sleep(self.timeout);
+        tokio::pin!(timeout);
+        let waited = loop {
+            tokio::select! {
+                status = child.wait() => break Waited::Exited(status),
+                _ = operation.cancellation().cancelled() => break Waited::Cancelled,
+                _ = &mut timeout => break Waited::TimedOut,
+                _ = terminate.requested.notified() => {
+                    // The pid is the child's only while it has not been waited for.
+                    if let Some(pid) = child.id().and_then(|pid| libc::pid_t::try_from(pid).ok()) {
+                        // SAFETY: kill(2) has no memory-safety preconditions.
+                        if unsafe { libc::kill(pid, libc::SIGTERM) } != 0 {
+                            tracing::warn!(operation = %operation.id(), error = %std::io::Error::last_os_error(), "cannot send SIGTERM to an Execute program");
+                        }
+                    }
+                }
+            }
+        };
+        let failed = |message: String| {
+            Outcome::Failed(OperationError::new(ErrorCode::ActionFailed, message))
+        };
+        let outcome = match waited {
+            Waited::Exited(Ok(status)) => {
+                let code = exit_code(status);
+                operation.record_outputs([("ExitCode".to_owned(), code.to_string())].into());
+                if code == 0 || self.ignore_exit_code {
+                    Outcome::Completed
+                } else {
+                    failed(format!("{} exited with code {code}", self.path))
+                }
+            }
+            Waited::Exited(Err(error)) => failed(format!("cannot wait for {}: {error}", self.path)),
+            Waited::Cancelled | Waited::TimedOut => {
+                let killed = child.kill().await;
+                if let Ok(status) = child.wait().await {
+                    operation.record_outputs(
+                        [("ExitCode".to_owned(), exit_code(status).to_string())].into(),
+                    );
+                }
+                match (waited, killed) {
+                    (Waited::TimedOut, _) => failed(format!(
+                        "{} did not finish within {} s and was killed",
+                        self.path,
+                        self.timeout.as_secs_f64()
+                    )),
+                    (_, Err(error)) => failed(format!("cannot kill {}: {error}", self.path)),
+                    _ => Outcome::Cancelled(
+                        "cancelled by request; the program was killed".to_owned(),
+                    ),
+                }
+            }
+        };
+        operation.finish(outcome);
+    }
+}
+
+/// The exit code of a program, or 128 + the signal that ended it, as a shell reports it.
+fn exit_code(status: std::process::ExitStatus) -> i32 {
+    status
+        .code()
+        .unwrap_or_else(|| 128 + status.signal().unwrap_or(0))
+}
+
+/// Stops an `Execute` program gracefully: its supervisor sends it SIGTERM, so that it can
+/// finish by itself.
+#[derive(Debug, Default)]
+struct Terminate {
+    requested: tokio::sync::Notify,
+}
+
+impl GracefulStop for Terminate {
+    fn stop(&self) -> BoxFuture<'_, Result<(), OperationError>> {
+        self.requested.notify_one();
+        std::future::ready(Ok(())).boxed()
+    }
+}
+
+/// Reads the variable `name` of `process` and finishes `operation` with it (the output
+/// `Value`), or Failed when the process has no such variable or its environment cannot be read.
+/// A cancel ends it at once.
+async fn read_variable(
+    env: ActionEnv,
+    process: ProcessRecord,
+    name: String,
+    operation: Arc<Operation>,
+) {
+    let read = tokio::select! {
+        read = environment(&env, &process) => read,
+        _ = operation.cancellation().cancelled() => return,
+    };
+    let value = read.and_then(|environment| {
+        environment.get(&name).cloned().ok_or_else(|| {
+            format!(
+                "process {} has no environment variable `{name}`",
+                process.pid
+            )
+        })
+    });
+    match value {
+        Ok(value) => {
+            operation.record_outputs([("Value".to_owned(), value)].into());
+            operation.finish(Outcome::Completed);
         }
+        Err(message) => operation.finish(Outcome::Failed(OperationError::new(
+            ErrorCode::ActionFailed,
+            message,
+        ))),
     }
 }
 
@@ -319,7 +486,7 @@ mod tests {
         let mut tokens = Tokens::of_process(&process);
         tokens.add_outputs(
             "trace",
-            &[("EgressPath", "/out/x.nettrace".to_owned())].into(),
+            &[("EgressPath".to_owned(), "/out/x.nettrace".to_owned())].into(),
         );
         assert_eq!(
             tokens.substitute(
@@ -334,24 +501,18 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn execute_reports_exit_codes_and_timeouts() {
-        assert_eq!(
-            execute(
-                "/bin/sh",
-                &["-c".into(), "exit 3".into()],
-                Duration::from_secs(10)
-            )
-            .await,
-            Ok(3)
-        );
-        let error = execute("/bin/sleep", &["10".into()], Duration::from_millis(100))
+    async fn exit_codes_of_killed_programs_are_128_plus_the_signal() {
+        let mut child = tokio::process::Command::new("/bin/sleep")
+            .arg("10")
+            .spawn()
+            .unwrap();
+        child.kill().await.unwrap();
+        assert_eq!(exit_code(child.wait().await.unwrap()), 128 + libc::SIGKILL);
+        let status = tokio::process::Command::new("/bin/sh")
+            .args(["-c", "exit 3"])
+            .status()
             .await
-            .unwrap_err();
-        assert!(error.contains("killed"), "{error}");
-        assert!(
-            execute("/nonexistent/program", &[], Duration::from_secs(1))
-                .await
-                .is_err()
-        );
+            .unwrap();
+        assert_eq!(exit_code(status), 3);
     }
 }

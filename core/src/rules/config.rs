@@ -35,6 +35,10 @@ const MIN_SLIDING_WINDOW: Duration = Duration::from_secs(1);
 const MAX_WINDOW: Duration = Duration::from_secs(24 * 60 * 60);
 /// The default duration of a `CollectTrace` or `CollectLiveMetrics` action.
 pub const DEFAULT_ARTIFACT_DURATION: Duration = Duration::from_secs(30);
+/// dotnet-monitor's default `request_duration` of `AspNetRequestDuration`.
+pub const DEFAULT_REQUEST_DURATION: Duration = Duration::from_secs(5);
+/// The longest `request_duration` (dotnet-monitor's): an hour.
+const MAX_REQUEST_DURATION: Duration = Duration::from_secs(60 * 60);
 /// The default timeout of an `Execute` action.
 pub const DEFAULT_EXECUTE_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -107,6 +111,8 @@ pub enum Trigger {
     Startup,
     /// A counter (EventCounter or meter instrument) staying in range for a window.
     Counter(CounterTrigger),
+    /// Enough ASP.NET Core requests of a kind within a window.
+    AspNet(AspNetTrigger),
 }
 
 impl Trigger {
@@ -115,6 +121,7 @@ impl Trigger {
         match self {
             Trigger::Startup => "Startup",
             Trigger::Counter(counter) => counter.type_name,
+            Trigger::AspNet(trigger) => trigger.condition.type_name(),
         }
     }
 }
@@ -147,6 +154,46 @@ impl CounterTrigger {
     }
 }
 
+/// An ASP.NET Core request trigger: fires when `count` requests that meet `condition` and
+/// whose path is included (and not excluded) finished within `sliding_window_duration`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AspNetTrigger {
+    /// What a request must do to count.
+    pub condition: AspNetCondition,
+    /// How many requests (`request_count`, or `response_count` for `AspNetResponseStatus`).
+    pub count: u32,
+    /// The window the requests must fall within.
+    pub sliding_window_duration: Duration,
+    /// Path globs a request must match one of (none: every path); `*` is any text without a
+    /// `/`, `**/` any number of whole segments.
+    pub include_paths: Vec<String>,
+    /// Path globs a request must match none of (they win over `include_paths`).
+    pub exclude_paths: Vec<String>,
+}
+
+/// What a request must do to count for an [`AspNetTrigger`].
+#[derive(Debug, Clone, PartialEq)]
+pub enum AspNetCondition {
+    /// `AspNetRequestCount`: every request counts (when it starts).
+    RequestCount,
+    /// `AspNetRequestDuration`: a request that took (or, unfinished, has been running) at least
+    /// this long.
+    RequestDuration(Duration),
+    /// `AspNetResponseStatus`: a response whose status is in one of these inclusive ranges.
+    ResponseStatus(Vec<(u16, u16)>),
+}
+
+impl AspNetCondition {
+    /// The trigger type name.
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            AspNetCondition::RequestCount => "AspNetRequestCount",
+            AspNetCondition::RequestDuration(_) => "AspNetRequestDuration",
+            AspNetCondition::ResponseStatus(_) => "AspNetResponseStatus",
+        }
+    }
+}
+
 /// One action of a rule.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Action {
@@ -167,8 +214,10 @@ pub enum ActionKind {
     CollectTrace {
         /// The session to start.
         session: SessionConfig,
-        /// Its length.
+        /// Its length (the longest, with a stopping event).
         duration: Duration,
+        /// The event that ends it early, complete.
+        stopping_event: Option<StoppingEvent>,
         /// The egress provider.
         egress: String,
     },
@@ -209,6 +258,20 @@ pub enum ActionKind {
         /// The variable (tokens substituted when it runs).
         name: String,
     },
+}
+
+/// The event that ends a `CollectTrace` early (dotnet-monitor's `StoppingEvent`): the trace
+/// stops, complete, after the first event of `provider_name` named `event_name` whose payload
+/// has every field of `payload_filter` with the value given.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoppingEvent {
+    /// The provider; one of the trace's providers.
+    pub provider_name: String,
+    /// The event's name as the trace's metadata gives it (`Activity1Start`), or TraceEvent's
+    /// `Task/Opcode` form of it (`Activity1/Start`).
+    pub event_name: String,
+    /// Payload field name → the value's text (numbers in decimal, booleans `True`/`False`).
+    pub payload_filter: BTreeMap<String, String>,
 }
 
 impl ActionKind {
@@ -844,27 +907,142 @@ fn parse_trigger(
                 sliding_window_duration: window,
             })
         }
-        "aspnetrequestcount" | "aspnetrequestduration" | "aspnetresponsestatus" => {
-            return Err(error(
-                &format!("{path}.type"),
-                format!(
-                    "`{type_name}` triggers are not supported by this version of diagmon yet; \
-                     use Startup, EventCounter, EventMeter, CPUUsage, GCHeapSize or ThreadpoolQueueLength"
-                ),
-            ));
-        }
+        "aspnetrequestcount" | "aspnetrequestduration" | "aspnetresponsestatus" => Trigger::AspNet(
+            parse_aspnet_trigger(&type_key(&type_name), &mut settings, window_default)?,
+        ),
         _ => {
             return Err(error(
                 &format!("{path}.type"),
                 format!(
                     "`{type_name}` is not a trigger type; use Startup, EventCounter, EventMeter, \
-                     CPUUsage, GCHeapSize or ThreadpoolQueueLength"
+                     CPUUsage, GCHeapSize, ThreadpoolQueueLength, AspNetRequestCount, \
+                     AspNetRequestDuration or AspNetResponseStatus"
                 ),
             ));
         }
     };
     settings.finish()?;
     Ok(trigger)
+}
+
+/// The settings of `AspNetRequestCount`, `AspNetRequestDuration` (`type_key` without case and
+/// underscores) and `AspNetResponseStatus`, with dotnet-monitor's defaults and ranges.
+fn parse_aspnet_trigger(
+    type_key: &str,
+    settings: &mut Obj<'_>,
+    window_default: Duration,
+) -> Result<AspNetTrigger, RuleConfigError> {
+    let count_key = if type_key == "aspnetresponsestatus" {
+        "response_count"
+    } else {
+        "request_count"
+    };
+    let count = match settings.number(count_key)? {
+        None => return Err(error(&settings.key(count_key), "is required")),
+        Some(count) if count >= 1.0 && count <= f64::from(i32::MAX) && count.fract() == 0.0 => {
+            count as u32
+        }
+        Some(count) => {
+            return Err(error(
+                &settings.key(count_key),
+                format!("is {count}; it must be a whole number of at least 1"),
+            ));
+        }
+    };
+    let condition = match type_key {
+        "aspnetrequestduration" => AspNetCondition::RequestDuration(
+            settings
+                .duration_in("request_duration", Duration::ZERO, MAX_REQUEST_DURATION)?
+                .unwrap_or(DEFAULT_REQUEST_DURATION),
+        ),
+        "aspnetresponsestatus" => {
+            let key = settings.key("status_codes");
+            let codes = settings
+                .get("status_codes")
+                .ok_or_else(|| error(&key, "is required: give ranges such as [\"400-499\"]"))?;
+            let texts: Vec<String> = match codes {
+                Value::String(text) => vec![text.clone()],
+                Value::Array(items) if !items.is_empty() => items
+                    .iter()
+                    .map(|item| match item {
+                        Value::String(text) => Some(text.clone()),
+                        Value::Number(number) => Some(number.to_string()),
+                        _ => None,
+                    })
+                    .collect::<Option<_>>()
+                    .ok_or_else(|| error(&key, "must be a list of status codes or ranges"))?,
+                _ => {
+                    return Err(error(
+                        &key,
+                        "must be a list of status codes or ranges such as [\"400-499\"]",
+                    ));
+                }
+            };
+            let ranges = texts
+                .iter()
+                .map(|text| parse_status_range(text).map_err(|message| error(&key, message)))
+                .collect::<Result<Vec<_>, _>>()?;
+            AspNetCondition::ResponseStatus(ranges)
+        }
+        _ => AspNetCondition::RequestCount,
+    };
+    let mut paths = |key: &'static str| -> Result<Vec<String>, RuleConfigError> {
+        let full = settings.key(key);
+        let paths: Vec<String> = match settings.get(key) {
+            None => Vec::new(),
+            Some(Value::Array(items)) => items
+                .iter()
+                .map(|item| item.as_str().map(str::to_owned))
+                .collect::<Option<_>>()
+                .ok_or_else(|| error(&full, "must be a list of paths"))?,
+            Some(_) => {
+                return Err(error(
+                    &full,
+                    "must be a list of paths such as [\"/api/**/*\"]",
+                ));
+            }
+        };
+        if let Some(path) = paths.iter().find(|path| path.contains("***")) {
+            return Err(error(
+                &full,
+                format!("`{path}`: only `*` and `**/` are wildcards"),
+            ));
+        }
+        Ok(paths)
+    };
+    let include_paths = paths("include_paths")?;
+    let exclude_paths = paths("exclude_paths")?;
+    let sliding_window_duration = settings
+        .duration_in("sliding_window_duration", MIN_SLIDING_WINDOW, MAX_WINDOW)?
+        .unwrap_or(window_default);
+    Ok(AspNetTrigger {
+        condition,
+        count,
+        sliding_window_duration,
+        include_paths,
+        exclude_paths,
+    })
+}
+
+/// `"404"` or `"400-499"`: an inclusive range of HTTP status codes (100 to 599).
+fn parse_status_range(text: &str) -> Result<(u16, u16), String> {
+    let code = |part: &str| {
+        part.trim()
+            .parse::<u16>()
+            .ok()
+            .filter(|code| (100..600).contains(code))
+            .ok_or_else(|| {
+                format!("`{text}` is not a status code (100 to 599) or a range such as 400-499")
+            })
+    };
+    let (low, high) = match text.split_once('-') {
+        Some((low, high)) => (code(low)?, code(high)?),
+        None => (code(text)?, code(text)?),
+    };
+    if low > high {
+        return Err(format!("`{text}`: the range's start is above its end"));
+    }
+    Ok((low, high))
 }
 
 fn parse_action(
@@ -1080,19 +1258,86 @@ fn parse_collect_trace(
         }
         session.buffer_size_mb = size as u32;
     }
-    if settings.get("stopping_event").is_some() {
-        return Err(error(
+    let stopping_event = match settings.get("stopping_event") {
+        None => None,
+        Some(_) if profile.is_some() => {
+            return Err(error(
+                &settings.key("stopping_event"),
+                "a stopping event needs `providers`, not `profile`: list the event's provider",
+            ));
+        }
+        Some(value) => Some(parse_stopping_event(
             &settings.key("stopping_event"),
-            "stopping a trace at an event is not supported yet; give a `duration` instead",
-        ));
-    }
+            value,
+            &session,
+        )?),
+    };
     let duration = settings
         .duration_in("duration", Duration::from_secs(1), MAX_WINDOW)?
         .unwrap_or(DEFAULT_ARTIFACT_DURATION);
     Ok(ActionKind::CollectTrace {
         session,
         duration,
+        stopping_event,
         egress: egress(settings)?,
+    })
+}
+
+/// `stopping_event = {provider_name, event_name, payload_filter?}`; the provider must be one of
+/// `session`'s (compared exactly, as dotnet-monitor does).
+fn parse_stopping_event(
+    path: &str,
+    value: &Value,
+    session: &SessionConfig,
+) -> Result<StoppingEvent, RuleConfigError> {
+    let mut obj = Obj::new(path, value)?;
+    let provider_name = obj.required_string("provider_name")?;
+    let event_name = obj.required_string("event_name")?;
+    let mut payload_filter = BTreeMap::new();
+    if let Some(filter) = obj.get("payload_filter") {
+        let key = obj.key("payload_filter");
+        let filter = filter
+            .as_object()
+            .ok_or_else(|| error(&key, "must be a table of field names and values"))?;
+        for (field, expected) in filter {
+            let expected = match expected {
+                Value::String(text) => text.clone(),
+                Value::Number(number) => number.to_string(),
+                Value::Bool(true) => "True".to_owned(),
+                Value::Bool(false) => "False".to_owned(),
+                _ => {
+                    return Err(error(
+                        &format!("{key}.{field}"),
+                        "must be a string, a number or a boolean",
+                    ));
+                }
+            };
+            payload_filter.insert(field.clone(), expected);
+        }
+    }
+    if !session
+        .providers
+        .iter()
+        .any(|provider| provider.name == provider_name)
+    {
+        return Err(error(
+            &obj.key("provider_name"),
+            format!(
+                "`{provider_name}` is not one of the trace's providers ({}); add it to `providers`",
+                session
+                    .providers
+                    .iter()
+                    .map(|provider| provider.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        ));
+    }
+    obj.finish()?;
+    Ok(StoppingEvent {
+        provider_name,
+        event_name,
+        payload_filter,
     })
 }
 
@@ -1453,13 +1698,94 @@ mod tests {
             (json!({"actions": []}), "collection_rules.r.trigger"),
             (
                 json!({"trigger": {"type": "AspNetRequestCount"}}),
-                "collection_rules.r.trigger.type",
+                "collection_rules.r.trigger.settings.request_count",
+            ),
+            (
+                json!({"trigger": {"type": "AspNetRequestCount", "settings": {"request_count": 0}}}),
+                "collection_rules.r.trigger.settings.request_count",
+            ),
+            (
+                json!({"trigger": {"type": "AspNetResponseStatus", "settings": {"response_count": 2, "status_codes": ["500-404"]}}}),
+                "collection_rules.r.trigger.settings.status_codes",
+            ),
+            (
+                json!({"trigger": {"type": "AspNetResponseStatus", "settings": {"response_count": 2, "status_codes": ["99"]}}}),
+                "collection_rules.r.trigger.settings.status_codes",
+            ),
+            (
+                json!({"trigger": {"type": "AspNetResponseStatus", "settings": {"request_count": 2, "status_codes": ["500"]}}}),
+                "collection_rules.r.trigger.settings.response_count",
+            ),
+            (
+                json!({"trigger": {"type": "AspNetRequestDuration", "settings": {"request_count": 2, "request_duration": "02:00:00"}}}),
+                "collection_rules.r.trigger.settings.request_duration",
+            ),
+            (
+                json!({"trigger": {"type": "AspNetRequestCount", "settings": {"request_count": 2, "include_paths": ["/a/***"]}}}),
+                "collection_rules.r.trigger.settings.include_paths",
+            ),
+            (
+                json!({"trigger": {"type": "Startup"}, "actions": [{"type": "CollectTrace", "settings": {"profile": "Http", "egress": "files", "stopping_event": {"provider_name": "Microsoft-Diagnostics-DiagnosticSource", "event_name": "Activity1Stop"}}}]}),
+                "collection_rules.r.actions[0].settings.stopping_event",
+            ),
+            (
+                json!({"trigger": {"type": "Startup"}, "actions": [{"type": "CollectTrace", "settings": {"providers": [{"name": "A"}], "egress": "files", "stopping_event": {"provider_name": "B", "event_name": "E"}}}]}),
+                "collection_rules.r.actions[0].settings.stopping_event.provider_name",
+            ),
+            (
+                json!({"trigger": {"type": "Startup"}, "actions": [{"type": "CollectTrace", "settings": {"providers": [{"name": "A"}], "egress": "files", "stopping_event": {"provider_name": "A"}}}]}),
+                "collection_rules.r.actions[0].settings.stopping_event.event_name",
             ),
         ] {
             let error = parse(&json!({ "r": rule }), &egress()).unwrap_err();
             assert_eq!(error.key, key, "{rule}: {error}");
             assert!(error.to_string().contains(key), "{error}");
         }
+    }
+
+    #[test]
+    fn aspnet_triggers_and_stopping_events_have_dotnet_monitors_shape_and_defaults() {
+        let config = parse_toml(
+            r#"
+            [collection_rules.r.trigger]
+            type = "AspNetResponseStatus"
+            settings = { ResponseCount = 3, StatusCodes = ["400-499", "503"], ExcludePaths = ["/health"] }
+            [[collection_rules.r.actions]]
+            type = "CollectTrace"
+            settings = { providers = [{ name = "Microsoft-Diagnostics-DiagnosticSource" }], egress = "files", duration = "00:01:00", stopping_event = { provider_name = "Microsoft-Diagnostics-DiagnosticSource", event_name = "Activity1/Stop", payload_filter = { EventName = "Microsoft.AspNetCore.Hosting.HttpRequestIn.Stop" } } }
+            [collection_rules.d.trigger]
+            type = "AspNetRequestDuration"
+            settings = { request_count = 2 }
+            "#,
+        )
+        .unwrap();
+        let Trigger::AspNet(status) = &config.rules["r"].trigger else {
+            panic!("not an ASP.NET trigger");
+        };
+        assert_eq!(
+            status.condition,
+            AspNetCondition::ResponseStatus(vec![(400, 499), (503, 503)])
+        );
+        assert_eq!(status.count, 3);
+        assert_eq!(status.sliding_window_duration, DEFAULT_SLIDING_WINDOW);
+        assert_eq!(status.exclude_paths, ["/health"]);
+        let ActionKind::CollectTrace { stopping_event, .. } = &config.rules["r"].actions[0].kind
+        else {
+            panic!("not a trace");
+        };
+        let stopping_event = stopping_event.as_ref().unwrap();
+        assert_eq!(stopping_event.event_name, "Activity1/Stop");
+        assert_eq!(
+            stopping_event.payload_filter["EventName"],
+            "Microsoft.AspNetCore.Hosting.HttpRequestIn.Stop"
+        );
+        let Trigger::AspNet(duration) = &config.rules["d"].trigger else {
+            panic!("not an ASP.NET trigger");
+        };
+        assert_eq!(
+            duration.condition,
+            AspNetCondition::RequestDuration(DEFAULT_REQUEST_DURATION)
+        );
     }
 
     #[test]
@@ -1538,6 +1864,8 @@ mod tests {
             [
                 "high_cpu",
                 "large_heap",
+                "server_errors",
+                "slow_api",
                 "slow_requests_meter",
                 "trace_at_start"
             ]

@@ -2,6 +2,8 @@
 //!
 //! - [`config`]: `[collection_rules]` parsed and checked, errors naming the rule and the key;
 //! - [`triggers`]: counter triggers and where their reports come from;
+//! - [`aspnet`]: ASP.NET Core request triggers;
+//! - [`events`]: events read out of a trace as it passes (a trace's stopping event);
 //! - [`limits`]: action count, sliding window, rule duration;
 //! - [`actions`]: what a rule does; artifact actions are ordinary operations tagged with the
 //!   rule's name;
@@ -17,7 +19,9 @@
 //! start over. `docs/collection-rules.md` describes the configuration.
 
 pub mod actions;
+pub mod aspnet;
 pub mod config;
+pub mod events;
 pub mod limits;
 pub mod runner;
 pub mod state;

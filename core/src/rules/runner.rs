@@ -3,12 +3,13 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use super::actions::{self, ActionEnv, Tokens};
+use super::aspnet::{RequestWindow, request_feed};
 use super::config::Trigger;
 use super::limits::Admission;
 use super::state::{FinishReason, RuleRun};
@@ -69,28 +70,68 @@ pub async fn run_rule(
                     if !window.observe(value, now) {
                         continue;
                     }
-                    match run.admit(now) {
-                        Admission::Run => {
-                            tracing::info!(rule = %rule.name, pid = process.pid, value, "collection rule triggered");
-                            let outcome = tokio::select! {
-                                outcome = run_actions(&run, &process, &env) => outcome,
-                                _ = stop.cancelled() => Err("the rule was stopped".to_owned()),
-                            };
-                            if let Err(error) = &outcome {
-                                tracing::warn!(rule = %rule.name, pid = process.pid, %error, "collection rule actions failed");
-                            }
-                            if run.actions_ended(outcome.err()) {
-                                break 'feeds;
-                            }
-                            // Reports that arrived while the actions ran are stale.
-                            while feed.try_recv().is_ok() {}
-                            window.reset();
-                        }
-                        Admission::Throttled(_) => window.reset(),
-                        Admission::Finished => break 'feeds,
+                    tracing::info!(rule = %rule.name, pid = process.pid, value, "collection rule triggered");
+                    if fired(&run, &process, &env, &stop, now).await == AfterFiring::End {
+                        break 'feeds;
                     }
+                    // Reports that arrived while the actions ran are stale.
+                    while feed.try_recv().is_ok() {}
+                    window.reset();
                 }
                 // The feed broke: the process went away or its session failed. Try again later.
+                tokio::select! {
+                    _ = stop.cancelled() => break,
+                    _ = &mut expired => {
+                        run.finish(FinishReason::RuleDuration);
+                        break;
+                    }
+                    _ = tokio::time::sleep(FEED_RETRY) => {}
+                }
+            }
+        }
+        Trigger::AspNet(trigger) => {
+            run.mark_started();
+            let mut window = RequestWindow::new(trigger.clone());
+            let mut heartbeat = tokio::time::interval(HEARTBEAT);
+            heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            'feeds: loop {
+                let feed_stop = stop.child_token();
+                let _guard = feed_stop.clone().drop_guard();
+                let mut feed = request_feed(&env.processes, &process, feed_stop);
+                loop {
+                    let now = tokio::select! {
+                        _ = stop.cancelled() => break 'feeds,
+                        _ = &mut expired => {
+                            run.finish(FinishReason::RuleDuration);
+                            break 'feeds;
+                        }
+                        event = feed.recv() => match event {
+                            Some(event) => {
+                                let now = Instant::now();
+                                if !window.observe(&event, now) {
+                                    continue;
+                                }
+                                now
+                            }
+                            None => break,
+                        },
+                        _ = heartbeat.tick() => {
+                            let now = Instant::now();
+                            if !window.heartbeat(now) {
+                                continue;
+                            }
+                            now
+                        }
+                    };
+                    tracing::info!(rule = %rule.name, pid = process.pid, "collection rule triggered");
+                    if fired(&run, &process, &env, &stop, now).await == AfterFiring::End {
+                        break 'feeds;
+                    }
+                    // Requests seen while the actions ran are stale.
+                    while feed.try_recv().is_ok() {}
+                    window.reset();
+                }
+                // The session broke: the process went away or its session failed. Try again.
                 tokio::select! {
                     _ = stop.cancelled() => break,
                     _ = &mut expired => {
@@ -104,6 +145,46 @@ pub async fn run_rule(
     }
     run.mark_started();
     tracing::info!(rule = %rule.name, pid = process.pid, "collection rule ended");
+}
+
+/// How often a request trigger looks for requests that run too long without stopping.
+const HEARTBEAT: Duration = Duration::from_secs(1);
+
+/// Whether a rule goes on after its trigger fired.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum AfterFiring {
+    /// It waits for the trigger again.
+    Continue,
+    /// It is over (finished, or its actions ended it).
+    End,
+}
+
+/// The trigger fired at `now`: runs the actions if the limits admit it.
+async fn fired(
+    run: &RuleRun,
+    process: &ProcessRecord,
+    env: &ActionEnv,
+    stop: &CancellationToken,
+    now: Instant,
+) -> AfterFiring {
+    match run.admit(now) {
+        Admission::Run => {
+            let outcome = tokio::select! {
+                outcome = run_actions(run, process, env) => outcome,
+                _ = stop.cancelled() => Err("the rule was stopped".to_owned()),
+            };
+            if let Err(error) = &outcome {
+                tracing::warn!(rule = %run.rule().name, pid = process.pid, %error, "collection rule actions failed");
+            }
+            if run.actions_ended(outcome.err()) {
+                AfterFiring::End
+            } else {
+                AfterFiring::Continue
+            }
+        }
+        Admission::Throttled(_) => AfterFiring::Continue,
+        Admission::Finished => AfterFiring::End,
+    }
 }
 
 /// Runs the rule's actions in order. An action that does not wait for completion lets the next
