@@ -3,7 +3,7 @@ a JSON "sidecar" file with what diagmon knows about it and the artifact's sha256
 
 Build it (from this folder; componentize-py comes from PyPI):
 
-    componentize-py -d ../../wit -w egress-provider componentize app -o python_sidecar.wasm
+    componentize-py -d ../../wit/diagmon-egress@0.1.0 -w egress-provider componentize app -o python_sidecar.wasm
 
 Configure it in diagmon (`directory` grants the folder; the `directory` setting tells the
 provider where it is, and must name the same folder):

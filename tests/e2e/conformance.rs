@@ -13,7 +13,7 @@ use diagmon::egress::{
     ConformanceOptions, ConformanceReport, DEFAULT_LARGE_BYTES, ObjectStoreGrant, Outcome,
     ProviderConfig, run_conformance,
 };
-use diagmon_tests::guests::{fixture, python_example, rust_example};
+use diagmon_tests::guests::{c_example, fixture, js_example, python_example, rust_example};
 use diagmon_tests::http_server::TestHttpServer;
 use diagmon_tests::monitor::monitor_binary;
 
@@ -142,6 +142,159 @@ async fn the_python_example_passes() {
         serde_json::json!(canonical.display().to_string()),
     );
     assert_passes(&conformance(provider, LARGE_BYTES).await);
+}
+
+/// The JavaScript example on a `file://` object store: the suite checks the stored bytes itself.
+fn js_provider(store: &Path) -> ProviderConfig {
+    let mut provider = ProviderConfig::new(js_example().display().to_string());
+    provider.object_store = Some(ObjectStoreGrant {
+        url: format!("file://{}", store.display()),
+        options: Default::default(),
+    });
+    provider
+        .settings
+        .insert("prefix".to_owned(), serde_json::json!("traces/"));
+    provider
+}
+
+#[tokio::test]
+async fn the_javascript_example_passes_on_a_file_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let report = conformance(js_provider(dir.path()), LARGE_BYTES).await;
+    assert_passes(&report);
+    let unknown = report.case("unknown setting refused").unwrap();
+    assert!(
+        unknown.detail.contains("this provider knows `prefix`"),
+        "the provider's own words: {}",
+        unknown.detail
+    );
+    let stored = report.case("begin, write, finish").unwrap();
+    assert!(
+        stored.detail.contains("/traces/"),
+        "stored under the prefix: {}",
+        stored.detail
+    );
+    // A prefix that would leave the grant stops start-up, in the provider's words.
+    let mut escaping = js_provider(dir.path());
+    escaping
+        .settings
+        .insert("prefix".to_owned(), serde_json::json!("../elsewhere"));
+    let error = diagmon::egress::EgressHost::load(&diagmon::egress::EgressConfig {
+        providers: [("js".to_owned(), escaping)].into_iter().collect(),
+        cache_directory: Some(shared_cache()),
+    })
+    .await
+    .unwrap_err()
+    .to_string();
+    assert!(
+        error.contains("`prefix` must be a relative path") && error.contains("../elsewhere"),
+        "{error}"
+    );
+}
+
+/// Start-up with the JavaScript provider (12 MB, seconds to compile) once its compiled form is
+/// in `egress.cache_directory`: the load takes it from the cache. Prints the time it took (the
+/// goal is 100 ms; no timed assertion).
+#[tokio::test]
+async fn a_cached_javascript_provider_starts_from_the_compile_cache() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = diagmon::egress::EgressConfig {
+        providers: [("js".to_owned(), js_provider(dir.path()))]
+            .into_iter()
+            .collect(),
+        cache_directory: Some(shared_cache()),
+    };
+    // The first load compiles it unless an earlier test of this run already did.
+    let first = diagmon::egress::EgressHost::load(&config).await.unwrap();
+    drop(first);
+    let started = std::time::Instant::now();
+    let host = diagmon::egress::EgressHost::load(&config).await.unwrap();
+    let elapsed = started.elapsed();
+    assert_eq!(
+        host.compile_source("js"),
+        Some(diagmon::egress::CompileSource::Cache)
+    );
+    eprintln!(
+        "start-up with the cached JavaScript provider ({} bytes): {:.1} ms (load, link, \
+         instantiate, configure)",
+        std::fs::metadata(js_example()).unwrap().len(),
+        elapsed.as_secs_f64() * 1000.0
+    );
+    // It works from there: one artifact through it.
+    let artifact = diagmon::egress::Artifact::trace(
+        7,
+        uuid::Uuid::new_v4(),
+        "app",
+        uuid::Uuid::new_v4(),
+        Vec::new(),
+        std::time::SystemTime::now(),
+    );
+    let name = artifact.file_name.clone();
+    let mut upload = host.begin("js", artifact).await.unwrap();
+    upload
+        .write(bytes::Bytes::from_static(b"nettrace bytes"))
+        .await
+        .unwrap();
+    let location = upload.finish().await.unwrap();
+    assert!(location.ends_with(&format!("traces/{name}")), "{location}");
+    assert_eq!(
+        std::fs::read(dir.path().join("traces").join(&name)).unwrap(),
+        b"nettrace bytes"
+    );
+}
+
+#[tokio::test]
+async fn the_c_example_passes() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut provider = ProviderConfig::new(c_example().display().to_string());
+    provider.directory = Some(dir.path().to_owned());
+    let report = conformance(provider, LARGE_BYTES).await;
+    assert_passes(&report);
+    let unknown = report.case("unknown setting refused").unwrap();
+    assert!(
+        unknown.detail.contains("this provider knows `overwrite`"),
+        "{}",
+        unknown.detail
+    );
+    let denied = report.case("denied without its grant").unwrap();
+    assert!(
+        denied.detail.contains("no directory is granted"),
+        "{}",
+        denied.detail
+    );
+}
+
+/// The oldest contract version diagmon still loads: the one whose folder `wit/README.md` marks
+/// "the oldest supported", with a component built against it kept prebuilt in
+/// `tests/fixtures/components/` (the C example as built from `wit/diagmon-egress@0.1.0`), so that
+/// rebuilding every provider of the repository against a newer folder cannot hide a break.
+#[tokio::test]
+async fn a_component_built_against_the_oldest_supported_contract_still_loads() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let policy = std::fs::read_to_string(root.join("wit/README.md")).unwrap();
+    let oldest = policy
+        .lines()
+        .find(|line| line.contains("the oldest supported"))
+        .and_then(|line| line.split("`diagmon:egress@").nth(1))
+        .and_then(|rest| rest.split('`').next())
+        .expect("wit/README.md names the oldest supported version");
+    assert!(
+        root.join(format!("wit/diagmon-egress@{oldest}")).is_dir(),
+        "the oldest supported version {oldest} has its folder"
+    );
+    let component = root.join(format!(
+        "tests/fixtures/components/c_directory@{oldest}.wasm"
+    ));
+    let report = diagmon::egress::check_component(&component).await.unwrap();
+    assert!(report.is_ok(), "{report}");
+    assert_eq!(
+        report.provider_export.as_deref(),
+        Some(format!("diagmon:egress/provider@{oldest}").as_str())
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let mut provider = ProviderConfig::new(component.display().to_string());
+    provider.directory = Some(dir.path().to_owned());
+    assert_passes(&conformance(provider, 4 << 20).await);
 }
 
 #[tokio::test]
@@ -315,9 +468,9 @@ async fn the_gzip_example_built_on_the_guest_sdk_passes() {
 fn the_guest_sdk_carries_the_contract_unchanged() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     assert!(
-        std::fs::read(root.join("wit/egress.wit")).unwrap()
+        std::fs::read(root.join("wit/diagmon-egress@0.1.0/egress.wit")).unwrap()
             == std::fs::read(root.join("plugins/sdk/wit/egress.wit")).unwrap(),
-        "plugins/sdk/wit/egress.wit differs from wit/egress.wit; copy it over"
+        "plugins/sdk/wit/egress.wit differs from wit/diagmon-egress@0.1.0/egress.wit; copy it over"
     );
 }
 
@@ -394,4 +547,84 @@ fn a_new_rust_project_builds_and_passes_the_suite() {
         );
     }
     assert!(python.join("build.sh").is_file() && python.join("wit/egress.wit").is_file());
+}
+
+/// `plugin new --lang c` writes a project that builds with its own `build.sh` (the tools
+/// `tests/run` installs) and passes the suite; `--lang js` writes the JavaScript example, built
+/// and run through the suite above, with the contract next to it and its pinned toolchain.
+#[test]
+fn new_c_and_javascript_projects_build_and_pass_the_suite() {
+    let dir = tempfile::tempdir().unwrap();
+    let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples");
+    let new = |language: &str, name: &str| {
+        let project = dir.path().join(name);
+        let output = Command::new(monitor_binary())
+            .args(["plugin", "new", "--lang", language])
+            .arg(&project)
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        project
+    };
+
+    let c = new("c", "c-provider");
+    assert!(
+        std::fs::read(c.join("provider.c")).unwrap()
+            == std::fs::read(examples.join("c-directory/provider.c")).unwrap()
+    );
+    let tools = diagmon_tests::guests::target_dir().join("c-tools/bin");
+    let started = std::time::Instant::now();
+    let build = Command::new("sh")
+        .arg(c.join("build.sh"))
+        .env("WIT_BINDGEN", tools.join("wit-bindgen"))
+        .env("WASM_TOOLS", tools.join("wasm-tools"))
+        .output()
+        .unwrap();
+    assert!(
+        build.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&build.stdout),
+        String::from_utf8_lossy(&build.stderr)
+    );
+    let component = c.join("c_provider.wasm");
+    eprintln!(
+        "built the C template in {:.1} s: {} bytes",
+        started.elapsed().as_secs_f64(),
+        std::fs::metadata(&component).unwrap().len()
+    );
+    let test = Command::new(monitor_binary())
+        .args(["plugin", "test"])
+        .arg(&component)
+        .args(["--large-mib", "16"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&test.stdout);
+    assert!(test.status.success(), "{stdout}");
+    assert!(
+        stdout.contains("result: PASS (11 cases, 0 skipped)"),
+        "{stdout}"
+    );
+
+    let js = new("js", "js-provider");
+    assert!(
+        std::fs::read(js.join("provider.js")).unwrap()
+            == std::fs::read(examples.join("js-object-store/provider.js")).unwrap()
+    );
+    let package = std::fs::read_to_string(js.join("package.json")).unwrap();
+    assert!(package.contains("\"name\": \"js-provider\""), "{package}");
+    let lock = std::fs::read_to_string(js.join("package-lock.json")).unwrap();
+    assert!(
+        lock.contains("\"@bytecodealliance/componentize-js\": \"0.23.0\""),
+        "the toolchain is pinned"
+    );
+    let build = std::fs::read_to_string(js.join("build.sh")).unwrap();
+    assert!(
+        build.contains("--wit \"$WIT\"") && build.contains("WIT=${WIT:-wit}"),
+        "{build}"
+    );
+    assert!(js.join("wit/egress.wit").is_file());
 }

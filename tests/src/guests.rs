@@ -73,7 +73,7 @@ pub fn python_example() -> PathBuf {
             // cache (the Python component takes a minute to compile in a debug build): keep the
             // component while its sources are older.
             let modified = |path: &Path| std::fs::metadata(path).and_then(|m| m.modified()).ok();
-            let newest_source = ["app.py", "provider.py", "../../wit/egress.wit"]
+            let newest_source = ["app.py", "provider.py", "../../wit/diagmon-egress@0.1.0/egress.wit"]
                 .iter()
                 .filter_map(|file| modified(&source.join(file)))
                 .max();
@@ -84,7 +84,7 @@ pub fn python_example() -> PathBuf {
             }
             let result = std::process::Command::new(&tool)
                 .current_dir(&source)
-                .args(["-d", "../../wit", "-w", "egress-provider", "componentize", "app", "-o"])
+                .args(["-d", "../../wit/diagmon-egress@0.1.0", "-w", "egress-provider", "componentize", "app", "-o"])
                 .arg(&output)
                 .output()
                 .unwrap_or_else(|e| {
@@ -100,6 +100,84 @@ pub fn python_example() -> PathBuf {
                 String::from_utf8_lossy(&result.stderr)
             );
             output
+        })
+        .clone()
+}
+
+/// Runs an example's own `build.sh` with `env` (which points it at the toolchain `tests/run`
+/// installed under the target directory and at `output`), unless `output` is newer than every
+/// file of the example and the contract: componentize-js, like componentize-py, does not build
+/// the same bytes twice, which would defeat the compile cache.
+fn build_with_script(example: &str, output: &Path, env: &[(&str, PathBuf)]) -> PathBuf {
+    let source = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../examples")
+        .join(example);
+    let contract = Path::new(env!("CARGO_MANIFEST_DIR")).join("../wit/diagmon-egress@0.1.0");
+    std::fs::create_dir_all(output.parent().expect("the output is in a directory"))
+        .unwrap_or_else(|e| panic!("cannot create the directory of {}: {e}", output.display()));
+    let modified = |path: &Path| std::fs::metadata(path).and_then(|m| m.modified()).ok();
+    let newest_source = [&source, &contract]
+        .iter()
+        .flat_map(|dir| std::fs::read_dir(dir).into_iter().flatten().flatten())
+        .filter(|entry| entry.file_type().is_ok_and(|t| t.is_file()))
+        .filter_map(|entry| modified(&entry.path()))
+        .max();
+    if let (Some(built), Some(newest)) = (modified(output), newest_source)
+        && built > newest
+    {
+        return output.to_owned();
+    }
+    let mut command = std::process::Command::new("sh");
+    command.arg(source.join("build.sh")).env("OUT", output);
+    for (name, value) in env {
+        command.env(name, value);
+    }
+    let result = command
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {example}/build.sh: {e}"));
+    assert!(
+        result.status.success(),
+        "{example}/build.sh failed (tests/run installs its toolchain):\n{}{}",
+        String::from_utf8_lossy(&result.stdout),
+        String::from_utf8_lossy(&result.stderr)
+    );
+    output.to_owned()
+}
+
+/// The JavaScript example, built by its `build.sh` with the componentize-js that `tests/run`
+/// installs from the example's `package-lock.json` into `<target>/componentize-js`.
+pub fn js_example() -> PathBuf {
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            build_with_script(
+                "js-object-store",
+                &target_dir().join("wasm-examples/js_object_store.wasm"),
+                &[(
+                    "COMPONENTIZE_JS",
+                    target_dir().join("componentize-js/node_modules/.bin/componentize-js"),
+                )],
+            )
+        })
+        .clone()
+}
+
+/// The C example, built by its `build.sh` with the wit-bindgen and wasm-tools that `tests/run`
+/// installs into `<target>/c-tools`, and the preview1 adapter it fetches through cargo.
+pub fn c_example() -> PathBuf {
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let tools = target_dir().join("c-tools/bin");
+            build_with_script(
+                "c-directory",
+                &target_dir().join("wasm-examples/c_directory.wasm"),
+                &[
+                    ("WIT_BINDGEN", tools.join("wit-bindgen")),
+                    ("WASM_TOOLS", tools.join("wasm-tools")),
+                    ("BUILD_DIR", target_dir().join("c-example-build")),
+                ],
+            )
         })
         .clone()
 }

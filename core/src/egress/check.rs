@@ -158,7 +158,7 @@ pub(crate) async fn check_component_cached(
     component::check_header(&name, origin, &bytes)?;
     let size = bytes.len() as u64;
     let sha256 = engine::sha256_hex(&bytes);
-    let component = component::compile(&name, origin, bytes, cache).await?;
+    let (component, _) = component::compile(&name, origin, bytes, cache).await?;
     let mut report = inspect(&component);
     report.path = path.to_owned();
     report.size = size;

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use wasmtime::component::Component;
 
 use super::builtin;
-use super::engine;
+use super::engine::{self, CompileSource};
 use super::error::EgressError;
 
 /// Where a provider's component comes from.
@@ -84,13 +84,13 @@ pub(crate) fn check_header(provider: &str, origin: &str, bytes: &[u8]) -> Result
     }
 }
 
-/// Compiles (or loads from the cache) on a blocking thread.
+/// Compiles (or loads from the cache) on a blocking thread; says which it was.
 pub(crate) async fn compile(
     provider: &str,
     origin: &str,
     bytes: Vec<u8>,
     cache: Option<&Path>,
-) -> Result<Component, EgressError> {
+) -> Result<(Component, CompileSource), EgressError> {
     let cache = cache.map(Path::to_owned);
     let result = tokio::task::spawn_blocking(move || engine::compile(&bytes, cache.as_deref()))
         .await
@@ -98,7 +98,7 @@ pub(crate) async fn compile(
     match result {
         Ok((component, source)) => {
             tracing::debug!(provider, "component {origin}: {source:?}");
-            Ok(component)
+            Ok((component, source))
         }
         Err(error) => Err(EgressError::load(
             provider,

@@ -1,5 +1,5 @@
 //! The conformance suite of `diagmon plugin test`: runs one provider through the contract of
-//! `wit/egress.wit` the way the capture pipeline drives it, case by case, and reports each case
+//! `wit/diagmon-egress@0.1.0/egress.wit` the way the capture pipeline drives it, case by case, and reports each case
 //! with the provider's own words.
 //!
 //! The cases: the component loads; `configure` accepts the configured settings and grant and

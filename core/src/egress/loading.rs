@@ -42,7 +42,7 @@ pub(crate) async fn load_provider(
     let origin = source.describe();
     let bytes = source.bytes(name).await?;
     component::check_header(name, &origin, &bytes)?;
-    let component = component::compile(name, &origin, bytes, cache).await?;
+    let (component, compile_source) = component::compile(name, &origin, bytes, cache).await?;
     let allowed_outbound_hosts = AllowList::parse(&config.allowed_outbound_hosts)
         .map_err(|e| EgressError::load(name, format!("`allowed_outbound_hosts` entry {e}")))?;
     let object_store = match &config.object_store {
@@ -74,6 +74,7 @@ pub(crate) async fn load_provider(
     let loaded = Arc::new(LoadedProvider {
         name: name.to_owned(),
         origin,
+        compile_source,
         pre,
         directory,
         settings,

@@ -1,6 +1,6 @@
 //! The egress host: WebAssembly components that receive artifacts.
 //!
-//! A provider is a component of the `diagmon:egress` world (`wit/egress.wit`, the plugin
+//! A provider is a component of the `diagmon:egress` world (`wit/diagmon-egress@0.1.0/egress.wit`, the plugin
 //! author's reference), either built in ([`builtin`]: `filesystem`, `object-storage`) or a
 //! `.wasm` file named in the configuration. It gets only what its configuration grants (a
 //! directory, HTTP origins, an object store; nothing by default), a memory limit, a deadline per
@@ -51,6 +51,7 @@ pub use conformance::{
     CaseResult, ConformanceOptions, ConformanceReport, DEFAULT_LARGE_BYTES, Outcome,
     UNKNOWN_SETTING, run_conformance,
 };
+pub use engine::CompileSource;
 pub use error::{EgressError, ProviderErrorKind};
 pub use object_store::{FromEnv, FromFile, GrantValue, ObjectStoreGrant};
 pub use registry::{EgressHost, ProviderUsageSnapshot};

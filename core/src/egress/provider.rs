@@ -9,6 +9,7 @@ use tokio::sync::Semaphore;
 
 use super::budget::{CountedThread, ProviderUsage};
 use super::config::ProviderLimits;
+use super::engine::CompileSource;
 use super::error::EgressError;
 use super::object_store::GrantedStore;
 use super::outbound_http::AllowList;
@@ -22,6 +23,8 @@ pub(crate) struct LoadedProvider {
     pub(crate) name: String,
     /// Where the component came from, for messages.
     pub(crate) origin: String,
+    /// Whether its component was compiled at load or taken precompiled from the cache.
+    pub(crate) compile_source: CompileSource,
     /// The component, linked with what its grants allow.
     pub(crate) pre: EgressProviderPre<StoreState>,
     /// The granted directory, canonical, held (shared) while the provider is loaded so that

@@ -8,7 +8,7 @@ use std::sync::atomic::Ordering;
 
 use super::artifact::Artifact;
 use super::config::EgressConfig;
-use super::engine;
+use super::engine::{self, CompileSource};
 use super::error::EgressError;
 use super::loading::load_provider;
 use super::provider::LoadedProvider;
@@ -64,8 +64,12 @@ impl EgressHost {
             tracing::info!(
                 provider = %name,
                 component = %loaded.origin,
-                "egress provider loaded in {:.1} ms",
-                started.elapsed().as_secs_f64() * 1000.0
+                "egress provider loaded in {:.1} ms ({})",
+                started.elapsed().as_secs_f64() * 1000.0,
+                match loaded.compile_source {
+                    CompileSource::Cache => "precompiled, from the compile cache",
+                    CompileSource::Compiled => "compiled now",
+                }
             );
             providers.insert(key, loaded);
         }
@@ -82,6 +86,14 @@ impl EgressHost {
     /// The providers' names, as configured.
     pub fn provider_names(&self) -> Vec<String> {
         self.providers.values().map(|p| p.name.clone()).collect()
+    }
+
+    /// Whether the provider of this name (case-insensitive) was compiled at load or taken
+    /// precompiled from the compile cache (`egress.cache_directory`).
+    pub fn compile_source(&self, name: &str) -> Option<CompileSource> {
+        self.providers
+            .get(&name.to_lowercase())
+            .map(|provider| provider.compile_source)
     }
 
     /// What the provider of this name (case-insensitive) has in use now.

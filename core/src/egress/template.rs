@@ -1,11 +1,11 @@
-//! `diagmon plugin new --lang rust|python NAME`: a starting project for an egress provider,
-//! written from files compiled into diagmon (the contract, the Rust guest SDK, the Python
-//! example), so that it works without a checkout of diagmon's repository.
+//! `diagmon plugin new --lang rust|python|js|c NAME`: a starting project for an egress provider,
+//! written from files compiled into diagmon (the contract, the Rust guest SDK, the Python,
+//! JavaScript and C examples), so that it works without a checkout of diagmon's repository.
 
 use std::path::{Path, PathBuf};
 
-/// The contract every template carries in `wit/`.
-const WIT: &str = include_str!("../../../wit/egress.wit");
+/// The contract every template carries in `wit/` (the current version's folder).
+const WIT: &str = include_str!("../../../wit/diagmon-egress@0.1.0/egress.wit");
 
 /// The Rust guest SDK, vendored into a Rust project as `diagmon-egress-sdk/`.
 const SDK_FILES: &[(&str, &str)] = &[
@@ -37,6 +37,41 @@ const PYTHON_FILES: &[(&str, &str)] = &[
     ),
 ];
 
+/// The JavaScript example's sources: the provider and its pinned toolchain (package-lock.json).
+const JS_FILES: &[(&str, &str)] = &[
+    (
+        "provider.js",
+        include_str!("../../../examples/js-object-store/provider.js"),
+    ),
+    (
+        "package.json",
+        include_str!("../../../examples/js-object-store/package.json"),
+    ),
+    (
+        "package-lock.json",
+        include_str!("../../../examples/js-object-store/package-lock.json"),
+    ),
+    (
+        ".gitignore",
+        include_str!("../../../examples/js-object-store/.gitignore"),
+    ),
+];
+
+/// The C example's sources.
+const C_FILES: &[(&str, &str)] = &[
+    (
+        "provider.c",
+        include_str!("../../../examples/c-directory/provider.c"),
+    ),
+    (
+        ".gitignore",
+        include_str!("../../../examples/c-directory/.gitignore"),
+    ),
+];
+
+/// The name the JavaScript example's package files carry, replaced by the project's name.
+const JS_PACKAGE_NAME: &str = "diagmon-js-object-store";
+
 /// A template's language.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TemplateLanguage {
@@ -44,6 +79,10 @@ pub enum TemplateLanguage {
     Rust,
     /// Python with componentize-py.
     Python,
+    /// JavaScript with componentize-js.
+    JavaScript,
+    /// C with clang, wasi-libc and wit-bindgen.
+    C,
 }
 
 impl std::str::FromStr for TemplateLanguage {
@@ -53,12 +92,10 @@ impl std::str::FromStr for TemplateLanguage {
         match text {
             "rust" => Ok(TemplateLanguage::Rust),
             "python" => Ok(TemplateLanguage::Python),
-            "js" | "c" => Err(format!(
-                "no `{text}` template yet; use `rust` or `python` (examples/README.md says how \
-                 other languages produce a component)"
-            )),
+            "js" => Ok(TemplateLanguage::JavaScript),
+            "c" => Ok(TemplateLanguage::C),
             other => Err(format!(
-                "unknown language `{other}`; use `rust` or `python`"
+                "unknown language `{other}`; use `rust`, `python`, `js` or `c`"
             )),
         }
     }
@@ -95,6 +132,8 @@ pub fn write_template(
     let files = match language {
         TemplateLanguage::Rust => rust_files(name),
         TemplateLanguage::Python => python_files(name),
+        TemplateLanguage::JavaScript => js_files(name),
+        TemplateLanguage::C => c_files(name),
     };
     for (relative, content) in &files {
         let path = directory.join(relative);
@@ -220,6 +259,76 @@ fn python_files(name: &str) -> Vec<(String, String)> {
     files
 }
 
+fn js_files(name: &str) -> Vec<(String, String)> {
+    let module = name.replace('-', "_");
+    let package_name = format!("\"name\": \"{JS_PACKAGE_NAME}\"");
+    let mut files: Vec<(String, String)> = JS_FILES
+        .iter()
+        .map(|(p, c)| {
+            (
+                (*p).to_owned(),
+                c.replace(&package_name, &format!("\"name\": \"{name}\"")),
+            )
+        })
+        .collect();
+    files.push(("wit/egress.wit".to_owned(), WIT.to_owned()));
+    files.push((
+        "build.sh".to_owned(),
+        include_str!("../../../examples/js-object-store/build.sh")
+            .replace("../../wit/diagmon-egress@0.1.0", "wit")
+            .replace("js_object_store.wasm", &format!("{module}.wasm")),
+    ));
+    files.push((
+        "README.md".to_owned(),
+        format!(
+            "# {name}\n\nA diagmon egress provider in JavaScript (componentize-js 0.23, pinned in \
+             `package-lock.json`): it\nstores each artifact in the object store its configuration \
+             grants, under `{{prefix}}{{file_name}}`.\n\n    ./build.sh        # npm ci on first use, \
+             then {module}.wasm (about 12 MB)\n\nThen in diagmon's configuration:\n\n```toml\n\
+             [egress.providers.{name}]\ncomponent = \"/absolute/path/to/{module}.wasm\"\n\
+             object_store = {{ url = \"s3://bucket/traces\" }}   # or file:///var/lib/diagmon/traces\n\
+             [egress.providers.{name}.settings]\nprefix = \"prod/\"   # optional\n```\n\n\
+             and test it with `diagmon plugin test {module}.wasm --config diagmon.toml`. diagmon \
+             compiles the\n12 MB component once (seconds) and keeps the compiled form in \
+             `egress.cache_directory`.\n`provider.js` says what to change; `wit/egress.wit` is \
+             the contract.\n"
+        ),
+    ));
+    files
+}
+
+fn c_files(name: &str) -> Vec<(String, String)> {
+    let module = name.replace('-', "_");
+    let mut files: Vec<(String, String)> = C_FILES
+        .iter()
+        .map(|(p, c)| ((*p).to_owned(), (*c).to_owned()))
+        .collect();
+    files.push(("wit/egress.wit".to_owned(), WIT.to_owned()));
+    files.push((
+        "build.sh".to_owned(),
+        include_str!("../../../examples/c-directory/build.sh")
+            .replace("../../wit/diagmon-egress@0.1.0", "wit")
+            .replace("c_directory.wasm", &format!("{module}.wasm")),
+    ));
+    files.push((
+        "README.md".to_owned(),
+        format!(
+            "# {name}\n\nA diagmon egress provider in C (wit-bindgen 0.63, wasi-libc): it stores each \
+             artifact in the\ndirectory its configuration grants, through a partial file renamed \
+             at `finish`.\n\nTools (Debian): `apt-get install clang lld wasi-libc \
+             libclang-rt-14-dev-wasm32`, then\n\n    cargo install wit-bindgen-cli --version \
+             0.63.0 --locked --no-default-features --features c\n    cargo install wasm-tools \
+             --version 1.262.0 --locked --no-default-features --features component\n\n\
+             Build and test:\n\n    ./build.sh        # {module}.wasm, about 240 KB\n    \
+             diagmon plugin test {module}.wasm\n\nThen in diagmon's configuration:\n\n```toml\n\
+             [egress.providers.{name}]\ncomponent = \"/absolute/path/to/{module}.wasm\"\n\
+             directory = \"/var/lib/diagmon/traces\"\n```\n\n`provider.c` says what to change; \
+             `wit/egress.wit` is the contract.\n"
+        ),
+    ));
+    files
+}
+
 /// The Rust template's provider: each artifact into the granted directory, under its suggested
 /// name, through the SDK's partial file.
 const RUST_LIB: &str = r#"//! An egress provider for diagmon: stores each artifact in the directory its configuration
@@ -296,6 +405,8 @@ diagmon_egress_sdk::export_provider!(Component);
 
 #[cfg(test)]
 mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
     use super::*;
 
     #[test]
@@ -326,9 +437,45 @@ mod tests {
                 .contains("not a usable project name")
         );
         assert!(
-            "js".parse::<TemplateLanguage>()
+            "cobol"
+                .parse::<TemplateLanguage>()
                 .unwrap_err()
-                .contains("use `rust` or `python`")
+                .contains("use `rust`, `python`, `js` or `c`")
+        );
+    }
+
+    #[test]
+    fn js_and_c_projects_carry_the_example_the_contract_and_a_build_script_of_their_own() {
+        let dir = tempfile::tempdir().unwrap();
+        let js = dir.path().join("my-js");
+        let files = write_template(&js, "js".parse().unwrap()).unwrap();
+        assert!(files.contains(&PathBuf::from("package-lock.json")));
+        assert_eq!(
+            std::fs::read_to_string(js.join("wit/egress.wit")).unwrap(),
+            WIT
+        );
+        let build = std::fs::read_to_string(js.join("build.sh")).unwrap();
+        assert!(build.contains("WIT=${WIT:-wit}") && build.contains("OUT=${OUT:-my_js.wasm}"));
+        let lock = std::fs::read_to_string(js.join("package-lock.json")).unwrap();
+        assert!(lock.contains("\"name\": \"my-js\"") && !lock.contains(JS_PACKAGE_NAME));
+
+        let c = dir.path().join("my-c");
+        write_template(&c, "c".parse().unwrap()).unwrap();
+        let build = std::fs::read_to_string(c.join("build.sh")).unwrap();
+        assert!(build.contains("WIT=${WIT:-wit}") && build.contains("OUT=${OUT:-my_c.wasm}"));
+        assert!(
+            std::fs::metadata(c.join("build.sh"))
+                .unwrap()
+                .permissions()
+                .mode()
+                & 0o111
+                != 0,
+            "build.sh is executable"
+        );
+        assert!(
+            std::fs::read_to_string(c.join("provider.c"))
+                .unwrap()
+                .contains("#include \"egress_provider.h\"")
         );
     }
 }

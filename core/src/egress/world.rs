@@ -1,4 +1,4 @@
-//! The WIT world diagmon hosts (`wit/egress.wit`, package `diagmon:egress`) and its import
+//! The WIT world diagmon hosts (`wit/diagmon-egress@0.1.0/egress.wit`, package `diagmon:egress`) and its import
 //! policy: the host bindings, generated once here and used by the rest of [`crate::egress`];
 //! the package version, written once here (a test checks it against `wit/`); which imports a
 //! provider may have and what each needs from its configuration ([`ImportNeed`]); and the
@@ -14,7 +14,7 @@ use super::artifact::Artifact;
 use super::error::EgressError;
 
 wasmtime::component::bindgen!({
-    path: "../wit",
+    path: "../wit/diagmon-egress@0.1.0",
     world: "object-storage-provider",
     with: {
         "diagmon:egress/object-store.multipart-upload": super::object_store::MultipartWrite,
@@ -187,12 +187,14 @@ impl Artifact {
 mod tests {
     use super::*;
 
-    /// The version written here is the one `wit/egress.wit` declares.
+    /// The version written here is the one `wit/diagmon-egress@0.1.0/egress.wit` declares.
     #[test]
     fn the_world_version_is_the_wit_package_version() {
-        let wit =
-            std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../wit/egress.wit"))
-                .unwrap();
+        let wit = std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../wit/diagmon-egress@0.1.0/egress.wit"
+        ))
+        .unwrap();
         let declared: Vec<&str> = wit
             .lines()
             .filter_map(|line| line.trim().strip_prefix("package diagmon:egress@"))

@@ -36,7 +36,7 @@ use wasip2::http::types::{
 use wasip2::io::streams::{OutputStream, StreamError};
 
 wit_bindgen::generate!({
-    path: "../../wit",
+    path: "../../wit/diagmon-egress@0.1.0",
     world: "egress-provider",
 });
 

@@ -38,7 +38,7 @@ use diagmon_name_template::{self as name_template, Fields, Shape, UtcTime};
 use std::cell::RefCell;
 
 wit_bindgen::generate!({
-    path: "../../wit",
+    path: "../../wit/diagmon-egress@0.1.0",
     world: "object-storage-provider",
 });
 

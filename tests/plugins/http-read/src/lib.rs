@@ -4,7 +4,7 @@
 //! the call at its deadline; against one that stops sending, the read must fail by the
 //! between-bytes timeout.
 
-wit_bindgen::generate!({ path: "../../../wit", world: "egress-provider" });
+wit_bindgen::generate!({ path: "../../../wit/diagmon-egress@0.1.0", world: "egress-provider" });
 
 use std::cell::RefCell;
 

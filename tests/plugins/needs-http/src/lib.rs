@@ -1,7 +1,7 @@
 //! Imports `wasi:http/outgoing-handler`: loading it without `allowed_outbound_hosts` must fail,
 //! naming the import and the grant it needs.
 
-wit_bindgen::generate!({ path: "../../../wit", world: "egress-provider" });
+wit_bindgen::generate!({ path: "../../../wit/diagmon-egress@0.1.0", world: "egress-provider" });
 
 use diagmon::egress::types::{Artifact, EgressResult, Error};
 use exports::diagmon::egress::provider::{Guest, GuestUpload, Upload};

@@ -3,7 +3,7 @@
 //! `parts` parts of `part_mib` MiB into each. Against a store that never answers, every part
 //! stays in the host's memory; the host must charge them to the provider's memory limit.
 
-wit_bindgen::generate!({ path: "../../../wit", world: "object-storage-provider" });
+wit_bindgen::generate!({ path: "../../../wit/diagmon-egress@0.1.0", world: "object-storage-provider" });
 
 use std::cell::RefCell;
 

@@ -3,7 +3,7 @@
 //! (`../../etc`, `.`) for whoever uses the directory next. Reports every attempt: `denied` naming each refusal
 //! when all were refused (what the host must make happen), `other("ESCAPED ...")` otherwise.
 
-wit_bindgen::generate!({ path: "../../../wit", world: "egress-provider" });
+wit_bindgen::generate!({ path: "../../../wit/diagmon-egress@0.1.0", world: "egress-provider" });
 
 use diagmon::egress::types::{Artifact, EgressResult, Error};
 use exports::diagmon::egress::provider::{Guest, GuestUpload, Upload};

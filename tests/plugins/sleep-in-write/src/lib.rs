@@ -2,7 +2,7 @@
 //! (`wasi:io/poll` on a `wasi:clocks` pollable), which the epoch deadline cannot interrupt. The
 //! host must end it at the write deadline and release the thread.
 
-wit_bindgen::generate!({ path: "../../../wit", world: "egress-provider" });
+wit_bindgen::generate!({ path: "../../../wit/diagmon-egress@0.1.0", world: "egress-provider" });
 
 use diagmon::egress::types::{Artifact, EgressResult, Error};
 use exports::diagmon::egress::provider::{Guest, GuestUpload, Upload};

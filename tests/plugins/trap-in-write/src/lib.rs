@@ -1,7 +1,7 @@
 //! Accepts `begin`, then panics in the first `write`: the host must report a crash with the panic
 //! message and keep serving other uploads.
 
-wit_bindgen::generate!({ path: "../../../wit", world: "egress-provider" });
+wit_bindgen::generate!({ path: "../../../wit/diagmon-egress@0.1.0", world: "egress-provider" });
 
 use diagmon::egress::types::{Artifact, EgressResult, Error};
 use exports::diagmon::egress::provider::{Guest, GuestUpload, Upload};

@@ -3,7 +3,7 @@
 
 use std::cell::RefCell;
 
-wit_bindgen::generate!({ path: "../../../wit", world: "egress-provider" });
+wit_bindgen::generate!({ path: "../../../wit/diagmon-egress@0.1.0", world: "egress-provider" });
 
 use diagmon::egress::types::{Artifact, EgressResult, Error};
 use exports::diagmon::egress::provider::{Guest, GuestUpload, Upload};
