@@ -85,8 +85,9 @@ pub struct ProviderLimits {
     pub call_timeout_ms: u64,
     /// Deadline of each `write`, in milliseconds.
     pub write_timeout_ms: u64,
-    /// The host gathers the artifact's small pieces into chunks of this size, in KiB, before each
-    /// `write`; a piece of 64 KiB or more (or of this size, if smaller) goes as it is.
+    /// The largest `write`, in KiB. The host gathers the artifact's small pieces into writes of
+    /// this size; a piece of 64 KiB or more (or of this size, if smaller) goes as it is, split if
+    /// larger.
     pub chunk_kib: u64,
     /// Most instances of the provider alive at once, each on a thread of its own; an upload
     /// that finds them all busy waits up to `call_timeout_ms` for one, then fails.

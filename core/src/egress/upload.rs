@@ -12,7 +12,8 @@
 //! `max_instances` permits and is counted in its usage until it ends.
 //!
 //! A chunk of at least [`DIRECT_WRITE`] bytes (or the provider's chunk size, if that is smaller)
-//! goes to the provider as it is, without a copy: a session's 256 KiB reads reach the guest's
+//! goes to the provider as it is, without a copy (split into writes of at most the chunk size, if
+//! larger): a session's 256 KiB reads reach the guest's
 //! `write` straight from the read buffer, whose only copy is the one into linear memory. Smaller
 //! chunks are gathered into writes of the provider's chunk size (many small writes cost more per
 //! byte than one copy), and whatever is gathered goes first when a large chunk comes. Up to
@@ -29,7 +30,6 @@ use bytes::{Bytes, BytesMut};
 use tokio::sync::{mpsc, oneshot};
 
 use super::artifact::Artifact;
-use super::config::MAX_CHUNK;
 use super::error::EgressError;
 use super::instance::ProviderInstance;
 use super::partials;
@@ -151,11 +151,11 @@ impl Upload {
         Ok(())
     }
 
-    /// Sends `data` to the thread in pieces of at most [`MAX_CHUNK`], with at most
-    /// [`IN_FLIGHT`] writes outstanding.
+    /// Sends `data` to the thread in pieces of at most the provider's chunk size (splitting
+    /// copies nothing), with at most [`IN_FLIGHT`] writes outstanding.
     async fn send(&mut self, mut data: Bytes) -> Result<(), EgressError> {
         while !data.is_empty() {
-            let piece = data.split_to(data.len().min(MAX_CHUNK));
+            let piece = data.split_to(data.len().min(self.gathering.chunk_size));
             while self.pending.len() >= IN_FLIGHT {
                 self.wait_oldest().await?;
             }
