@@ -771,11 +771,14 @@ class OperationView {
 // ---------------------------------------------------------------------------------------------
 // Refresh loops
 
+/** Marks the first view with data; what that view does not need starts only then, so that the
+ * browser's one thread is not parsing it while the first answers arrive. */
 function markFirstRender() {
   if (!state.firstRenderDone) {
     state.firstRenderDone = true;
     performance.mark(FIRST_RENDER_MARK);
     document.documentElement.dataset.rendered = "true";
+    detectArtifactRoutes();
   }
 }
 
@@ -814,6 +817,5 @@ function refreshEverything() {
 
 describeKey();
 addProvider({ name: "Microsoft-Windows-DotNETRuntime", keywords: "0x14C14FCCBD" });
-detectArtifactRoutes();
 refreshProcessesNow = every(PROCESS_REFRESH_MS, refreshProcesses);
 refreshOperationsNow = every(OPERATION_REFRESH_MS, refreshOperations);

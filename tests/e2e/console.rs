@@ -151,10 +151,39 @@ async fn first_load_figures(browser: &Browser) -> Value {
                  requests: 1 + resources.length,
                  firstRenderMs: render.startTime,
                  firstContentfulPaintMs: paint ? paint.startTime : null,
+                 responseEndMs: navigation.responseEnd,
+                 resourcesMs: resources.map(entry => [
+                     new URL(entry.name).pathname,
+                     Math.round(entry.startTime),
+                     Math.round(entry.responseEnd),
+                 ]),
              };",
             Vec::new(),
         )
         .await
+}
+
+/// The first load stays within its transfer budget, and its times are printed (not asserted:
+/// they depend on the machine). The target sleeps: a busy one (the Worker burns three threads)
+/// would measure how this 2-core machine shares its CPU rather than the console.
+#[tokio::test]
+async fn the_first_load_stays_within_its_budget() {
+    let target = TestTarget::start(Program::HeapKeeper, &[]);
+    let monitor = monitor_for(&target, "", &["--no-auth"]);
+    let browser = Browser::start(1280, 1000).await;
+    warm_up(&browser, &monitor).await;
+    browser.goto(&monitor.url("/ui")).await;
+    let row = process_row(&browser, target.pid()).await;
+    let command_line = row["cells"][6].as_str().unwrap_or_default();
+    assert!(command_line.contains("HeapKeeper.dll"), "{row}");
+    let figures = first_load_figures(&browser).await;
+    println!("console first load: {figures}");
+    let total = figures["totalBytes"].as_u64().expect("a byte count");
+    assert!(total > 0, "{figures}");
+    assert!(
+        total <= FIRST_LOAD_BUDGET_BYTES,
+        "the first load transferred {total} bytes, over the {FIRST_LOAD_BUDGET_BYTES}-byte budget: {figures}"
+    );
 }
 
 #[tokio::test]
@@ -162,7 +191,6 @@ async fn the_console_lists_the_target_and_downloads_a_complete_two_second_trace(
     let target = TestTarget::start(Program::Worker, &[]);
     let monitor = monitor_for(&target, "", &["--no-auth"]);
     let browser = Browser::start(1280, 1000).await;
-    warm_up(&browser, &monitor).await;
     browser.goto(&monitor.url("/ui")).await;
 
     let row = process_row(&browser, target.pid()).await;
@@ -175,14 +203,6 @@ async fn the_console_lists_the_target_and_downloads_a_complete_two_second_trace(
     assert_eq!(cells[2], "dotnet", "{cells:?}");
     assert_eq!(cells[4], "default", "{cells:?}");
     assert!(cells[6].contains("Worker.dll"), "{cells:?}");
-    let figures = first_load_figures(&browser).await;
-    println!("console first load: {figures}");
-    let total = figures["totalBytes"].as_u64().expect("a byte count");
-    assert!(total > 0, "{figures}");
-    assert!(
-        total <= FIRST_LOAD_BUDGET_BYTES,
-        "the first load transferred {total} bytes, over the {FIRST_LOAD_BUDGET_BYTES}-byte budget: {figures}"
-    );
     browser.screenshot("processes").await;
 
     select_process(&browser, target.pid()).await;
