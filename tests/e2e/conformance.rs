@@ -477,6 +477,22 @@ fn the_guest_sdk_carries_the_contract_unchanged() {
 /// `plugin new --lang rust` writes a project that builds on its own (offline, from the crates
 /// cargo already has) and passes the conformance suite; `--lang python` writes the Python
 /// example, which passes it above.
+/// `diagmon plugin test COMPONENT --large-mib 16` passes every case.
+fn passes_the_suite_on_the_command_line(component: &Path) {
+    let test = Command::new(monitor_binary())
+        .args(["plugin", "test"])
+        .arg(component)
+        .args(["--large-mib", "16"])
+        .output()
+        .expect("run diagmon plugin test");
+    let stdout = String::from_utf8_lossy(&test.stdout);
+    assert!(test.status.success(), "{stdout}");
+    assert!(
+        stdout.contains("result: PASS (11 cases, 0 skipped)"),
+        "{stdout}"
+    );
+}
+
 #[test]
 fn a_new_rust_project_builds_and_passes_the_suite() {
     let dir = tempfile::tempdir().unwrap();
@@ -520,18 +536,7 @@ fn a_new_rust_project_builds_and_passes_the_suite() {
         started.elapsed().as_secs_f64(),
         std::fs::metadata(&component).unwrap().len()
     );
-    let test = Command::new(monitor_binary())
-        .args(["plugin", "test"])
-        .arg(&component)
-        .args(["--large-mib", "16"])
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&test.stdout);
-    assert!(test.status.success(), "{stdout}");
-    assert!(
-        stdout.contains("result: PASS (11 cases, 0 skipped)"),
-        "{stdout}"
-    );
+    passes_the_suite_on_the_command_line(&component);
 
     let python = dir.path().join("py-provider");
     let new = Command::new(monitor_binary())
@@ -596,18 +601,7 @@ fn new_c_and_javascript_projects_build_and_pass_the_suite() {
         started.elapsed().as_secs_f64(),
         std::fs::metadata(&component).unwrap().len()
     );
-    let test = Command::new(monitor_binary())
-        .args(["plugin", "test"])
-        .arg(&component)
-        .args(["--large-mib", "16"])
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&test.stdout);
-    assert!(test.status.success(), "{stdout}");
-    assert!(
-        stdout.contains("result: PASS (11 cases, 0 skipped)"),
-        "{stdout}"
-    );
+    passes_the_suite_on_the_command_line(&component);
 
     let js = new("js", "js-provider");
     assert!(

@@ -569,3 +569,85 @@ async fn an_egressed_trace_opens_its_session_only_once_the_provider_has_an_insta
         assert_eq!(operation["status"], "Succeeded", "{operation}");
     }
 }
+
+#[tokio::test]
+async fn a_start_cancelled_while_it_waits_for_an_instance_opens_nothing() {
+    use diagmon_tests::api::{final_operation, location_of};
+    use diagmon_tests::monitor::Monitor;
+    let (dir, runtime) = simulated(SimulatedRuntimeConfig::default()).await;
+    let out = tempfile::tempdir().unwrap();
+    let monitor = Monitor::start(
+        &format!(
+            "socket_dir = {:?}\n[metrics]\nenabled = false\n\
+             [egress.providers.files]\ncomponent = \"filesystem\"\ndirectory = {:?}\n\
+             [egress.providers.files.limits]\nmax_instances = 1\ncall_timeout_ms = 20000\n",
+            dir.path().display().to_string(),
+            out.path().display().to_string()
+        ),
+        &["--no-auth"],
+    );
+    let client = reqwest::Client::new();
+    let url = monitor.url("/trace?profile=Cpu&durationSeconds=-1&egressProvider=files");
+    let first = client.get(&url).send().await.unwrap();
+    assert_eq!(first.status(), reqwest::StatusCode::ACCEPTED);
+    let first = location_of(&first);
+    // The second waits for the only instance, which the first holds; it is listed as Starting.
+    let second = tokio::spawn({
+        let client = client.clone();
+        let url = url.clone();
+        async move { client.get(&url).send().await.unwrap() }
+    });
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let waiting = loop {
+        let listed: serde_json::Value = client
+            .get(monitor.url("/operations"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let starting = listed.as_array().and_then(|all| {
+            all.iter()
+                .find(|operation| operation["status"] == "Starting")
+                .cloned()
+        });
+        if let Some(operation) = starting {
+            break operation;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no Starting operation: {listed}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let id = waiting["operationId"].as_str().expect("an operation id");
+    let cancel = client
+        .delete(monitor.url(&format!("/operations/{id}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(cancel.status(), reqwest::StatusCode::OK);
+    // The waiting start ends at once, and no session was opened for it.
+    let second = tokio::time::timeout(Duration::from_secs(5), second)
+        .await
+        .expect("a cancel ends the wait for an instance")
+        .unwrap();
+    assert_eq!(second.status(), reqwest::StatusCode::ACCEPTED);
+    let second = location_of(&second);
+    let cancelled = final_operation(&client, &second, Duration::from_secs(5)).await;
+    assert_eq!(cancelled["status"], "Cancelled", "{cancelled}");
+    assert_eq!(
+        runtime.active_sessions(),
+        1,
+        "only the first's session is open"
+    );
+    let stop = client
+        .delete(format!("{first}?stop=true"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(stop.status(), reqwest::StatusCode::ACCEPTED);
+    let done = final_operation(&client, &first, Duration::from_secs(10)).await;
+    assert_eq!(done["status"], "Succeeded", "{done}");
+}

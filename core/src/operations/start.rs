@@ -230,7 +230,17 @@ async fn launch<A: ArtifactSpec>(
                 operation.tags().iter().cloned().collect(),
                 started_at,
             );
-            match egress.begin(&provider, described).await {
+            let begun = tokio::select! {
+                begun = egress.begin(&provider, described) => begun,
+                () = operation.cancellation().cancelled() => {
+                    // Cancelled while it waited for an instance: nothing is open, and the
+                    // caller is shown the operation, which says Cancelled. (Dropping `begin`
+                    // aborts an upload its thread may have begun.)
+                    let _ = ready.send(Ok(file_name));
+                    return;
+                }
+            };
+            match begun {
                 Ok(upload) => SinkBeforeSource::Ready(Sink::Egress(upload)),
                 Err(error) => return fail(error.into(), ready),
             }
