@@ -1,7 +1,7 @@
 #!/bin/sh
 # Builds the provider into c_directory.wasm, a component (about 240 KB):
 #   1. `wit-bindgen c` writes the bindings of the contract into $BUILD_DIR/bindings;
-#   2. clang (Debian: clang, lld, wasi-libc, libclang-rt-14-dev-wasm32) compiles provider.c and
+#   2. clang (Debian: clang, lld, wasi-libc, libclang-rt-dev-wasm32) compiles provider.c and
 #      the bindings for wasm32-wasi (WASI preview 1) into a core module;
 #   3. `wasm-tools component new` turns it into a component, adapting preview 1 to the WASI 0.2
 #      interfaces with wasmtime's preview1 adapter (the crate
@@ -35,13 +35,17 @@ wasi-preview1-component-adapter-provider = "=$ADAPTER_VERSION"
 [workspace]
 TOML
 touch "$BUILD_DIR/adapter/lib.rs"
-ADAPTER_DIR=$(cargo metadata --format-version 1 --manifest-path "$BUILD_DIR/adapter/Cargo.toml" \
-    | sed -n 's#.*"manifest_path":"\([^"]*wasi-preview1-component-adapter-provider-[^"]*\)/Cargo.toml".*#\1#p')
+# Its own command, so that `set -e` stops here when cargo cannot fetch the crate.
+cargo metadata --format-version 1 --manifest-path "$BUILD_DIR/adapter/Cargo.toml" \
+    > "$BUILD_DIR/adapter/metadata.json"
+ADAPTER_DIR=$(sed -n 's#.*"manifest_path":"\([^"]*wasi-preview1-component-adapter-provider-[^"]*\)/Cargo.toml".*#\1#p' \
+    "$BUILD_DIR/adapter/metadata.json")
 ADAPTER="$ADAPTER_DIR/artefacts/wasi_snapshot_preview1.reactor.wasm"
 [ -f "$ADAPTER" ] || { echo "no preview1 adapter at $ADAPTER" >&2; exit 1; }
 
 # A reactor (no main): diagmon calls the exports. -Oz keeps it small.
-"$CC" --target=wasm32-wasi --sysroot=/usr -mexec-model=reactor -Oz -Wall -Wextra -Werror \
+# Warnings are errors here (CFLAGS_WERROR= turns that off, e.g. for a newer clang's new warnings).
+"$CC" --target=wasm32-wasi --sysroot=/usr -mexec-model=reactor -Oz -Wall -Wextra ${CFLAGS_WERROR--Werror} \
     -Wno-unused-parameter -I"$BUILD_DIR/bindings" \
     provider.c "$BUILD_DIR/bindings/egress_provider.c" \
     "$BUILD_DIR/bindings/egress_provider_component_type.o" \

@@ -189,9 +189,10 @@ bool exports_diagmon_egress_provider_method_upload_write(
     while (done < chunk->len) {
         ssize_t written = pwrite(self->fd, chunk->ptr + done, chunk->len - done,
                                  (off_t)(self->offset + done));
-        if (written < 0) {
+        if (written <= 0) {
+            // A write of nothing would make no progress: an error too, not a loop.
             set_error(err, DIAGMON_EGRESS_TYPES_ERROR_IO, "cannot write to %s: %s",
-                      self->partial, strerror(errno));
+                      self->partial, written < 0 ? strerror(errno) : "nothing was written");
             ok = false;
             break;
         }
@@ -200,6 +201,34 @@ bool exports_diagmon_egress_provider_method_upload_write(
     self->offset += done;
     egress_provider_list_u8_free(chunk);
     return ok;
+}
+
+// Puts the written partial file under its final name. With `overwrite`, a rename; without it, a
+// hard link, which fails if the name exists, so that a file another upload stored meanwhile is
+// never replaced (checking first and renaming after would leave a window), then the partial name
+// is removed.
+static bool commit(exports_diagmon_egress_provider_upload_t *upload, provider_error_t *err) {
+    if (overwrite) {
+        if (rename(upload->partial, upload->final) == 0) {
+            return true;
+        }
+        set_error(err, DIAGMON_EGRESS_TYPES_ERROR_IO, "cannot rename %s to %s: %s",
+                  upload->partial, upload->final, strerror(errno));
+        return false;
+    }
+    if (link(upload->partial, upload->final) != 0) {
+        if (errno == EEXIST) {
+            set_error(err, DIAGMON_EGRESS_TYPES_ERROR_DENIED,
+                      "%s appeared while the artifact was written; it was kept", upload->final);
+        } else {
+            set_error(err, DIAGMON_EGRESS_TYPES_ERROR_IO, "cannot link %s to %s: %s",
+                      upload->partial, upload->final, strerror(errno));
+        }
+        return false;
+    }
+    // The artifact is stored; the partial name is only a second name for it now.
+    unlink(upload->partial);
+    return true;
 }
 
 bool exports_diagmon_egress_provider_static_upload_finish(
@@ -212,13 +241,7 @@ bool exports_diagmon_egress_provider_static_upload_finish(
     if (closed != 0) {
         set_error(err, DIAGMON_EGRESS_TYPES_ERROR_IO, "cannot close %s: %s", upload->partial,
                   strerror(errno));
-    } else if (!overwrite && access(upload->final, F_OK) == 0) {
-        set_error(err, DIAGMON_EGRESS_TYPES_ERROR_DENIED,
-                  "%s appeared while the artifact was written; it was kept", upload->final);
-    } else if (rename(upload->partial, upload->final) != 0) {
-        set_error(err, DIAGMON_EGRESS_TYPES_ERROR_IO, "cannot rename %s to %s: %s",
-                  upload->partial, upload->final, strerror(errno));
-    } else {
+    } else if (commit(upload, err)) {
         char *message = NULL;
         if (asprintf(&message, "stored %llu bytes in %s", (unsigned long long)upload->offset,
                      upload->final) >= 0) {

@@ -1,7 +1,7 @@
 #!/bin/sh
 # Builds the provider into js_object_store.wasm, a component (about 12 MB): installs the pinned
 # componentize-js (package-lock.json) on first use, then compiles provider.js against the
-# contract. Needs Node.js 18 or later and npm; nothing is downloaded at run time (no `--aot`).
+# contract. Needs Node.js 20.19 or later and npm; nothing is downloaded at run time (no `--aot`).
 # OUT, WIT and COMPONENTIZE_JS override the output, the contract folder and the tool.
 set -e
 cd "$(dirname "$0")"

@@ -106,7 +106,7 @@ pub fn python_example() -> PathBuf {
 
 /// Runs an example's own `build.sh` with `env` (which points it at the toolchain `tests/run`
 /// installed under the target directory and at `output`), unless `output` is newer than every
-/// file of the example and the contract: componentize-js, like componentize-py, does not build
+/// file of the example (but `.wasm` files) and the contract: componentize-js, like componentize-py, does not build
 /// the same bytes twice, which would defeat the compile cache.
 fn build_with_script(example: &str, output: &Path, env: &[(&str, PathBuf)]) -> PathBuf {
     let source = Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -120,6 +120,8 @@ fn build_with_script(example: &str, output: &Path, env: &[(&str, PathBuf)]) -> P
         .iter()
         .flat_map(|dir| std::fs::read_dir(dir).into_iter().flatten().flatten())
         .filter(|entry| entry.file_type().is_ok_and(|t| t.is_file()))
+        // A component someone built by hand next to the sources is an output, not a source.
+        .filter(|entry| entry.path().extension().is_none_or(|ext| ext != "wasm"))
         .filter_map(|entry| modified(&entry.path()))
         .max();
     if let (Some(built), Some(newest)) = (modified(output), newest_source)

@@ -316,7 +316,7 @@ fn c_files(name: &str) -> Vec<(String, String)> {
             "# {name}\n\nA diagmon egress provider in C (wit-bindgen 0.63, wasi-libc): it stores each \
              artifact in the\ndirectory its configuration grants, through a partial file renamed \
              at `finish`.\n\nTools (Debian): `apt-get install clang lld wasi-libc \
-             libclang-rt-14-dev-wasm32`, then\n\n    cargo install wit-bindgen-cli --version \
+             libclang-rt-dev-wasm32`, then\n\n    cargo install wit-bindgen-cli --version \
              0.63.0 --locked --no-default-features --features c\n    cargo install wasm-tools \
              --version 1.262.0 --locked --no-default-features --features component\n\n\
              Build and test:\n\n    ./build.sh        # {module}.wasm, about 240 KB\n    \

@@ -153,9 +153,8 @@ impl Upload {
 
     /// Sends `data` to the thread in pieces of at most the provider's chunk size (splitting
     /// copies nothing), with at most [`IN_FLIGHT`] writes outstanding.
-    async fn send(&mut self, mut data: Bytes) -> Result<(), EgressError> {
-        while !data.is_empty() {
-            let piece = data.split_to(data.len().min(self.gathering.chunk_size));
+    async fn send(&mut self, data: Bytes) -> Result<(), EgressError> {
+        for piece in pieces(data, self.gathering.chunk_size) {
             while self.pending.len() >= IN_FLIGHT {
                 self.wait_oldest().await?;
             }
@@ -289,6 +288,11 @@ impl Upload {
     }
 }
 
+/// `data` in pieces of at most `size` bytes, in order, sharing its memory (no copy).
+fn pieces(mut data: Bytes, size: usize) -> impl Iterator<Item = Bytes> {
+    std::iter::from_fn(move || (!data.is_empty()).then(|| data.split_to(data.len().min(size))))
+}
+
 /// Turns the artifact's chunks into the provider's writes, in order: a chunk of at least
 /// [`DIRECT_WRITE`] bytes (or the chunk size, if smaller) becomes a write as it is; smaller ones
 /// are gathered into buffers of the chunk size.
@@ -406,8 +410,10 @@ fn run(
         match request {
             Request::Write(chunk, reply) => {
                 let result = instance.write(upload, &chunk);
-                // A gathering buffer of the upload's comes back for reuse; a caller's chunk that
-                // went as it was (shared, or not from a `BytesMut`) is simply dropped.
+                // A write whose memory nothing else holds comes back, emptied, and the upload
+                // keeps it if it has the chunk size's capacity (`Gathering::recycle`): its own
+                // gathering buffers, and now and then a caller's chunk that happens to; the
+                // rest, shared or not from a `BytesMut`, is dropped.
                 let buffer = chunk.try_into_mut().ok().map(|mut buffer| {
                     buffer.clear();
                     buffer
@@ -526,5 +532,24 @@ mod tests {
         let last = gathering.finish().expect("the rest");
         assert_eq!(last.len(), 32 << 10);
         assert_eq!(last.as_ptr(), address);
+    }
+
+    #[test]
+    fn a_chunk_larger_than_the_chunk_size_is_split_into_writes_of_that_size_without_a_copy() {
+        let data = Bytes::from((0..5 * 1024u32).map(|n| n as u8).collect::<Vec<u8>>());
+        let written: Vec<Bytes> = pieces(data.clone(), 1024).collect();
+        assert_eq!(written.len(), 5);
+        for (index, piece) in written.iter().enumerate() {
+            assert_eq!(piece.len(), 1024);
+            assert_eq!(
+                piece.as_ptr(),
+                data[index * 1024..].as_ptr(),
+                "shares the chunk's memory"
+            );
+        }
+        assert_eq!(written.concat(), data.to_vec());
+        let uneven: Vec<usize> = pieces(data.slice(..2500), 1024).map(|p| p.len()).collect();
+        assert_eq!(uneven, [1024, 1024, 452]);
+        assert_eq!(pieces(Bytes::new(), 1024).count(), 0);
     }
 }
