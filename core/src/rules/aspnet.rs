@@ -267,9 +267,12 @@ impl RequestWindow {
         fired
     }
 
-    /// Forgets what was counted (after the rule was throttled or ran its actions).
+    /// Forgets what was counted and the requests waiting for their stop (after the rule ran
+    /// its actions, when the events queued meanwhile were dropped, or when a new session
+    /// starts): a request whose stop was never seen must not count as hung later.
     pub fn reset(&mut self) {
         self.counted.clear();
+        self.pending.clear();
     }
 
     fn count(&mut self, now: Instant) -> bool {
@@ -394,6 +397,19 @@ mod tests {
         assert!(window.heartbeat(now + Duration::from_secs(2)));
         // Its late stop does not count again.
         assert!(!window.observe(&stop("hung", "/a", 200, 9000), now + Duration::from_secs(9)));
+    }
+
+    #[test]
+    fn a_request_started_before_a_reset_is_not_counted_as_hung() {
+        let now = Instant::now();
+        let slow = AspNetCondition::RequestDuration(Duration::from_secs(2));
+        let mut window = RequestWindow::new(trigger(slow, 1));
+        window.observe(&start("dropped-stop", "/a"), now);
+        window.reset();
+        assert!(!window.heartbeat(now + Duration::from_secs(60)));
+        // A request started after the reset still counts.
+        window.observe(&start("hung", "/a"), now + Duration::from_secs(60));
+        assert!(window.heartbeat(now + Duration::from_secs(62)));
     }
 
     #[test]
