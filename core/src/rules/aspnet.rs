@@ -11,7 +11,8 @@
 //! path is included and not excluded, and:
 //! - `AspNetRequestCount`: when it starts;
 //! - `AspNetRequestDuration`: when it stops after at least `request_duration`, or when it has
-//!   been running that long without stopping (checked every second), once either way;
+//!   been running that long without stopping (checked every second), once either way; a start
+//!   or stop without an `ActivityId` cannot be paired and is ignored;
 //! - `AspNetResponseStatus`: when it stops with a status in one of the ranges.
 //!
 //! The trigger fires when `count` requests counted within `sliding_window_duration`; the window
@@ -51,15 +52,16 @@ const TICKS_PER_SECOND: u64 = 10_000_000;
 pub enum RequestEvent {
     /// A request started.
     Start {
-        /// Its activity id.
-        activity_id: String,
+        /// Its activity id; `None` when the event carries none (another session gave the
+        /// runtime other specs for DiagnosticSource).
+        activity_id: Option<String>,
         /// Its path.
         path: String,
     },
     /// A request stopped.
     Stop {
-        /// Its activity id.
-        activity_id: String,
+        /// Its activity id; `None` when the event carries none.
+        activity_id: Option<String>,
         /// Its path.
         path: String,
         /// The response status code.
@@ -95,7 +97,9 @@ pub fn request_event(event: &DecodedEvent<'_>) -> Option<RequestEvent> {
                 .flatten()
         })
     };
-    let activity_id = argument("ActivityId").unwrap_or_default().to_owned();
+    let activity_id = argument("ActivityId")
+        .filter(|id| !id.is_empty())
+        .map(str::to_owned);
     let path = argument("Path").unwrap_or_default().to_owned();
     if start {
         return Some(RequestEvent::Start { activity_id, path });
@@ -218,7 +222,14 @@ impl RequestWindow {
         }
         let counts = match (&self.trigger.condition, event) {
             (AspNetCondition::RequestCount, RequestEvent::Start { .. }) => true,
-            (AspNetCondition::RequestDuration(_), RequestEvent::Start { activity_id, .. }) => {
+            // Without an activity id a start cannot be paired with its stop: ignored.
+            (
+                AspNetCondition::RequestDuration(_),
+                RequestEvent::Start {
+                    activity_id: Some(activity_id),
+                    ..
+                },
+            ) => {
                 if self.pending.len() >= MAX_PENDING_REQUESTS
                     && let Some(oldest) = self
                         .pending
@@ -234,7 +245,7 @@ impl RequestWindow {
             (
                 AspNetCondition::RequestDuration(slow),
                 RequestEvent::Stop {
-                    activity_id,
+                    activity_id: Some(activity_id),
                     duration,
                     ..
                 },
@@ -339,14 +350,14 @@ mod tests {
 
     fn start(id: &str, path: &str) -> RequestEvent {
         RequestEvent::Start {
-            activity_id: id.into(),
+            activity_id: Some(id.into()),
             path: path.into(),
         }
     }
 
     fn stop(id: &str, path: &str, status: u16, millis: u64) -> RequestEvent {
         RequestEvent::Stop {
-            activity_id: id.into(),
+            activity_id: Some(id.into()),
             path: path.into(),
             status,
             duration: Duration::from_millis(millis),
@@ -410,6 +421,28 @@ mod tests {
         // A request started after the reset still counts.
         window.observe(&start("hung", "/a"), now + Duration::from_secs(60));
         assert!(window.heartbeat(now + Duration::from_secs(62)));
+    }
+
+    #[test]
+    fn request_duration_ignores_requests_without_an_activity_id() {
+        let now = Instant::now();
+        let slow = AspNetCondition::RequestDuration(Duration::from_secs(2));
+        let mut window = RequestWindow::new(trigger(slow, 1));
+        let anonymous_start = RequestEvent::Start {
+            activity_id: None,
+            path: "/a".into(),
+        };
+        let anonymous_stop = RequestEvent::Stop {
+            activity_id: None,
+            path: "/a".into(),
+            status: 200,
+            duration: Duration::from_secs(5),
+        };
+        assert!(!window.observe(&anonymous_start, now));
+        assert!(!window.observe(&anonymous_start, now));
+        assert!(!window.observe(&anonymous_stop, now + Duration::from_secs(5)));
+        // Neither start waits for a stop that could never be paired with it.
+        assert!(!window.heartbeat(now + Duration::from_secs(60)));
     }
 
     #[test]
