@@ -307,31 +307,80 @@ impl RequestWindow {
     }
 }
 
-/// Whether `path` matches `glob` as a whole, without case: `*` is any text without a `/`,
-/// `**/` any number of whole segments (none included); everything else is itself.
-pub fn glob_matches(glob: &str, path: &str) -> bool {
-    let glob: Vec<char> = glob.to_lowercase().chars().collect();
-    let path: Vec<char> = path.to_lowercase().chars().collect();
-    matches_from(&glob, &path)
+/// Paths longer than this (in bytes) match no glob: a request path is client input.
+const MAX_GLOB_PATH_BYTES: usize = 2048;
+
+/// One element of a path glob.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum GlobToken {
+    /// `**/`: any number of whole segments, each with its slash.
+    Segments,
+    /// `*`: any text without a `/`.
+    Star,
+    /// Any other character: itself.
+    Literal(char),
 }
 
-fn matches_from(glob: &[char], path: &[char]) -> bool {
-    match glob {
-        [] => path.is_empty(),
-        ['*', '*', '/', rest @ ..] => {
-            // Zero segments, or one segment and its slash, then again.
-            matches_from(rest, path)
-                || path
-                    .iter()
-                    .position(|c| *c == '/')
-                    .is_some_and(|slash| matches_from(glob, &path[slash + 1..]))
-        }
-        ['*', rest @ ..] => {
-            let segment = path.iter().position(|c| *c == '/').unwrap_or(path.len());
-            (0..=segment).any(|taken| matches_from(rest, &path[taken..]))
-        }
-        [c, rest @ ..] => path.first() == Some(c) && matches_from(rest, &path[1..]),
+/// Whether `path` matches `glob` as a whole, without case: `*` is any text without a `/`,
+/// `**/` any number of whole segments (none included); everything else is itself. A path
+/// longer than 2 KiB matches nothing.
+///
+/// Dynamic programming over (glob token, path position), one row at a time: time is the
+/// glob's length times the path's, whatever the path holds; no recursion.
+pub fn glob_matches(glob: &str, path: &str) -> bool {
+    if path.len() > MAX_GLOB_PATH_BYTES {
+        return false;
     }
+    let glob: Vec<char> = glob.to_lowercase().chars().collect();
+    let path: Vec<char> = path.to_lowercase().chars().collect();
+    let mut tokens = Vec::with_capacity(glob.len());
+    let mut rest = glob.as_slice();
+    while let Some((first, tail)) = rest.split_first() {
+        rest = match (first, tail) {
+            ('*', ['*', '/', after @ ..]) => {
+                tokens.push(GlobToken::Segments);
+                after
+            }
+            ('*', _) => {
+                tokens.push(GlobToken::Star);
+                tail
+            }
+            (c, _) => {
+                tokens.push(GlobToken::Literal(*c));
+                tail
+            }
+        };
+    }
+    // next_slash[j]: the first `/` at or after position j.
+    let mut next_slash = vec![None; path.len() + 1];
+    for j in (0..path.len()).rev() {
+        next_slash[j] = if path[j] == '/' {
+            Some(j)
+        } else {
+            next_slash[j + 1]
+        };
+    }
+    // after[j]: whether the tokens after the current one match path[j..]; starts as "no
+    // tokens", which match only the empty rest.
+    let mut after: Vec<bool> = (0..=path.len()).map(|j| j == path.len()).collect();
+    for token in tokens.iter().rev() {
+        let mut here = vec![false; path.len() + 1];
+        for j in (0..=path.len()).rev() {
+            here[j] = match token {
+                GlobToken::Literal(c) => path.get(j) == Some(c) && after[j + 1],
+                // Nothing more of the segment, or one more character of it.
+                GlobToken::Star => {
+                    after[j] || (path.get(j).is_some_and(|c| *c != '/') && here[j + 1])
+                }
+                // No more segments, or one more segment and its slash.
+                GlobToken::Segments => {
+                    after[j] || next_slash[j].is_some_and(|slash| here[slash + 1])
+                }
+            };
+        }
+        after = here;
+    }
+    after[0]
 }
 
 #[cfg(test)]
@@ -374,9 +423,38 @@ mod tests {
             ("/API/Users", "/api/users", true),
             ("/", "/about", false),
             ("/a*c", "/abbc", true),
+            ("/a*c", "/ab/c", false),
+            ("**/x", "x", true),
+            ("/**/x", "/a/b/x", true),
+            ("/**/x", "/x", true),
+            ("/api/**/", "/api/a/", true),
+            ("/a**b", "/axxb", true),
+            ("/a**b", "/ax/b", false),
+            ("", "", true),
+            ("", "/", false),
         ] {
             assert_eq!(glob_matches(glob, path), expected, "{glob} {path}");
         }
+    }
+
+    #[test]
+    fn globs_on_long_paths_of_slashes_are_quick() {
+        let glob = "/**/**/**/**/**/**/**/**/*x";
+        let slashes = "/".repeat(MAX_GLOB_PATH_BYTES);
+        let started = Instant::now();
+        assert!(!glob_matches(glob, &slashes));
+        assert!(glob_matches(
+            glob,
+            &format!("{}x", "/".repeat(MAX_GLOB_PATH_BYTES - 1))
+        ));
+        // Longer than 2 KiB: matches nothing.
+        assert!(!glob_matches(glob, &format!("{slashes}x")));
+        assert!(!glob_matches("**/*", &"/a".repeat(MAX_GLOB_PATH_BYTES)));
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "{:?}",
+            started.elapsed()
+        );
     }
 
     #[test]
