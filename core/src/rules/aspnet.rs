@@ -15,8 +15,8 @@
 //!   or stop without an `ActivityId` cannot be paired and is ignored;
 //! - `AspNetResponseStatus`: when it stops with a status in one of the ranges.
 //!
-//! The trigger fires when `count` requests counted within `sliding_window_duration`; the window
-//! then starts over.
+//! The trigger fires when `count` requests have counted within `sliding_window_duration`; the
+//! window then starts over.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -194,7 +194,7 @@ pub fn request_feed(
 }
 
 /// The requests that counted within an [`AspNetTrigger`]'s window.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct RequestWindow {
     trigger: AspNetTrigger,
     /// When each counted request counted, oldest first.

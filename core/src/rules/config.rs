@@ -155,7 +155,9 @@ impl CounterTrigger {
 }
 
 /// An ASP.NET Core request trigger: fires when `count` requests that meet `condition` and
-/// whose path is included (and not excluded) finished within `sliding_window_duration`.
+/// whose path is included (and not excluded) counted within `sliding_window_duration` (a
+/// request counts when the condition says: at its start, its stop, or once it has run too
+/// long).
 #[derive(Debug, Clone, PartialEq)]
 pub struct AspNetTrigger {
     /// What a request must do to count.
