@@ -264,12 +264,14 @@ pub async fn completion(operation: Arc<Operation>) -> Result<BTreeMap<String, St
     operation.finished().await;
     let status = operation.status();
     match status.status {
-        OperationState::Succeeded if !status.outputs.is_empty() => Ok(status.outputs),
-        OperationState::Succeeded => Ok([(
-            "EgressPath".to_owned(),
-            status.resource_location.unwrap_or_default(),
-        )]
-        .into()),
+        OperationState::Succeeded => match operation.kind() {
+            OperationKind::Artifact(_) => Ok([(
+                "EgressPath".to_owned(),
+                status.resource_location.unwrap_or_default(),
+            )]
+            .into()),
+            OperationKind::Execute | OperationKind::Environment => Ok(status.outputs),
+        },
         state => Err(match status.error {
             Some(error) => format!(
                 "operation {} ended {state:?}: {}",
@@ -497,6 +499,51 @@ mod tests {
         assert_eq!(
             Tokens::referenced_actions("a $(Actions.trace.EgressPath) $(Process.Name)"),
             ["trace"]
+        );
+    }
+
+    #[tokio::test]
+    async fn completion_gives_an_artifact_its_egress_path_and_an_action_its_outputs() {
+        use crate::config::{LimitsConfig, OperationsConfig};
+        use crate::operations::{ArtifactKind, ArtifactSummary, OperationRegistry};
+        let registry =
+            OperationRegistry::new(&LimitsConfig::default(), &OperationsConfig::default());
+        let process = || OperationProcess {
+            pid: 1,
+            uid: Uuid::nil(),
+            name: "dotnet".into(),
+        };
+        // An action that succeeded without outputs has none (not an EgressPath).
+        let action = registry.register_action(process(), OperationKind::Execute, BTreeSet::new());
+        action.finish(Outcome::Completed);
+        assert_eq!(completion(action).await, Ok(BTreeMap::new()));
+        let environment =
+            registry.register_action(process(), OperationKind::Environment, BTreeSet::new());
+        environment.record_outputs([("Value".to_owned(), "1".to_owned())].into());
+        environment.finish(Outcome::Completed);
+        assert_eq!(
+            completion(environment).await,
+            Ok([("Value".to_owned(), "1".to_owned())].into())
+        );
+        let slot = registry
+            .try_reserve(ArtifactKind::Trace)
+            .expect("a trace slot");
+        let trace = registry.register(process(), slot, Some("files".into()), BTreeSet::new());
+        trace.finish(Outcome::Succeeded {
+            resource_location: Some("/out/x.nettrace".into()),
+            summary: ArtifactSummary {
+                bytes: 0,
+                events: None,
+                blocks: None,
+                dropped_events_estimate: None,
+                events_by_provider: None,
+                sha256: String::new(),
+                report: None,
+            },
+        });
+        assert_eq!(
+            completion(trace).await,
+            Ok([("EgressPath".to_owned(), "/out/x.nettrace".to_owned())].into())
         );
     }
 

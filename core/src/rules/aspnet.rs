@@ -11,11 +11,12 @@
 //! path is included and not excluded, and:
 //! - `AspNetRequestCount`: when it starts;
 //! - `AspNetRequestDuration`: when it stops after at least `request_duration`, or when it has
-//!   been running that long without stopping (checked every second), once either way;
+//!   been running that long without stopping (checked every second), once either way; a start
+//!   or stop without an `ActivityId` cannot be paired and is ignored;
 //! - `AspNetResponseStatus`: when it stops with a status in one of the ranges.
 //!
-//! The trigger fires when `count` requests counted within `sliding_window_duration`; the window
-//! then starts over.
+//! The trigger fires when `count` requests have counted within `sliding_window_duration`; the
+//! window then starts over.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -51,15 +52,16 @@ const TICKS_PER_SECOND: u64 = 10_000_000;
 pub enum RequestEvent {
     /// A request started.
     Start {
-        /// Its activity id.
-        activity_id: String,
+        /// Its activity id; `None` when the event carries none (another session gave the
+        /// runtime other specs for DiagnosticSource).
+        activity_id: Option<String>,
         /// Its path.
         path: String,
     },
     /// A request stopped.
     Stop {
-        /// Its activity id.
-        activity_id: String,
+        /// Its activity id; `None` when the event carries none.
+        activity_id: Option<String>,
         /// Its path.
         path: String,
         /// The response status code.
@@ -95,7 +97,9 @@ pub fn request_event(event: &DecodedEvent<'_>) -> Option<RequestEvent> {
                 .flatten()
         })
     };
-    let activity_id = argument("ActivityId").unwrap_or_default().to_owned();
+    let activity_id = argument("ActivityId")
+        .filter(|id| !id.is_empty())
+        .map(str::to_owned);
     let path = argument("Path").unwrap_or_default().to_owned();
     if start {
         return Some(RequestEvent::Start { activity_id, path });
@@ -190,7 +194,7 @@ pub fn request_feed(
 }
 
 /// The requests that counted within an [`AspNetTrigger`]'s window.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct RequestWindow {
     trigger: AspNetTrigger,
     /// When each counted request counted, oldest first.
@@ -218,7 +222,14 @@ impl RequestWindow {
         }
         let counts = match (&self.trigger.condition, event) {
             (AspNetCondition::RequestCount, RequestEvent::Start { .. }) => true,
-            (AspNetCondition::RequestDuration(_), RequestEvent::Start { activity_id, .. }) => {
+            // Without an activity id a start cannot be paired with its stop: ignored.
+            (
+                AspNetCondition::RequestDuration(_),
+                RequestEvent::Start {
+                    activity_id: Some(activity_id),
+                    ..
+                },
+            ) => {
                 if self.pending.len() >= MAX_PENDING_REQUESTS
                     && let Some(oldest) = self
                         .pending
@@ -234,7 +245,7 @@ impl RequestWindow {
             (
                 AspNetCondition::RequestDuration(slow),
                 RequestEvent::Stop {
-                    activity_id,
+                    activity_id: Some(activity_id),
                     duration,
                     ..
                 },
@@ -267,9 +278,12 @@ impl RequestWindow {
         fired
     }
 
-    /// Forgets what was counted (after the rule was throttled or ran its actions).
+    /// Forgets what was counted and the requests waiting for their stop (after the rule ran
+    /// its actions, when the events queued meanwhile were dropped, or when a new session
+    /// starts): a request whose stop was never seen must not count as hung later.
     pub fn reset(&mut self) {
         self.counted.clear();
+        self.pending.clear();
     }
 
     fn count(&mut self, now: Instant) -> bool {
@@ -293,31 +307,80 @@ impl RequestWindow {
     }
 }
 
-/// Whether `path` matches `glob` as a whole, without case: `*` is any text without a `/`,
-/// `**/` any number of whole segments (none included); everything else is itself.
-pub fn glob_matches(glob: &str, path: &str) -> bool {
-    let glob: Vec<char> = glob.to_lowercase().chars().collect();
-    let path: Vec<char> = path.to_lowercase().chars().collect();
-    matches_from(&glob, &path)
+/// Paths longer than this (in bytes) match no glob: a request path is client input.
+const MAX_GLOB_PATH_BYTES: usize = 2048;
+
+/// One element of a path glob.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum GlobToken {
+    /// `**/`: any number of whole segments, each with its slash.
+    Segments,
+    /// `*`: any text without a `/`.
+    Star,
+    /// Any other character: itself.
+    Literal(char),
 }
 
-fn matches_from(glob: &[char], path: &[char]) -> bool {
-    match glob {
-        [] => path.is_empty(),
-        ['*', '*', '/', rest @ ..] => {
-            // Zero segments, or one segment and its slash, then again.
-            matches_from(rest, path)
-                || path
-                    .iter()
-                    .position(|c| *c == '/')
-                    .is_some_and(|slash| matches_from(glob, &path[slash + 1..]))
-        }
-        ['*', rest @ ..] => {
-            let segment = path.iter().position(|c| *c == '/').unwrap_or(path.len());
-            (0..=segment).any(|taken| matches_from(rest, &path[taken..]))
-        }
-        [c, rest @ ..] => path.first() == Some(c) && matches_from(rest, &path[1..]),
+/// Whether `path` matches `glob` as a whole, without case: `*` is any text without a `/`,
+/// `**/` any number of whole segments (none included); everything else is itself. A path
+/// longer than 2 KiB matches nothing.
+///
+/// Dynamic programming over (glob token, path position), one row at a time: time is the
+/// glob's length times the path's, whatever the path holds; no recursion.
+pub fn glob_matches(glob: &str, path: &str) -> bool {
+    if path.len() > MAX_GLOB_PATH_BYTES {
+        return false;
     }
+    let glob: Vec<char> = glob.to_lowercase().chars().collect();
+    let path: Vec<char> = path.to_lowercase().chars().collect();
+    let mut tokens = Vec::with_capacity(glob.len());
+    let mut rest = glob.as_slice();
+    while let Some((first, tail)) = rest.split_first() {
+        rest = match (first, tail) {
+            ('*', ['*', '/', after @ ..]) => {
+                tokens.push(GlobToken::Segments);
+                after
+            }
+            ('*', _) => {
+                tokens.push(GlobToken::Star);
+                tail
+            }
+            (c, _) => {
+                tokens.push(GlobToken::Literal(*c));
+                tail
+            }
+        };
+    }
+    // next_slash[j]: the first `/` at or after position j.
+    let mut next_slash = vec![None; path.len() + 1];
+    for j in (0..path.len()).rev() {
+        next_slash[j] = if path[j] == '/' {
+            Some(j)
+        } else {
+            next_slash[j + 1]
+        };
+    }
+    // after[j]: whether the tokens after the current one match path[j..]; starts as "no
+    // tokens", which match only the empty rest.
+    let mut after: Vec<bool> = (0..=path.len()).map(|j| j == path.len()).collect();
+    for token in tokens.iter().rev() {
+        let mut here = vec![false; path.len() + 1];
+        for j in (0..=path.len()).rev() {
+            here[j] = match token {
+                GlobToken::Literal(c) => path.get(j) == Some(c) && after[j + 1],
+                // Nothing more of the segment, or one more character of it.
+                GlobToken::Star => {
+                    after[j] || (path.get(j).is_some_and(|c| *c != '/') && here[j + 1])
+                }
+                // No more segments, or one more segment and its slash.
+                GlobToken::Segments => {
+                    after[j] || next_slash[j].is_some_and(|slash| here[slash + 1])
+                }
+            };
+        }
+        after = here;
+    }
+    after[0]
 }
 
 #[cfg(test)]
@@ -336,14 +399,14 @@ mod tests {
 
     fn start(id: &str, path: &str) -> RequestEvent {
         RequestEvent::Start {
-            activity_id: id.into(),
+            activity_id: Some(id.into()),
             path: path.into(),
         }
     }
 
     fn stop(id: &str, path: &str, status: u16, millis: u64) -> RequestEvent {
         RequestEvent::Stop {
-            activity_id: id.into(),
+            activity_id: Some(id.into()),
             path: path.into(),
             status,
             duration: Duration::from_millis(millis),
@@ -360,9 +423,38 @@ mod tests {
             ("/API/Users", "/api/users", true),
             ("/", "/about", false),
             ("/a*c", "/abbc", true),
+            ("/a*c", "/ab/c", false),
+            ("**/x", "x", true),
+            ("/**/x", "/a/b/x", true),
+            ("/**/x", "/x", true),
+            ("/api/**/", "/api/a/", true),
+            ("/a**b", "/axxb", true),
+            ("/a**b", "/ax/b", false),
+            ("", "", true),
+            ("", "/", false),
         ] {
             assert_eq!(glob_matches(glob, path), expected, "{glob} {path}");
         }
+    }
+
+    #[test]
+    fn globs_on_long_paths_of_slashes_are_quick() {
+        let glob = "/**/**/**/**/**/**/**/**/*x";
+        let slashes = "/".repeat(MAX_GLOB_PATH_BYTES);
+        let started = Instant::now();
+        assert!(!glob_matches(glob, &slashes));
+        assert!(glob_matches(
+            glob,
+            &format!("{}x", "/".repeat(MAX_GLOB_PATH_BYTES - 1))
+        ));
+        // Longer than 2 KiB: matches nothing.
+        assert!(!glob_matches(glob, &format!("{slashes}x")));
+        assert!(!glob_matches("**/*", &"/a".repeat(MAX_GLOB_PATH_BYTES)));
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "{:?}",
+            started.elapsed()
+        );
     }
 
     #[test]
@@ -394,6 +486,41 @@ mod tests {
         assert!(window.heartbeat(now + Duration::from_secs(2)));
         // Its late stop does not count again.
         assert!(!window.observe(&stop("hung", "/a", 200, 9000), now + Duration::from_secs(9)));
+    }
+
+    #[test]
+    fn a_request_started_before_a_reset_is_not_counted_as_hung() {
+        let now = Instant::now();
+        let slow = AspNetCondition::RequestDuration(Duration::from_secs(2));
+        let mut window = RequestWindow::new(trigger(slow, 1));
+        window.observe(&start("dropped-stop", "/a"), now);
+        window.reset();
+        assert!(!window.heartbeat(now + Duration::from_secs(60)));
+        // A request started after the reset still counts.
+        window.observe(&start("hung", "/a"), now + Duration::from_secs(60));
+        assert!(window.heartbeat(now + Duration::from_secs(62)));
+    }
+
+    #[test]
+    fn request_duration_ignores_requests_without_an_activity_id() {
+        let now = Instant::now();
+        let slow = AspNetCondition::RequestDuration(Duration::from_secs(2));
+        let mut window = RequestWindow::new(trigger(slow, 1));
+        let anonymous_start = RequestEvent::Start {
+            activity_id: None,
+            path: "/a".into(),
+        };
+        let anonymous_stop = RequestEvent::Stop {
+            activity_id: None,
+            path: "/a".into(),
+            status: 200,
+            duration: Duration::from_secs(5),
+        };
+        assert!(!window.observe(&anonymous_start, now));
+        assert!(!window.observe(&anonymous_start, now));
+        assert!(!window.observe(&anonymous_stop, now + Duration::from_secs(5)));
+        // Neither start waits for a stop that could never be paired with it.
+        assert!(!window.heartbeat(now + Duration::from_secs(60)));
     }
 
     #[test]

@@ -155,7 +155,9 @@ impl CounterTrigger {
 }
 
 /// An ASP.NET Core request trigger: fires when `count` requests that meet `condition` and
-/// whose path is included (and not excluded) finished within `sliding_window_duration`.
+/// whose path is included (and not excluded) counted within `sliding_window_duration` (a
+/// request counts when the condition says: at its start, its stop, or once it has run too
+/// long).
 #[derive(Debug, Clone, PartialEq)]
 pub struct AspNetTrigger {
     /// What a request must do to count.
@@ -1302,7 +1304,11 @@ fn parse_stopping_event(
         for (field, expected) in filter {
             let expected = match expected {
                 Value::String(text) => text.clone(),
-                Value::Number(number) => number.to_string(),
+                // A float as an event's float is written (`1000.0` is `1000`).
+                Value::Number(number) => match number.as_f64() {
+                    Some(float) if number.is_f64() => super::events::float_text(float),
+                    _ => number.to_string(),
+                },
                 Value::Bool(true) => "True".to_owned(),
                 Value::Bool(false) => "False".to_owned(),
                 _ => {
@@ -1741,6 +1747,32 @@ mod tests {
             assert_eq!(error.key, key, "{rule}: {error}");
             assert!(error.to_string().contains(key), "{error}");
         }
+    }
+
+    #[test]
+    fn payload_filter_numbers_are_written_as_event_values_are() {
+        use crate::diagnostics::payload::Value as PayloadValue;
+        let config = parse_toml(
+            r#"
+            [collection_rules.r.trigger]
+            type = "Startup"
+            [[collection_rules.r.actions]]
+            type = "CollectTrace"
+            settings = { providers = [{ name = "MyEventSource" }], egress = "files", stopping_event = { provider_name = "MyEventSource", event_name = "Tick", payload_filter = { Elapsed = 1000.0, Ratio = 0.5, Count = 3, Done = true } } }
+            "#,
+        )
+        .unwrap();
+        let ActionKind::CollectTrace { stopping_event, .. } = &config.rules["r"].actions[0].kind
+        else {
+            panic!("not a trace");
+        };
+        let filter = &stopping_event.as_ref().unwrap().payload_filter;
+        let text = |value| super::super::events::value_text(&value).unwrap();
+        assert_eq!(filter["Elapsed"], "1000");
+        assert_eq!(filter["Elapsed"], text(PayloadValue::Float(1000.0)));
+        assert_eq!(filter["Ratio"], text(PayloadValue::Float(0.5)));
+        assert_eq!(filter["Count"], text(PayloadValue::Int(3)));
+        assert_eq!(filter["Done"], text(PayloadValue::Bool(true)));
     }
 
     #[test]

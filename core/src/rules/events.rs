@@ -75,19 +75,27 @@ pub fn event_names_match(name: &str, wanted: &str) -> bool {
     name == wanted || (wanted.contains('/') && name == wanted.replace('/', ""))
 }
 
-/// A payload value as text, the way .NET formats it with the invariant culture: numbers in
-/// decimal, booleans `True` and `False`; `None` for objects, arrays and raw bytes.
+/// A payload value as text, for comparison with a `payload_filter`: integers in decimal, floats
+/// as [`float_text`] writes them, booleans `True` and `False` (as .NET does), a DateTime as its
+/// 100 ns ticks; `None` for objects, arrays and raw bytes.
 pub fn value_text(value: &Value) -> Option<String> {
     match value {
         Value::String(text) => Some(text.clone()),
         Value::Int(number) => Some(number.to_string()),
         Value::UInt(number) => Some(number.to_string()),
-        Value::Float(number) => Some(number.to_string()),
+        Value::Float(number) => Some(float_text(*number)),
         Value::Bool(true) => Some("True".to_owned()),
         Value::Bool(false) => Some("False".to_owned()),
         Value::DateTime(ticks) => Some(ticks.to_string()),
         Value::Null | Value::Bytes(_) | Value::Object(_) | Value::Array(_) => None,
     }
+}
+
+/// How a floating-point value is written for comparison with a stopping event's
+/// `payload_filter`, on both sides: Rust's shortest form, so a whole number has no fraction
+/// (`1000`, `0.5`).
+pub fn float_text(number: f64) -> String {
+    number.to_string()
 }
 
 /// A trace that stops itself once `event` went by (or after its duration, whichever comes

@@ -98,6 +98,8 @@ pub async fn run_rule(
                 let feed_stop = stop.child_token();
                 let _guard = feed_stop.clone().drop_guard();
                 let mut feed = request_feed(&env.processes, &process, feed_stop);
+                // The requests of a broken session never stop: a new session starts afresh.
+                window.reset();
                 loop {
                     let now = tokio::select! {
                         _ = stop.cancelled() => break 'feeds,
