@@ -962,11 +962,14 @@ async fn a_stopping_event_of_a_real_net_core_3_1_event_source_ends_the_trace() {
         "{:?}",
         started.elapsed()
     );
-    // The ticks up to the stopping one (those before the trace started are not in it).
+    // The ticks up to the stopping one (those before the trace started are not in it), and
+    // the few written while the stop reached the runtime: one every 10 ms, so a loaded machine
+    // that takes a second or two to stop the session adds a hundred or two. A trace that ran its
+    // 5-minute duration would hold some 30,000.
     let ticks = operation["summary"]["eventsByProvider"]["Diagmon-Test"]
         .as_u64()
         .unwrap_or_default();
-    assert!((1..=1001).contains(&ticks), "{operation}");
+    assert!((1..=1300).contains(&ticks), "{operation}");
     let files = files_in(stored.path());
     assert_eq!(files.len(), 1, "{files:?}");
     nettrace::validate_file(&files[0]).expect("a complete nettrace");
