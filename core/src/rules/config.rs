@@ -1306,7 +1306,7 @@ fn parse_stopping_event(
                 Value::String(text) => text.clone(),
                 // A float as an event's float is written (`1000.0` is `1000`).
                 Value::Number(number) => match number.as_f64() {
-                    Some(float) if number.is_f64() => super::events::float_text(float),
+                    Some(float) if number.is_f64() => float_text(float),
                     _ => number.to_string(),
                 },
                 Value::Bool(true) => "True".to_owned(),
@@ -1529,6 +1529,13 @@ fn check_references(
         }
     }
     Ok(())
+}
+
+/// How a floating-point value is written for comparison with a stopping event's
+/// `payload_filter`, on both sides: Rust's shortest form, so a whole number has no fraction
+/// (`1000`, `0.5`).
+pub fn float_text(number: f64) -> String {
+    number.to_string()
 }
 
 #[cfg(test)]

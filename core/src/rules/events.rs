@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use bytes::Bytes;
 
-use super::config::StoppingEvent;
+use super::config::{StoppingEvent, float_text};
 use crate::diagnostics::nettrace::NettraceValidator;
 use crate::diagnostics::payload::{DecodedEvent, EventDecoder, Value};
 use crate::diagnostics::{DiagnosticsClient, EventPipeSession};
@@ -89,13 +89,6 @@ pub fn value_text(value: &Value) -> Option<String> {
         Value::DateTime(ticks) => Some(ticks.to_string()),
         Value::Null | Value::Bytes(_) | Value::Object(_) | Value::Array(_) => None,
     }
-}
-
-/// How a floating-point value is written for comparison with a stopping event's
-/// `payload_filter`, on both sides: Rust's shortest form, so a whole number has no fraction
-/// (`1000`, `0.5`).
-pub fn float_text(number: f64) -> String {
-    number.to_string()
 }
 
 /// A trace that stops itself once `event` went by (or after its duration, whichever comes
