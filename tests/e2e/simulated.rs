@@ -498,24 +498,32 @@ async fn listen_mode_lists_no_more_runtimes_than_configured() {
     assert!(log.contains("too many runtimes"), "{log}");
 }
 
+/// A monitor of the runtimes in `socket_dir` whose `files` provider (into the returned folder)
+/// has one instance, so that a second upload waits for the first.
+fn one_instance_monitor(
+    socket_dir: &std::path::Path,
+) -> (diagmon_tests::monitor::Monitor, tempfile::TempDir) {
+    let out = tempfile::tempdir().unwrap();
+    let monitor = diagmon_tests::monitor::Monitor::start(
+        &format!(
+            "socket_dir = {:?}\n[metrics]\nenabled = false\n\
+             [egress.providers.files]\ncomponent = \"filesystem\"\ndirectory = {:?}\n\
+             [egress.providers.files.limits]\nmax_instances = 1\ncall_timeout_ms = 20000\n",
+            socket_dir.display().to_string(),
+            out.path().display().to_string()
+        ),
+        &["--no-auth"],
+    );
+    (monitor, out)
+}
+
 /// An upload waiting for one of its provider's instances opens no session meanwhile: a session
 /// opened first would go unread while it waits (a runtime drops events once its buffers fill).
 #[tokio::test]
 async fn an_egressed_trace_opens_its_session_only_once_the_provider_has_an_instance() {
     use diagmon_tests::api::{final_operation, location_of};
-    use diagmon_tests::monitor::Monitor;
     let (dir, runtime) = simulated(SimulatedRuntimeConfig::default()).await;
-    let out = tempfile::tempdir().unwrap();
-    let monitor = Monitor::start(
-        &format!(
-            "socket_dir = {:?}\n[metrics]\nenabled = false\n\
-             [egress.providers.files]\ncomponent = \"filesystem\"\ndirectory = {:?}\n\
-             [egress.providers.files.limits]\nmax_instances = 1\ncall_timeout_ms = 20000\n",
-            dir.path().display().to_string(),
-            out.path().display().to_string()
-        ),
-        &["--no-auth"],
-    );
+    let (monitor, _out) = one_instance_monitor(dir.path());
     let client = reqwest::Client::new();
     let url = monitor.url("/trace?profile=Cpu&durationSeconds=-1&egressProvider=files");
     let first = client.get(&url).send().await.unwrap();
@@ -573,19 +581,8 @@ async fn an_egressed_trace_opens_its_session_only_once_the_provider_has_an_insta
 #[tokio::test]
 async fn a_start_cancelled_while_it_waits_for_an_instance_opens_nothing() {
     use diagmon_tests::api::{final_operation, location_of};
-    use diagmon_tests::monitor::Monitor;
     let (dir, runtime) = simulated(SimulatedRuntimeConfig::default()).await;
-    let out = tempfile::tempdir().unwrap();
-    let monitor = Monitor::start(
-        &format!(
-            "socket_dir = {:?}\n[metrics]\nenabled = false\n\
-             [egress.providers.files]\ncomponent = \"filesystem\"\ndirectory = {:?}\n\
-             [egress.providers.files.limits]\nmax_instances = 1\ncall_timeout_ms = 20000\n",
-            dir.path().display().to_string(),
-            out.path().display().to_string()
-        ),
-        &["--no-auth"],
-    );
+    let (monitor, _out) = one_instance_monitor(dir.path());
     let client = reqwest::Client::new();
     let url = monitor.url("/trace?profile=Cpu&durationSeconds=-1&egressProvider=files");
     let first = client.get(&url).send().await.unwrap();
