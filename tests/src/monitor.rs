@@ -147,8 +147,21 @@ impl Monitor {
 }
 
 impl Drop for Monitor {
+    /// Kills the monitor; when the test is failing, first prints what the monitor logged, so
+    /// that a failure seen only in CI carries the monitor's side of the story.
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        if std::thread::panicking() {
+            let lines = self
+                .stderr
+                .lock()
+                .map(|lines| lines.clone())
+                .unwrap_or_default();
+            eprintln!("--- diagmon's log ({} lines) ---", lines.len());
+            for line in lines.iter().rev().take(400).rev() {
+                eprintln!("{line}");
+            }
+        }
     }
 }
