@@ -7,7 +7,7 @@
 
 use std::time::Duration;
 
-use diagmon_tests::api::{sha256_hex, validated_nettrace};
+use diagmon_tests::api::{get_json, sha256_hex, validated_nettrace};
 use diagmon_tests::browser::{Browser, DEFAULT_WAIT};
 use diagmon_tests::monitor::Monitor;
 use diagmon_tests::target::{Program, TestTarget};
@@ -104,65 +104,6 @@ async fn newest_operation(
         .await
 }
 
-/// Opens a page of another origin (`localhost` instead of `127.0.0.1`), so that the first load
-/// of the console is measured as a user's running browser pays it: its network service and
-/// renderer are up, while the console's origin has no cache and no open connection. A fresh
-/// browser's very first navigation adds ~150 ms of its own start-up on this machine
-/// (`docs/console.md`), which is not the console's cost.
-async fn warm_up(browser: &Browser, monitor: &Monitor) {
-    let other_origin = monitor
-        .url("/healthz")
-        .replacen("127.0.0.1", "localhost", 1);
-    assert_ne!(
-        other_origin,
-        monitor.url("/healthz"),
-        "the monitor listens on 127.0.0.1"
-    );
-    browser.goto(&other_origin).await;
-}
-
-/// What the browser measured of the first load: bytes transferred (all, and the console's own
-/// files) and milliseconds from navigation to the page's scripts having run, to the first
-/// contentful paint and to the first render with data, and how long `GET /processes` (the
-/// server asking each runtime who it is) took of that.
-async fn first_load_figures(browser: &Browser) -> Value {
-    browser
-        .wait_until(
-            "the first render",
-            DEFAULT_WAIT,
-            "return document.documentElement.dataset.rendered === 'true'",
-        )
-        .await;
-    browser
-        .eval(
-            "const navigation = performance.getEntriesByType('navigation')[0];
-             const resources = performance.getEntriesByType('resource');
-             const sum = entries => entries.reduce((total, entry) => total + entry.transferSize, 0);
-             const own = resources.filter(entry => new URL(entry.name).pathname.startsWith('/ui/'));
-             const render = performance.getEntriesByName('diagmon-console-first-render')[0];
-             const paint = performance.getEntriesByName('first-contentful-paint')[0];
-             const processes = resources.find(entry => new URL(entry.name).pathname === '/processes');
-             return {
-                 domContentLoadedMs: navigation.domContentLoadedEventEnd,
-                 processesRequestStartMs: processes.startTime,
-                 processesRequestMs: processes.duration,
-                 totalBytes: navigation.transferSize + sum(resources),
-                 consoleBytes: navigation.transferSize + sum(own),
-                 requests: 1 + resources.length,
-                 firstRenderMs: render.startTime,
-                 firstContentfulPaintMs: paint ? paint.startTime : null,
-                 responseEndMs: navigation.responseEnd,
-                 resourcesMs: resources.map(entry => [
-                     new URL(entry.name).pathname,
-                     Math.round(entry.startTime),
-                     Math.round(entry.responseEnd),
-                 ]),
-             };",
-            Vec::new(),
-        )
-        .await
-}
-
 /// The first load stays within its transfer budget, and its times are printed (not asserted:
 /// they depend on the machine). The target sleeps: a busy one (the Worker burns three threads)
 /// would measure how this 2-core machine shares its CPU rather than the console.
@@ -171,12 +112,12 @@ async fn the_first_load_stays_within_its_budget() {
     let target = TestTarget::start(Program::HeapKeeper, &[]);
     let monitor = monitor_for(&target, "", &["--no-auth"]);
     let browser = Browser::start(1280, 1000).await;
-    warm_up(&browser, &monitor).await;
+    browser.open_another_origin(&monitor.url("/healthz")).await;
     browser.goto(&monitor.url("/ui")).await;
     let row = process_row(&browser, target.pid()).await;
     let command_line = row["cells"][6].as_str().unwrap_or_default();
     assert!(command_line.contains("HeapKeeper.dll"), "{row}");
-    let figures = first_load_figures(&browser).await;
+    let figures = browser.first_load_figures().await;
     println!("console first load: {figures}");
     let total = figures["totalBytes"].as_u64().expect("a byte count");
     assert!(total > 0, "{figures}");
@@ -207,12 +148,7 @@ async fn the_console_lists_the_target_and_downloads_a_complete_two_second_trace(
 
     select_process(&browser, target.pid()).await;
     // The dump control is there exactly when the server's API description lists `/dump`.
-    let description: Value = reqwest::get(monitor.url("/openapi.json"))
-        .await
-        .expect("GET /openapi.json")
-        .json()
-        .await
-        .expect("JSON");
+    let description: Value = get_json(&reqwest::Client::new(), monitor.url("/openapi.json")).await;
     let has_dump = description["paths"].get("/dump").is_some();
     let dump_shown = browser
         .eval(
@@ -327,12 +263,7 @@ async fn a_bad_keyword_shows_the_api_error_beside_its_field_and_the_console_fits
         layout["overflow"].as_i64().expect("pixels") <= 0,
         "the page is wider than a 390 px screen: {layout}"
     );
-    let operations = reqwest::get(monitor.url("/operations"))
-        .await
-        .expect("GET /operations")
-        .json::<Value>()
-        .await
-        .expect("JSON");
+    let operations = get_json(&reqwest::Client::new(), monitor.url("/operations")).await;
     assert_eq!(operations, json!([]), "a refused request starts nothing");
     browser.close().await;
 }
@@ -590,22 +521,12 @@ async fn egress_lists_the_configured_providers_and_openapi_describes_it() {
         ),
         &["--no-auth"],
     );
-    let providers: Value = reqwest::get(monitor.url("/egress"))
-        .await
-        .expect("GET /egress")
-        .json()
-        .await
-        .expect("JSON");
+    let providers: Value = get_json(&reqwest::Client::new(), monitor.url("/egress")).await;
     assert_eq!(
         providers,
         json!([{"name": "artifacts", "component": "filesystem"}])
     );
-    let description: Value = reqwest::get(monitor.url("/openapi.json"))
-        .await
-        .expect("GET /openapi.json")
-        .json()
-        .await
-        .expect("JSON");
+    let description: Value = get_json(&reqwest::Client::new(), monitor.url("/openapi.json")).await;
     assert!(
         description["paths"]["/egress"]["get"].is_object(),
         "{}",
@@ -672,15 +593,14 @@ async fn live_metrics_show_the_runtime_counters_as_they_arrive_and_can_be_stoppe
     }
     browser.screenshot("live-metrics").await;
     let done = newest_operation(&browser, "Succeeded", false, Duration::from_secs(10)).await;
-    let operation: Value = reqwest::get(monitor.url(&format!(
-        "/operations/{}",
-        done["id"].as_str().expect("an operation id")
-    )))
-    .await
-    .expect("GET the operation")
-    .json()
-    .await
-    .expect("JSON");
+    let operation: Value = get_json(
+        &reqwest::Client::new(),
+        monitor.url(&format!(
+            "/operations/{}",
+            done["id"].as_str().expect("an operation id")
+        )),
+    )
+    .await;
     assert_eq!(operation["kind"], "metrics", "{operation}");
 
     // Watching without end, then Stop: the stream ends and so does its operation.

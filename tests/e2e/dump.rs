@@ -13,7 +13,7 @@ use diagmon::config::StorageConfig;
 use diagmon::diagnostics::dump::{DumpCommandError, DumpType};
 use diagmon::diagnostics::{Command, DiagnosticsClient, Endpoint, RuntimeErrorCode, Timeouts};
 use diagmon::dumps::{DumpError, DumpFile, DumpFolder, DumpStream};
-use diagmon_tests::api::{final_operation, location_of, sha256_hex};
+use diagmon_tests::api::{final_operation, get_json, location_of, sha256_hex};
 use diagmon_tests::monitor::{Monitor, monitor_binary};
 use diagmon_tests::simulated_runtime::{
     DumpBehaviour, SimulatedRuntime, SimulatedRuntimeConfig, hresult,
@@ -756,21 +756,15 @@ async fn get_dump_names_createdump_without_its_execute_bit_and_the_fix() {
         detail.contains("createdump") && detail.contains("chmod +x"),
         "{detail}"
     );
-    let operations: Value = reqwest::get(monitor.url("/operations"))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let operation = reqwest::get(monitor.url(&format!(
-        "/operations/{}",
-        operations[0]["operationId"].as_str().unwrap()
-    )))
-    .await
-    .unwrap()
-    .json::<Value>()
-    .await
-    .unwrap();
+    let operations: Value = get_json(&reqwest::Client::new(), monitor.url("/operations")).await;
+    let operation = get_json(
+        &reqwest::Client::new(),
+        monitor.url(&format!(
+            "/operations/{}",
+            operations[0]["operationId"].as_str().unwrap()
+        )),
+    )
+    .await;
     assert_eq!(operation["status"], "Failed");
     assert_eq!(
         operation["error"]["code"], "CreatedumpNotExecutable",

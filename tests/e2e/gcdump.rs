@@ -9,7 +9,7 @@ use std::process::Command as Process;
 use std::time::Duration;
 
 use diagmon::gcdump::{format, report};
-use diagmon_tests::api::{final_operation, location_of, sha256_hex};
+use diagmon_tests::api::{final_operation, get_json, location_of, sha256_hex};
 use diagmon_tests::monitor::{Monitor, monitor_binary};
 use diagmon_tests::target::{Program, TestTarget};
 use futures_util::StreamExt;
@@ -57,14 +57,7 @@ async fn failed_stream(
         assert_eq!(response.status(), StatusCode::OK);
         assert!(body_of(response).await.is_err(), "a cut body, not a file");
     }
-    let operations: Value = client
-        .get(monitor.url("/operations"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let operations: Value = get_json(client, monitor.url("/operations")).await;
     let operations = operations.as_array().unwrap();
     assert_eq!(operations.len(), 1, "{operations:?}");
     let id = operations[0]["operationId"].as_str().unwrap();
@@ -277,14 +270,7 @@ async fn a_process_that_exits_during_the_gcdump_fails_it() {
     let kill = async {
         let deadline = std::time::Instant::now() + Duration::from_secs(30);
         loop {
-            let operations: Value = client
-                .get(monitor.url("/operations"))
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
+            let operations: Value = get_json(&client, monitor.url("/operations")).await;
             if operations[0]["status"] == "Running" {
                 break;
             }

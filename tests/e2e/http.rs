@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use diagmon_tests::api::{
-    FINAL_STATES, final_operation, location_of, sha256_hex, validated_nettrace,
+    FINAL_STATES, final_operation, get_json, location_of, sha256_hex, validated_nettrace,
 };
 use diagmon_tests::monitor::Monitor;
 use diagmon_tests::target::{Program, TestTarget};
@@ -45,11 +45,6 @@ async fn operation(client: &reqwest::Client, location: &str) -> (StatusCode, Val
 /// `POST url` with the sample body.
 async fn post_trace(client: &reqwest::Client, url: String) -> reqwest::Response {
     client.post(url).json(&sample_body()).send().await.unwrap()
-}
-
-/// `GET url` as JSON.
-async fn get_json(client: &reqwest::Client, url: impl reqwest::IntoUrl) -> Value {
-    client.get(url).send().await.unwrap().json().await.unwrap()
 }
 
 #[tokio::test]

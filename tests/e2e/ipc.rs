@@ -7,7 +7,7 @@ use diagmon::diagnostics::eventpipe::Rundown;
 use diagmon::diagnostics::nettrace::NettraceSummary;
 use diagmon::diagnostics::{DiagnosticsError, EventProvider, SessionConfig, Timeouts};
 use diagmon::processes::{Discovery, ProcessDirectory, ProcessRecord};
-use diagmon_tests::api::{sha256_hex, validated_nettrace};
+use diagmon_tests::api::{get_json, sha256_hex, validated_nettrace};
 use diagmon_tests::target::{Program, TestTarget};
 
 const SAMPLE_PROFILER: &str = "Microsoft-DotNETCore-SampleProfiler";
@@ -327,14 +327,7 @@ async fn impostor_sockets_beside_a_real_runtime_are_ignored() {
         &["--no-auth"],
     );
     let client = reqwest::Client::new();
-    let listed: serde_json::Value = client
-        .get(monitor.url("/processes"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let listed: serde_json::Value = get_json(&client, monitor.url("/processes")).await;
     let listed = listed.as_array().expect("a list");
     assert_eq!(listed.len(), 1, "{listed:?}");
     assert_eq!(listed[0]["pid"], pid);

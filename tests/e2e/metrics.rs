@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use diagmon_tests::api::{final_operation, sha256_hex};
+use diagmon_tests::api::{final_operation, get_json, sha256_hex};
 use diagmon_tests::monitor::Monitor;
 use diagmon_tests::target::{Program, TestTarget};
 use reqwest::StatusCode;
@@ -202,14 +202,7 @@ async fn metrics_lists_every_process_with_exact_values_labels_and_types() {
     let (samples, types) = samples_of(&text);
 
     // Exact values, in base units: the mean of constant writes, 12 MB as bytes, nothing counted yet.
-    let processes: Value = client
-        .get(monitor.url("/processes"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let processes: Value = get_json(&client, monitor.url("/processes")).await;
     for target in [&a, &b] {
         let pid = target.pid();
         assert_eq!(

@@ -10,6 +10,7 @@ use diagmon::diagnostics::{
     Command, DiagnosticsClient, DiagnosticsError, EventProvider, SessionConfig, Timeouts,
 };
 use diagmon::processes::{Discovery, ProcessDirectory};
+use diagmon_tests::api::get_json;
 use diagmon_tests::simulated_runtime::{
     Fault, SimulatedRuntime, SimulatedRuntimeConfig, StreamBehaviour,
 };
@@ -464,8 +465,7 @@ async fn listen_mode_lists_no_more_runtimes_than_configured() {
     let listed = |client: reqwest::Client| {
         let url = monitor.url("/processes");
         async move {
-            let processes: serde_json::Value =
-                client.get(url).send().await.unwrap().json().await.unwrap();
+            let processes: serde_json::Value = get_json(&client, url).await;
             processes
                 .as_array()
                 .unwrap()
@@ -596,14 +596,7 @@ async fn a_start_cancelled_while_it_waits_for_an_instance_opens_nothing() {
     });
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     let waiting = loop {
-        let listed: serde_json::Value = client
-            .get(monitor.url("/operations"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let listed: serde_json::Value = get_json(&client, monitor.url("/operations")).await;
         let starting = listed.as_array().and_then(|all| {
             all.iter()
                 .find(|operation| operation["status"] == "Starting")

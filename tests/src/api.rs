@@ -1,5 +1,5 @@
-//! What the end-to-end tests read back from the monitor's HTTP API and its artifacts: an
-//! operation polled to its end, the `Location` of a started one, and the checks every artifact
+//! What the end-to-end tests read back from the monitor's HTTP API and its artifacts: a JSON
+//! answer, an operation polled to its end, the `Location` of a started one, and the checks every artifact
 //! test makes of the bytes it got (SHA-256, a whole nettrace).
 
 use std::time::{Duration, Instant};
@@ -34,6 +34,22 @@ pub async fn final_operation(client: &reqwest::Client, location: &str, within: D
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// `GET url` with `client`, read as JSON; panics naming the URL if either fails.
+pub async fn get_json(client: &reqwest::Client, url: impl reqwest::IntoUrl) -> Value {
+    let url = url
+        .into_url()
+        .unwrap_or_else(|error| panic!("a URL: {error}"));
+    let response = client
+        .get(url.clone())
+        .send()
+        .await
+        .unwrap_or_else(|error| panic!("GET {url}: {error}"));
+    response
+        .json()
+        .await
+        .unwrap_or_else(|error| panic!("GET {url}: not JSON: {error}"))
 }
 
 /// The `Location` header of a response that started an operation.

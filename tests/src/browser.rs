@@ -236,6 +236,59 @@ impl Browser {
         std::fs::read(&path).expect("read the download")
     }
 
+    /// Opens `url` with `localhost` in place of `127.0.0.1`: a page of another origin, so that a
+    /// first load measured next is what a user's running browser pays. Its network service and
+    /// renderer are up, while the measured origin has no cache and no open connection. (A fresh
+    /// browser's very first navigation adds ~150 ms of its own start-up on a 2-core machine,
+    /// which is not the page's cost.)
+    pub async fn open_another_origin(&self, url: &str) {
+        let other_origin = url.replacen("127.0.0.1", "localhost", 1);
+        assert_ne!(other_origin, url, "{url} is not on 127.0.0.1");
+        self.goto(&other_origin).await;
+    }
+
+    /// Waits for the web console's first render with data, then returns what the browser
+    /// measured of the load: bytes transferred (all, and the console's own files), requests, and
+    /// milliseconds from the navigation to the HTML's last byte, to DOMContentLoaded (the
+    /// modules have run), to the first contentful paint and to the first render with data
+    /// (`firstRenderMs`), with when `GET /processes` started and how long it took, and each
+    /// resource's start and end.
+    pub async fn first_load_figures(&self) -> Value {
+        self.wait_until(
+            "the first render",
+            DEFAULT_WAIT,
+            "return document.documentElement.dataset.rendered === 'true'",
+        )
+        .await;
+        self.eval(
+            "const navigation = performance.getEntriesByType('navigation')[0];
+             const resources = performance.getEntriesByType('resource');
+             const sum = entries => entries.reduce((total, entry) => total + entry.transferSize, 0);
+             const own = resources.filter(entry => new URL(entry.name).pathname.startsWith('/ui/'));
+             const render = performance.getEntriesByName('diagmon-console-first-render')[0];
+             const paint = performance.getEntriesByName('first-contentful-paint')[0];
+             const processes = resources.find(entry => new URL(entry.name).pathname === '/processes');
+             return {
+                 domContentLoadedMs: navigation.domContentLoadedEventEnd,
+                 processesRequestStartMs: processes.startTime,
+                 processesRequestMs: processes.duration,
+                 totalBytes: navigation.transferSize + sum(resources),
+                 consoleBytes: navigation.transferSize + sum(own),
+                 requests: 1 + resources.length,
+                 firstRenderMs: render.startTime,
+                 firstContentfulPaintMs: paint ? paint.startTime : null,
+                 responseEndMs: navigation.responseEnd,
+                 resourcesMs: resources.map(entry => [
+                     new URL(entry.name).pathname,
+                     Math.round(entry.startTime),
+                     Math.round(entry.responseEnd),
+                 ]),
+             };",
+            Vec::new(),
+        )
+        .await
+    }
+
     /// Ends the WebDriver session (closing the browser) and stops chromedriver.
     pub async fn close(self) {
         let _ = self.client.clone().close().await;
