@@ -784,6 +784,15 @@ async fn a_stopping_event_ends_the_trace_complete_at_the_first_matching_event() 
     )
     .await;
     assert!(rule.get("lastError").is_none(), "{rule}");
+    // The stopping event stops the trace as a stop request would: through Stopping.
+    let id = operation["operationId"].as_str().expect("an operation id");
+    assert!(
+        monitor
+            .stderr_lines()
+            .iter()
+            .any(|line| line.contains("operation stopping") && line.contains(id)),
+        "operation {id} never went Stopping"
+    );
     let files = files_in(&stored);
     assert_eq!(files.len(), 1, "{files:?}");
     nettrace::validate_file(&files[0]).expect("a complete nettrace");

@@ -40,6 +40,7 @@ pub(crate) async fn run<S: ArtifactSource>(
             return;
         }
     };
+    let mut stop_asked = false;
     let copied: Result<(), Stop> = async {
         loop {
             let chunk = tokio::select! {
@@ -52,6 +53,11 @@ pub(crate) async fn run<S: ArtifactSource>(
             };
             let Some(chunk) = chunk else { return Ok(()) };
             operation.add_bytes(chunk.len() as u64);
+            if !stop_asked && source.wants_to_stop() {
+                stop_asked = true;
+                tracing::info!(operation = %operation.id(), "the source asked to stop");
+                let _ = operation.request_stop();
+            }
             tokio::select! {
                 biased;
                 _ = cancelled.cancelled() => return Err(Stop::cancelled()),

@@ -54,6 +54,13 @@ pub trait ArtifactSource: Send + 'static {
     /// How the artifact is summarised.
     fn summary_kind(&self) -> SummaryKind;
 
+    /// True once the source itself asks to end early but whole (a trace's stopping event went
+    /// by): the pipeline then stops it as a stop request would, and the operation shows
+    /// Stopping. False for most kinds.
+    fn wants_to_stop(&self) -> bool {
+        false
+    }
+
     /// What the artifact's summary reports besides its bytes (a gcdump's heap report), once the
     /// artifact is whole; `None` for most kinds.
     fn report(&self) -> Option<serde_json::Value> {

@@ -151,15 +151,13 @@ impl ArtifactSource for StoppingTrace {
             } else if self.seen.load(Ordering::Relaxed) {
                 self.reader = None;
                 tracing::info!("the stopping event went by; stopping the trace");
-                let stop = self.session.stop_handle();
-                tokio::spawn(async move {
-                    if let Err(error) = stop.stop().await {
-                        tracing::warn!(%error, "stopping the trace at its stopping event failed");
-                    }
-                });
             }
         }
         Ok(chunk)
+    }
+
+    fn wants_to_stop(&self) -> bool {
+        self.seen.load(Ordering::Relaxed)
     }
 
     fn graceful_stop(&self) -> Option<Arc<dyn GracefulStop>> {

@@ -5,11 +5,12 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use super::actions::{self, ActionEnv, Tokens};
-use super::aspnet::{RequestWindow, request_feed};
+use super::aspnet::{RequestEvent, RequestWindow, request_feed};
 use super::config::Trigger;
 use super::limits::Admission;
 use super::state::{FinishReason, RuleRun};
@@ -35,7 +36,6 @@ pub async fn run_rule(
             None => std::future::pending().await,
         }
     };
-    tokio::pin!(expired);
     match &rule.trigger {
         Trigger::Startup => {
             if run.admit(Instant::now()) == Admission::Run {
@@ -48,108 +48,139 @@ pub async fn run_rule(
             run.finish(FinishReason::Startup);
         }
         Trigger::Counter(trigger) => {
-            run.mark_started();
-            let mut window = CounterWindow::new(trigger.clone());
-            'feeds: loop {
-                let feed_stop = stop.child_token();
-                let _guard = feed_stop.clone().drop_guard();
-                let mut feed = counter_feed(&metrics, &env.processes, &process, trigger, feed_stop);
-                loop {
-                    let value = tokio::select! {
-                        _ = stop.cancelled() => break 'feeds,
-                        _ = &mut expired => {
-                            run.finish(FinishReason::RuleDuration);
-                            break 'feeds;
-                        }
-                        value = feed.recv() => value,
-                    };
-                    let Some(value) = value else {
-                        break;
-                    };
-                    let now = Instant::now();
-                    if !window.observe(value, now) {
-                        continue;
-                    }
-                    tracing::info!(rule = %rule.name, pid = process.pid, value, "collection rule triggered");
-                    if fired(&run, &process, &env, &stop, now).await == AfterFiring::End {
-                        break 'feeds;
-                    }
-                    // Reports that arrived while the actions ran are stale.
-                    while feed.try_recv().is_ok() {}
-                    window.reset();
-                }
-                // The feed broke: the process went away or its session failed. Try again later.
-                tokio::select! {
-                    _ = stop.cancelled() => break,
-                    _ = &mut expired => {
-                        run.finish(FinishReason::RuleDuration);
-                        break;
-                    }
-                    _ = tokio::time::sleep(FEED_RETRY) => {}
-                }
-            }
+            let window = CounterWindow::new(trigger.clone());
+            let open = |process: &ProcessRecord, stop| {
+                counter_feed(&metrics, &env.processes, process, trigger, stop)
+            };
+            watch(&run, &process, &env, &stop, expired, window, open).await;
         }
         Trigger::AspNet(trigger) => {
-            run.mark_started();
-            let mut window = RequestWindow::new(trigger.clone());
-            let mut heartbeat = tokio::time::interval(HEARTBEAT);
-            heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            'feeds: loop {
-                let feed_stop = stop.child_token();
-                let _guard = feed_stop.clone().drop_guard();
-                let mut feed = request_feed(&env.processes, &process, feed_stop);
-                // The requests of a broken session never stop: a new session starts afresh.
-                window.reset();
-                loop {
-                    let now = tokio::select! {
-                        _ = stop.cancelled() => break 'feeds,
-                        _ = &mut expired => {
-                            run.finish(FinishReason::RuleDuration);
-                            break 'feeds;
-                        }
-                        event = feed.recv() => match event {
-                            Some(event) => {
-                                let now = Instant::now();
-                                if !window.observe(&event, now) {
-                                    continue;
-                                }
-                                now
-                            }
-                            None => break,
-                        },
-                        _ = heartbeat.tick() => {
-                            let now = Instant::now();
-                            if !window.heartbeat(now) {
-                                continue;
-                            }
-                            now
-                        }
-                    };
-                    tracing::info!(rule = %rule.name, pid = process.pid, "collection rule triggered");
-                    if fired(&run, &process, &env, &stop, now).await == AfterFiring::End {
-                        break 'feeds;
-                    }
-                    // Requests seen while the actions ran are stale.
-                    while feed.try_recv().is_ok() {}
-                    window.reset();
-                }
-                // The session broke: the process went away or its session failed. Try again.
-                tokio::select! {
-                    _ = stop.cancelled() => break,
-                    _ = &mut expired => {
-                        run.finish(FinishReason::RuleDuration);
-                        break;
-                    }
-                    _ = tokio::time::sleep(FEED_RETRY) => {}
-                }
-            }
+            let window = RequestWindow::new(trigger.clone());
+            let open = |process: &ProcessRecord, stop| request_feed(&env.processes, process, stop);
+            watch(&run, &process, &env, &stop, expired, window, open).await;
         }
     }
     run.mark_started();
     tracing::info!(rule = %rule.name, pid = process.pid, "collection rule ended");
 }
 
-/// How often a request trigger looks for requests that run too long without stopping.
+/// What a trigger that watches a feed of observations (counter values, request events) keeps
+/// between them.
+trait Window {
+    /// One observation of the feed.
+    type Observation;
+
+    /// Takes one observation made at `now`; true when the trigger fires.
+    fn observe(&mut self, observation: &Self::Observation, now: Instant) -> bool;
+
+    /// Called every [`HEARTBEAT`] without an observation; true when the trigger fires (a request
+    /// that has run too long without stopping).
+    fn heartbeat(&mut self, now: Instant) -> bool;
+
+    /// Forgets everything observed: after the actions ran, and when a new feed opens.
+    fn reset(&mut self);
+}
+
+impl Window for CounterWindow {
+    type Observation = f64;
+
+    fn observe(&mut self, value: &f64, now: Instant) -> bool {
+        CounterWindow::observe(self, *value, now)
+    }
+
+    fn heartbeat(&mut self, _now: Instant) -> bool {
+        false
+    }
+
+    fn reset(&mut self) {
+        CounterWindow::reset(self);
+    }
+}
+
+impl Window for RequestWindow {
+    type Observation = RequestEvent;
+
+    fn observe(&mut self, event: &RequestEvent, now: Instant) -> bool {
+        RequestWindow::observe(self, event, now)
+    }
+
+    fn heartbeat(&mut self, now: Instant) -> bool {
+        RequestWindow::heartbeat(self, now)
+    }
+
+    fn reset(&mut self) {
+        RequestWindow::reset(self);
+    }
+}
+
+/// Watches the feeds `open` opens on `process` with `window` until the rule is over, stopped or
+/// past its duration, running the actions each time the trigger fires. A feed that breaks (the
+/// process went away, or its session failed) is opened again after [`FEED_RETRY`], with a reset
+/// window: what the broken feed saw says nothing about the new one.
+async fn watch<W: Window>(
+    run: &RuleRun,
+    process: &ProcessRecord,
+    env: &ActionEnv,
+    stop: &CancellationToken,
+    expired: impl Future<Output = ()>,
+    mut window: W,
+    open: impl Fn(&ProcessRecord, CancellationToken) -> mpsc::Receiver<W::Observation>,
+) {
+    let rule = run.rule();
+    run.mark_started();
+    tokio::pin!(expired);
+    let mut heartbeat = tokio::time::interval(HEARTBEAT);
+    heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    'feeds: loop {
+        let feed_stop = stop.child_token();
+        let _guard = feed_stop.clone().drop_guard();
+        let mut feed = open(process, feed_stop);
+        window.reset();
+        loop {
+            let now = tokio::select! {
+                _ = stop.cancelled() => break 'feeds,
+                _ = &mut expired => {
+                    run.finish(FinishReason::RuleDuration);
+                    break 'feeds;
+                }
+                observation = feed.recv() => match observation {
+                    Some(observation) => {
+                        let now = Instant::now();
+                        if !window.observe(&observation, now) {
+                            continue;
+                        }
+                        now
+                    }
+                    None => break,
+                },
+                _ = heartbeat.tick() => {
+                    let now = Instant::now();
+                    if !window.heartbeat(now) {
+                        continue;
+                    }
+                    now
+                }
+            };
+            tracing::info!(rule = %rule.name, pid = process.pid, "collection rule triggered");
+            if fired(run, process, env, stop, now).await == AfterFiring::End {
+                break 'feeds;
+            }
+            // What the feed reported while the actions ran is stale.
+            while feed.try_recv().is_ok() {}
+            window.reset();
+        }
+        tokio::select! {
+            _ = stop.cancelled() => break,
+            _ = &mut expired => {
+                run.finish(FinishReason::RuleDuration);
+                break;
+            }
+            _ = tokio::time::sleep(FEED_RETRY) => {}
+        }
+    }
+}
+
+/// How often a watching trigger looks for requests that run too long without stopping.
 const HEARTBEAT: Duration = Duration::from_secs(1);
 
 /// Whether a rule goes on after its trigger fired.
