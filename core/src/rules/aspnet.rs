@@ -200,7 +200,68 @@ pub struct RequestWindow {
     /// When each counted request counted, oldest first.
     counted: VecDeque<Instant>,
     /// `AspNetRequestDuration`: requests started and not stopped yet, by activity id.
-    pending: HashMap<String, Instant>,
+    pending: PendingRequests,
+}
+
+/// Requests started and not stopped yet, by activity id, oldest first: forgetting the oldest
+/// and finding the ones that have run too long take time for what they remove, not for what
+/// stays (a busy process can have many requests in flight).
+#[derive(Debug, Default)]
+struct PendingRequests {
+    /// Activity id -> when the request started.
+    started: HashMap<String, Instant>,
+    /// Ids in the order they started. Holds ids already stopped too ("stale"): they are
+    /// skipped when reached, and dropped all at once when they outnumber the pending ones.
+    order: VecDeque<(String, Instant)>,
+}
+
+impl PendingRequests {
+    /// Remembers that `id` started at `at`, forgetting the oldest pending request first when
+    /// [`MAX_PENDING_REQUESTS`] are pending.
+    fn insert(&mut self, id: &str, at: Instant) {
+        if self.started.len() >= MAX_PENDING_REQUESTS {
+            self.pop_oldest();
+        }
+        self.started.insert(id.to_owned(), at);
+        self.order.push_back((id.to_owned(), at));
+        if self.order.len() > 2 * self.started.len() + 64 {
+            let started = &self.started;
+            self.order
+                .retain(|(id, at)| started.get(id).is_some_and(|pending| pending == at));
+        }
+    }
+
+    /// Forgets `id`; true if it was pending.
+    fn remove(&mut self, id: &str) -> bool {
+        self.started.remove(id).is_some()
+    }
+
+    /// Forgets the oldest pending request and returns when it started.
+    fn pop_oldest(&mut self) -> Option<Instant> {
+        while let Some((id, at)) = self.order.pop_front() {
+            if self.started.get(&id) == Some(&at) {
+                self.started.remove(&id);
+                return Some(at);
+            }
+        }
+        None
+    }
+
+    /// When the oldest pending request started.
+    fn oldest(&mut self) -> Option<Instant> {
+        while let Some((id, at)) = self.order.front() {
+            if self.started.get(id) == Some(at) {
+                return Some(*at);
+            }
+            self.order.pop_front();
+        }
+        None
+    }
+
+    fn clear(&mut self) {
+        self.started.clear();
+        self.order.clear();
+    }
 }
 
 impl RequestWindow {
@@ -209,7 +270,7 @@ impl RequestWindow {
         RequestWindow {
             trigger,
             counted: VecDeque::new(),
-            pending: HashMap::new(),
+            pending: PendingRequests::default(),
         }
     }
 
@@ -230,16 +291,7 @@ impl RequestWindow {
                     ..
                 },
             ) => {
-                if self.pending.len() >= MAX_PENDING_REQUESTS
-                    && let Some(oldest) = self
-                        .pending
-                        .iter()
-                        .min_by_key(|(_, started)| **started)
-                        .map(|(id, _)| id.clone())
-                {
-                    self.pending.remove(&oldest);
-                }
-                self.pending.insert(activity_id.clone(), now);
+                self.pending.insert(activity_id, now);
                 false
             }
             (
@@ -251,7 +303,7 @@ impl RequestWindow {
                 },
             ) => {
                 // A request the heartbeat counted already (or never saw start) counts no more.
-                self.pending.remove(activity_id).is_some() && duration >= slow
+                self.pending.remove(activity_id) && duration >= slow
             }
             (AspNetCondition::ResponseStatus(ranges), RequestEvent::Stop { status, .. }) => ranges
                 .iter()
@@ -267,12 +319,13 @@ impl RequestWindow {
         let AspNetCondition::RequestDuration(slow) = self.trigger.condition else {
             return false;
         };
-        let before = self.pending.len();
-        self.pending
-            .retain(|_, started| now.saturating_duration_since(*started) < slow);
-        let hung = before - self.pending.len();
         let mut fired = false;
-        for _ in 0..hung {
+        while self
+            .pending
+            .oldest()
+            .is_some_and(|started| now.saturating_duration_since(started) >= slow)
+        {
+            self.pending.pop_oldest();
             fired |= self.count(now);
         }
         fired
@@ -499,6 +552,39 @@ mod tests {
         // A request started after the reset still counts.
         window.observe(&start("hung", "/a"), now + Duration::from_secs(60));
         assert!(window.heartbeat(now + Duration::from_secs(62)));
+    }
+
+    #[test]
+    fn pending_requests_forget_the_oldest_and_skip_the_stopped() {
+        let now = Instant::now();
+        let at = |seconds: u64| now + Duration::from_secs(seconds);
+        let mut pending = PendingRequests::default();
+        pending.insert("a", at(0));
+        pending.insert("b", at(1));
+        pending.insert("c", at(2));
+        assert!(pending.remove("a"));
+        assert!(!pending.remove("a"));
+        // `b` started again later: its first start is stale.
+        pending.insert("b", at(3));
+        assert_eq!(pending.oldest(), Some(at(2)));
+        assert_eq!(pending.pop_oldest(), Some(at(2)));
+        assert_eq!(pending.pop_oldest(), Some(at(3)));
+        assert_eq!(pending.pop_oldest(), None);
+
+        // Full: a new start forgets the oldest pending one, and stopped ones do not pile up.
+        for n in 0..MAX_PENDING_REQUESTS {
+            pending.insert(&n.to_string(), at(10));
+        }
+        pending.insert("newest", at(11));
+        assert_eq!(pending.started.len(), MAX_PENDING_REQUESTS);
+        assert!(!pending.started.contains_key("0"));
+        for n in 0..250_000 {
+            let id = format!("short-{n}");
+            pending.insert(&id, at(12));
+            pending.remove(&id);
+        }
+        assert!(pending.order.len() <= 2 * pending.started.len() + 64);
+        assert_eq!(pending.oldest(), Some(at(10)));
     }
 
     #[test]
