@@ -14,6 +14,7 @@ import {
   send,
   storeApiKey,
 } from "./api.js";
+import { firstProcesses } from "./boot.js";
 
 const PROCESS_REFRESH_MS = 2000;
 const OPERATION_REFRESH_MS = 1000;
@@ -175,8 +176,13 @@ async function detectArtifactRoutes() {
 // ---------------------------------------------------------------------------------------------
 // Processes
 
+/** The request ./boot.js started before this module arrived, until the first refresh takes it. */
+let earlyProcesses = firstProcesses;
+
 async function refreshProcesses() {
-  const processes = await getJson("/processes");
+  const request = earlyProcesses || getJson("/processes");
+  earlyProcesses = null;
+  const processes = await request;
   showAuthorized();
   clearBackgroundError();
   state.processes = processes.sort((a, b) => a.pid - b.pid);

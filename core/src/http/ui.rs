@@ -34,7 +34,7 @@ struct Asset {
 }
 
 /// Every file of the console, as compiled in.
-const ASSETS: [Asset; 5] = [
+const ASSETS: [Asset; 6] = [
     Asset {
         name: "index.html",
         content_type: "text/html; charset=utf-8",
@@ -44,6 +44,11 @@ const ASSETS: [Asset; 5] = [
         name: "console.js",
         content_type: "text/javascript; charset=utf-8",
         body: include_bytes!("../../ui/console.js"),
+    },
+    Asset {
+        name: "boot.js",
+        content_type: "text/javascript; charset=utf-8",
+        body: include_bytes!("../../ui/boot.js"),
     },
     Asset {
         name: "api.js",
