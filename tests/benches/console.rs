@@ -37,7 +37,10 @@ async fn main() {
     let token = locked
         .stdout_lines()
         .into_iter()
-        .find_map(|line| line.strip_prefix("Authorization: Bearer ").map(str::to_owned))
+        .find_map(|line| {
+            line.strip_prefix("Authorization: Bearer ")
+                .map(str::to_owned)
+        })
         .expect("--temp-apikey prints the header");
     measure(&target, &locked, Some(&token), rounds).await;
 }
@@ -56,14 +59,7 @@ async fn measure(target: &TestTarget, monitor: &Monitor, token: Option<&str>, ro
     );
     println!(
         "{:>5} {:>9} {:>9} {:>9} {:>12} {:>15} {:>12} {:>7}",
-        "round",
-        "html end",
-        "DCL",
-        "FCP",
-        "first render",
-        "/processes at",
-        "/processes ms",
-        "KB"
+        "round", "html end", "DCL", "FCP", "first render", "/processes at", "/processes ms", "KB"
     );
     let mut renders = Vec::new();
     for round in 1..=rounds {

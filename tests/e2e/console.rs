@@ -476,6 +476,7 @@ async fn the_console_is_static_locked_down_and_the_only_unauthenticated_addition
 
     for (file, content_type) in [
         ("console.js", "text/javascript; charset=utf-8"),
+        ("boot.js", "text/javascript; charset=utf-8"),
         ("api.js", "text/javascript; charset=utf-8"),
         ("console.css", "text/css; charset=utf-8"),
         ("icon.svg", "image/svg+xml"),

@@ -4,8 +4,10 @@
 //! preview1 adapter the C example links) is written in several places: `tests/run` installs it,
 //! an example's `build.sh` or manifest uses it, `diagmon plugin new` writes it into new
 //! projects, and the docs tell authors which one to install. Each tracked file is read for the
-//! phrases below; every version found after one of a tool's phrases must be that tool's one
-//! version (or a shorter form of it: `0.23` for `0.23.0`).
+//! phrases below, a logical line at a time (a line ending in `\` goes on with the next one, as in
+//! shell scripts and Rust strings; `\.` is read as `.`, as in `grep` patterns); every version
+//! found after one of a tool's phrases must be that tool's one version (or a shorter form of it:
+//! `0.23` for `0.23.0`).
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -28,12 +30,20 @@ const PHRASES: [(&str, &[&str]); 5] = [
         "wit-bindgen",
         &[
             "wit-bindgen-cli --version ",
+            "wit-bindgen --version 2>/dev/null | grep -q ' ",
             "wit-bindgen = \"",
             "`wit-bindgen-cli` ",
             "wit-bindgen ",
         ],
     ),
-    ("wasm-tools", &["wasm-tools --version ", "`wasm-tools` "]),
+    (
+        "wasm-tools",
+        &[
+            "wasm-tools --version ",
+            "wasm-tools --version 2>/dev/null | grep -q ' ",
+            "`wasm-tools` ",
+        ],
+    ),
     (
         "wasmtime",
         &[
@@ -52,6 +62,27 @@ fn skipped(path: &str) -> bool {
         || path.ends_with(".wasm")
         || path.ends_with(".png")
         || path == "tests/e2e/pins.rs"
+}
+
+/// `text`'s logical lines, each with the number of the line it starts on: a line ending in `\`
+/// is joined with the next (without its leading blanks), and `\.` reads as `.`.
+fn logical_lines(text: &str) -> Vec<(usize, String)> {
+    let mut lines = Vec::new();
+    let mut current: Option<(usize, String)> = None;
+    for (number, line) in text.lines().enumerate() {
+        let (start, mut joined) = match current.take() {
+            Some((start, joined)) => (start, joined + line.trim_start()),
+            None => (number + 1, line.to_owned()),
+        };
+        if joined.ends_with('\\') {
+            joined.pop();
+            current = Some((start, joined));
+        } else {
+            lines.push((start, joined.replace("\\.", ".")));
+        }
+    }
+    lines.extend(current);
+    lines
 }
 
 /// The version written at the start of `text` (`1.2.3`, `0.23`), if any.
@@ -88,7 +119,7 @@ fn every_pinned_tool_version_is_written_the_same_everywhere() {
         let Ok(text) = std::fs::read_to_string(repo.join(path)) else {
             continue;
         };
-        for (number, line) in text.lines().enumerate() {
+        for (number, line) in logical_lines(&text) {
             for (tool, phrases) in PHRASES {
                 for phrase in phrases {
                     for (at, _) in line.match_indices(phrase) {
@@ -96,7 +127,7 @@ fn every_pinned_tool_version_is_written_the_same_everywhere() {
                             found
                                 .entry(tool)
                                 .or_default()
-                                .push((version.to_owned(), format!("{path}:{}", number + 1)));
+                                .push((version.to_owned(), format!("{path}:{number}")));
                         }
                     }
                 }
@@ -109,10 +140,14 @@ fn every_pinned_tool_version_is_written_the_same_everywhere() {
             mentions.len() >= 2,
             "{tool}: expected its pin and at least one use, found {mentions:?}"
         );
+        // The pin is the longest form written most often; the others are measured against it.
         let full = mentions
             .iter()
             .map(|(version, _)| version.as_str())
-            .max_by_key(|version| version.len())
+            .max_by_key(|version| {
+                let written = mentions.iter().filter(|(v, _)| v == version).count();
+                (version.len(), written)
+            })
             .unwrap_or_default();
         let disagreeing: Vec<_> = mentions
             .iter()
@@ -124,6 +159,19 @@ fn every_pinned_tool_version_is_written_the_same_everywhere() {
              (all: {mentions:?}); update every place together"
         );
     }
+}
+
+#[test]
+fn continued_lines_are_read_as_one() {
+    let text = "a --version \\\n    0.63.0 b\nc ' 0\\.63\\.0' \\\n  || d\ne";
+    assert_eq!(
+        logical_lines(text),
+        vec![
+            (1, "a --version 0.63.0 b".to_owned()),
+            (3, "c ' 0.63.0' || d".to_owned()),
+            (5, "e".to_owned()),
+        ]
+    );
 }
 
 #[test]

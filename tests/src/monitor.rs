@@ -12,6 +12,8 @@ pub struct Monitor {
     base_url: String,
     stdout: Arc<Mutex<Vec<String>>>,
     stderr: Arc<Mutex<Vec<String>>>,
+    /// The thread that collects `stderr`; it ends when the monitor's stderr closes.
+    stderr_reader: Option<std::thread::JoinHandle<()>>,
     _config_dir: tempfile::TempDir,
 }
 
@@ -31,15 +33,18 @@ pub fn monitor_binary() -> PathBuf {
     binary
 }
 
-fn collect_lines(stream: impl std::io::Read + Send + 'static) -> Arc<Mutex<Vec<String>>> {
+/// Collects `stream`'s lines as they come, on a thread of its own.
+fn collect_lines(
+    stream: impl std::io::Read + Send + 'static,
+) -> (Arc<Mutex<Vec<String>>>, std::thread::JoinHandle<()>) {
     let lines = Arc::new(Mutex::new(Vec::new()));
     let sink = lines.clone();
-    std::thread::spawn(move || {
+    let reader = std::thread::spawn(move || {
         for line in BufReader::new(stream).lines().map_while(Result::ok) {
             sink.lock().unwrap().push(line);
         }
     });
-    lines
+    (lines, reader)
 }
 
 impl Monitor {
@@ -67,13 +72,14 @@ impl Monitor {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         let mut child = command.spawn().expect("start diagmon");
-        let stdout = collect_lines(child.stdout.take().expect("piped stdout"));
-        let stderr = collect_lines(child.stderr.take().expect("piped stderr"));
+        let (stdout, _) = collect_lines(child.stdout.take().expect("piped stdout"));
+        let (stderr, stderr_reader) = collect_lines(child.stderr.take().expect("piped stderr"));
         let mut monitor = Monitor {
             child,
             base_url: String::new(),
             stdout,
             stderr,
+            stderr_reader: Some(stderr_reader),
             _config_dir: config_dir,
         };
         let deadline = Instant::now() + Duration::from_secs(120);
@@ -147,12 +153,20 @@ impl Monitor {
 }
 
 impl Drop for Monitor {
-    /// Kills the monitor; when the test is failing, first prints what the monitor logged, so
-    /// that a failure seen only in CI carries the monitor's side of the story.
+    /// Kills the monitor. When the test is failing, then prints what the monitor logged (its last
+    /// 400 lines), so that a failure seen only in CI carries the monitor's side of the story.
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
         if std::thread::panicking() {
+            // The last lines matter most: let the reader reach the end of the closed pipe (a
+            // program the monitor started may hold it open, hence the bound).
+            let deadline = Instant::now() + Duration::from_secs(2);
+            if let Some(reader) = self.stderr_reader.take() {
+                while !reader.is_finished() && Instant::now() < deadline {
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+            }
             let lines = self
                 .stderr
                 .lock()

@@ -56,7 +56,9 @@ pub(crate) async fn run<S: ArtifactSource>(
             if !stop_asked && source.wants_to_stop() {
                 stop_asked = true;
                 tracing::info!(operation = %operation.id(), "the source asked to stop");
-                let _ = operation.request_stop();
+                if let Err(error) = operation.request_stop() {
+                    tracing::warn!(operation = %operation.id(), %error, "the source's stop was refused");
+                }
             }
             tokio::select! {
                 biased;

@@ -56,7 +56,8 @@ pub trait ArtifactSource: Send + 'static {
 
     /// True once the source itself asks to end early but whole (a trace's stopping event went
     /// by): the pipeline then stops it as a stop request would, and the operation shows
-    /// Stopping. False for most kinds.
+    /// Stopping. Only a source with a [`ArtifactSource::graceful_stop`] can be stopped so. False
+    /// for most kinds.
     fn wants_to_stop(&self) -> bool {
         false
     }

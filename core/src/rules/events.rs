@@ -91,8 +91,8 @@ pub fn value_text(value: &Value) -> Option<String> {
     }
 }
 
-/// A trace that stops itself once `event` went by (or after its duration, whichever comes
-/// first); it is then complete, rundown and end of stream included.
+/// A trace that asks to be stopped once `event` went by (or is stopped after its duration,
+/// whichever comes first); it is then complete, rundown and end of stream included.
 #[derive(Debug, Clone)]
 pub struct StoppingTraceSpec {
     /// The trace.
@@ -150,7 +150,7 @@ impl ArtifactSource for StoppingTrace {
                 self.reader = None;
             } else if self.seen.load(Ordering::Relaxed) {
                 self.reader = None;
-                tracing::info!("the stopping event went by; stopping the trace");
+                tracing::info!("the stopping event went by; the trace asks to be stopped");
             }
         }
         Ok(chunk)

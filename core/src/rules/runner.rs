@@ -73,11 +73,14 @@ trait Window {
     /// Takes one observation made at `now`; true when the trigger fires.
     fn observe(&mut self, observation: &Self::Observation, now: Instant) -> bool;
 
-    /// Called every [`HEARTBEAT`] without an observation; true when the trigger fires (a request
-    /// that has run too long without stopping).
+    /// The observation's value, for the log line of a trigger it fired (a counter's value).
+    fn value(observation: &Self::Observation) -> Option<f64>;
+
+    /// Called every [`HEARTBEAT`], whatever the feed brings; true when the trigger fires (a
+    /// request that has run too long without stopping).
     fn heartbeat(&mut self, now: Instant) -> bool;
 
-    /// Forgets everything observed: after the actions ran, and when a new feed opens.
+    /// Forgets everything observed: after the trigger fired, and when a new feed opens.
     fn reset(&mut self);
 }
 
@@ -86,6 +89,10 @@ impl Window for CounterWindow {
 
     fn observe(&mut self, value: &f64, now: Instant) -> bool {
         CounterWindow::observe(self, *value, now)
+    }
+
+    fn value(value: &f64) -> Option<f64> {
+        Some(*value)
     }
 
     fn heartbeat(&mut self, _now: Instant) -> bool {
@@ -102,6 +109,10 @@ impl Window for RequestWindow {
 
     fn observe(&mut self, event: &RequestEvent, now: Instant) -> bool {
         RequestWindow::observe(self, event, now)
+    }
+
+    fn value(_event: &RequestEvent) -> Option<f64> {
+        None
     }
 
     fn heartbeat(&mut self, now: Instant) -> bool {
@@ -137,7 +148,7 @@ async fn watch<W: Window>(
         let mut feed = open(process, feed_stop);
         window.reset();
         loop {
-            let now = tokio::select! {
+            let (now, value) = tokio::select! {
                 _ = stop.cancelled() => break 'feeds,
                 _ = &mut expired => {
                     run.finish(FinishReason::RuleDuration);
@@ -149,7 +160,7 @@ async fn watch<W: Window>(
                         if !window.observe(&observation, now) {
                             continue;
                         }
-                        now
+                        (now, W::value(&observation))
                     }
                     None => break,
                 },
@@ -158,10 +169,17 @@ async fn watch<W: Window>(
                     if !window.heartbeat(now) {
                         continue;
                     }
-                    now
+                    (now, None)
                 }
             };
-            tracing::info!(rule = %rule.name, pid = process.pid, "collection rule triggered");
+            match value {
+                Some(value) => {
+                    tracing::info!(rule = %rule.name, pid = process.pid, value, "collection rule triggered");
+                }
+                None => {
+                    tracing::info!(rule = %rule.name, pid = process.pid, "collection rule triggered")
+                }
+            }
             if fired(run, process, env, stop, now).await == AfterFiring::End {
                 break 'feeds;
             }

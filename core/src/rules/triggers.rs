@@ -49,7 +49,8 @@ impl CounterWindow {
         false
     }
 
-    /// Forgets the reports seen (after the rule was throttled or ran its actions).
+    /// Forgets the reports seen: after the trigger fired (whether the actions ran or the limits
+    /// throttled them), and when its feed reopens.
     pub fn reset(&mut self) {
         self.since = None;
     }
