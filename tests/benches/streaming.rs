@@ -264,8 +264,13 @@ async fn main() {
             SimulatorProcess::start(env!("CARGO_BIN_EXE_simulated-runtime"), size * MIB);
         let socket_dir = Path::new(simulator.socket()).parent().expect("socket dir");
         let monitor = have_monitor.then(|| {
+            // Without its background counter sessions: the simulator serves every session a
+            // full-speed trace, which would run beside the HTTP row and share its CPU.
             Monitor::start(
-                &format!("socket_dir = {:?}\n", socket_dir.display().to_string()),
+                &format!(
+                    "socket_dir = {:?}\n[metrics]\nenabled = false\n",
+                    socket_dir.display().to_string()
+                ),
                 &["--no-auth"],
             )
         });
