@@ -44,7 +44,12 @@ async fn operation(client: &reqwest::Client, location: &str) -> (StatusCode, Val
 
 /// `POST url` with the sample body.
 async fn post_trace(client: &reqwest::Client, url: String) -> reqwest::Response {
-    client.post(url).json(&sample_body()).send().await.unwrap()
+    post_trace_with(client, url, &sample_body()).await
+}
+
+/// `POST url` with `body`.
+async fn post_trace_with(client: &reqwest::Client, url: String, body: &Value) -> reqwest::Response {
+    client.post(url).json(body).send().await.unwrap()
 }
 
 #[tokio::test]
@@ -693,12 +698,8 @@ async fn operations_once(
 async fn a_new_trace_is_accepted(client: &reqwest::Client, monitor: &Monitor, pid: u32) {
     // A provider that writes nothing: what matters is a free slot, and a stop with events
     // flowing is one more chance of .NET Core 3.1's session-stop deadlock (docs/ipc-protocol.md).
-    let response = client
-        .post(monitor.url(&format!("/trace?pid={pid}&durationSeconds=1")))
-        .json(&quiet_body())
-        .send()
-        .await
-        .unwrap();
+    let url = monitor.url(&format!("/trace?pid={pid}&durationSeconds=1"));
+    let response = post_trace_with(client, url, &quiet_body()).await;
     assert_eq!(response.status(), StatusCode::OK);
     validated_nettrace(&response.bytes().await.unwrap());
 }
