@@ -1,8 +1,10 @@
 //! Streaming benchmark: a synthetic nettrace from the simulated runtime (a separate process) read
 //! by a plain socket copy (the physical limit), by diagmon's client into a null sink and into a
 //! file, by the client with the summary every operation computes (every event validated, the
-//! bytes hashed), and through `POST /trace` of the real `diagmon` binary. Prints MiB/s, peak RSS
-//! and the CPU each process used; asserts nothing.
+//! bytes hashed), by the client with the summary sending the bytes over loopback TCP to a reader
+//! in the bench (what delivering them to a client costs, without HTTP), and through `POST /trace`
+//! of the real `diagmon` binary. Prints MiB/s, peak RSS and the CPU each process used; asserts
+//! nothing.
 //!
 //! `cargo bench -p diagmon-tests --bench streaming [-- SIZE_MIB...]` (default 200 and 2048).
 //! The HTTP row needs `cargo build --release -p diagmon` first; it is skipped without it.
@@ -64,6 +66,21 @@ async fn plain_copy<W: tokio::io::AsyncWrite + Unpin>(socket: &str, sink: &mut W
     }
 }
 
+/// Reads everything a loopback TCP connection to `listener` sends, in 256 KiB reads, as a client
+/// of the streamed body would; returns the bytes read.
+async fn tcp_reader(listener: tokio::net::TcpListener) -> u64 {
+    let (mut socket, _) = listener.accept().await.expect("accept");
+    let mut buffer = vec![0u8; 256 * 1024];
+    let mut bytes = 0u64;
+    loop {
+        let read = socket.read(&mut buffer).await.expect("read");
+        if read == 0 {
+            return bytes;
+        }
+        bytes += read as u64;
+    }
+}
+
 /// The same stream through `POST /trace` of the monitor, read by reqwest. Returns the bytes
 /// and the time to the first byte.
 async fn http_trace(client: &reqwest::Client, monitor: &Monitor) -> (u64, Duration) {
@@ -98,16 +115,18 @@ enum Row {
     ClientNull,
     ClientFile,
     ClientSummaryNull,
+    ClientSummaryTcp,
     Http,
 }
 
 impl Row {
-    const ALL: [Row; 6] = [
+    const ALL: [Row; 7] = [
         Row::PlainNull,
         Row::PlainFile,
         Row::ClientNull,
         Row::ClientFile,
         Row::ClientSummaryNull,
+        Row::ClientSummaryTcp,
         Row::Http,
     ];
 
@@ -119,6 +138,7 @@ impl Row {
             Row::ClientNull => "client-null",
             Row::ClientFile => "client-file",
             Row::ClientSummaryNull => "client-summary-null",
+            Row::ClientSummaryTcp => "client-summary-tcp",
             Row::Http => "http",
         }
     }
@@ -130,6 +150,7 @@ impl Row {
             Row::ClientNull => "client -> null",
             Row::ClientFile => "client -> file",
             Row::ClientSummaryNull => "client + summary -> null",
+            Row::ClientSummaryTcp => "client + summary -> TCP",
             Row::Http => "HTTP POST /trace -> reqwest",
         }
     }
@@ -140,9 +161,14 @@ impl Row {
             Row::PlainNull | Row::PlainFile => &[],
             Row::ClientNull => &[Row::PlainNull],
             Row::ClientFile => &[Row::PlainFile],
-            Row::ClientSummaryNull => &[Row::ClientNull],
-            // The bare client, and the client doing the same work as an operation minus HTTP.
-            Row::Http => &[Row::ClientNull, Row::ClientSummaryNull],
+            Row::ClientSummaryNull | Row::ClientSummaryTcp => &[Row::ClientNull],
+            // The bare client; the client doing the same work as an operation; and the client
+            // doing it and delivering the bytes over loopback TCP, as HTTP must, minus HTTP.
+            Row::Http => &[
+                Row::ClientNull,
+                Row::ClientSummaryNull,
+                Row::ClientSummaryTcp,
+            ],
         }
     }
 }
@@ -213,6 +239,27 @@ impl Bench<'_> {
                     summarizer.feed(chunk).await.expect("valid trace");
                 }
                 summarizer.finish().await.expect("summary").nettrace.bytes
+            }
+            Row::ClientSummaryTcp => {
+                let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+                    .await
+                    .expect("listen");
+                let address = listener.local_addr().expect("address");
+                let reader = tokio::spawn(tcp_reader(listener));
+                let mut delivery = tokio::net::TcpStream::connect(address)
+                    .await
+                    .expect("connect");
+                let mut session = self.simulator.session().await;
+                let mut summarizer = TraceSummarizer::start().expect("summarizer");
+                while let Some(chunk) = session.next_chunk().await.expect("complete trace") {
+                    summarizer.feed(chunk.clone()).await.expect("valid trace");
+                    delivery.write_all(&chunk).await.expect("deliver");
+                }
+                let summarized = summarizer.finish().await.expect("summary").nettrace.bytes;
+                delivery.shutdown().await.expect("shutdown");
+                let delivered = reader.await.expect("reader");
+                assert_eq!(delivered, summarized, "every byte delivered");
+                delivered
             }
             Row::Http => {
                 let (bytes, first) = http_trace(&self.http, self.monitor?).await;

@@ -8,7 +8,8 @@
 //! - [`eventpipe`]: EventPipe sessions and their nettrace byte stream;
 //! - [`nettrace`]: a streaming validator of the nettrace format;
 //! - [`payload`]: event payloads decoded from the trace's metadata;
-//! - [`summary`]: the summary of a whole trace, computed on a thread of its own.
+//! - [`summary`]: the summary of a whole trace, computed on a thread of its own (fed through a
+//!   `chunk_queue` that wakes the feeder once per batch of chunks).
 //!
 //! This layer knows nothing of HTTP or egress: it turns a runtime into typed answers and a byte
 //! stream, and reports every failure of the peer as a [`DiagnosticsError`].
@@ -16,6 +17,7 @@
 //! `docs/ipc-protocol.md` describes the protocol as diagmon speaks it (framing, commands,
 //! transports, the trust checks on runtime sockets); `docs/nettrace.md` the trace format.
 
+pub(crate) mod chunk_queue;
 pub mod client;
 pub mod dump;
 pub mod endpoint;

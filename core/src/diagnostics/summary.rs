@@ -4,19 +4,18 @@
 //! Reading every event and hashing every byte costs far more than moving the bytes (SHA-256 alone
 //! runs at about 1.7 GiB/s on one core with SHA extensions), so it stays off the path that reads
 //! the runtime's socket and writes the sink. Chunks are shared (`Bytes`), not copied; the queue is
-//! bounded, so a summarizer that falls behind slows the reads rather than growing memory.
+//! bounded, so a summarizer that falls behind slows the reads rather than growing memory, and it
+//! hands its room back in batches (see `chunk_queue`), so that the feeder wakes once per batch.
 
 use std::sync::{Arc, OnceLock};
 
 use bytes::Bytes;
 use sha2::{Digest, Sha256};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 
 use super::DiagnosticsError;
+use super::chunk_queue::{ChunkReceiver, ChunkSender, chunk_queue};
 use super::nettrace::{NettraceSummary, NettraceValidator};
-
-/// Chunks queued for the summarizer before the feeder waits for it.
-const QUEUE: usize = 8;
 
 /// What a whole, well-formed trace contains, and the SHA-256 of its bytes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -43,7 +42,7 @@ enum Verdict {
 /// Feed it the chunks in order with [`TraceSummarizer::feed`], then [`TraceSummarizer::finish`].
 #[derive(Debug)]
 pub struct TraceSummarizer {
-    chunks: Option<mpsc::Sender<Bytes>>,
+    chunks: Option<ChunkSender>,
     verdict: oneshot::Receiver<Verdict>,
     failure: Arc<OnceLock<String>>,
 }
@@ -51,7 +50,7 @@ pub struct TraceSummarizer {
 impl TraceSummarizer {
     /// Starts the summarizer's thread.
     pub fn start() -> Result<Self, DiagnosticsError> {
-        let (chunks, queue) = mpsc::channel::<Bytes>(QUEUE);
+        let (chunks, queue) = chunk_queue();
         let (verdict, outcome) = oneshot::channel();
         let failure = Arc::new(OnceLock::new());
         let failed = failure.clone();
@@ -77,7 +76,7 @@ impl TraceSummarizer {
             return Err(DiagnosticsError::InvalidTrace(reason.clone()));
         }
         let sent = match &self.chunks {
-            Some(chunks) => chunks.send(chunk).await.is_ok(),
+            Some(chunks) => chunks.send(chunk).await,
             None => false,
         };
         if sent {
@@ -110,7 +109,7 @@ fn stopped() -> DiagnosticsError {
 }
 
 /// The summarizer thread's work: validate and hash every chunk until the queue closes.
-fn summarize(mut queue: mpsc::Receiver<Bytes>, failed: &OnceLock<String>) -> Verdict {
+fn summarize(mut queue: ChunkReceiver, failed: &OnceLock<String>) -> Verdict {
     let mut validator = NettraceValidator::new();
     let mut hasher = Sha256::new();
     while let Some(chunk) = queue.blocking_recv() {

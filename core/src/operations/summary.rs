@@ -10,14 +10,12 @@ use std::collections::BTreeMap;
 use bytes::Bytes;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 
 use super::source::SummaryKind;
 use super::{ErrorCode, OperationError};
+use crate::diagnostics::chunk_queue::{ChunkSender, chunk_queue};
 use crate::diagnostics::summary::{TraceDigest, TraceSummarizer};
-
-/// Chunks queued for a byte summarizer before the feeder waits for it.
-const QUEUE: usize = 8;
 
 /// What a finished artifact holds. The event fields are present for traces only.
 #[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
@@ -103,13 +101,13 @@ impl Summarizer {
 /// Counts and hashes opaque bytes on a thread of its own.
 #[derive(Debug)]
 pub(crate) struct ByteSummarizer {
-    chunks: Option<mpsc::Sender<Bytes>>,
+    chunks: Option<ChunkSender>,
     summary: oneshot::Receiver<ArtifactSummary>,
 }
 
 impl ByteSummarizer {
     fn start() -> Result<ByteSummarizer, OperationError> {
-        let (chunks, mut queue) = mpsc::channel::<Bytes>(QUEUE);
+        let (chunks, mut queue) = chunk_queue();
         let (summary, result) = oneshot::channel();
         std::thread::Builder::new()
             .name("artifact-summary".to_owned())
@@ -144,7 +142,7 @@ impl ByteSummarizer {
 
     async fn feed(&mut self, chunk: Bytes) -> Result<(), OperationError> {
         let sent = match &self.chunks {
-            Some(chunks) => chunks.send(chunk).await.is_ok(),
+            Some(chunks) => chunks.send(chunk).await,
             None => false,
         };
         if sent { Ok(()) } else { Err(stopped()) }
