@@ -14,10 +14,10 @@ use bytes::Bytes;
 use tokio::sync::{Semaphore, mpsc};
 
 /// Chunks queued before the feeder waits.
-pub(crate) const CAPACITY: usize = 8;
+const CAPACITY: usize = 8;
 
 /// Room the summarizer hands back at once while it is behind.
-pub(crate) const RETURN_BATCH: usize = 4;
+const RETURN_BATCH: usize = 4;
 
 /// Creates a queue's two ends.
 pub(crate) fn chunk_queue() -> (ChunkSender, ChunkReceiver) {
@@ -122,9 +122,22 @@ mod tests {
         assert_eq!(seen, (0..=200u8).collect::<Vec<_>>());
     }
 
+    /// Takes `count` chunks on a thread of its own (the receiver blocks, which async code must
+    /// not) and gives the receiver back.
+    fn take(mut receiver: ChunkReceiver, count: usize) -> ChunkReceiver {
+        std::thread::spawn(move || {
+            for _ in 0..count {
+                receiver.blocking_recv().expect("a queued chunk");
+            }
+            receiver
+        })
+        .join()
+        .expect("the taking thread")
+    }
+
     #[tokio::test]
-    async fn the_feeder_waits_when_the_queue_is_full_and_resumes_after_a_batch() {
-        let (sender, mut receiver) = chunk_queue();
+    async fn the_feeder_waits_when_the_queue_is_full_and_room_comes_back_a_batch_at_a_time() {
+        let (sender, receiver) = chunk_queue();
         for _ in 0..CAPACITY {
             assert!(sender.send(Bytes::from_static(b"x")).await);
         }
@@ -134,13 +147,14 @@ mod tests {
         )
         .await;
         assert!(blocked.is_err(), "a full queue makes the feeder wait");
-        let taker = std::thread::spawn(move || {
-            for _ in 0..RETURN_BATCH {
-                receiver.blocking_recv().unwrap();
-            }
-            receiver
-        });
-        let receiver = taker.join().unwrap();
+        let receiver = take(receiver, RETURN_BATCH - 1);
+        assert_eq!(
+            sender.room.available_permits(),
+            0,
+            "less than a batch taken from a queue that still holds chunks gives nothing back"
+        );
+        let receiver = take(receiver, 1);
+        assert_eq!(sender.room.available_permits(), RETURN_BATCH);
         for _ in 0..RETURN_BATCH {
             let sent = tokio::time::timeout(
                 Duration::from_secs(5),
@@ -162,14 +176,13 @@ mod tests {
             let next = receiver.blocking_recv();
             (next, receiver)
         });
-        let mut waited = Duration::ZERO;
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
         while sender.room.available_permits() < CAPACITY {
             assert!(
-                waited < Duration::from_secs(5),
+                std::time::Instant::now() < deadline,
                 "the room held by a waiting receiver never came back"
             );
             tokio::time::sleep(Duration::from_millis(5)).await;
-            waited += Duration::from_millis(5);
         }
         assert!(sender.send(Bytes::from_static(b"b")).await);
         let (next, _receiver) = taker.join().unwrap();
