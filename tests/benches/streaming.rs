@@ -193,6 +193,27 @@ struct Bench<'a> {
 }
 
 impl Bench<'_> {
+    /// One session read by the client, every chunk fed to the summary, as an operation does,
+    /// and written to `delivery` if given (then shut down). Returns the bytes the session produced.
+    async fn client_with_summary(&self, mut delivery: Option<tokio::net::TcpStream>) -> u64 {
+        let mut session = self.simulator.session().await;
+        let mut summarizer = TraceSummarizer::start().expect("summarizer");
+        let mut produced = 0u64;
+        while let Some(chunk) = session.next_chunk().await.expect("complete trace") {
+            produced += chunk.len() as u64;
+            summarizer.feed(chunk.clone()).await.expect("valid trace");
+            if let Some(delivery) = delivery.as_mut() {
+                delivery.write_all(&chunk).await.expect("deliver");
+            }
+        }
+        let summarized = summarizer.finish().await.expect("summary").nettrace.bytes;
+        assert_eq!(summarized, produced, "every byte summarized");
+        if let Some(delivery) = delivery.as_mut() {
+            delivery.shutdown().await.expect("shutdown");
+        }
+        produced
+    }
+
     async fn run(&self, row: Row) -> Option<Sample> {
         let me = std::process::id();
         let monitor_pid = self.monitor.map(Monitor::pid);
@@ -232,35 +253,18 @@ impl Bench<'_> {
                 file.flush().await.expect("flush");
                 bytes
             }
-            Row::ClientSummaryNull => {
-                let mut session = self.simulator.session().await;
-                let mut summarizer = TraceSummarizer::start().expect("summarizer");
-                while let Some(chunk) = session.next_chunk().await.expect("complete trace") {
-                    summarizer.feed(chunk).await.expect("valid trace");
-                }
-                summarizer.finish().await.expect("summary").nettrace.bytes
-            }
+            Row::ClientSummaryNull => self.client_with_summary(None).await,
             Row::ClientSummaryTcp => {
                 let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
                     .await
                     .expect("listen");
                 let address = listener.local_addr().expect("address");
                 let reader = tokio::spawn(tcp_reader(listener));
-                let mut delivery = tokio::net::TcpStream::connect(address)
+                let delivery = tokio::net::TcpStream::connect(address)
                     .await
                     .expect("connect");
-                let mut session = self.simulator.session().await;
-                let mut summarizer = TraceSummarizer::start().expect("summarizer");
-                let mut produced = 0u64;
-                while let Some(chunk) = session.next_chunk().await.expect("complete trace") {
-                    produced += chunk.len() as u64;
-                    summarizer.feed(chunk.clone()).await.expect("valid trace");
-                    delivery.write_all(&chunk).await.expect("deliver");
-                }
-                let summarized = summarizer.finish().await.expect("summary").nettrace.bytes;
-                delivery.shutdown().await.expect("shutdown");
+                let produced = self.client_with_summary(Some(delivery)).await;
                 let delivered = reader.await.expect("reader");
-                assert_eq!(summarized, produced, "every byte summarized");
                 assert_eq!(delivered, produced, "every byte delivered");
                 delivered
             }
