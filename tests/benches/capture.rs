@@ -11,6 +11,10 @@
 //! own. Part one, per average event size (`BENCH_EVENT_BYTES`, default `100,1000`):
 //! - **plain copy -> null**: a thread on the monitor's CPU sends CollectTracing2 by hand and
 //!   reads the stream (256 KiB reads) into nothing: the floor of reading the socket;
+//! - **plain copy + summary -> null**: the same thread also validates every event and hashes
+//!   every byte as it reads them, with the monitor's own validator and SHA-256: the floor of
+//!   every capture (nothing can check and hash the trace for less), measured in the same hour
+//!   as the rows it is the floor of, since the VM's speed moves from hour to hour;
 //! - **plain copy -> file**, per directory: the same, each read then `write`n into a file of the
 //!   directory: the floor of egress to a file;
 //! - **HTTP stream**: `POST /trace` of the real monitor, the body read (and dropped) by this
@@ -30,6 +34,11 @@
 //! against 64 MiB + 4 MiB per operation, operations failed, and the slowest operation's rate
 //! against the fastest's.
 //!
+//! Under the table, each monitor row is set against its floor, from the same run's medians: the
+//! streamed path against `plain copy + summary -> null`, an egress row against that plus what
+//! writing the file cost the plain copy (`plain copy -> file` − `plain copy -> null`, the same
+//! directory).
+//!
 //! `BENCH_PARTS=single` or `many` runs one part. The knobs do not start with `DIAGMON_`: the
 //! monitor's configuration reads every such variable.
 
@@ -37,6 +46,7 @@ use std::io::{Read as _, Write as _};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use diagmon::diagnostics::nettrace::NettraceValidator;
 use diagmon::diagnostics::protocol::{Command, HEADER_LEN, PayloadWriter, encode_request};
 use diagmon_tests::bench::{
     SYNTHETIC_PROVIDER, SimulatorOptions, SimulatorProcess, cpu_seconds, env_number, median,
@@ -44,6 +54,7 @@ use diagmon_tests::bench::{
 };
 use diagmon_tests::monitor::Monitor;
 use futures_util::StreamExt;
+use sha2::{Digest, Sha256};
 
 const MIB: u64 = 1 << 20;
 const GB: f64 = 1e9;
@@ -68,8 +79,9 @@ struct Cpus {
 }
 
 /// A plain copy of one session's stream, on a thread pinned to the monitor's CPU: a
-/// CollectTracing2 request by hand, then 256 KiB reads, each written to `file` if there is one.
-fn plain_copy(socket: &str, file: Option<&Path>, cpu: usize) -> (u64, f64) {
+/// CollectTracing2 request by hand, then 256 KiB reads, each written to `file` if there is one,
+/// and validated and hashed first if `summarize` (it then asserts that the trace was whole).
+fn plain_copy(socket: &str, file: Option<&Path>, summarize: bool, cpu: usize) -> (u64, f64) {
     let socket = socket.to_owned();
     let file = file.map(Path::to_owned);
     std::thread::spawn(move || {
@@ -89,6 +101,7 @@ fn plain_copy(socket: &str, file: Option<&Path>, cpu: usize) -> (u64, f64) {
         let mut reply = [0u8; HEADER_LEN + 8];
         stream.read_exact(&mut reply).expect("reply");
         let mut out = file.map(|path| std::fs::File::create(path).expect("create"));
+        let mut summary = summarize.then(|| (NettraceValidator::new(), Sha256::new()));
         let mut buffer = vec![0u8; 256 * 1024];
         let mut copied = 0u64;
         loop {
@@ -96,13 +109,23 @@ fn plain_copy(socket: &str, file: Option<&Path>, cpu: usize) -> (u64, f64) {
             if read == 0 {
                 break;
             }
+            if let Some((validator, hasher)) = summary.as_mut() {
+                validator.feed(&buffer[..read]).expect("a valid trace");
+                hasher.update(&buffer[..read]);
+            }
             if let Some(out) = out.as_mut() {
                 out.write_all(&buffer[..read]).expect("write");
             }
             copied += read as u64;
         }
         drop(out);
-        (copied, thread_cpu_seconds() - before)
+        let cpu = thread_cpu_seconds() - before;
+        if let Some((validator, hasher)) = summary {
+            let whole = validator.finish().expect("a whole trace");
+            assert_eq!(whole.bytes, copied, "every byte validated");
+            assert_eq!(hasher.finalize().len(), 32);
+        }
+        (copied, cpu)
     })
     .join()
     .expect("the copying thread")
@@ -176,6 +199,7 @@ async fn http_egress(client: &reqwest::Client, monitor: &Monitor, pid: u32) -> s
 #[derive(Clone, Debug, PartialEq)]
 enum Row {
     PlainNull,
+    PlainSummary,
     PlainFile(PathBuf),
     Stream,
     Egress(PathBuf),
@@ -197,10 +221,16 @@ impl Single<'_> {
         let monitor_before = cpu_seconds(monitor);
         let started = Instant::now();
         let (bytes, cpu) = match row {
-            Row::PlainNull => plain_copy(self.simulator.socket(), None, self.cpus.monitor),
+            Row::PlainNull => plain_copy(self.simulator.socket(), None, false, self.cpus.monitor),
+            Row::PlainSummary => plain_copy(self.simulator.socket(), None, true, self.cpus.monitor),
             Row::PlainFile(dir) => {
                 let path = dir.join("plain.nettrace");
-                let copied = plain_copy(self.simulator.socket(), Some(&path), self.cpus.monitor);
+                let copied = plain_copy(
+                    self.simulator.socket(),
+                    Some(&path),
+                    false,
+                    self.cpus.monitor,
+                );
                 let _ = std::fs::remove_file(path);
                 copied
             }
@@ -321,6 +351,7 @@ async fn single(size: u64, cpus: Cpus, bases: &[(String, PathBuf)], cache: &Path
         }
         let mut rows: Vec<(String, Row)> = vec![
             ("plain copy -> null".to_owned(), Row::PlainNull),
+            ("plain copy + summary -> null".to_owned(), Row::PlainSummary),
             ("HTTP stream".to_owned(), Row::Stream),
         ];
         for (name, base) in bases {
@@ -336,6 +367,7 @@ async fn single(size: u64, cpus: Cpus, bases: &[(String, PathBuf)], cache: &Path
         rows.retain(|(_, row)| {
             let key = match row {
                 Row::PlainNull => "plain-null",
+                Row::PlainSummary => "plain-summary",
                 Row::PlainFile(_) => "plain-file",
                 Row::Stream => "stream",
                 Row::Egress(_) => "egress",
@@ -395,6 +427,44 @@ async fn single(size: u64, cpus: Cpus, bases: &[(String, PathBuf)], cache: &Path
                 cpu.iter()
                     .map(|value| (value * 100.0).round() / 100.0)
                     .collect::<Vec<_>>(),
+            );
+        }
+        let medians: Vec<(&Row, f64)> = rows
+            .iter()
+            .zip(&samples)
+            .map(|((_, row), runs)| (row, median(runs.iter().map(|s| s.cpu_per_gb).collect())))
+            .collect();
+        print_floors(&medians, bases);
+    }
+}
+
+/// Sets each monitor row's median CPU per GB against its floor from the same run (see the
+/// module's doc): what the monitor adds to the work no capture can skip.
+fn print_floors(medians: &[(&Row, f64)], bases: &[(String, PathBuf)]) {
+    let of = |wanted: &Row| {
+        medians
+            .iter()
+            .find(|(row, _)| *row == wanted)
+            .map(|(_, cpu)| *cpu)
+    };
+    let Some(floor) = of(&Row::PlainSummary) else {
+        return;
+    };
+    println!("against the floor, from the medians (CPU s/GB):");
+    if let Some(stream) = of(&Row::Stream) {
+        println!(
+            "  HTTP stream {stream:.2} = floor {floor:.2} (plain copy + summary) + {:.2}",
+            stream - floor
+        );
+    }
+    for (name, base) in bases {
+        let egress = of(&Row::Egress(base.clone()));
+        let file = of(&Row::PlainFile(base.clone()));
+        if let (Some(egress), Some(file), Some(null)) = (egress, file, of(&Row::PlainNull)) {
+            let with_file = floor + file - null;
+            println!(
+                "  egress -> files, {name} {egress:.2} = floor {with_file:.2} (plain copy + summary + the file's write) + {:.2}",
+                egress - with_file
             );
         }
     }
