@@ -1,6 +1,6 @@
 //! Capture benchmark: what a production host pays for a trace, in CPU seconds of the `diagmon`
 //! process per GB captured (all its threads, from `/proc/<pid>/stat`) beside the throughput.
-//! Prints figures, asserts nothing.
+//! Prints figures; asserts only that every trace arrived whole.
 //!
 //!     cargo build --release -p diagmon
 //!     cargo bench -p diagmon-tests --bench capture [-- SIZE_MIB]      (default 256)
@@ -13,8 +13,8 @@
 //!   reads the stream (256 KiB reads) into nothing: the floor of reading the socket;
 //! - **plain copy + summary -> null**: the same thread also validates every event and hashes
 //!   every byte as it reads them, with the monitor's own validator and SHA-256: the floor of
-//!   every capture (nothing can check and hash the trace for less), measured in the same hour
-//!   as the rows it is the floor of, since the VM's speed moves from hour to hour;
+//!   every capture (reading, checking and hashing each byte once, on one thread), measured in
+//!   the same run as the rows it is the floor of, since the VM's speed moves from hour to hour;
 //! - **plain copy -> file**, per directory: the same, each read then `write`n into a file of the
 //!   directory: the floor of egress to a file;
 //! - **HTTP stream**: `POST /trace` of the real monitor, the body read (and dropped) by this
@@ -123,7 +123,7 @@ fn plain_copy(socket: &str, file: Option<&Path>, summarize: bool, cpu: usize) ->
         if let Some((validator, hasher)) = summary {
             let whole = validator.finish().expect("a whole trace");
             assert_eq!(whole.bytes, copied, "every byte validated");
-            assert_eq!(hasher.finalize().len(), 32);
+            std::hint::black_box(hasher.finalize());
         }
         (copied, cpu)
     })
