@@ -1,6 +1,7 @@
 //! Capture benchmark: what a production host pays for a trace, in CPU seconds of the `diagmon`
 //! process per GB captured (all its threads, from `/proc/<pid>/stat`) beside the throughput.
-//! Prints figures; asserts only that every trace arrived whole.
+//! Prints figures. Its only checks: each monitor row's trace succeeded (a success status and a
+//! complete body, or an operation that `Succeeded`), and the floor row's trace was valid and whole.
 //!
 //!     cargo build --release -p diagmon
 //!     cargo bench -p diagmon-tests --bench capture [-- SIZE_MIB]      (default 256)
@@ -119,13 +120,13 @@ fn plain_copy(socket: &str, file: Option<&Path>, summarize: bool, cpu: usize) ->
             copied += read as u64;
         }
         drop(out);
-        let cpu = thread_cpu_seconds() - before;
         if let Some((validator, hasher)) = summary {
-            let whole = validator.finish().expect("a whole trace");
-            assert_eq!(whole.bytes, copied, "every byte validated");
+            validator
+                .finish()
+                .expect("a valid trace with its end-of-stream marker");
             std::hint::black_box(hasher.finalize());
         }
-        (copied, cpu)
+        (copied, thread_cpu_seconds() - before)
     })
     .join()
     .expect("the copying thread")
@@ -439,7 +440,9 @@ async fn single(size: u64, cpus: Cpus, bases: &[(String, PathBuf)], cache: &Path
 }
 
 /// Sets each monitor row's median CPU per GB against its floor from the same run (see the
-/// module's doc): what the monitor adds to the work no capture can skip.
+/// module's doc): what the monitor adds to the work no capture can skip. A line needs the rows
+/// it is computed from: the floor row, and for an egress row also `plain copy -> null` and the
+/// plain copy into the same directory; without them it is left out.
 fn print_floors(medians: &[(&Row, f64)], bases: &[(String, PathBuf)]) {
     let of = |wanted: &Row| {
         medians
@@ -450,22 +453,28 @@ fn print_floors(medians: &[(&Row, f64)], bases: &[(String, PathBuf)]) {
     let Some(floor) = of(&Row::PlainSummary) else {
         return;
     };
-    println!("against the floor, from the medians (CPU s/GB):");
+    let mut lines = Vec::new();
     if let Some(stream) = of(&Row::Stream) {
-        println!(
+        lines.push(format!(
             "  HTTP stream {stream:.2} = floor {floor:.2} (plain copy + summary) + {:.2}",
             stream - floor
-        );
+        ));
     }
     for (name, base) in bases {
         let egress = of(&Row::Egress(base.clone()));
         let file = of(&Row::PlainFile(base.clone()));
         if let (Some(egress), Some(file), Some(null)) = (egress, file, of(&Row::PlainNull)) {
             let with_file = floor + file - null;
-            println!(
+            lines.push(format!(
                 "  egress -> files, {name} {egress:.2} = floor {with_file:.2} (plain copy + summary + the file's write) + {:.2}",
                 egress - with_file
-            );
+            ));
+        }
+    }
+    if !lines.is_empty() {
+        println!("against the floor, from the medians (CPU s/GB):");
+        for line in lines {
+            println!("{line}");
         }
     }
 }
