@@ -17,7 +17,8 @@ pub struct Monitor {
     _config_dir: tempfile::TempDir,
 }
 
-/// The `diagmon` binary next to the test binary (`cargo build -p diagmon` puts it there).
+/// The `diagmon` binary next to the test or bench binary (`cargo build -p diagmon`, with
+/// `--release` for benches, puts it there).
 pub fn monitor_binary() -> PathBuf {
     let exe = std::env::current_exe().expect("the test binary's path");
     let dir = exe
@@ -25,9 +26,15 @@ pub fn monitor_binary() -> PathBuf {
         .and_then(Path::parent)
         .expect("target/<profile>/deps");
     let binary = dir.join("diagmon");
+    // Benches run from target/release, tests from target/debug.
+    let build = if dir.ends_with("release") {
+        "`cargo build --release -p diagmon`"
+    } else {
+        "`cargo build -p diagmon` (tests/run does)"
+    };
     assert!(
         binary.is_file(),
-        "{} is missing: run `cargo build -p diagmon` (tests/run does)",
+        "{} is missing: run {build} first",
         binary.display()
     );
     binary
