@@ -411,16 +411,18 @@ async fn single(size: u64, cpus: Cpus, bases: &[(String, PathBuf)], cache: &Path
             "{:<34} {:>12} {:>8} {:>10} {:>8} {:>9}   runs (CPU s/GB)",
             "", "CPU s/GB med", "best", "MiB/s med", "best", "peak RSS"
         );
-        for ((label, _), runs) in rows.iter().zip(&samples) {
+        let mut medians: Vec<(&Row, f64)> = Vec::with_capacity(rows.len());
+        for ((label, row), runs) in rows.iter().zip(&samples) {
             let cpu: Vec<f64> = runs.iter().map(|sample| sample.cpu_per_gb).collect();
+            let cpu_median = median(cpu.clone());
+            medians.push((row, cpu_median));
             let rate: Vec<f64> = runs.iter().map(|sample| sample.rate).collect();
             let rss = runs
                 .iter()
                 .map(|sample| sample.rss)
                 .fold(f64::NAN, f64::max);
             println!(
-                "{label:<34} {:>12.2} {:>8.2} {:>10.0} {:>8.0} {:>5.1} MiB   {:?}",
-                median(cpu.clone()),
+                "{label:<34} {cpu_median:>12.2} {:>8.2} {:>10.0} {:>8.0} {:>5.1} MiB   {:?}",
                 cpu.iter().copied().fold(f64::NAN, f64::min),
                 median(rate.clone()),
                 rate.iter().copied().fold(f64::NAN, f64::max),
@@ -430,11 +432,6 @@ async fn single(size: u64, cpus: Cpus, bases: &[(String, PathBuf)], cache: &Path
                     .collect::<Vec<_>>(),
             );
         }
-        let medians: Vec<(&Row, f64)> = rows
-            .iter()
-            .zip(&samples)
-            .map(|((_, row), runs)| (row, median(runs.iter().map(|s| s.cpu_per_gb).collect())))
-            .collect();
         print_floors(&medians, bases);
     }
 }
@@ -453,20 +450,21 @@ fn print_floors(medians: &[(&Row, f64)], bases: &[(String, PathBuf)]) {
     let Some(floor) = of(&Row::PlainSummary) else {
         return;
     };
+    let null = of(&Row::PlainNull);
     let mut lines = Vec::new();
     if let Some(stream) = of(&Row::Stream) {
         lines.push(format!(
-            "  HTTP stream {stream:.2} = floor {floor:.2} (plain copy + summary) + {:.2}",
+            "  HTTP stream {stream:.2} = floor {floor:.2} (plain copy + summary) {:+.2}",
             stream - floor
         ));
     }
     for (name, base) in bases {
         let egress = of(&Row::Egress(base.clone()));
         let file = of(&Row::PlainFile(base.clone()));
-        if let (Some(egress), Some(file), Some(null)) = (egress, file, of(&Row::PlainNull)) {
+        if let (Some(egress), Some(file), Some(null)) = (egress, file, null) {
             let with_file = floor + file - null;
             lines.push(format!(
-                "  egress -> files, {name} {egress:.2} = floor {with_file:.2} (plain copy + summary + the file's write) + {:.2}",
+                "  egress -> files, {name} {egress:.2} = floor {with_file:.2} (plain copy + summary + the file's write) {:+.2}",
                 egress - with_file
             ));
         }
