@@ -3,18 +3,21 @@
 //! file, by the client with the summary every operation computes (every event validated, the
 //! bytes hashed), by the client with the summary sending the bytes over loopback TCP to a reader
 //! in the bench (what delivering them to a client costs, without HTTP), and through `POST /trace`
-//! of the real `diagmon` binary. Prints MiB/s, peak RSS and the CPU each process used; asserts
-//! only that the TCP row's reader received every byte the session produced.
+//! of the real `diagmon` binary, read by reqwest (what a client application pays) and by the same
+//! raw 256 KiB reads as the TCP row's reader (so that the two differ only on the sending side).
+//! Prints MiB/s, peak RSS and the CPU each process used; asserts only that the TCP row's reader
+//! received every byte the session produced and that each HTTP body was whole (for the raw
+//! reader: a 200, then chunked framing that ends with its last chunk).
 //!
 //! `cargo bench -p diagmon-tests --bench streaming [-- SIZE_MIB...]` (default 200 and 2048).
-//! The HTTP row needs `cargo build --release -p diagmon` first; it is skipped without it.
+//! The HTTP rows need `cargo build --release -p diagmon` first; they are skipped without it.
 //!
 //! The machine is shared by the simulator, the reader and (for HTTP) the monitor, so one run of
 //! a row can land on a busy core. Every row therefore runs `BENCH_ROUNDS` times (5 by default),
 //! the rows interleaved, and the table shows each row's best and median rate. Ratios are given
 //! best against best, and as the median of the rounds' own ratios (a round runs both rows one
 //! after the other, so a slow stretch of the machine hits both). `BENCH_ROWS=client-null,http`
-//! runs only those rows.
+//! runs only those rows (the keys are printed by `BENCH_ROWS=?`).
 //!
 //! Where the scheduler puts the simulator and the reader changes a plain copy by up to 2x on a
 //! small VM (a wake-up across cores costs more than a switch on one). `BENCH_CPU=N` pins the
@@ -107,6 +110,136 @@ async fn http_trace(client: &reqwest::Client, monitor: &Monitor) -> (u64, Durati
     (bytes, first_byte)
 }
 
+/// The same stream through `POST /trace`, read as [`tcp_reader`] reads: a request written by
+/// hand, then 256 KiB reads of the response, whose chunked framing is decoded as it passes.
+/// Panics unless the response is a 200 whose body ends with its last chunk (a body cut short
+/// has none). Returns the body's bytes and the time to the first of them.
+async fn raw_http_trace(monitor: &Monitor) -> (u64, Duration) {
+    let url = reqwest::Url::parse(&monitor.url("/trace?durationSeconds=-1")).expect("url");
+    let address = url.socket_addrs(|| None).expect("address")[0];
+    let body =
+        serde_json::json!({"providers": [{"name": SYNTHETIC_PROVIDER}], "requestRundown": false})
+            .to_string();
+    let request = format!(
+        "POST {}?{} HTTP/1.1\r\nHost: {address}\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        url.path(),
+        url.query().unwrap_or_default(),
+        body.len()
+    );
+    let started = Instant::now();
+    let mut socket = tokio::net::TcpStream::connect(address)
+        .await
+        .expect("connect");
+    socket.write_all(request.as_bytes()).await.expect("request");
+    let mut buffer = vec![0u8; 256 * 1024];
+    let mut head = Vec::new();
+    let mut in_body = false;
+    let mut body = ChunkedBody::default();
+    let mut first_byte = Duration::ZERO;
+    loop {
+        let read = socket.read(&mut buffer).await.expect("read");
+        if read == 0 {
+            break;
+        }
+        let mut input = &buffer[..read];
+        if !in_body {
+            head.extend_from_slice(input);
+            let Some(end) = head.windows(4).position(|window| window == b"\r\n\r\n") else {
+                continue;
+            };
+            let text = String::from_utf8_lossy(&head[..end]).to_ascii_lowercase();
+            assert!(text.starts_with("http/1.1 200"), "{text}");
+            assert!(text.contains("\r\ntransfer-encoding: chunked"), "{text}");
+            in_body = true;
+            body.feed(&head[end + 4..]);
+            input = &[];
+        }
+        body.feed(input);
+        if first_byte.is_zero() && body.data > 0 {
+            first_byte = started.elapsed();
+        }
+    }
+    assert!(body.is_complete(), "the body ended before its last chunk");
+    (body.data, first_byte)
+}
+
+/// An HTTP/1.1 chunked body decoded as it arrives, strictly as the monitor writes it (no chunk
+/// extensions, no trailers): its data bytes are counted, its framing checked.
+#[derive(Default)]
+struct ChunkedBody {
+    state: Chunk,
+    /// Data bytes so far.
+    data: u64,
+}
+
+/// Where a [`ChunkedBody`] is.
+#[derive(Default, Clone, Copy, PartialEq, Debug)]
+enum Chunk {
+    /// At the start of a chunk's size line.
+    #[default]
+    Size,
+    /// In a chunk's size, with its value so far.
+    SizeValue(u64),
+    /// After the size's CR.
+    SizeEnd(u64),
+    /// In a chunk's data, with what is left of it.
+    Data(u64),
+    /// After a chunk's data: its CR, then its LF.
+    DataEnd(bool),
+    /// After the last chunk's size line: the body's final CR, then its LF.
+    LastEnd(bool),
+    /// The last chunk was read.
+    Done,
+}
+
+impl ChunkedBody {
+    fn is_complete(&self) -> bool {
+        self.state == Chunk::Done
+    }
+
+    fn feed(&mut self, mut input: &[u8]) {
+        while let Some((&byte, rest)) = input.split_first() {
+            if let Chunk::Data(left) = self.state {
+                let taken = input.len().min(usize::try_from(left).unwrap_or(usize::MAX));
+                self.data += taken as u64;
+                input = &input[taken..];
+                let left = left - taken as u64;
+                self.state = if left == 0 {
+                    Chunk::DataEnd(false)
+                } else {
+                    Chunk::Data(left)
+                };
+                continue;
+            }
+            input = rest;
+            self.state = match (self.state, byte) {
+                (Chunk::Size, b'\r') => panic!("a chunk size with no digits"),
+                (Chunk::Size, _) => Chunk::SizeValue(hex_digit(byte)),
+                (Chunk::SizeValue(value), b'\r') => Chunk::SizeEnd(value),
+                (Chunk::SizeValue(value), _) => Chunk::SizeValue(value * 16 + hex_digit(byte)),
+                (Chunk::SizeEnd(0), b'\n') => Chunk::LastEnd(false),
+                (Chunk::SizeEnd(size), b'\n') => Chunk::Data(size),
+                (Chunk::DataEnd(false), b'\r') => Chunk::DataEnd(true),
+                (Chunk::DataEnd(true), b'\n') => Chunk::Size,
+                (Chunk::LastEnd(false), b'\r') => Chunk::LastEnd(true),
+                (Chunk::LastEnd(true), b'\n') => Chunk::Done,
+                (state, byte) => {
+                    panic!("unexpected byte {byte:#04x} in the chunked body ({state:?})")
+                }
+            };
+        }
+    }
+}
+
+fn hex_digit(byte: u8) -> u64 {
+    u64::from(
+        char::from(byte)
+            .to_digit(16)
+            .unwrap_or_else(|| panic!("{byte:#04x} in a chunk size")),
+    )
+}
+
 /// The ways of reading the stream that the table compares.
 #[derive(Clone, Copy, PartialEq)]
 enum Row {
@@ -117,10 +250,11 @@ enum Row {
     ClientSummaryNull,
     ClientSummaryTcp,
     Http,
+    HttpRaw,
 }
 
 impl Row {
-    const ALL: [Row; 7] = [
+    const ALL: [Row; 8] = [
         Row::PlainNull,
         Row::PlainFile,
         Row::ClientNull,
@@ -128,6 +262,7 @@ impl Row {
         Row::ClientSummaryNull,
         Row::ClientSummaryTcp,
         Row::Http,
+        Row::HttpRaw,
     ];
 
     /// The row's name in `BENCH_ROWS`.
@@ -140,6 +275,7 @@ impl Row {
             Row::ClientSummaryNull => "client-summary-null",
             Row::ClientSummaryTcp => "client-summary-tcp",
             Row::Http => "http",
+            Row::HttpRaw => "http-raw",
         }
     }
 
@@ -152,6 +288,7 @@ impl Row {
             Row::ClientSummaryNull => "client + summary -> null",
             Row::ClientSummaryTcp => "client + summary -> TCP",
             Row::Http => "HTTP POST /trace -> reqwest",
+            Row::HttpRaw => "HTTP POST /trace -> raw reads",
         }
     }
 
@@ -169,7 +306,14 @@ impl Row {
                 Row::ClientSummaryNull,
                 Row::ClientSummaryTcp,
             ],
+            // The same reader as the TCP row's: the two differ only in what sends the bytes.
+            Row::HttpRaw => &[Row::ClientSummaryNull, Row::ClientSummaryTcp],
         }
+    }
+
+    /// True for the rows that need the monitor.
+    fn is_http(self) -> bool {
+        matches!(self, Row::Http | Row::HttpRaw)
     }
 }
 
@@ -217,10 +361,10 @@ impl Bench<'_> {
     async fn run(&self, row: Row) -> Option<Sample> {
         let me = std::process::id();
         let monitor_pid = self.monitor.map(Monitor::pid);
-        if row == Row::Http && monitor_pid.is_none() {
+        if row.is_http() && monitor_pid.is_none() {
             return None;
         }
-        let reader = if row == Row::Http { monitor_pid? } else { me };
+        let reader = if row.is_http() { monitor_pid? } else { me };
         let pids = [Some(self.simulator.pid()), Some(me), monitor_pid];
         let cpu_before = pids.map(|pid| pid.map_or(0.0, cpu_seconds));
         reset_peak_rss(reader);
@@ -273,6 +417,11 @@ impl Bench<'_> {
                 first_byte = first;
                 bytes
             }
+            Row::HttpRaw => {
+                let (bytes, first) = raw_http_trace(self.monitor?).await;
+                first_byte = first;
+                bytes
+            }
         };
         let elapsed = started.elapsed();
         let rss = status_mib(reader, "VmHWM");
@@ -307,7 +456,17 @@ async fn main() {
         println!("(pinned to CPU {cpu}, with the simulator and the monitor)");
     }
     // A comma list of row keys (for profiling one row); all rows by default.
-    let only = std::env::var("BENCH_ROWS").ok();
+    let only: Option<Vec<String>> = std::env::var("BENCH_ROWS")
+        .ok()
+        .map(|rows| rows.split(',').map(|row| row.trim().to_owned()).collect());
+    if only
+        .as_ref()
+        .is_some_and(|only| only.iter().any(|row| row == "?"))
+    {
+        let keys: Vec<&str> = Row::ALL.iter().map(|row| row.key()).collect();
+        println!("BENCH_ROWS keys: {}", keys.join(","));
+        return;
+    }
     let binary = std::env::current_exe()
         .ok()
         .and_then(|exe| Some(exe.parent()?.parent()?.join("diagmon")));
@@ -339,7 +498,10 @@ async fn main() {
         let mut samples: Vec<Vec<Sample>> = vec![Vec::new(); Row::ALL.len()];
         for _ in 0..rounds {
             for (index, row) in Row::ALL.into_iter().enumerate() {
-                if !only.as_ref().is_none_or(|only| only.contains(row.key())) {
+                if !only
+                    .as_ref()
+                    .is_none_or(|only| only.iter().any(|key| key == row.key()))
+                {
                     continue;
                 }
                 if let Some(sample) = bench.run(row).await {
@@ -361,7 +523,7 @@ async fn main() {
         };
         for (index, row) in Row::ALL.into_iter().enumerate() {
             let Some(top) = best(row) else {
-                if row == Row::Http && !have_monitor {
+                if row.is_http() && !have_monitor {
                     println!(
                         "{:<28} (skipped: run `cargo build --release -p diagmon` first)",
                         row.label()
@@ -401,7 +563,7 @@ async fn main() {
                 top.cores[2],
                 versus.join(", "),
             );
-            if row == Row::Http {
+            if row.is_http() {
                 let first_bytes = runs
                     .iter()
                     .map(|sample| sample.first_byte.as_secs_f64() * 1000.0)
