@@ -117,15 +117,15 @@ async fn http_trace(client: &reqwest::Client, monitor: &Monitor) -> (u64, Durati
 async fn raw_http_trace(monitor: &Monitor) -> (u64, Duration) {
     let url = reqwest::Url::parse(&monitor.url("/trace?durationSeconds=-1")).expect("url");
     let address = url.socket_addrs(|| None).expect("address")[0];
-    let body =
+    let json =
         serde_json::json!({"providers": [{"name": SYNTHETIC_PROVIDER}], "requestRundown": false})
             .to_string();
     let request = format!(
         "POST {}?{} HTTP/1.1\r\nHost: {address}\r\nContent-Type: application/json\r\n\
-         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+         Content-Length: {}\r\nConnection: close\r\n\r\n{json}",
         url.path(),
         url.query().unwrap_or_default(),
-        body.len()
+        json.len()
     );
     let started = Instant::now();
     let mut socket = tokio::net::TcpStream::connect(address)
@@ -160,6 +160,7 @@ async fn raw_http_trace(monitor: &Monitor) -> (u64, Duration) {
             first_byte = started.elapsed();
         }
     }
+    assert!(in_body, "the connection closed before the response head");
     assert!(body.is_complete(), "the body ended before its last chunk");
     (body.data, first_byte)
 }
@@ -217,7 +218,12 @@ impl ChunkedBody {
                 (Chunk::Size, b'\r') => panic!("a chunk size with no digits"),
                 (Chunk::Size, _) => Chunk::SizeValue(hex_digit(byte)),
                 (Chunk::SizeValue(value), b'\r') => Chunk::SizeEnd(value),
-                (Chunk::SizeValue(value), _) => Chunk::SizeValue(value * 16 + hex_digit(byte)),
+                (Chunk::SizeValue(value), _) => Chunk::SizeValue(
+                    value
+                        .checked_mul(16)
+                        .and_then(|value| value.checked_add(hex_digit(byte)))
+                        .expect("a chunk size that fits in 64 bits"),
+                ),
                 (Chunk::SizeEnd(0), b'\n') => Chunk::LastEnd(false),
                 (Chunk::SizeEnd(size), b'\n') => Chunk::Data(size),
                 (Chunk::DataEnd(false), b'\r') => Chunk::DataEnd(true),
@@ -459,13 +465,21 @@ async fn main() {
     let only: Option<Vec<String>> = std::env::var("BENCH_ROWS")
         .ok()
         .map(|rows| rows.split(',').map(|row| row.trim().to_owned()).collect());
-    if only
-        .as_ref()
-        .is_some_and(|only| only.iter().any(|row| row == "?"))
-    {
-        let keys: Vec<&str> = Row::ALL.iter().map(|row| row.key()).collect();
-        println!("BENCH_ROWS keys: {}", keys.join(","));
-        return;
+    let keys: Vec<&str> = Row::ALL.iter().map(|row| row.key()).collect();
+    if let Some(only) = &only {
+        if only.iter().any(|row| row == "?") {
+            println!("BENCH_ROWS keys: {}", keys.join(","));
+            return;
+        }
+        let unknown: Vec<&String> = only
+            .iter()
+            .filter(|row| !keys.contains(&row.as_str()))
+            .collect();
+        assert!(
+            unknown.is_empty(),
+            "BENCH_ROWS names no row {unknown:?}; the rows are {}",
+            keys.join(",")
+        );
     }
     let binary = std::env::current_exe()
         .ok()
