@@ -1,7 +1,8 @@
 //! Capture benchmark: what a production host pays for a trace, in CPU seconds of the `diagmon`
 //! process per GB captured (all its threads, from `/proc/<pid>/stat`) beside the throughput.
 //! Prints figures. Its only checks: each monitor row's trace succeeded (a success status and a
-//! complete body, or an operation that `Succeeded`), and the floor row's trace was valid and whole.
+//! complete body, or an operation that `Succeeded`), and each floor row's trace was valid and
+//! whole.
 //!
 //!     cargo build --release -p diagmon
 //!     cargo bench -p diagmon-tests --bench capture [-- SIZE_MIB]      (default 256)
@@ -17,7 +18,9 @@
 //!   every capture (reading, checking and hashing each byte once, on one thread), measured in
 //!   the same run as the rows it is the floor of, since the VM's speed moves from hour to hour;
 //! - **plain copy -> file**, per directory: the same, each read then `write`n into a file of the
-//!   directory: the floor of egress to a file;
+//!   directory;
+//! - **plain copy + summary -> file**, per directory: each read validated, hashed and written
+//!   into a file of the directory, on that one thread: the floor of egress to a file;
 //! - **HTTP stream**: `POST /trace` of the real monitor, the body read (and dropped) by this
 //!   bench: the session, per-event validation, SHA-256 and HTTP;
 //! - **egress -> files**, per directory: `POST /trace?egressProvider=files` (the built-in
@@ -36,10 +39,11 @@
 //! against the fastest's.
 //!
 //! Under the table, each monitor row is set against its floor, from the same run's medians: the
-//! streamed path against `plain copy + summary -> null`, an egress row against that plus what
-//! writing the file cost the plain copy (`plain copy -> file` − `plain copy -> null`, the same
-//! directory).
+//! streamed path against `plain copy + summary -> null`, an egress row against `plain copy +
+//! summary -> file` into the same directory.
 //!
+//! `BENCH_ROWS=plain-summary,stream` runs only those rows of part one (the keys: `plain-null`,
+//! `plain-summary`, `plain-file`, `plain-summary-file`, `stream`, `egress`).
 //! `BENCH_PARTS=single` or `many` runs one part. The knobs do not start with `DIAGMON_`: the
 //! monitor's configuration reads every such variable.
 
@@ -202,8 +206,23 @@ enum Row {
     PlainNull,
     PlainSummary,
     PlainFile(PathBuf),
+    PlainSummaryFile(PathBuf),
     Stream,
     Egress(PathBuf),
+}
+
+impl Row {
+    /// The row's name in `BENCH_ROWS`.
+    fn key(&self) -> &'static str {
+        match self {
+            Row::PlainNull => "plain-null",
+            Row::PlainSummary => "plain-summary",
+            Row::PlainFile(_) => "plain-file",
+            Row::PlainSummaryFile(_) => "plain-summary-file",
+            Row::Stream => "stream",
+            Row::Egress(_) => "egress",
+        }
+    }
 }
 
 struct Single<'a> {
@@ -224,12 +243,12 @@ impl Single<'_> {
         let (bytes, cpu) = match row {
             Row::PlainNull => plain_copy(self.simulator.socket(), None, false, self.cpus.monitor),
             Row::PlainSummary => plain_copy(self.simulator.socket(), None, true, self.cpus.monitor),
-            Row::PlainFile(dir) => {
+            Row::PlainFile(dir) | Row::PlainSummaryFile(dir) => {
                 let path = dir.join("plain.nettrace");
                 let copied = plain_copy(
                     self.simulator.socket(),
                     Some(&path),
-                    false,
+                    matches!(row, Row::PlainSummaryFile(_)),
                     self.cpus.monitor,
                 );
                 let _ = std::fs::remove_file(path);
@@ -260,7 +279,10 @@ impl Single<'_> {
             Row::Stream | Row::Egress(_) => status_mib(monitor, "VmHWM"),
             _ => f64::NAN,
         };
-        if matches!(row, Row::PlainFile(_) | Row::Egress(_)) {
+        if matches!(
+            row,
+            Row::PlainFile(_) | Row::PlainSummaryFile(_) | Row::Egress(_)
+        ) {
             // Untimed: the file's write-back happens now, not during the next row.
             // SAFETY: sync has no preconditions.
             unsafe { libc::sync() };
@@ -320,7 +342,9 @@ async fn single(size: u64, cpus: Cpus, bases: &[(String, PathBuf)], cache: &Path
         .split(',')
         .filter_map(|size| size.trim().parse().ok())
         .collect();
-    let only = std::env::var("BENCH_ROWS").ok();
+    let only: Option<Vec<String>> = std::env::var("BENCH_ROWS")
+        .ok()
+        .map(|rows| rows.split(',').map(|row| row.trim().to_owned()).collect());
     let socket_parent = tempfile::tempdir().expect("socket directory");
     let mut egress_dirs = Vec::new();
     for (_, base) in bases {
@@ -361,19 +385,34 @@ async fn single(size: u64, cpus: Cpus, bases: &[(String, PathBuf)], cache: &Path
                 Row::PlainFile(base.clone()),
             ));
             rows.push((
+                format!("plain copy + summary -> file, {name}"),
+                Row::PlainSummaryFile(base.clone()),
+            ));
+            rows.push((
                 format!("egress -> files, {name}"),
                 Row::Egress(base.clone()),
             ));
         }
+        if let Some(only) = &only {
+            let mut keys: Vec<&str> = Vec::new();
+            for (_, row) in &rows {
+                if !keys.contains(&row.key()) {
+                    keys.push(row.key());
+                }
+            }
+            let unknown: Vec<&String> = only
+                .iter()
+                .filter(|key| !keys.contains(&key.as_str()))
+                .collect();
+            assert!(
+                unknown.is_empty(),
+                "BENCH_ROWS names no row {unknown:?}; the rows are {}",
+                keys.join(",")
+            );
+        }
         rows.retain(|(_, row)| {
-            let key = match row {
-                Row::PlainNull => "plain-null",
-                Row::PlainSummary => "plain-summary",
-                Row::PlainFile(_) => "plain-file",
-                Row::Stream => "stream",
-                Row::Egress(_) => "egress",
-            };
-            only.as_ref().is_none_or(|only| only.contains(key))
+            only.as_ref()
+                .is_none_or(|only| only.iter().any(|key| key == row.key()))
         });
         let mut samples: Vec<Vec<Sample>> = vec![Vec::new(); rows.len()];
         let load_before = load();
@@ -437,9 +476,8 @@ async fn single(size: u64, cpus: Cpus, bases: &[(String, PathBuf)], cache: &Path
 }
 
 /// Sets each monitor row's median CPU per GB against its floor from the same run (see the
-/// module's doc): what the monitor adds to the work no capture can skip. A line needs the rows
-/// it is computed from: the floor row, and for an egress row also `plain copy -> null` and the
-/// plain copy into the same directory; without them it is left out.
+/// module's doc): what the monitor adds to the work no capture can skip. A line needs both its
+/// rows; without them it is left out.
 fn print_floors(medians: &[(&Row, f64)], bases: &[(String, PathBuf)]) {
     let of = |wanted: &Row| {
         medians
@@ -447,25 +485,20 @@ fn print_floors(medians: &[(&Row, f64)], bases: &[(String, PathBuf)]) {
             .find(|(row, _)| *row == wanted)
             .map(|(_, cpu)| *cpu)
     };
-    let Some(floor) = of(&Row::PlainSummary) else {
-        return;
-    };
-    let null = of(&Row::PlainNull);
     let mut lines = Vec::new();
-    if let Some(stream) = of(&Row::Stream) {
+    if let (Some(stream), Some(floor)) = (of(&Row::Stream), of(&Row::PlainSummary)) {
         lines.push(format!(
-            "  HTTP stream {stream:.2} = floor {floor:.2} (plain copy + summary) {:+.2}",
+            "  HTTP stream {stream:.2} = floor {floor:.2} (plain copy + summary -> null) {:+.2}",
             stream - floor
         ));
     }
     for (name, base) in bases {
         let egress = of(&Row::Egress(base.clone()));
-        let file = of(&Row::PlainFile(base.clone()));
-        if let (Some(egress), Some(file), Some(null)) = (egress, file, null) {
-            let with_file = floor + file - null;
+        let floor = of(&Row::PlainSummaryFile(base.clone()));
+        if let (Some(egress), Some(floor)) = (egress, floor) {
             lines.push(format!(
-                "  egress -> files, {name} {egress:.2} = floor {with_file:.2} (plain copy + summary + the file's write) {:+.2}",
-                egress - with_file
+                "  egress -> files, {name} {egress:.2} = floor {floor:.2} (plain copy + summary -> file) {:+.2}",
+                egress - floor
             ));
         }
     }
