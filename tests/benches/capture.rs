@@ -54,8 +54,8 @@ use std::time::{Duration, Instant};
 use diagmon::diagnostics::nettrace::NettraceValidator;
 use diagmon::diagnostics::protocol::{Command, HEADER_LEN, PayloadWriter, encode_request};
 use diagmon_tests::bench::{
-    SYNTHETIC_PROVIDER, SimulatorOptions, SimulatorProcess, cpu_seconds, env_number, median,
-    pin_to_cpu, reset_peak_rss, rounds, status_mib, thread_cpu_seconds,
+    RowChoice, SYNTHETIC_PROVIDER, SimulatorOptions, SimulatorProcess, cpu_seconds, env_number,
+    median, pin_to_cpu, reset_peak_rss, rounds, status_mib, thread_cpu_seconds,
 };
 use diagmon_tests::monitor::Monitor;
 use futures_util::StreamExt;
@@ -212,16 +212,26 @@ enum Row {
 }
 
 impl Row {
+    /// Every row's name in `BENCH_ROWS`, in the order of [`Row::key`]'s arms.
+    const KEYS: [&'static str; 6] = [
+        "plain-null",
+        "plain-summary",
+        "plain-file",
+        "plain-summary-file",
+        "stream",
+        "egress",
+    ];
+
     /// The row's name in `BENCH_ROWS`.
     fn key(&self) -> &'static str {
-        match self {
-            Row::PlainNull => "plain-null",
-            Row::PlainSummary => "plain-summary",
-            Row::PlainFile(_) => "plain-file",
-            Row::PlainSummaryFile(_) => "plain-summary-file",
-            Row::Stream => "stream",
-            Row::Egress(_) => "egress",
-        }
+        Row::KEYS[match self {
+            Row::PlainNull => 0,
+            Row::PlainSummary => 1,
+            Row::PlainFile(_) => 2,
+            Row::PlainSummaryFile(_) => 3,
+            Row::Stream => 4,
+            Row::Egress(_) => 5,
+        }]
     }
 }
 
@@ -342,9 +352,7 @@ async fn single(size: u64, cpus: Cpus, bases: &[(String, PathBuf)], cache: &Path
         .split(',')
         .filter_map(|size| size.trim().parse().ok())
         .collect();
-    let only: Option<Vec<String>> = std::env::var("BENCH_ROWS")
-        .ok()
-        .map(|rows| rows.split(',').map(|row| row.trim().to_owned()).collect());
+    let chosen = RowChoice::from_env(&Row::KEYS);
     let socket_parent = tempfile::tempdir().expect("socket directory");
     let mut egress_dirs = Vec::new();
     for (_, base) in bases {
@@ -393,27 +401,7 @@ async fn single(size: u64, cpus: Cpus, bases: &[(String, PathBuf)], cache: &Path
                 Row::Egress(base.clone()),
             ));
         }
-        if let Some(only) = &only {
-            let mut keys: Vec<&str> = Vec::new();
-            for (_, row) in &rows {
-                if !keys.contains(&row.key()) {
-                    keys.push(row.key());
-                }
-            }
-            let unknown: Vec<&String> = only
-                .iter()
-                .filter(|key| !keys.contains(&key.as_str()))
-                .collect();
-            assert!(
-                unknown.is_empty(),
-                "BENCH_ROWS names no row {unknown:?}; the rows are {}",
-                keys.join(",")
-            );
-        }
-        rows.retain(|(_, row)| {
-            only.as_ref()
-                .is_none_or(|only| only.iter().any(|key| key == row.key()))
-        });
+        rows.retain(|(_, row)| chosen.includes(row.key()));
         let mut samples: Vec<Vec<Sample>> = vec![Vec::new(); rows.len()];
         let load_before = load();
         for round in 0..=rounds {

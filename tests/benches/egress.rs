@@ -40,8 +40,8 @@ use std::time::{Duration, Instant, SystemTime};
 use bytes::Bytes;
 use diagmon::egress::{Artifact, EgressConfig, EgressHost, ProviderConfig, ProviderLimits};
 use diagmon_tests::bench::{
-    SimulatorProcess, cpu_seconds, env_number, median, pin_to_cpu, reset_peak_rss, rounds,
-    sizes_mib, status_mib,
+    RowChoice, SimulatorProcess, cpu_seconds, env_number, median, pin_to_cpu, reset_peak_rss,
+    rounds, sizes_mib, status_mib,
 };
 
 const MIB: u64 = 1 << 20;
@@ -222,10 +222,7 @@ async fn main() {
         pin_to_cpu(cpu);
         println!("(pinned to CPU {cpu}, with the simulator)");
     }
-    // A comma list of row keys, for profiling one row; all rows by default.
-    let only: Option<Vec<String>> = std::env::var("BENCH_ROWS")
-        .ok()
-        .map(|rows| rows.split(',').map(|row| row.trim().to_owned()).collect());
+    let chosen = RowChoice::from_env(&Row::ALL.map(Row::key));
     let base = std::env::var_os("BENCH_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| {
@@ -290,10 +287,7 @@ async fn main() {
         };
         let rows: Vec<Row> = Row::ALL
             .into_iter()
-            .filter(|row| {
-                only.as_ref()
-                    .is_none_or(|only| only.iter().any(|key| key == row.key()))
-            })
+            .filter(|row| chosen.includes(row.key()))
             .collect();
         // Warm-up: the first run of each kind pays for fresh page-cache and heap pages.
         for row in &rows {

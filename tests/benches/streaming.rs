@@ -30,7 +30,7 @@ use std::time::{Duration, Instant};
 use diagmon::diagnostics::protocol::{Command, HEADER_LEN, PayloadWriter, encode_request};
 use diagmon::diagnostics::summary::TraceSummarizer;
 use diagmon_tests::bench::{
-    SYNTHETIC_PROVIDER, SimulatorProcess, cpu_seconds, env_number, median, pin_to_cpu,
+    RowChoice, SYNTHETIC_PROVIDER, SimulatorProcess, cpu_seconds, env_number, median, pin_to_cpu,
     reset_peak_rss, rounds, sizes_mib, status_mib,
 };
 use diagmon_tests::monitor::Monitor;
@@ -461,26 +461,7 @@ async fn main() {
         pin_to_cpu(cpu);
         println!("(pinned to CPU {cpu}, with the simulator and the monitor)");
     }
-    // A comma list of row keys (for profiling one row); all rows by default.
-    let only: Option<Vec<String>> = std::env::var("BENCH_ROWS")
-        .ok()
-        .map(|rows| rows.split(',').map(|row| row.trim().to_owned()).collect());
-    let keys: Vec<&str> = Row::ALL.iter().map(|row| row.key()).collect();
-    if let Some(only) = &only {
-        if only.iter().any(|row| row == "?") {
-            println!("BENCH_ROWS keys: {}", keys.join(","));
-            return;
-        }
-        let unknown: Vec<&String> = only
-            .iter()
-            .filter(|row| !keys.contains(&row.as_str()))
-            .collect();
-        assert!(
-            unknown.is_empty(),
-            "BENCH_ROWS names no row {unknown:?}; the rows are {}",
-            keys.join(",")
-        );
-    }
+    let chosen = RowChoice::from_env(&Row::ALL.map(Row::key));
     let binary = std::env::current_exe()
         .ok()
         .and_then(|exe| Some(exe.parent()?.parent()?.join("diagmon")));
@@ -512,10 +493,7 @@ async fn main() {
         let mut samples: Vec<Vec<Sample>> = vec![Vec::new(); Row::ALL.len()];
         for _ in 0..rounds {
             for (index, row) in Row::ALL.into_iter().enumerate() {
-                if !only
-                    .as_ref()
-                    .is_none_or(|only| only.iter().any(|key| key == row.key()))
-                {
+                if !chosen.includes(row.key()) {
                     continue;
                 }
                 if let Some(sample) = bench.run(row).await {

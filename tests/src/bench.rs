@@ -211,3 +211,40 @@ pub fn rounds() -> usize {
 pub fn env_number<T: std::str::FromStr>(name: &str) -> Option<T> {
     std::env::var(name).ok()?.parse().ok()
 }
+
+/// The rows `BENCH_ROWS` picks: a comma list of row keys, every row when it is unset.
+/// `BENCH_ROWS=?` prints the keys and ends the bench; a name that is no row's key stops it,
+/// naming the keys.
+#[derive(Debug)]
+pub struct RowChoice(Option<Vec<String>>);
+
+impl RowChoice {
+    /// Reads `BENCH_ROWS` against the bench's row `keys`.
+    pub fn from_env(keys: &[&str]) -> RowChoice {
+        let Ok(list) = std::env::var("BENCH_ROWS") else {
+            return RowChoice(None);
+        };
+        let chosen: Vec<String> = list.split(',').map(|key| key.trim().to_owned()).collect();
+        if chosen.iter().any(|key| key == "?") {
+            println!("BENCH_ROWS keys: {}", keys.join(","));
+            std::process::exit(0);
+        }
+        let unknown: Vec<&String> = chosen
+            .iter()
+            .filter(|key| !keys.contains(&key.as_str()))
+            .collect();
+        assert!(
+            unknown.is_empty(),
+            "BENCH_ROWS names no row {unknown:?}; the rows are {}",
+            keys.join(",")
+        );
+        RowChoice(Some(chosen))
+    }
+
+    /// True when the row `key` runs.
+    pub fn includes(&self, key: &str) -> bool {
+        self.0
+            .as_ref()
+            .is_none_or(|chosen| chosen.iter().any(|wanted| wanted == key))
+    }
+}
