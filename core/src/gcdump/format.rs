@@ -523,16 +523,25 @@ impl<'a> Cursor<'a> {
     }
 }
 
+/// An object's type as its header describes it.
+#[derive(Clone)]
+struct ObjectType {
+    name: String,
+    /// The version the writer wrote; a reader reads the fields of that version.
+    version: i32,
+    /// The oldest reader version that can read it.
+    minimum_reader: i32,
+}
+
 /// Reads objects' type descriptions, remembering them for later references.
 #[derive(Default)]
 struct Types {
-    by_label: HashMap<usize, (String, i32)>,
+    by_label: HashMap<usize, ObjectType>,
 }
 
 impl Types {
-    /// An object's start: `BeginObject` and its type; returns the type's name and its minimum
-    /// reader version. `None` for a null reference.
-    fn begin(&mut self, r: &mut Cursor<'_>) -> Result<Option<(String, i32)>, FormatError> {
+    /// An object's start: `BeginObject` and its type. `None` for a null reference.
+    fn begin(&mut self, r: &mut Cursor<'_>) -> Result<Option<ObjectType>, FormatError> {
         let tag = r.u8("an object")?;
         match tag {
             tag::NULL_REFERENCE => return Ok(None),
@@ -560,14 +569,19 @@ impl Types {
             tag::BEGIN_OBJECT | tag::BEGIN_PRIVATE_OBJECT => {
                 let label = r.pos - 1;
                 r.expect(tag::NULL_REFERENCE, "the type of a type")?;
-                let _version = r.i32("a type's version")?;
+                let version = r.i32("a type's version")?;
                 let minimum_reader = r.i32("a type's minimum reader version")?;
                 let name = r
                     .string("a type's name")?
                     .ok_or_else(|| FormatError::Invalid("a type without a name".to_owned()))?;
                 r.expect(tag::END_OBJECT, "the end of a type")?;
-                self.by_label.insert(label, (name.clone(), minimum_reader));
-                Ok(Some((name, minimum_reader)))
+                let found = ObjectType {
+                    name,
+                    version,
+                    minimum_reader,
+                };
+                self.by_label.insert(label, found.clone());
+                Ok(Some(found))
             }
             other => Err(FormatError::Invalid(format!(
                 "expected a type at byte {}, found tag {other}",
@@ -576,6 +590,10 @@ impl Types {
         }
     }
 }
+
+/// The first GCHeapDump version on the tagged plan this reader follows (8 was never readable;
+/// older ones have another layout).
+const FIRST_TAGGED_VERSION: i32 = 9;
 
 /// Reads a `.gcdump` file: its graph and what it says about the capture.
 pub fn read(bytes: &[u8]) -> Result<HeapDump, FormatError> {
@@ -588,17 +606,26 @@ pub fn read(bytes: &[u8]) -> Result<HeapDump, FormatError> {
         ));
     }
     let mut types = Types::default();
-    let entry = types.begin(&mut r)?;
-    if entry.as_ref().map(|(name, _)| name.as_str()) != Some("GCHeapDump") {
+    let entry = match types.begin(&mut r)? {
+        Some(entry) if entry.name == "GCHeapDump" => entry,
+        other => {
+            return Err(FormatError::Invalid(format!(
+                "the entry object is {:?}, not a GCHeapDump",
+                other.map(|entry| entry.name)
+            )));
+        }
+    };
+    if entry.version < FIRST_TAGGED_VERSION {
         return Err(FormatError::Invalid(format!(
-            "the entry object is {:?}, not a GCHeapDump",
-            entry.map(|(name, _)| name)
+            "the GCHeapDump is version {}; this reader reads version {FIRST_TAGGED_VERSION} and \
+             later (PerfView and dotnet-gcdump have written them since 2017)",
+            entry.version
         )));
     }
     let graph_type = types.begin(&mut r)?;
     match &graph_type {
-        Some((name, minimum_reader)) if name == "Graphs.MemoryGraph" => {
-            if *minimum_reader >= 1 {
+        Some(graph) if graph.name == "Graphs.MemoryGraph" => {
+            if graph.minimum_reader >= 1 {
                 return Err(FormatError::Invalid(
                     "the graph has deferred type names (a .NET Native heap), which this reader does not read"
                         .to_owned(),
@@ -608,7 +635,7 @@ pub fn read(bytes: &[u8]) -> Result<HeapDump, FormatError> {
         other => {
             return Err(FormatError::Invalid(format!(
                 "the GCHeapDump holds {:?}, not a Graphs.MemoryGraph",
-                other.as_ref().map(|(name, _)| name)
+                other.as_ref().map(|graph| &graph.name)
             )));
         }
     }
@@ -654,23 +681,31 @@ pub fn read(bytes: &[u8]) -> Result<HeapDump, FormatError> {
     let _is_64bit_again = r.u8("Is64Bit")?;
     let _count_multiplier = r.i32("AverageCountMultiplier")?;
     let _size_multiplier = r.i32("AverageSizeMultiplier")?;
-    if types.begin(&mut r)?.is_some() {
-        return Err(FormatError::Invalid(
-            "the file holds a JavaScript heap, which this reader does not read".to_owned(),
-        ));
+    // A JavaScript heap's marker object has no fields; its graph reads like any other.
+    if let Some(js) = types.begin(&mut r)? {
+        if js.name != "JSHeapInfo" {
+            return Err(FormatError::Invalid(format!(
+                "expected a JSHeapInfo, found {}",
+                js.name
+            )));
+        }
+        r.expect(tag::END_OBJECT, "the end of the JSHeapInfo")?;
     }
     let mut size_of_all_segments = 0;
-    if let Some((name, _)) = types.begin(&mut r)? {
-        if name != "DotNetHeapInfo" {
+    if let Some(info) = types.begin(&mut r)? {
+        if info.name != "DotNetHeapInfo" {
             return Err(FormatError::Invalid(format!(
-                "expected a DotNetHeapInfo, found {name}"
+                "expected a DotNetHeapInfo, found {}",
+                info.name
             )));
         }
         size_of_all_segments = r.i64("SizeOfAllSegments")?;
         let segments = r.count("the segment count", 1)?;
         for _ in 0..segments {
-            if types.begin(&mut r)?.is_some() {
-                for _ in 0..7 {
+            if let Some(segment) = types.begin(&mut r)? {
+                // Start, End and the ends of generations 0 to 3; version 1 added generation 4.
+                let fields = if segment.version >= 1 { 7 } else { 6 };
+                for _ in 0..fields {
                     r.i64("a segment")?;
                 }
                 r.expect(tag::END_OBJECT, "the end of a segment")?;
@@ -834,13 +869,12 @@ mod tests {
         assert_eq!(bytes[region_end], tag::STRING);
     }
 
-    #[test]
-    fn a_cut_file_is_an_error_not_a_panic() {
+    fn small_dump() -> HeapDump {
         let mut graph = MemoryGraph::new();
         let root = graph.create_node(0);
         let ty = graph.create_type("T".to_owned(), None);
         graph.set_node(root, ty, 0, &[]).unwrap();
-        let dump = HeapDump {
+        HeapDump {
             graph,
             size_of_all_segments: 0,
             collection_log: None,
@@ -849,8 +883,95 @@ mod tests {
             process_name: None,
             process_id: 1,
             creation_tool: None,
+        }
+    }
+
+    /// `bytes` with `remove` bytes at `at` replaced by `insert`, and the forward reference and
+    /// the trailer (all after `at`) moved to match.
+    fn splice(bytes: &[u8], at: usize, remove: usize, insert: &[u8]) -> Vec<u8> {
+        let label = |bytes: &[u8], pos: usize| {
+            i32::from_le_bytes(bytes[pos..pos + 4].try_into().unwrap()) as usize
         };
+        let trailer = label(bytes, bytes.len() - 4);
+        let table = label(bytes, trailer);
+        let region_end = label(bytes, table + 4);
+        let shift = |label: usize| (label + insert.len() - remove) as i32;
+        let mut out = bytes[..at].to_vec();
+        out.extend_from_slice(insert);
+        out.extend_from_slice(&bytes[at + remove..table]);
+        for value in [1, shift(region_end), shift(table), shift(trailer)] {
+            out.extend_from_slice(&value.to_le_bytes());
+        }
+        out
+    }
+
+    /// Where the object of type `name` begins (its type is written inline).
+    fn object_start(bytes: &[u8], name: &str) -> usize {
+        let name = name.as_bytes();
+        let found = bytes.windows(name.len()).position(|w| w == name).unwrap();
+        // BeginObject, BeginObject, NullReference, version, minimum reader, name length.
+        found - 15
+    }
+
+    #[test]
+    fn segments_of_version_0_have_no_generation_4() {
+        let dump = small_dump();
         let bytes = write(&dump).unwrap();
+        let info = object_start(&bytes, "DotNetHeapInfo");
+        let count_at = info + 15 + "DotNetHeapInfo".len() + 1 + 8;
+        let segments = |version: i32, fields: usize| {
+            let mut w = Writer { out: Vec::new() };
+            w.i32(2);
+            w.begin_object("GCHeapDumpSegment", version, 0);
+            let type_label = (count_at + 5) as i32;
+            for field in 0..fields {
+                w.i64(0x1000 * field as i64);
+            }
+            w.out.push(tag::END_OBJECT);
+            // The second segment refers to the first one's type.
+            w.out
+                .extend_from_slice(&[tag::BEGIN_OBJECT, tag::OBJECT_REFERENCE]);
+            w.i32(type_label);
+            for field in 0..fields {
+                w.i64(0x1000 * field as i64);
+            }
+            w.out.push(tag::END_OBJECT);
+            w.out
+        };
+        for (version, fields) in [(0, 6), (1, 7)] {
+            let with = splice(&bytes, count_at, 4, &segments(version, fields));
+            assert_eq!(read(&with).unwrap(), dump, "version {version}");
+        }
+        let wrong = splice(&bytes, count_at, 4, &segments(1, 6));
+        assert!(read(&wrong).is_err());
+    }
+
+    #[test]
+    fn a_javascript_heap_marker_is_read_past() {
+        let dump = small_dump();
+        let bytes = write(&dump).unwrap();
+        let null_js_heap = object_start(&bytes, "DotNetHeapInfo") - 1;
+        assert_eq!(bytes[null_js_heap], tag::NULL_REFERENCE);
+        let mut w = Writer { out: Vec::new() };
+        w.begin_object("JSHeapInfo", 0, 0);
+        w.out.push(tag::END_OBJECT);
+        let with = splice(&bytes, null_js_heap, 1, &w.out);
+        assert_eq!(read(&with).unwrap(), dump);
+    }
+
+    #[test]
+    fn a_dump_older_than_the_tagged_layout_is_named_as_such() {
+        let bytes = write(&small_dump()).unwrap();
+        let entry = object_start(&bytes, "GCHeapDump");
+        let mut old = bytes.clone();
+        old[entry + 3..entry + 7].copy_from_slice(&7i32.to_le_bytes());
+        let error = read(&old).unwrap_err().to_string();
+        assert!(error.contains("version 7"), "{error}");
+    }
+
+    #[test]
+    fn a_cut_file_is_an_error_not_a_panic() {
+        let bytes = write(&small_dump()).unwrap();
         for end in 0..bytes.len() {
             assert!(read(&bytes[..end]).is_err(), "{end}");
         }

@@ -261,6 +261,14 @@ impl NettraceValidator {
             ));
         }
         let Some(kind) = ObjectKind::from_name(name) else {
+            if name == NETPERF_V2_ENTRY && !self.saw_trace {
+                return Err(malformed(
+                    at,
+                    "`Microsoft.DotNet.Runtime.EventPipeFile` opens the NetPerf format of .NET Core \
+                     2.0 (versions 1 and 2), which this validator does not read; it reads NetPerf \
+                     V3 (.NET Core 2.1 and 2.2) and nettrace V4 to V6 (.NET Core 3.0 and later)",
+                ));
+            }
             return Err(malformed(
                 at,
                 format!(
@@ -681,6 +689,17 @@ mod tests {
         let reason = malformed_reason(validate(&writer.end()));
         assert!(
             reason.contains("unknown object type `BogusBlock`"),
+            "{reason}"
+        );
+    }
+
+    #[test]
+    fn a_dotnet_core_2_0_netperf_file_is_named_as_unsupported() {
+        let mut writer = FsWriter::netperf();
+        writer.type_header("Microsoft.DotNet.Runtime.EventPipeFile", 2, 0);
+        let reason = malformed_reason(validate(&writer.out));
+        assert!(
+            reason.contains("NetPerf format of .NET Core 2.0"),
             "{reason}"
         );
     }

@@ -48,6 +48,9 @@ use warnings::{Occurrences, Warnings};
 const MAX_BLOCK_SIZE: usize = 64 << 20;
 /// FastSerialization type names are short identifiers (`EventBlock`); longer ones mean corruption.
 const MAX_TYPE_NAME_LEN: usize = 64;
+/// The first object of a .NET Core 2.0 NetPerf stream (format versions 1 and 2), which has no
+/// `Trace` object and is not read.
+const NETPERF_V2_ENTRY: &[u8] = b"Microsoft.DotNet.Runtime.EventPipeFile";
 /// How many warnings a summary keeps.
 const MAX_WARNINGS: usize = 20;
 /// How many metadata definitions are tracked by name (real traces have a few thousand).
