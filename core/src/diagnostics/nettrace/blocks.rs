@@ -304,7 +304,7 @@ impl NettraceValidator {
         Ok(())
     }
 
-    #[inline]
+    #[inline(always)]
     pub(super) fn on_record(
         &mut self,
         context: RecordContext,
