@@ -26,6 +26,22 @@ use diagmon::processes::{Discovery, ProcessDirectory, ProcessSelector};
 use diagmon::server::{self, ServerAuth};
 use diagmon::{config, profiles};
 
+/// `print!` that returns an error instead of panicking when standard output is closed: a
+/// reader that stopped early (`| head`) ends the command quietly (see [`main`]).
+macro_rules! out {
+    ($($arg:tt)*) => {
+        std::io::Write::write_fmt(&mut std::io::stdout().lock(), format_args!($($arg)*))?
+    };
+}
+
+/// `println!` with [`out!`]'s handling of a closed standard output.
+macro_rules! outln {
+    ($($arg:tt)*) => {{
+        out!($($arg)*);
+        out!("\n");
+    }};
+}
+
 /// How long the process waits for leftover blocking tasks once a command has returned.
 const RUNTIME_SHUTDOWN_GRACE: Duration = Duration::from_secs(1);
 
@@ -324,6 +340,14 @@ fn main() -> ExitCode {
     runtime.shutdown_timeout(RUNTIME_SHUTDOWN_GRACE);
     match result {
         Ok(code) => code,
+        // The reader of the output went away (`diagmon ... | head`): nothing left to say.
+        Err(error)
+            if error
+                .downcast_ref::<std::io::Error>()
+                .is_some_and(|error| error.kind() == std::io::ErrorKind::BrokenPipe) =>
+        {
+            ExitCode::SUCCESS
+        }
         Err(error) => {
             eprintln!("error: {error:#}");
             ExitCode::FAILURE
@@ -383,7 +407,7 @@ fn configured_provider(
 /// provider's real settings and grants.
 async fn plugin_check(file: &std::path::Path, args: &ProviderArgs) -> Result<ExitCode> {
     let report = diagmon::egress::check_component(file).await?;
-    print!("{report}");
+    out!("{report}");
     if !report.is_ok() {
         return Ok(ExitCode::FAILURE);
     }
@@ -398,13 +422,13 @@ async fn plugin_check(file: &std::path::Path, args: &ProviderArgs) -> Result<Exi
     };
     match EgressHost::load(&egress).await {
         Ok(_) => {
-            println!(
+            outln!(
                 "settings:  OK: `configure` accepted the settings and grants of [egress.providers.{name}]"
             );
             Ok(ExitCode::SUCCESS)
         }
         Err(error) => {
-            println!("settings:  REFUSED: {error}");
+            outln!("settings:  REFUSED: {error}");
             Ok(ExitCode::FAILURE)
         }
     }
@@ -433,7 +457,7 @@ async fn plugin_test(file: &str, args: &ProviderArgs, large_mib: u64) -> Result<
         large_bytes: large_mib.saturating_mul(1 << 20),
     };
     let report = run_conformance(&options).await;
-    print!("{report}");
+    out!("{report}");
     if let Some(directory) = scratch {
         // Best effort: the scratch directory is in the temporary directory anyway.
         let _ = std::fs::remove_dir_all(directory);
@@ -453,11 +477,11 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         }
         Commands::Plugin(PluginCommand::New { lang, name }) => {
             let files = write_template(&name, lang).map_err(anyhow::Error::msg)?;
-            println!("wrote {}:", name.display());
+            outln!("wrote {}:", name.display());
             for file in files {
-                println!("  {}", file.display());
+                outln!("  {}", file.display());
             }
-            println!(
+            outln!(
                 "build it with {}/build.sh; its README says what next",
                 name.display()
             );
@@ -470,25 +494,28 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         }) => plugin_test(&file, &provider, large_mib).await,
         Commands::Generatekey { output, expiration } => {
             let key = generate_key(expiration)?;
-            print!("{}", render_key(&key, output));
+            out!("{}", render_key(&key, output));
             Ok(ExitCode::SUCCESS)
         }
         Commands::Config(ConfigCommand::Show { config }) => {
             let file = config::config_file(config.as_deref());
             let config = config::load(file.as_deref(), serde_json::json!({}))?;
-            print!("{}", config.to_redacted_toml());
+            out!("{}", config.to_redacted_toml());
             Ok(ExitCode::SUCCESS)
         }
         Commands::Ps { discovery, json } => {
             let processes = directory(&discovery).await?.list().await;
             if json {
-                println!("{}", serde_json::to_string_pretty(&processes)?);
+                outln!("{}", serde_json::to_string_pretty(&processes)?);
             } else {
-                println!("{:>8}  {:<36}  {:<16}  COMMAND LINE", "PID", "UID", "NAME");
+                outln!("{:>8}  {:<36}  {:<16}  COMMAND LINE", "PID", "UID", "NAME");
                 for process in processes {
-                    println!(
+                    outln!(
                         "{:>8}  {:<36}  {:<16}  {}",
-                        process.pid, process.uid, process.name, process.command_line
+                        process.pid,
+                        process.uid,
+                        process.name,
+                        process.command_line
                     );
                 }
             }
@@ -500,11 +527,11 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         Commands::Counters(args) => counters(args).await,
         Commands::Validate { file } => match nettrace::validate_file(&file) {
             Ok(summary) => {
-                println!("{}", serde_json::to_string_pretty(&summary)?);
+                outln!("{}", serde_json::to_string_pretty(&summary)?);
                 Ok(ExitCode::SUCCESS)
             }
             Err(error) => {
-                eprintln!("{}: {error}", file.display());
+                eprintln!("error: {}: {error}", file.display());
                 Ok(ExitCode::from(if error.is_truncated() { 2 } else { 1 }))
             }
         },
@@ -534,7 +561,7 @@ async fn collect(args: CollectArgs) -> Result<ExitCode> {
         }
     } else if args.temp_apikey {
         let (authenticator, token) = Authenticator::temporary()?;
-        println!("Authorization: Bearer {token}");
+        outln!("Authorization: Bearer {token}");
         ServerAuth {
             authenticator,
             watched_file: None,
@@ -690,7 +717,7 @@ async fn dump(args: DumpArgs) -> Result<ExitCode> {
         .with_context(|| format!("cannot resolve {}", output.display()))?;
     let registry = Arc::new(OperationRegistry::new(&config.limits, &config.operations));
     let operations = Operations::new(registry, directory, EgressHost::default(), &config);
-    println!(
+    outln!(
         "Writing {} to {}",
         args.dump_type.description(),
         output.display()
@@ -712,8 +739,8 @@ async fn dump(args: DumpArgs) -> Result<ExitCode> {
     let status = run_to_end(&operations, request, OnCtrlC::Cancel, |_| {}).await?;
     match (status.summary, status.error) {
         (Some(summary), _) => {
-            println!("Wrote {} bytes (sha256 {})", summary.bytes, summary.sha256);
-            println!("Complete");
+            outln!("Wrote {} bytes (sha256 {})", summary.bytes, summary.sha256);
+            outln!("Complete");
             Ok(ExitCode::SUCCESS)
         }
         (None, error) => {
@@ -769,7 +796,7 @@ async fn gcdump(args: GcdumpArgs) -> Result<ExitCode> {
         .with_context(|| format!("cannot resolve {}", output.display()))?;
     let registry = Arc::new(OperationRegistry::new(&config.limits, &config.operations));
     let operations = Operations::new(registry, directory, EgressHost::default(), &config);
-    println!(
+    outln!(
         "Writing a heap snapshot to {} (the process pauses for a full blocking GC)",
         output.display()
     );
@@ -786,13 +813,13 @@ async fn gcdump(args: GcdumpArgs) -> Result<ExitCode> {
     let status = run_to_end(&operations, request, OnCtrlC::Cancel, |_| {}).await?;
     match (status.summary, status.error) {
         (Some(summary), _) => {
-            println!("Wrote {} bytes (sha256 {})", summary.bytes, summary.sha256);
+            outln!("Wrote {} bytes (sha256 {})", summary.bytes, summary.sha256);
             if let Some(capture) = summary
                 .report
                 .as_ref()
                 .and_then(|report| report.get("capture"))
             {
-                println!(
+                outln!(
                     "{} objects, {} references, {} roots; {} nettrace bytes read in {} ms",
                     capture["nodes"],
                     capture["edges"],
@@ -801,7 +828,7 @@ async fn gcdump(args: GcdumpArgs) -> Result<ExitCode> {
                     capture["milliseconds"]
                 );
             }
-            println!("Complete");
+            outln!("Complete");
             Ok(ExitCode::SUCCESS)
         }
         (None, error) => {
@@ -824,9 +851,9 @@ fn gcdump_report(args: GcdumpReportArgs) -> Result<ExitCode> {
     let report = diagmon::gcdump::report_of_file(&bytes, args.top)
         .with_context(|| format!("cannot read {}", args.file.display()))?;
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        outln!("{}", serde_json::to_string_pretty(&report)?);
     } else {
-        print!("{}", diagmon::gcdump::report::render(&report));
+        out!("{}", diagmon::gcdump::report::render(&report));
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -165,3 +165,19 @@ fn a_net_framework_heap_with_version_0_segments() {
     assert_eq!(report["objects"], counted);
     assert!(rows.iter().all(|row| row["count"].as_u64() > Some(0)));
 }
+
+#[test]
+fn a_reader_that_stops_early_ends_the_report_quietly() {
+    // `diagmon gcdump report --json FILE | head -1`: the reader is gone before the report is.
+    let mut child = Command::new(monitor_binary())
+        .args(["gcdump", "report", "--json", &fixture("test2.gcdump")])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run diagmon");
+    drop(child.stdout.take());
+    let output = child.wait_with_output().expect("diagmon ends");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{:?}: {stderr}", output.status);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}

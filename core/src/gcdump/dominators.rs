@@ -15,9 +15,18 @@ use super::format::{FormatError, MemoryGraph};
 
 const NONE: u32 = u32::MAX;
 
-/// The retained size of each type (indexed like [`MemoryGraph::types`]); objects not reachable
-/// from the root count for nothing.
-pub fn retained_by_type(graph: &MemoryGraph) -> Result<Vec<u64>, FormatError> {
+/// What the dominator tree gives a report.
+#[derive(Debug)]
+pub struct Retention {
+    /// The retained size of each type (indexed like [`MemoryGraph::types`]).
+    pub by_type: Vec<u64>,
+    /// Whether each node is reachable from the root. Objects that are not (a heap walk that
+    /// dumps whole segments lists dead objects too) retain nothing.
+    pub reachable: Vec<bool>,
+}
+
+/// The retained size of each type, and which nodes the root reaches.
+pub fn retained_by_type(graph: &MemoryGraph) -> Result<Retention, FormatError> {
     let n = graph.node_count();
     let mut offsets = Vec::with_capacity(n + 1);
     let mut targets: Vec<u32> = Vec::new();
@@ -38,7 +47,10 @@ pub fn retained_by_type(graph: &MemoryGraph) -> Result<Vec<u64>, FormatError> {
     let mut retained_types = vec![0u64; graph.types.len()];
     let root = graph.root;
     if root as usize >= n {
-        return Ok(retained_types);
+        return Ok(Retention {
+            by_type: retained_types,
+            reachable: vec![false; n],
+        });
     }
 
     // Postorder of the reachable nodes (iterative depth-first search).
@@ -174,7 +186,10 @@ pub fn retained_by_type(graph: &MemoryGraph) -> Result<Vec<u64>, FormatError> {
             walk.pop();
         }
     }
-    Ok(retained_types)
+    Ok(Retention {
+        by_type: retained_types,
+        reachable: visited,
+    })
 }
 
 fn enter(
@@ -214,7 +229,9 @@ mod tests {
         graph.set_node(d, td, 80, &[e, a]).unwrap();
         graph.set_node(e, ta, 160, &[]).unwrap();
         graph.root = root;
-        let retained = retained_by_type(&graph).unwrap();
+        let retention = retained_by_type(&graph).unwrap();
+        assert!(retention.reachable.iter().all(|&reachable| reachable));
+        let retained = retention.by_type;
         // a dominates d and e (not c, shared with b); e is under a, so A counts a's subtree once.
         assert_eq!(retained[ta as usize], 10 + 80 + 160);
         assert_eq!(retained[tb as usize], 20);

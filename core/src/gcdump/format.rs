@@ -41,6 +41,12 @@ pub enum FormatError {
     /// The bytes are not what the format puts there.
     #[error("not a .gcdump file: {0}")]
     Invalid(String),
+    /// The file starts as a heap snapshot but does not end as one.
+    #[error(
+        "the file is cut short or corrupt: it starts as a .gcdump heap snapshot but does not end \
+         with the forward-reference table and trailer every whole one ends with"
+    )]
+    CutShort,
     /// The graph is larger than the format's 32-bit fields can describe.
     #[error("the heap graph is too large for the .gcdump format: {0}")]
     TooLarge(&'static str),
@@ -597,16 +603,25 @@ const FIRST_TAGGED_VERSION: i32 = 9;
 
 /// Reads a `.gcdump` file: its graph and what it says about the capture.
 pub fn read(bytes: &[u8]) -> Result<HeapDump, FormatError> {
-    check_trailer(bytes)?;
+    if bytes.starts_with(b"Nettrace") {
+        return Err(FormatError::Invalid(
+            "it is a nettrace trace (`diagmon validate` reads those)".to_owned(),
+        ));
+    }
     let mut r = Cursor::new(bytes);
-    let signature = r.string("the signature")?;
+    let signature = r.string("the signature").ok().flatten();
     if signature.as_deref() != Some(SIGNATURE) {
         return Err(FormatError::Invalid(
             "it does not start with the FastSerialization signature".to_owned(),
         ));
     }
     let mut types = Types::default();
-    let entry = match types.begin(&mut r)? {
+    let entry = types.begin(&mut r);
+    // A file that starts as a heap snapshot and does not end as one was cut short.
+    if entry.is_ok() {
+        check_trailer(bytes)?;
+    }
+    let entry = match entry? {
         Some(entry) if entry.name == "GCHeapDump" => entry,
         other => {
             return Err(FormatError::Invalid(format!(
@@ -746,29 +761,19 @@ pub fn read(bytes: &[u8]) -> Result<HeapDump, FormatError> {
 /// Checks the end of the stream: the last 4 bytes point at the trailer, which points at the
 /// forward-reference table, which ends where the trailer starts. A cut file fails here.
 fn check_trailer(bytes: &[u8]) -> Result<(), FormatError> {
-    let at = |pos: usize| -> Result<usize, FormatError> {
-        let mut r = Cursor::new(bytes);
-        r.pos = pos;
-        let value = r.i32("the trailer")?;
-        usize::try_from(value)
-            .map_err(|_| FormatError::Invalid("a negative trailer label".to_owned()))
+    let label_at = |pos: usize| -> Option<usize> {
+        let field = bytes.get(pos..pos.checked_add(4)?)?;
+        usize::try_from(i32::from_le_bytes(field.try_into().ok()?)).ok()
     };
-    let end = bytes
-        .len()
-        .checked_sub(4)
-        .ok_or(FormatError::Short("the trailer"))?;
-    let trailer = at(end)?;
-    let table = at(trailer)?;
-    let count = at(table)?;
-    if trailer.checked_add(4) != Some(end)
-        || table.checked_add(4 + count.saturating_mul(4)) != Some(trailer)
-    {
-        return Err(FormatError::Invalid(
-            "the stream does not end with its forward-reference table and trailer (the file is cut or corrupt)"
-                .to_owned(),
-        ));
-    }
-    Ok(())
+    let whole = (|| {
+        let end = bytes.len().checked_sub(4)?;
+        let trailer = label_at(end)?;
+        let table = label_at(trailer)?;
+        let count = label_at(table)?;
+        let table_end = table.checked_add(count.checked_mul(4)?.checked_add(4)?)?;
+        (trailer.checked_add(4) == Some(end) && table_end == trailer).then_some(())
+    })();
+    whole.ok_or(FormatError::CutShort)
 }
 
 /// The tagged fields after version 8: the InteropInfo (skipped) and the creation tool.
@@ -972,9 +977,19 @@ mod tests {
     #[test]
     fn a_cut_file_is_an_error_not_a_panic() {
         let bytes = write(&small_dump()).unwrap();
+        let entry_type_end = object_start(&bytes, "GCHeapDump") + 15 + "GCHeapDump".len() + 1;
         for end in 0..bytes.len() {
-            assert!(read(&bytes[..end]).is_err(), "{end}");
+            let error = read(&bytes[..end]).expect_err("a cut file");
+            // Once the start says "heap snapshot", a missing end says "cut short".
+            assert_eq!(
+                matches!(error, FormatError::CutShort),
+                end >= entry_type_end,
+                "{end}: {error}"
+            );
         }
-        assert!(read(b"not a gcdump at all, really").is_err());
+        let error = read(b"not a gcdump at all, really").unwrap_err();
+        assert!(error.to_string().contains("signature"), "{error}");
+        let error = read(b"Nettrace\x14\0\0\0!FastSerialization.1").unwrap_err();
+        assert!(error.to_string().contains("diagmon validate"), "{error}");
     }
 }

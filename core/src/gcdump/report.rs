@@ -35,8 +35,9 @@ pub struct HeapReport {
     pub process_name: Option<String>,
     /// The process id.
     pub process_id: i32,
-    /// When the snapshot was taken, as Unix seconds (UTC).
-    pub collected_unix_seconds: i64,
+    /// When the snapshot was taken, as Unix seconds (UTC); `None` when the file does not say
+    /// (dotnet-gcdump leaves it out).
+    pub collected_unix_seconds: Option<i64>,
     /// Live objects.
     pub objects: u64,
     /// Their total shallow size in bytes.
@@ -45,6 +46,11 @@ pub struct HeapReport {
     pub root_references: u64,
     /// Objects referred to but not described by the heap walk.
     pub undescribed_objects: u64,
+    /// Objects the heap walk listed that no path from the roots reaches (dead objects of a walk
+    /// that dumps whole segments, or objects outside the GC heap): they retain nothing.
+    pub unreachable_objects: u64,
+    /// Their total shallow size in bytes.
+    pub unreachable_size: u64,
     /// Types in the report.
     pub type_count: u64,
     /// The largest types by size (at most `top` when a limit was asked for), largest first.
@@ -72,7 +78,14 @@ pub struct OtherTypes {
 /// Computes the report of `dump`, listing at most `top` types (all when `None`).
 pub fn report(dump: &HeapDump, top: Option<usize>) -> Result<HeapReport, FormatError> {
     let graph = &dump.graph;
-    let (mut rows, objects, size, undescribed) = per_type(graph)?;
+    let PerType {
+        mut rows,
+        objects,
+        size,
+        undescribed,
+        unreachable_objects,
+        unreachable_size,
+    } = per_type(graph)?;
     rows.sort_by(|a, b| {
         b.size
             .cmp(&a.size)
@@ -94,11 +107,14 @@ pub fn report(dump: &HeapDump, top: Option<usize>) -> Result<HeapReport, FormatE
     Ok(HeapReport {
         process_name: dump.process_name.clone(),
         process_id: dump.process_id,
-        collected_unix_seconds: (dump.time_collected_ticks - UNIX_EPOCH_TICKS) / 10_000_000,
+        collected_unix_seconds: (dump.time_collected_ticks > 0)
+            .then(|| dump.time_collected_ticks.saturating_sub(UNIX_EPOCH_TICKS) / 10_000_000),
         objects,
         size,
         root_references: root_references(graph)?,
         undescribed_objects: undescribed,
+        unreachable_objects,
+        unreachable_size,
         type_count,
         types: rows,
         other_types,
@@ -107,10 +123,22 @@ pub fn report(dump: &HeapDump, top: Option<usize>) -> Result<HeapReport, FormatE
     })
 }
 
+/// The objects of a graph, grouped by type name.
+struct PerType {
+    rows: Vec<TypeRow>,
+    objects: u64,
+    size: u64,
+    undescribed: u64,
+    unreachable_objects: u64,
+    unreachable_size: u64,
+}
+
 /// Objects (nodes with an address) grouped by type name.
-fn per_type(graph: &MemoryGraph) -> Result<(Vec<TypeRow>, u64, u64, u64), FormatError> {
+fn per_type(graph: &MemoryGraph) -> Result<PerType, FormatError> {
+    let retention = super::dominators::retained_by_type(graph)?;
     let mut by_type: HashMap<u32, (u64, u64)> = HashMap::new();
     let mut undescribed = 0u64;
+    let (mut unreachable_objects, mut unreachable_size) = (0u64, 0u64);
     for index in 0..graph.node_count() as u32 {
         if graph.addresses.get(index as usize).copied().unwrap_or(0) == 0 {
             continue; // a root pseudo-node
@@ -120,11 +148,20 @@ fn per_type(graph: &MemoryGraph) -> Result<(Vec<TypeRow>, u64, u64, u64), Format
             continue;
         }
         let (type_index, size) = graph.type_and_size(index)?;
+        if !retention
+            .reachable
+            .get(index as usize)
+            .copied()
+            .unwrap_or(false)
+        {
+            unreachable_objects += 1;
+            unreachable_size += size.max(0) as u64;
+        }
         let entry = by_type.entry(type_index).or_default();
         entry.0 += 1;
         entry.1 += size.max(0) as u64;
     }
-    let retained = super::dominators::retained_by_type(graph)?;
+    let retained = retention.by_type;
     let mut by_name: HashMap<&str, (u64, u64, u64)> = HashMap::new();
     for (type_index, (count, size)) in by_type {
         let name = graph
@@ -147,7 +184,14 @@ fn per_type(graph: &MemoryGraph) -> Result<(Vec<TypeRow>, u64, u64, u64), Format
             retained_size,
         })
         .collect();
-    Ok((rows, objects, size, undescribed))
+    Ok(PerType {
+        rows,
+        objects,
+        size,
+        undescribed,
+        unreachable_objects,
+        unreachable_size,
+    })
 }
 
 /// The references from root pseudo-nodes (no address) to objects (an address).
@@ -173,10 +217,13 @@ fn root_references(graph: &MemoryGraph) -> Result<u64, FormatError> {
 /// The report as text, in `dotnet-gcdump report`'s layout: size, count, type.
 pub fn render(report: &HeapReport) -> String {
     let mut out = String::new();
+    let process = match (&report.process_name, report.process_id) {
+        (Some(name), pid) => format!("process {pid} ({name})"),
+        (None, 0) => "a process the file does not name".to_owned(),
+        (None, pid) => format!("process {pid}"),
+    };
     out.push_str(&format!(
-        "Heap snapshot of process {} ({}): {} objects, {} bytes (shallow sizes), {} root references\n",
-        report.process_id,
-        report.process_name.as_deref().unwrap_or("unknown name"),
+        "Heap snapshot of {process}: {} objects, {} bytes (shallow sizes), {} root references\n",
         group(report.objects),
         group(report.size),
         group(report.root_references),
@@ -206,6 +253,13 @@ pub fn render(report: &HeapReport) -> String {
     out.push_str(
         "Size: the objects themselves. Retained: what is reachable only through one object of the type (dominator tree).\n",
     );
+    if report.unreachable_objects > 0 {
+        out.push_str(&format!(
+            "{} objects ({} bytes) are not reachable from the roots, so they retain nothing\n",
+            group(report.unreachable_objects),
+            group(report.unreachable_size)
+        ));
+    }
     if report.undescribed_objects > 0 {
         out.push_str(&format!(
             "{} referenced objects were not described by the heap walk\n",
@@ -269,7 +323,22 @@ mod tests {
         assert_eq!(full.size, 148);
         assert_eq!(full.root_references, 2);
         assert_eq!(full.undescribed_objects, 1);
-        assert_eq!(full.collected_unix_seconds, 1);
+        assert_eq!(full.collected_unix_seconds, Some(1));
+        // No time (dotnet-gcdump writes 0) or a corrupt one: not a date in year 1, not a panic.
+        for ticks in [0, -1, i64::MIN] {
+            let undated = HeapDump {
+                time_collected_ticks: ticks,
+                ..dump.clone()
+            };
+            assert_eq!(report(&undated, None).unwrap().collected_unix_seconds, None);
+        }
+        // The string is listed but nothing refers to it.
+        assert_eq!((full.unreachable_objects, full.unreachable_size), (1, 100));
+        assert!(
+            render(&full).contains("1 objects (100 bytes) are not reachable from the roots"),
+            "{}",
+            render(&full)
+        );
         assert_eq!(
             full.types,
             [

@@ -22,6 +22,7 @@ pub mod key_reload;
 pub mod signals;
 
 use std::future::Future;
+use std::io::Write as _;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -164,7 +165,8 @@ pub async fn run(
             tracing::warn!(url = %text, "API keys will travel unencrypted over plain http on a non-loopback address; use https://");
         }
         let shown = format!("{}://{local}", url.scheme.as_str());
-        println!("diagmon listening on {shown}");
+        // Best effort: a closed standard output must not stop the server.
+        let _ = writeln!(std::io::stdout(), "diagmon listening on {shown}");
         tracing::info!(url = %shown, "listening");
         listeners.push((url.scheme, listener, app.clone()));
     }
@@ -175,7 +177,7 @@ pub async fn run(
             .await
             .with_context(|| format!("cannot listen on the metrics URL {text}"))?;
         let shown = format!("{}://{}", url.scheme.as_str(), listener.local_addr()?);
-        println!("diagmon serving /metrics on {shown}");
+        let _ = writeln!(std::io::stdout(), "diagmon serving /metrics on {shown}");
         tracing::info!(url = %shown, "serving /metrics");
         listeners.push((url.scheme, listener, metrics_app.clone()));
     }
