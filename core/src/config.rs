@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use figment::Figment;
-use figment::providers::{Env, Format, Json, Serialized, Toml, Yaml};
+use figment::providers::{Env, Format, Serialized, Toml, Yaml};
 use serde::{Deserialize, Serialize};
 
 use crate::auth::AuthenticationConfig;
@@ -32,7 +32,14 @@ pub struct Config {
     pub diagnostic_port: Option<DiagnosticPortConfig>,
     /// How long diagmon waits for runtimes.
     pub runtime: RuntimeConfig,
-    /// Which process requests without `pid`, `uid` or `name` address.
+    /// Which process requests without `pid`, `uid` or `name` address (dotnet-monitor's
+    /// `DefaultProcess` section too; left out of the printed configuration while it has no
+    /// filters, so that a file may use either name).
+    #[serde(
+        default,
+        alias = "DefaultProcess",
+        skip_serializing_if = "DefaultProcessConfig::is_empty"
+    )]
     pub default_process: DefaultProcessConfig,
     /// Concurrency limits.
     pub limits: LimitsConfig,
@@ -59,6 +66,27 @@ pub struct Config {
         skip_serializing_if = "is_empty_table"
     )]
     pub collection_rules: serde_json::Value,
+    /// dotnet-monitor's top-level `Templates` section: moved into `collection_rules.templates`
+    /// when the configuration loads.
+    #[serde(
+        default = "empty_table",
+        alias = "Templates",
+        skip_serializing_if = "is_empty_table"
+    )]
+    templates: serde_json::Value,
+    /// dotnet-monitor's top-level `CollectionRuleDefaults` section: moved into
+    /// `collection_rules.defaults` when the configuration loads.
+    #[serde(
+        default = "empty_table",
+        alias = "CollectionRuleDefaults",
+        skip_serializing_if = "is_empty_table"
+    )]
+    collection_rule_defaults: serde_json::Value,
+    /// The JSON schema a settings file names (`$schema`, as dotnet-monitor's carry): accepted
+    /// and ignored.
+    #[serde(rename = "$schema", default, skip_serializing)]
+    #[allow(dead_code)]
+    schema: Option<serde::de::IgnoredAny>,
 }
 
 fn empty_table() -> serde_json::Value {
@@ -88,6 +116,9 @@ impl Default for Config {
             storage: StorageConfig::default(),
             metrics: MetricsConfig::default(),
             collection_rules: empty_table(),
+            templates: empty_table(),
+            collection_rule_defaults: empty_table(),
+            schema: None,
         }
     }
 }
@@ -207,22 +238,115 @@ impl RuntimeConfig {
 #[serde(deny_unknown_fields)]
 pub struct DefaultProcessConfig {
     /// The filters; empty means "the single observable process".
-    #[serde(default)]
+    #[serde(default, alias = "Filters")]
     pub filters: Vec<ProcessFilter>,
 }
 
-/// One default-process filter.
+impl DefaultProcessConfig {
+    /// No filters: the single observable process is the default.
+    fn is_empty(&self) -> bool {
+        self.filters.is_empty()
+    }
+}
+
+/// One process filter (of the default process, or of the processes `/metrics` observes).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(try_from = "ProcessFilterSpec")]
 pub struct ProcessFilter {
     /// What to compare.
-    #[serde(default)]
     pub key: ProcessFilterKey,
     /// The value to compare with (case-insensitive).
     pub value: String,
     /// Exact or substring match.
-    #[serde(default, rename = "match")]
+    #[serde(rename = "match")]
     pub match_type: MatchType,
+}
+
+/// A process filter as written: `key`, `value` and `match`, or dotnet-monitor's shorthand that
+/// names the property (`{ ProcessName = "dotnet" }`); dotnet-monitor's `Key`, `Value` and
+/// `MatchType` spellings too.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ProcessFilterSpec {
+    #[serde(default, alias = "Key")]
+    key: Option<ProcessFilterKey>,
+    #[serde(default, alias = "Value")]
+    value: Option<FilterText>,
+    #[serde(default, rename = "match", alias = "MatchType", alias = "match_type")]
+    match_type: MatchType,
+    #[serde(default, alias = "ProcessId")]
+    process_id: Option<FilterText>,
+    #[serde(default, alias = "ProcessName")]
+    process_name: Option<FilterText>,
+    #[serde(default, alias = "CommandLine")]
+    command_line: Option<FilterText>,
+    #[serde(default, alias = "ManagedEntryPointAssemblyName")]
+    managed_entry_point_assembly_name: Option<FilterText>,
+}
+
+/// A filter's value: text, or a number (a process id written as one).
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum FilterText {
+    Text(String),
+    Number(u64),
+}
+
+impl From<FilterText> for String {
+    fn from(text: FilterText) -> String {
+        match text {
+            FilterText::Text(text) => text,
+            FilterText::Number(number) => number.to_string(),
+        }
+    }
+}
+
+impl TryFrom<ProcessFilterSpec> for ProcessFilter {
+    type Error = String;
+
+    fn try_from(spec: ProcessFilterSpec) -> Result<ProcessFilter, String> {
+        let shorthands = [
+            (ProcessFilterKey::ProcessId, spec.process_id),
+            (ProcessFilterKey::ProcessName, spec.process_name),
+            (ProcessFilterKey::CommandLine, spec.command_line),
+            (
+                ProcessFilterKey::ManagedEntryPointAssemblyName,
+                spec.managed_entry_point_assembly_name,
+            ),
+        ];
+        let mut named = shorthands
+            .into_iter()
+            .filter_map(|(key, value)| Some((key, value?)));
+        let (key, value) = match (named.next(), named.next()) {
+            (None, _) => {
+                let value = spec.value.ok_or(
+                    "a filter needs `key` and `value` (or names the property itself: \
+                     `ProcessName = \"dotnet\"`)",
+                )?;
+                (spec.key.unwrap_or_default(), value)
+            }
+            (Some((key, value)), None) if spec.key.is_none() && spec.value.is_none() => {
+                (key, value)
+            }
+            (Some(_), None) => {
+                return Err(
+                    "a filter that names the property itself takes no `key` or `value` beside it"
+                        .to_owned(),
+                );
+            }
+            (Some(_), Some(_)) => {
+                return Err(
+                    "a filter compares one property; give each property a filter of its own"
+                        .to_owned(),
+                );
+            }
+        };
+        Ok(ProcessFilter {
+            key,
+            value: value.into(),
+            match_type: spec.match_type,
+        })
+    }
 }
 
 /// The process property a filter compares.
@@ -574,6 +698,27 @@ fn describe_error(error: &figment::Error) -> String {
     }
 }
 
+/// A JSON config file, read as .NET's configuration reads one: dotnet-monitor's settings files
+/// may hold comments and trailing commas. It is parsed as JSON5, a superset of JSON that allows
+/// both.
+struct JsonFile(PathBuf);
+
+impl figment::Provider for JsonFile {
+    fn metadata(&self) -> figment::Metadata {
+        figment::Metadata::from("JSON file", self.0.as_path())
+    }
+
+    fn data(
+        &self,
+    ) -> Result<figment::value::Map<figment::Profile, figment::value::Dict>, figment::Error> {
+        let text = std::fs::read_to_string(&self.0)
+            .map_err(|error| format!("cannot read {}: {error}", self.0.display()))?;
+        let value: figment::value::Value = json5::from_str(&text)
+            .map_err(|error| format!("{} is not valid JSON: {error}", self.0.display()))?;
+        Serialized::defaults(value).data()
+    }
+}
+
 /// The config file to use: `explicit` if given, else the first of `./diagmon.toml`,
 /// `$XDG_CONFIG_HOME/diagmon/config.toml` (or `~/.config/...`), `/etc/diagmon/config.toml`.
 pub fn config_file(explicit: Option<&Path>) -> Option<PathBuf> {
@@ -603,12 +748,12 @@ pub fn load(file: Option<&Path>, overrides: impl Serialize) -> Result<Config, Co
             )));
         }
         figment = match path.extension().and_then(|ext| ext.to_str()) {
-            Some("json") => figment.merge(Json::file_exact(path)),
+            Some("json") => figment.merge(JsonFile(path.to_owned())),
             Some("yaml" | "yml") => figment.merge(Yaml::file_exact(path)),
             _ => figment.merge(Toml::file_exact(path)),
         };
     }
-    let config: Config = figment
+    let mut config: Config = figment
         .merge(
             Env::prefixed("DIAGMON_")
                 .ignore(NON_CONFIG_VARIABLES)
@@ -616,11 +761,52 @@ pub fn load(file: Option<&Path>, overrides: impl Serialize) -> Result<Config, Co
         )
         .merge(Serialized::defaults(overrides))
         .extract()?;
+    config.move_dotnet_monitor_sections()?;
     config.validate()?;
     Ok(config)
 }
 
 impl Config {
+    /// Moves dotnet-monitor's top-level `Templates` and `CollectionRuleDefaults` into
+    /// `collection_rules`, where the rules are read from.
+    fn move_dotnet_monitor_sections(&mut self) -> Result<(), ConfigError> {
+        let moves = [
+            (
+                "Templates",
+                "templates",
+                std::mem::replace(&mut self.templates, empty_table()),
+            ),
+            (
+                "CollectionRuleDefaults",
+                "defaults",
+                std::mem::replace(&mut self.collection_rule_defaults, empty_table()),
+            ),
+        ];
+        for (section, key, value) in moves {
+            if value.is_null() || is_empty_table(&value) {
+                continue;
+            }
+            if self.collection_rules.is_null() {
+                self.collection_rules = empty_table();
+            }
+            let Some(rules) = self.collection_rules.as_object_mut() else {
+                return Err(ConfigError(
+                    "`collection_rules` must be a table of rules".to_owned(),
+                ));
+            };
+            if rules
+                .keys()
+                .any(|existing| crate::rules::config::snake_case(existing) == key)
+            {
+                return Err(ConfigError(format!(
+                    "`{section}` and `collection_rules.{key}` are both given; keep one of them"
+                )));
+            }
+            rules.insert(key.to_owned(), value);
+        }
+        Ok(())
+    }
+
     fn validate(&self) -> Result<(), ConfigError> {
         if self.urls.is_empty() {
             return Err(ConfigError("`urls` must list at least one address".into()));
@@ -943,6 +1129,68 @@ mod tests {
             assert!(shown.contains(visible), "{visible} is hidden:\n{shown}");
         }
         assert_eq!(shown.matches(REDACTED).count(), 3, "{shown}");
+    }
+
+    #[test]
+    fn dotnet_monitor_spellings_load_and_conflicts_are_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let write = |text: &str| {
+            let path = dir.path().join("settings.json");
+            std::fs::write(&path, text).unwrap();
+            path
+        };
+        let path = write(
+            r#"{
+              // Filters by shorthand and with dotnet-monitor's key names.
+              "default_process": { "filters": [
+                { "ProcessName": "dotnet" },
+                { "Key": "CommandLine", "Value": "app.dll", "MatchType": "Contains" },
+                { "ProcessId": 42 },
+              ] },
+            }"#,
+        );
+        let config = load(Some(&path), serde_json::json!({})).unwrap();
+        let filters = &config.default_process.filters;
+        assert_eq!(
+            (filters[0].key, filters[0].value.as_str()),
+            (ProcessFilterKey::ProcessName, "dotnet")
+        );
+        assert_eq!(filters[1].match_type, MatchType::Contains);
+        assert_eq!(
+            (filters[2].key, filters[2].value.as_str()),
+            (ProcessFilterKey::ProcessId, "42")
+        );
+
+        // dotnet-monitor's section names, as its documentation writes them.
+        let path = write(r#"{ "DefaultProcess": { "Filters": [{ "ProcessName": "w3wp" }] } }"#);
+        let config = load(Some(&path), serde_json::json!({})).unwrap();
+        assert_eq!(config.default_process.filters[0].value, "w3wp");
+
+        let path = write(
+            r#"{ "default_process": { "filters": [{ "ProcessName": "a", "CommandLine": "b" }] } }"#,
+        );
+        let error = load(Some(&path), serde_json::json!({}))
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("one property"), "{error}");
+
+        let path = write(
+            r#"{ "Templates": { "CollectionRuleFilters": {} },
+                 "collection_rules": { "templates": {} } }"#,
+        );
+        let error = load(Some(&path), serde_json::json!({}))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains("`Templates` and `collection_rules.templates`"),
+            "{error}"
+        );
+
+        let path = write(r#"{ "urls": ["http://127.0.0.1:1"] "#);
+        let error = load(Some(&path), serde_json::json!({}))
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("settings.json is not valid JSON"), "{error}");
     }
 
     #[test]

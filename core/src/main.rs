@@ -165,7 +165,8 @@ struct ProviderArgs {
 
 #[derive(Debug, Subcommand)]
 enum ConfigCommand {
-    /// Print the merged configuration with secrets redacted.
+    /// Print the merged configuration with secrets redacted, after checking it as `collect`
+    /// would (the collection rules included; the egress components are not loaded).
     Show {
         /// The configuration file.
         #[arg(long, value_name = "FILE")]
@@ -500,6 +501,10 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         Commands::Config(ConfigCommand::Show { config }) => {
             let file = config::config_file(config.as_deref());
             let config = config::load(file.as_deref(), serde_json::json!({}))?;
+            // The rules are read when the monitor starts: check them here as it will, against
+            // the configured egress providers.
+            let providers: Vec<String> = config.egress.providers.keys().cloned().collect();
+            diagmon::rules::config::parse(&config.collection_rules, &providers)?;
             out!("{}", config.to_redacted_toml());
             Ok(ExitCode::SUCCESS)
         }

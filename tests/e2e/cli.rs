@@ -114,4 +114,27 @@ fn bad_configuration_names_the_key_and_no_auth_refuses_public_addresses() {
     let show = diagmon(&["config", "show", "--config", &good.display().to_string()]);
     assert!(show.status.success());
     assert!(String::from_utf8_lossy(&show.stdout).contains("max_concurrent_traces = 3"));
+
+    // `config show` checks the rules as `collect` would: an egress provider nobody configured.
+    let bad_rule = dir.path().join("rules.json");
+    std::fs::write(
+        &bad_rule,
+        r#"{ "CollectionRules": { "r": {
+              "Trigger": { "Type": "Startup" },
+              "Actions": [{ "Type": "CollectDump", "Settings": { "Egress": "nope" } }],
+            } } }"#,
+    )
+    .unwrap();
+    let show = diagmon(&[
+        "config",
+        "show",
+        "--config",
+        &bad_rule.display().to_string(),
+    ]);
+    assert!(!show.status.success());
+    let stderr = String::from_utf8_lossy(&show.stderr);
+    assert!(
+        stderr.contains("collection_rules.r.actions[0].settings.egress"),
+        "{stderr}"
+    );
 }

@@ -20,10 +20,8 @@ use crate::processes::{Discovery, ProcessDirectory};
 
 /// The API over an empty socket directory (no runtime is observable), with `authenticator`.
 fn app(socket_dir: &std::path::Path, authenticator: Authenticator) -> Router {
-    let config = Config {
-        socket_dir: Some(socket_dir.to_owned()),
-        ..Config::default()
-    };
+    let mut config = Config::default();
+    config.socket_dir = Some(socket_dir.to_owned());
     let processes = ProcessDirectory::new(
         Discovery::Connect {
             socket_dir: socket_dir.to_owned(),

@@ -6,10 +6,17 @@
 //! underscores. Durations are dotnet-monitor's TimeSpan (`[d.]hh:mm:ss[.fff]`) or a number with a
 //! unit (`30s`, `500ms`, `2m`, `1h`, `1d`; a bare number is seconds).
 //!
+//! Numbers and booleans may be written as strings (`"10"`, `"false"`), as .NET's configuration
+//! binder reads them. A process filter is `key`, `value` and `match_type`, or dotnet-monitor's
+//! shorthand that names the property (`{ ProcessName = "dotnet" }`).
+//!
 //! Three keys of `[collection_rules]` are not rules: `allow_execute` (the `Execute` action is
 //! refused unless it is true), `defaults` (`actions.egress`, `limits.*`,
-//! `triggers.sliding_window_duration`) and `templates` (`triggers`, `actions`, `filters`,
-//! `limits`: named pieces a rule can use by giving the template's name instead of the object).
+//! `triggers.sliding_window_duration`, `triggers.request_count`, `triggers.response_count`) and
+//! `templates` (`triggers`, `actions`, `filters`, `limits`, or dotnet-monitor's
+//! `CollectionRuleTriggers` and so on: named pieces a rule can use by giving the template's name,
+//! compared without case, instead of the object). dotnet-monitor's top-level `Templates` and
+//! `CollectionRuleDefaults` sections are moved here when the configuration loads.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
@@ -408,6 +415,16 @@ pub fn format_timespan(duration: Duration) -> String {
     }
 }
 
+/// `true`, `false`, or a string saying one of them (any case).
+fn bool_value(value: &Value) -> Option<bool> {
+    match value {
+        Value::Bool(value) => Some(*value),
+        Value::String(text) if text.trim().eq_ignore_ascii_case("true") => Some(true),
+        Value::String(text) if text.trim().eq_ignore_ascii_case("false") => Some(false),
+        _ => None,
+    }
+}
+
 /// One object of the configuration, read key by key; keys left unread are errors.
 struct Obj<'a> {
     path: String,
@@ -457,22 +474,28 @@ impl<'a> Obj<'a> {
             .ok_or_else(|| error(&self.key(key), "is required"))
     }
 
+    /// A boolean; `"true"` and `"false"` too (any case), as .NET's configuration binder reads
+    /// them (environment variables and Kubernetes config maps only have strings).
     fn bool(&mut self, key: &'static str) -> Result<Option<bool>, RuleConfigError> {
         match self.get(key) {
             None => Ok(None),
-            Some(Value::Bool(value)) => Ok(Some(*value)),
-            Some(_) => Err(error(&self.key(key), "must be true or false")),
+            Some(value) => bool_value(value)
+                .map(Some)
+                .ok_or_else(|| error(&self.key(key), "must be true or false")),
         }
     }
 
+    /// A number; a string holding one too (`"10"`), as .NET's configuration binder reads it.
     fn number(&mut self, key: &'static str) -> Result<Option<f64>, RuleConfigError> {
         match self.get(key) {
             None => Ok(None),
-            Some(value) => value
-                .as_f64()
-                .filter(|n| n.is_finite())
-                .map(Some)
-                .ok_or_else(|| error(&self.key(key), "must be a number")),
+            Some(value) => match value {
+                Value::String(text) => text.trim().parse::<f64>().ok(),
+                other => other.as_f64(),
+            }
+            .filter(|n| n.is_finite())
+            .map(Some)
+            .ok_or_else(|| error(&self.key(key), "must be a number")),
         }
     }
 
@@ -547,6 +570,22 @@ struct Defaults {
     egress: Option<String>,
     limits: Limits,
     sliding_window_duration: Option<Duration>,
+    /// For `AspNetRequestCount` and `AspNetRequestDuration` triggers that give none.
+    request_count: Option<u32>,
+    /// For `AspNetResponseStatus` triggers that give none.
+    response_count: Option<u32>,
+}
+
+/// A count of requests or responses: a whole number of at least 1.
+fn whole_count(key: &str, count: f64) -> Result<u32, RuleConfigError> {
+    if count >= 1.0 && count <= f64::from(i32::MAX) && count.fract() == 0.0 {
+        Ok(count as u32)
+    } else {
+        Err(error(
+            key,
+            format!("is {count}; it must be a whole number of at least 1"),
+        ))
+    }
 }
 
 /// `[collection_rules.templates]`: the named pieces, as written.
@@ -575,7 +614,12 @@ impl<'a> Templates<'a> {
             "filters" => &self.filters,
             _ => &self.limits,
         };
-        table.get(name).copied().ok_or_else(|| {
+        // Names are compared without case, as .NET's configuration compares keys.
+        let found = table
+            .iter()
+            .find(|(template, _)| template.eq_ignore_ascii_case(name))
+            .map(|(_, template)| *template);
+        found.ok_or_else(|| {
             error(
                 path,
                 format!(
@@ -603,9 +647,8 @@ pub fn parse(value: &Value, egress_providers: &[String]) -> Result<RulesConfig, 
         let path = format!("{ROOT}.{}", snake_case(key));
         match snake_case(key).as_str() {
             "allow_execute" => {
-                config.allow_execute = value
-                    .as_bool()
-                    .ok_or_else(|| error(&path, "must be true or false"))?;
+                config.allow_execute =
+                    bool_value(value).ok_or_else(|| error(&path, "must be true or false"))?;
             }
             "defaults" => defaults = parse_defaults(&path, value)?,
             _ => templates = parse_templates(&path, value)?,
@@ -639,6 +682,14 @@ fn parse_defaults(path: &str, value: &Value) -> Result<Defaults, RuleConfigError
         let mut triggers = Obj::new(&obj.key("triggers"), triggers)?;
         defaults.sliding_window_duration =
             triggers.duration_in("sliding_window_duration", MIN_SLIDING_WINDOW, MAX_WINDOW)?;
+        for (key, target) in [
+            ("request_count", &mut defaults.request_count),
+            ("response_count", &mut defaults.response_count),
+        ] {
+            if let Some(count) = triggers.number(key)? {
+                *target = Some(whole_count(&triggers.key(key), count)?);
+            }
+        }
         triggers.finish()?;
     }
     obj.finish()?;
@@ -648,13 +699,27 @@ fn parse_defaults(path: &str, value: &Value) -> Result<Defaults, RuleConfigError
 fn parse_templates<'a>(path: &str, value: &'a Value) -> Result<Templates<'a>, RuleConfigError> {
     let mut obj = Obj::new(path, value)?;
     let mut templates = Templates::default();
-    for kind in ["triggers", "actions", "filters", "limits"] {
-        let Some(table) = obj.get(kind) else {
-            continue;
+    // dotnet-monitor's `Templates` section names them `CollectionRuleTriggers` and so on.
+    for (kind, long) in [
+        ("triggers", "collection_rule_triggers"),
+        ("actions", "collection_rule_actions"),
+        ("filters", "collection_rule_filters"),
+        ("limits", "collection_rule_limits"),
+    ] {
+        let (key, table) = match (obj.get(kind), obj.get(long)) {
+            (None, None) => continue,
+            (Some(_), Some(_)) => {
+                return Err(error(
+                    &obj.key(long),
+                    format!("is `{kind}` again under dotnet-monitor's name; keep one of them"),
+                ));
+            }
+            (Some(table), None) => (kind, table),
+            (None, Some(table)) => (long, table),
         };
         let table = table
             .as_object()
-            .ok_or_else(|| error(&obj.key(kind), "must be a table of named templates"))?;
+            .ok_or_else(|| error(&obj.key(key), "must be a table of named templates"))?;
         let target = match kind {
             "triggers" => &mut templates.triggers,
             "actions" => &mut templates.actions,
@@ -732,28 +797,67 @@ fn parse_rule(context: &Context<'_>, name: &str, value: &Value) -> Result<Rule, 
     })
 }
 
+/// A process filter: `key`, `value` and `match_type`, or dotnet-monitor's shorthand that names
+/// the property as the key (`{ ProcessName = "dotnet" }`).
 fn parse_filter(path: &str, value: &Value) -> Result<ProcessFilter, RuleConfigError> {
+    const SHORTHANDS: [(&str, ProcessFilterKey); 4] = [
+        ("process_id", ProcessFilterKey::ProcessId),
+        ("process_name", ProcessFilterKey::ProcessName),
+        ("command_line", ProcessFilterKey::CommandLine),
+        (
+            "managed_entry_point_assembly_name",
+            ProcessFilterKey::ManagedEntryPointAssemblyName,
+        ),
+    ];
     let mut obj = Obj::new(path, value)?;
-    let key = match obj.string("key")?.as_deref().map(type_key).as_deref() {
-        None | Some("processid") => ProcessFilterKey::ProcessId,
-        Some("processname") => ProcessFilterKey::ProcessName,
-        Some("commandline") => ProcessFilterKey::CommandLine,
-        Some("managedentrypointassemblyname") => ProcessFilterKey::ManagedEntryPointAssemblyName,
-        Some(_) => {
+    let named_key = obj.string("key")?;
+    let named_value = obj.get("value");
+    let shorthands: Vec<_> = SHORTHANDS
+        .iter()
+        .filter_map(|&(name, key)| Some((name, key, obj.get(name)?)))
+        .collect();
+    let (key, value_key, filter_value) = match shorthands.as_slice() {
+        [] => {
+            let key = match named_key.as_deref().map(type_key).as_deref() {
+                None | Some("processid") => ProcessFilterKey::ProcessId,
+                Some("processname") => ProcessFilterKey::ProcessName,
+                Some("commandline") => ProcessFilterKey::CommandLine,
+                Some("managedentrypointassemblyname") => {
+                    ProcessFilterKey::ManagedEntryPointAssemblyName
+                }
+                Some(_) => {
+                    return Err(error(
+                        &obj.key("key"),
+                        "must be ProcessId, ProcessName, CommandLine or ManagedEntryPointAssemblyName",
+                    ));
+                }
+            };
+            (key, "value", named_value)
+        }
+        [(name, key, value)] if named_key.is_none() && named_value.is_none() => {
+            (*key, *name, Some(*value))
+        }
+        [(name, ..)] => {
             return Err(error(
-                &obj.key("key"),
-                "must be ProcessId, ProcessName, CommandLine or ManagedEntryPointAssemblyName",
+                &obj.key(name),
+                "names the property itself, so the filter takes no `key` or `value` beside it",
+            ));
+        }
+        [_, (name, ..), ..] => {
+            return Err(error(
+                &obj.key(name),
+                "is a second property in one filter; give each property a filter of its own",
             ));
         }
     };
-    let filter_value = match obj.get("value") {
+    let filter_value = match filter_value {
         Some(Value::String(text)) => text.clone(),
         Some(Value::Number(number)) => number.to_string(),
-        _ => return Err(error(&obj.key("value"), "is required (a string)")),
+        _ => return Err(error(&obj.key(value_key), "is required (a string)")),
     };
     if key == ProcessFilterKey::ProcessId && filter_value.parse::<u64>().is_err() {
         return Err(error(
-            &obj.key("value"),
+            &obj.key(value_key),
             format!("`{filter_value}` is not a process id"),
         ));
     }
@@ -909,9 +1013,14 @@ fn parse_trigger(
                 sliding_window_duration: window,
             })
         }
-        "aspnetrequestcount" | "aspnetrequestduration" | "aspnetresponsestatus" => Trigger::AspNet(
-            parse_aspnet_trigger(&type_key(&type_name), &mut settings, window_default)?,
-        ),
+        "aspnetrequestcount" | "aspnetrequestduration" | "aspnetresponsestatus" => {
+            Trigger::AspNet(parse_aspnet_trigger(
+                &type_key(&type_name),
+                &mut settings,
+                window_default,
+                context.defaults,
+            )?)
+        }
         _ => {
             return Err(error(
                 &format!("{path}.type"),
@@ -933,23 +1042,21 @@ fn parse_aspnet_trigger(
     type_key: &str,
     settings: &mut Obj<'_>,
     window_default: Duration,
+    defaults: &Defaults,
 ) -> Result<AspNetTrigger, RuleConfigError> {
-    let count_key = if type_key == "aspnetresponsestatus" {
-        "response_count"
+    let (count_key, count_default) = if type_key == "aspnetresponsestatus" {
+        ("response_count", defaults.response_count)
     } else {
-        "request_count"
+        ("request_count", defaults.request_count)
     };
     let count = match settings.number(count_key)? {
-        None => return Err(error(&settings.key(count_key), "is required")),
-        Some(count) if count >= 1.0 && count <= f64::from(i32::MAX) && count.fract() == 0.0 => {
-            count as u32
-        }
-        Some(count) => {
-            return Err(error(
+        Some(count) => whole_count(&settings.key(count_key), count)?,
+        None => count_default.ok_or_else(|| {
+            error(
                 &settings.key(count_key),
-                format!("is {count}; it must be a whole number of at least 1"),
-            ));
-        }
+                format!("is required (or set collection_rules.defaults.triggers.{count_key})"),
+            )
+        })?,
     };
     let condition = match type_key {
         "aspnetrequestduration" => AspNetCondition::RequestDuration(
@@ -1925,6 +2032,117 @@ mod tests {
         assert_eq!(
             rules.rules["AtStart"].limits.rule_duration,
             Some(Duration::from_secs(300))
+        );
+    }
+
+    #[test]
+    fn a_settings_file_written_as_dotnet_monitors_documentation_writes_it_loads() {
+        // Comments, trailing commas, `$schema`, the top-level `Templates` and
+        // `CollectionRuleDefaults`, numbers and booleans as strings, filters by shorthand.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("settings.json");
+        std::fs::write(
+            &path,
+            r#"{
+              "$schema": "https://aka.ms/dotnet-monitor-schema",
+              // Defaults for every rule.
+              "CollectionRuleDefaults": {
+                "Actions": { "Egress": "files" },
+                "Triggers": { "RequestCount": "20", "SlidingWindowDuration": "00:00:30" },
+                "Limits": { "ActionCount": "2" },
+              },
+              "Templates": {
+                "CollectionRuleTriggers": {
+                  "HighCPU": {
+                    "Type": "EventCounter",
+                    "Settings": {
+                      "ProviderName": "System.Runtime",
+                      "CounterName": "cpu-usage",
+                      "GreaterThan": "60",
+                    },
+                  },
+                },
+                "CollectionRuleFilters": { "App": { "ProcessName": "dotnet" } },
+                "CollectionRuleActions": {
+                  "Trace": {
+                    "Type": "CollectTrace",
+                    "Settings": { "Profile": "Cpu", "RequestRundown": "false" },
+                  },
+                },
+              },
+              "CollectionRules": {
+                "HighCpu": { "Filters": ["app"], "Trigger": "highcpu", "Actions": ["Trace"] },
+                "ManyRequests": {
+                  "Filters": [{ "CommandLine": "myapp.dll", "MatchType": "Contains" }],
+                  "Trigger": { "Type": "AspNetRequestCount" },
+                  "Actions": [{ "Type": "CollectDump" }],
+                },
+              },
+            }"#,
+        )
+        .unwrap();
+        let config = crate::config::load(Some(&path), json!({})).unwrap();
+        let rules = parse(&config.collection_rules, &egress()).unwrap();
+        let high_cpu = &rules.rules["HighCpu"];
+        let Trigger::Counter(trigger) = &high_cpu.trigger else {
+            panic!("{:?}", high_cpu.trigger)
+        };
+        assert_eq!(trigger.greater_than, Some(60.0));
+        assert_eq!(trigger.sliding_window_duration, Duration::from_secs(30));
+        assert_eq!(high_cpu.filters[0].key, ProcessFilterKey::ProcessName);
+        assert_eq!(high_cpu.filters[0].value, "dotnet");
+        assert_eq!(high_cpu.limits.action_count, 2);
+        let ActionKind::CollectTrace {
+            session, egress, ..
+        } = &high_cpu.actions[0].kind
+        else {
+            panic!("{:?}", high_cpu.actions[0].kind)
+        };
+        assert_eq!(session.rundown, Rundown::Off);
+        assert_eq!(egress, "files");
+        let requests = &rules.rules["ManyRequests"];
+        assert_eq!(
+            requests.filters[0],
+            ProcessFilter {
+                key: ProcessFilterKey::CommandLine,
+                value: "myapp.dll".to_owned(),
+                match_type: MatchType::Contains,
+            }
+        );
+        let Trigger::AspNet(trigger) = &requests.trigger else {
+            panic!("{:?}", requests.trigger)
+        };
+        assert_eq!(trigger.count, 20);
+    }
+
+    #[test]
+    fn shorthand_filters_and_strings_are_checked_like_the_rest() {
+        let bad = |filter: &str| {
+            let text = format!(
+                "[collection_rules.r]\ntrigger = {{ type = \"Startup\" }}\nactions = [{{ type = \"CollectDump\" }}]\nfilters = [{filter}]"
+            );
+            parse_toml(&text).unwrap_err().to_string()
+        };
+        let error = bad(r#"{ ProcessName = "a", CommandLine = "b" }"#);
+        assert!(error.contains("filters[0].command_line"), "{error}");
+        let error = bad(r#"{ ProcessName = "a", key = "CommandLine" }"#);
+        assert!(error.contains("filters[0].process_name"), "{error}");
+        let error = bad(r#"{ ProcessId = "abc" }"#);
+        assert!(error.contains("filters[0].process_id"), "{error}");
+        let error = parse_toml(
+            "[collection_rules.r]\ntrigger = { type = \"CPUUsage\", settings = { greater_than = \"lots\" } }\nactions = [{ type = \"CollectDump\" }]",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(error.contains("must be a number"), "{error}");
+        let error = parse_toml(
+            "[collection_rules.r]\ntrigger = { type = \"AspNetRequestCount\" }\nactions = [{ type = \"CollectDump\" }]",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            error.contains("collection_rules.defaults.triggers.request_count"),
+            "{error}"
         );
     }
 
