@@ -335,13 +335,14 @@ async fn a_trigger_runs_its_own_counter_session_and_rules_reload() {
     let (status, rules) = get(&monitor, &format!("/collectionrules?pid={pid}")).await;
     assert_eq!((status, rules), (200, serde_json::json!({})));
     // A rule added to the file starts without a restart; metrics are off, so the trigger has a
-    // counter session of its own. PascalCase keys and a TimeSpan work as in dotnet-monitor.
+    // counter session of its own. PascalCase keys, a TimeSpan and `Arguments` quoted as .NET
+    // splits them work as in dotnet-monitor.
     let rule = format!(
         "[collection_rules.added]\n\
          Trigger = {{ Type = \"EventCounter\", Settings = {{ ProviderName = \"Diagmon-Counters\", CounterName = \"fixed-mean\", GreaterThan = 40, SlidingWindowDuration = \"00:00:01\" }} }}\n\
          Actions = [\
            {{ Name = \"env\", Type = \"GetEnvironmentVariable\", Settings = {{ Name = \"DOTNET_SYSTEM_GLOBALIZATION_INVARIANT\" }} }},\
-           {{ Type = \"Execute\", Settings = {{ Path = \"/bin/sh\", Arguments = \"-c 'echo $(Process.Name) $(Actions.env.Value) > {}'\" }} }}\
+           {{ Type = \"Execute\", Settings = {{ Path = \"/bin/sh\", Arguments = '-c \"echo $(Process.Name) $(Actions.env.Value) > {}\"' }} }}\
          ]\n\
          Limits = {{ ActionCount = 1 }}\n",
         marker.display()

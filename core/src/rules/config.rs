@@ -1525,49 +1525,59 @@ fn camel_case_keys(value: &Value) -> Value {
     }
 }
 
-/// Splits a command line into arguments as a shell would split words, without expanding
-/// anything: whitespace separates, double or single quotes group, `\` escapes in double quotes
-/// and outside quotes.
+/// Splits an `Execute` action's `arguments` string as .NET's `Process.Start` splits
+/// `ProcessStartInfo.Arguments` on Linux, so that a dotnet-monitor rule runs the same command:
+/// spaces and tabs separate arguments outside double quotes; `""` inside quotes is a literal
+/// quote; backslashes are literal (`C:\dir\app.dll` stays whole) except before a double quote,
+/// where each pair gives one backslash and an odd one makes the quote literal. Single quotes are
+/// ordinary characters. An unclosed quote is an error (.NET would take the rest of the line).
 pub fn split_arguments(text: &str) -> Result<Vec<String>, String> {
+    let chars: Vec<char> = text.chars().collect();
+    let separator = |c: char| c == ' ' || c == '\t';
     let mut arguments = Vec::new();
-    let mut current = String::new();
-    let mut in_word = false;
-    let mut chars = text.chars();
-    let mut quote: Option<char> = None;
-    while let Some(c) = chars.next() {
-        match (quote, c) {
-            (None, c) if c.is_whitespace() => {
-                if in_word {
-                    arguments.push(std::mem::take(&mut current));
-                    in_word = false;
+    let mut i = 0;
+    loop {
+        while chars.get(i).copied().is_some_and(separator) {
+            i += 1;
+        }
+        if i >= chars.len() {
+            return Ok(arguments);
+        }
+        let mut argument = String::new();
+        let mut quoted = false;
+        while let Some(&c) = chars.get(i) {
+            if c == '\\' {
+                let run = chars[i..].iter().take_while(|&&c| c == '\\').count();
+                i += run;
+                if chars.get(i) == Some(&'"') {
+                    argument.extend(std::iter::repeat_n('\\', run / 2));
+                    if run % 2 == 1 {
+                        argument.push('"');
+                        i += 1;
+                    }
+                } else {
+                    argument.extend(std::iter::repeat_n('\\', run));
                 }
-            }
-            (None, '"' | '\'') => {
-                quote = Some(c);
-                in_word = true;
-            }
-            (Some(q), c) if c == q => quote = None,
-            (Some('\''), c) => current.push(c),
-            (_, '\\') => {
-                in_word = true;
-                match chars.next() {
-                    Some(next) => current.push(next),
-                    None => return Err("ends with a lone `\\`".to_owned()),
+            } else if c == '"' {
+                if quoted && chars.get(i + 1) == Some(&'"') {
+                    argument.push('"');
+                    i += 2;
+                } else {
+                    quoted = !quoted;
+                    i += 1;
                 }
-            }
-            (_, c) => {
-                in_word = true;
-                current.push(c);
+            } else if separator(c) && !quoted {
+                break;
+            } else {
+                argument.push(c);
+                i += 1;
             }
         }
+        if quoted {
+            return Err("has an unclosed double quote".to_owned());
+        }
+        arguments.push(argument);
     }
-    if quote.is_some() {
-        return Err("has an unclosed quote".to_owned());
-    }
-    if in_word {
-        arguments.push(current);
-    }
-    Ok(arguments)
 }
 
 /// The `$(…)` tokens of `text`, without the `$(` and `)`.
@@ -2147,11 +2157,25 @@ mod tests {
     }
 
     #[test]
-    fn arguments_split_like_words() {
+    fn arguments_split_as_dotnet_splits_them() {
         assert_eq!(
-            split_arguments(r#"a "b c" 'd e' f\ g """#).unwrap(),
-            ["a", "b c", "d e", "f g", ""]
+            split_arguments(r#" a  "b c"	'd e' "" x"y"z "#).unwrap(),
+            ["a", "b c", "'d", "e'", "", "xyz"]
         );
+        // Backslashes are literal unless a double quote follows them.
+        assert_eq!(
+            split_arguments(r#"C:\Program\ Files\app.dll "C:\My Dir\\" a\\\"b c\\\\"d e" "q""q""#)
+                .unwrap(),
+            [
+                r"C:\Program\",
+                r"Files\app.dll",
+                r"C:\My Dir\",
+                r#"a\"b"#,
+                r"c\\d e",
+                r#"q"q"#
+            ]
+        );
+        assert_eq!(split_arguments("").unwrap(), Vec::<String>::new());
         assert!(split_arguments("\"open").is_err());
         assert_eq!(tokens("x $(A.b) y $(C)"), ["A.b", "C"]);
     }
