@@ -201,7 +201,8 @@ async fn metrics_lists_every_process_with_exact_values_labels_and_types() {
     let text = scrape_until(&client, &monitor, Duration::from_secs(30), both).await;
     let (samples, types) = samples_of(&text);
 
-    // Exact values, in base units: the mean of constant writes, 12 MB as bytes, nothing counted yet.
+    // Exact values, as dotnet-monitor writes them: the mean of constant writes, 12 MB as
+    // 12,000,000 bytes, nothing counted yet.
     let processes: Value = get_json(&client, monitor.url("/processes")).await;
     for target in [&a, &b] {
         let pid = target.pid();
@@ -212,7 +213,7 @@ async fn metrics_lists_every_process_with_exact_values_labels_and_types() {
         );
         assert_eq!(
             value_for(&samples, "diagmoncounters_polled_bytes", pid),
-            Some(12.0 * 1024.0 * 1024.0),
+            Some(12_000_000.0),
             "{text}"
         );
         assert_eq!(

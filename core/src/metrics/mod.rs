@@ -360,7 +360,7 @@ mod tests {
         service.render_counters(false, &mut text);
         let labels = format!("pid=\"42\",process_name=\"my\\\"app\",runtime_uid=\"{uid}\"");
         assert!(
-            text.contains(&format!("systemruntime_cpu_usage_ratio{{{labels}}} 0.2\n")),
+            text.contains(&format!("systemruntime_cpu_usage_ratio{{{labels}}} 20\n")),
             "{text}"
         );
         assert!(

@@ -44,17 +44,20 @@ fn base_unit(unit: &str) -> &str {
         "" => "",
         u if u.eq_ignore_ascii_case("count") => "",
         "%" => "ratio",
-        "B" | "MB" => "bytes",
+        u if u.eq_ignore_ascii_case("B") || u.eq_ignore_ascii_case("MB") => "bytes",
         other => other,
     }
 }
 
-/// The value in the metric's base unit: `MB` → bytes, `%` → a ratio.
+/// The value as dotnet-monitor writes it: `MB` → bytes (× 1,000,000: the runtime's `MB`
+/// counters divide bytes by 1,000,000, not 2^20); every other value as the counter gives it,
+/// percentages included (`_ratio` series hold 0 to 100, as in dashboards built for
+/// dotnet-monitor).
 pub fn base_value(value: f64, unit: &str) -> f64 {
-    match unit {
-        "MB" => value * 1024.0 * 1024.0,
-        "%" => value / 100.0,
-        _ => value,
+    if unit.eq_ignore_ascii_case("MB") {
+        value * 1_000_000.0
+    } else {
+        value
     }
 }
 
@@ -163,8 +166,8 @@ mod tests {
             "microsoftaspnetcorehosting_requests_per_second"
         );
         assert_eq!(metric_name("!@#", "x", ""), "unknown_x");
-        assert_eq!(base_value(2.0, "MB"), 2_097_152.0);
-        assert_eq!(base_value(50.0, "%"), 0.5);
+        assert_eq!(base_value(2.0, "MB"), 2_000_000.0);
+        assert_eq!(base_value(50.0, "%"), 50.0);
     }
 
     #[test]
