@@ -392,11 +392,10 @@ pub struct OperationStatus {
     pub tags: BTreeSet<String>,
     /// Bytes captured so far.
     pub bytes_captured: u64,
-    /// Where the artifact landed (egressed and Succeeded only).
-    #[serde(skip_serializing_if = "Option::is_none")]
+    /// Where the artifact landed (egressed and Succeeded only); null otherwise, as
+    /// dotnet-monitor writes it.
     pub resource_location: Option<String>,
-    /// Why it failed (Failed only).
-    #[serde(skip_serializing_if = "Option::is_none")]
+    /// Why it failed (Failed only); null otherwise, as dotnet-monitor writes it.
     pub error: Option<OperationError>,
     /// The artifact's summary (Succeeded only).
     #[serde(skip_serializing_if = "Option::is_none")]

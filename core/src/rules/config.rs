@@ -1953,7 +1953,7 @@ mod tests {
                     "trigger": {"type": "Startup"},
                     "actions": [
                         {"name": "env", "type": "GetEnvironmentVariable", "settings": {"name": "HOME"}},
-                        {"type": "Execute", "settings": {"path": "/bin/echo", "arguments": "'$(Process.ProcessId)' \"a b\" $(Actions.env.Value)"}},
+                        {"type": "Execute", "settings": {"path": "/bin/echo", "arguments": "$(Process.ProcessId) \"a b\" $(Actions.env.Value)"}},
                     ]
                 }
             }),
