@@ -126,16 +126,20 @@ async fn info(axum::extract::State(app): axum::extract::State<AppState>) -> Json
         runtime_version: None,
         diagnostic_port_mode: mode,
         diagnostic_port_name: name,
-        capabilities: vec![
-            Capability {
-                name: "trace",
-                enabled: true,
-            },
-            Capability {
-                name: "egress",
-                enabled: !app.config.egress.providers.is_empty(),
-            },
-        ],
+        // dotnet-monitor's capabilities (9.1+), each with whether diagmon has it here, then
+        // diagmon's own.
+        capabilities: [
+            ("exceptions", false),
+            ("parameters", false),
+            ("call_stacks", false),
+            ("metrics", app.config.metrics.enabled),
+            ("http_egress", true),
+            ("trace", true),
+            ("egress", !app.config.egress.providers.is_empty()),
+        ]
+        .into_iter()
+        .map(|(name, enabled)| Capability { name, enabled })
+        .collect(),
     })
 }
 

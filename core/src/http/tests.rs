@@ -377,3 +377,34 @@ async fn own_request_metrics_are_labelled_with_the_route_pattern() {
         assert!(text.contains(labels), "{labels} missing:\n{text}");
     }
 }
+
+#[tokio::test]
+async fn info_names_dotnet_monitors_capabilities_and_whether_they_are_here() {
+    let (status, _, info) = send(get("/info")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(info["diagnosticPortMode"], "Connect");
+    let capabilities: Vec<(String, bool)> = info["capabilities"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| {
+            (
+                c["name"].as_str().unwrap().to_owned(),
+                c["enabled"].as_bool().unwrap(),
+            )
+        })
+        .collect();
+    for (name, enabled) in [
+        ("exceptions", false),
+        ("call_stacks", false),
+        ("metrics", true),
+        ("http_egress", true),
+        ("trace", true),
+        ("egress", false),
+    ] {
+        assert!(
+            capabilities.contains(&(name.to_owned(), enabled)),
+            "{name}: {capabilities:?}"
+        );
+    }
+}
