@@ -37,7 +37,7 @@ pub enum DumpType {
 pub struct UnknownDumpType(pub String);
 
 impl DumpType {
-    /// Every dump type, in dotnet-monitor's order.
+    /// Every dump type, in the order of dotnet-monitor's enum (numbered from 1).
     pub const ALL: [DumpType; 4] = [
         DumpType::Full,
         DumpType::Mini,
@@ -79,11 +79,20 @@ impl DumpType {
 impl FromStr for DumpType {
     type Err = UnknownDumpType;
 
-    /// Parses a dump type name, case-insensitively.
+    /// Parses a dump type name, case-insensitively, or its number in dotnet-monitor's enum
+    /// (`1` Full, `2` Mini, `3` WithHeap, `4` Triage), which its query binding accepts too.
     fn from_str(text: &str) -> Result<Self, Self::Err> {
-        DumpType::ALL
-            .into_iter()
-            .find(|kind| kind.name().eq_ignore_ascii_case(text.trim()))
+        let text = text.trim();
+        let by_number = text
+            .parse::<usize>()
+            .ok()
+            .and_then(|number| DumpType::ALL.get(number.checked_sub(1)?).copied());
+        by_number
+            .or_else(|| {
+                DumpType::ALL
+                    .into_iter()
+                    .find(|kind| kind.name().eq_ignore_ascii_case(text))
+            })
             .ok_or_else(|| UnknownDumpType(text.to_owned()))
     }
 }
@@ -204,6 +213,11 @@ mod tests {
         assert_eq!("FULL".parse(), Ok(DumpType::Full));
         assert_eq!("withHeap".parse(), Ok(DumpType::WithHeap));
         assert_eq!(" Triage ".parse(), Ok(DumpType::Triage));
+        // dotnet-monitor's enum numbers.
+        assert_eq!("1".parse(), Ok(DumpType::Full));
+        assert_eq!("2".parse(), Ok(DumpType::Mini));
+        assert_eq!("4".parse(), Ok(DumpType::Triage));
+        assert!("0".parse::<DumpType>().is_err() && "5".parse::<DumpType>().is_err());
         assert_eq!(DumpType::default(), DumpType::WithHeap);
         let codes: Vec<u32> = DumpType::ALL.iter().map(|t| t.runtime_code()).collect();
         assert_eq!(codes, [4, 1, 2, 3]);
