@@ -794,9 +794,10 @@ impl Config {
                     "`collection_rules` must be a table of rules".to_owned(),
                 ));
             };
+            // `templates` / `Templates`, `defaults` / `Defaults`: one word, so case is all.
             if rules
                 .keys()
-                .any(|existing| crate::rules::config::snake_case(existing) == key)
+                .any(|existing| existing.eq_ignore_ascii_case(key))
             {
                 return Err(ConfigError(format!(
                     "`{section}` and `collection_rules.{key}` are both given; keep one of them"
