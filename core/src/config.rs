@@ -698,6 +698,54 @@ fn describe_error(error: &figment::Error) -> String {
     }
 }
 
+/// How deep a JSON config file may nest arrays and objects (serde_json's own limit).
+const MAX_JSON_NESTING: usize = 128;
+
+/// The deepest nesting of `[` and `{` in JSON5 text, outside strings and comments.
+fn json_nesting(text: &str) -> usize {
+    let (mut depth, mut deepest) = (0usize, 0usize);
+    let mut chars = text.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '"' | '\'' => {
+                while let Some(inner) = chars.next() {
+                    match inner {
+                        '\\' => {
+                            chars.next();
+                        }
+                        quote if quote == c => break,
+                        _ => {}
+                    }
+                }
+            }
+            '/' if chars.peek() == Some(&'/') => {
+                for inner in chars.by_ref() {
+                    if inner == '\n' {
+                        break;
+                    }
+                }
+            }
+            '/' if chars.peek() == Some(&'*') => {
+                chars.next();
+                let mut previous = ' ';
+                for inner in chars.by_ref() {
+                    if previous == '*' && inner == '/' {
+                        break;
+                    }
+                    previous = inner;
+                }
+            }
+            '[' | '{' => {
+                depth += 1;
+                deepest = deepest.max(depth);
+            }
+            ']' | '}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    deepest
+}
+
 /// A JSON config file, read as .NET's configuration reads one: dotnet-monitor's settings files
 /// may hold comments and trailing commas. It is parsed as JSON5, a superset of JSON that allows
 /// both.
@@ -713,6 +761,14 @@ impl figment::Provider for JsonFile {
     ) -> Result<figment::value::Map<figment::Profile, figment::value::Dict>, figment::Error> {
         let text = std::fs::read_to_string(&self.0)
             .map_err(|error| format!("cannot read {}: {error}", self.0.display()))?;
+        // The JSON5 parser recurses without a limit; a configuration is never this deep.
+        if json_nesting(&text) > MAX_JSON_NESTING {
+            return Err(format!(
+                "{} nests arrays and objects more than {MAX_JSON_NESTING} deep",
+                self.0.display()
+            )
+            .into());
+        }
         let value: figment::value::Value = json5::from_str(&text)
             .map_err(|error| format!("{} is not valid JSON: {error}", self.0.display()))?;
         Serialized::defaults(value).data()
@@ -1185,6 +1241,21 @@ mod tests {
         assert!(
             error.contains("`Templates` and `collection_rules.templates`"),
             "{error}"
+        );
+
+        let deep = format!(
+            "{{\"a\": {}1{} }}",
+            "[".repeat(100_000),
+            "]".repeat(100_000)
+        );
+        let path = write(&deep);
+        let error = load(Some(&path), serde_json::json!({}))
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("more than 128 deep"), "{error}");
+        assert_eq!(
+            json_nesting(r#"{ "a": "[[{", /* [[ */ b: ['x\'['] } // {{"#),
+            2
         );
 
         let path = write(r#"{ "urls": ["http://127.0.0.1:1"] "#);

@@ -27,12 +27,21 @@ use diagmon::server::{self, ServerAuth};
 use diagmon::{config, profiles};
 
 /// `print!` that returns an error instead of panicking when standard output is closed: a
-/// reader that stopped early (`| head`) ends the command quietly (see [`main`]).
+/// reader that stopped early (`| head`) ends the command quietly ([`StdoutClosed`]).
 macro_rules! out {
     ($($arg:tt)*) => {
-        std::io::Write::write_fmt(&mut std::io::stdout().lock(), format_args!($($arg)*))?
+        std::io::Write::write_fmt(&mut std::io::stdout().lock(), format_args!($($arg)*))
+            .map_err(|error| match error.kind() {
+                std::io::ErrorKind::BrokenPipe => anyhow::Error::new(StdoutClosed),
+                _ => anyhow::Error::new(error),
+            })?
     };
 }
+
+/// The reader of standard output went away (`diagmon ... | head`): not a failure to report.
+#[derive(Debug, thiserror::Error)]
+#[error("standard output was closed")]
+struct StdoutClosed;
 
 /// `println!` with [`out!`]'s handling of a closed standard output.
 macro_rules! outln {
@@ -342,13 +351,7 @@ fn main() -> ExitCode {
     match result {
         Ok(code) => code,
         // The reader of the output went away (`diagmon ... | head`): nothing left to say.
-        Err(error)
-            if error
-                .downcast_ref::<std::io::Error>()
-                .is_some_and(|error| error.kind() == std::io::ErrorKind::BrokenPipe) =>
-        {
-            ExitCode::SUCCESS
-        }
+        Err(error) if error.is::<StdoutClosed>() => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("error: {error:#}");
             ExitCode::FAILURE

@@ -323,7 +323,7 @@ async fn metrics_lists_every_process_with_exact_values_labels_and_types() {
             "diagmoncounters_polled_bytes",
             b.pid()
         ),
-        Some(12.0 * 1024.0 * 1024.0)
+        Some(12_000_000.0)
     );
     // diagmon's own metrics are there too: the scrapes above were counted.
     assert!(
@@ -621,7 +621,7 @@ async fn meters_and_malformed_counter_events_from_the_simulated_runtime() {
     // EventCounters: the mean in bytes, the increments added up (a whole number of intervals).
     assert_eq!(
         value_for(&samples, "simprovider_sim_gauge_bytes", pid),
-        Some(GAUGE.2 * 1024.0 * 1024.0)
+        Some(GAUGE.2 * 1_000_000.0)
     );
     let total = value_for(&samples, "simprovider_sim_rate_total", pid).unwrap();
     assert_eq!(total % RATE.2, 0.0, "{total}");

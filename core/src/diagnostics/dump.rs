@@ -33,7 +33,7 @@ pub enum DumpType {
 
 /// A `type` value that is not a dump type.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("`{0}` is not a dump type; use Mini, Full, WithHeap or Triage")]
+#[error("`{0}` is not a dump type; use Mini, Full, WithHeap or Triage (or 1 to 4)")]
 pub struct UnknownDumpType(pub String);
 
 impl DumpType {

@@ -616,20 +616,18 @@ pub fn read(bytes: &[u8]) -> Result<HeapDump, FormatError> {
         ));
     }
     let mut types = Types::default();
-    let entry = types.begin(&mut r);
-    // A file that starts as a heap snapshot and does not end as one was cut short.
-    if entry.is_ok() {
-        check_trailer(bytes)?;
-    }
-    let entry = match entry? {
-        Some(entry) if entry.name == "GCHeapDump" => entry,
-        other => {
+    let entry = match types.begin(&mut r) {
+        Ok(Some(entry)) if entry.name == "GCHeapDump" => entry,
+        Err(error) => return Err(error),
+        Ok(other) => {
             return Err(FormatError::Invalid(format!(
                 "the entry object is {:?}, not a GCHeapDump",
                 other.map(|entry| entry.name)
             )));
         }
     };
+    // A file that starts as a heap snapshot and does not end as one was cut short.
+    check_trailer(bytes)?;
     if entry.version < FIRST_TAGGED_VERSION {
         return Err(FormatError::Invalid(format!(
             "the GCHeapDump is version {}; this reader reads version {FIRST_TAGGED_VERSION} and \

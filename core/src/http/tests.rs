@@ -396,6 +396,7 @@ async fn info_names_dotnet_monitors_capabilities_and_whether_they_are_here() {
         .collect();
     for (name, enabled) in [
         ("exceptions", false),
+        ("parameters", false),
         ("call_stacks", false),
         ("metrics", true),
         ("http_egress", true),

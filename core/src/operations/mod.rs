@@ -693,9 +693,20 @@ mod tests {
         assert_eq!(status["kind"], "environment");
         assert_eq!(status["status"], "Succeeded");
         assert_eq!(status["outputs"]["Value"], "1");
-        // Artifact operations show no outputs.
+        // Artifact operations show no outputs; a location and an error are null until they
+        // apply, as dotnet-monitor writes them.
         let trace = serde_json::to_value(first.status()).unwrap();
         assert!(trace.get("outputs").is_none(), "{trace}");
+        assert_eq!(
+            trace.get("resourceLocation"),
+            Some(&serde_json::Value::Null),
+            "{trace}"
+        );
+        assert_eq!(
+            trace.get("error"),
+            Some(&serde_json::Value::Null),
+            "{trace}"
+        );
     }
 
     #[test]

@@ -1210,11 +1210,18 @@ fn parse_action(
     let kind = match type_key(&type_name).as_str() {
         "collecttrace" => parse_collect_trace(&mut settings, egress)?,
         "collectdump" => {
-            let dump_type = match settings.string("type")? {
+            // A name, or dotnet-monitor's enum number (as .NET's binder reads it).
+            let dump_type = match settings.get("type") {
                 None => DumpType::default(),
-                Some(text) => text
-                    .parse::<DumpType>()
-                    .map_err(|e| error(&settings.key("type"), e.to_string()))?,
+                Some(value) => {
+                    let text = match value {
+                        Value::Number(number) => number.to_string(),
+                        Value::String(text) => text.clone(),
+                        _ => return Err(error(&settings.key("type"), "must be a dump type")),
+                    };
+                    text.parse::<DumpType>()
+                        .map_err(|e| error(&settings.key("type"), e.to_string()))?
+                }
             };
             ActionKind::CollectDump {
                 dump_type,
@@ -1235,7 +1242,12 @@ fn parse_action(
                 ("meters", "meters"),
             ] {
                 if let Some(value) = settings.get(key) {
-                    body.insert(camel.to_owned(), camel_case_keys(value));
+                    // `"false"` as .NET's binder reads it.
+                    let value = match bool_value(value) {
+                        Some(flag) if key == "include_default_providers" => Value::Bool(flag),
+                        _ => camel_case_keys(value),
+                    };
+                    body.insert(camel.to_owned(), value);
                 }
             }
             let body = Value::Object(body);
