@@ -571,6 +571,29 @@ fn counters_command_prints_one_line_per_report_into_a_pipe() {
     let fixed = lines.iter().filter(|l| l.contains(" fixed-mean ")).count();
     assert!(fixed >= 2, "{stdout}");
 
+    // `diagmon counters | head -1`: once the reader is gone, the watch ends (well before the
+    // minute it was asked for), quietly.
+    let started = Instant::now();
+    let mut child = Command::new(diagmon_tests::monitor::monitor_binary())
+        .args(["counters", "--socket-dir", &socket_dir, "--pid", &pid])
+        .args(["--interval", "1", "--duration", "60s"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run diagmon counters");
+    drop(child.stdout.take());
+    let ended = child.wait_with_output().expect("diagmon counters ends");
+    assert!(
+        ended.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ended.stderr)
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "{:?}",
+        started.elapsed()
+    );
+
     let output = Command::new(diagmon_tests::monitor::monitor_binary())
         .args([
             "counters",

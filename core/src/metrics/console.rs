@@ -20,8 +20,8 @@ pub enum ViewMode {
     Lines,
 }
 
-/// Watches `client`'s counters until `stop` is cancelled or the process ends, writing the view to
-/// `out`. `title` heads the table.
+/// Watches `client`'s counters until `stop` is cancelled, the process ends or `out` can no longer
+/// be written (its reader went away), writing the view to `out`. `title` heads the table.
 pub async fn watch(
     client: &DiagnosticsClient,
     request: &CounterRequest,
@@ -52,24 +52,25 @@ pub async fn watch(
         if samples.is_empty() {
             continue;
         }
-        match mode {
-            ViewMode::Lines => {
-                for sample in &samples {
-                    let _ = writeln!(out, "{}", line(sample));
-                }
-            }
+        let written = match mode {
+            ViewMode::Lines => samples
+                .iter()
+                .try_for_each(|sample| writeln!(out, "{}", line(sample))),
             ViewMode::Terminal => {
                 for sample in samples {
                     latest.insert((sample.provider.clone(), sample.name.clone()), sample);
                 }
-                let _ = write!(
+                write!(
                     out,
                     "\x1b[H\x1b[2J{}",
                     table(title, request.interval, &latest)
-                );
+                )
             }
+        };
+        // The reader went away (`diagmon counters | head`): nobody is watching any more.
+        if written.and_then(|()| out.flush()).is_err() {
+            return Ok(());
         }
-        let _ = out.flush();
     }
 }
 
