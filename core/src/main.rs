@@ -569,7 +569,12 @@ async fn collect(args: CollectArgs) -> Result<ExitCode> {
         }
     } else if args.temp_apikey {
         let (authenticator, token) = Authenticator::temporary()?;
-        outln!("Authorization: Bearer {token}");
+        // Without it nobody can call the API: a closed output is an error here, not a quiet end.
+        std::io::Write::write_fmt(
+            &mut std::io::stdout().lock(),
+            format_args!("Authorization: Bearer {token}\n"),
+        )
+        .context("cannot print the temporary API key")?;
         ServerAuth {
             authenticator,
             watched_file: None,
