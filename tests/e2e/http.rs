@@ -471,6 +471,73 @@ async fn egress_to_the_filesystem_provider_records_where_the_trace_landed() {
     assert_eq!(files.len(), 1, "no temporary file is left: {files:?}");
 }
 
+/// An egressed trace is read, summarised and written on its upload's thread: a stop still ends
+/// it whole, and a cancel ends it promptly with nothing left behind, as for a streamed one.
+#[tokio::test]
+async fn an_endless_egressed_trace_stops_gracefully_or_is_cancelled() {
+    let target = TestTarget::start(Program::Worker, &[]);
+    let traces = tempfile::tempdir().unwrap();
+    let monitor = monitor_with_filesystem_egress(&target, traces.path());
+    let client = reqwest::Client::new();
+    let url = monitor.url(&format!(
+        "/trace?pid={}&durationSeconds=-1&egressProvider=artifacts",
+        target.pid()
+    ));
+
+    // Stopped: the file is a whole trace, and the operation's summary is the file's.
+    let response = post_trace(&client, url.clone()).await;
+    assert_eq!(response.status(), StatusCode::ACCEPTED);
+    let location = location_of(&response);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let (_, running) = operation(&client, &location).await;
+    assert_eq!(running["status"], "Running", "{running}");
+    let stop = client
+        .delete(format!("{location}?stop=true"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(stop.status(), StatusCode::ACCEPTED);
+    let stopped = final_operation(&client, &location, OPERATION_WAIT).await;
+    assert_eq!(stopped["status"], "Succeeded", "{stopped}");
+    let path = std::path::PathBuf::from(stopped["resourceLocation"].as_str().unwrap());
+    let bytes = std::fs::read(&path).unwrap();
+    let summary = validated_nettrace(&bytes);
+    assert_eq!(stopped["summary"]["events"], summary.events);
+    assert_eq!(stopped["summary"]["bytes"], bytes.len() as u64);
+    assert_eq!(stopped["summary"]["sha256"], sha256_hex(&bytes));
+
+    // Cancelled while the session is quiet (`quiet_body`): the upload's thread is waiting on
+    // the socket, and still the operation says Cancelled within a moment, and no file is left
+    // for it.
+    let response = post_trace_with(&client, url, &quiet_body()).await;
+    assert_eq!(response.status(), StatusCode::ACCEPTED);
+    let location = location_of(&response);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let cancelled_at = std::time::Instant::now();
+    let cancel = client.delete(&location).send().await.unwrap();
+    assert_eq!(cancel.status(), StatusCode::OK);
+    let cancelled = final_operation(&client, &location, OPERATION_WAIT).await;
+    assert_eq!(cancelled["status"], "Cancelled", "{cancelled}");
+    assert!(
+        cancelled_at.elapsed() < Duration::from_secs(5),
+        "the cancel took {:?}",
+        cancelled_at.elapsed()
+    );
+    // The operation is Cancelled at once; the upload is aborted right after, and its partial
+    // file removed.
+    let files = || -> Vec<_> {
+        std::fs::read_dir(traces.path())
+            .unwrap()
+            .map(|entry| entry.unwrap().path())
+            .collect()
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while files() != vec![path.clone()] && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(files(), vec![path], "only the stopped trace's file is left");
+}
+
 #[tokio::test]
 async fn a_killed_target_aborts_the_egress_upload() {
     let target = TestTarget::start(Program::Worker, &[]);

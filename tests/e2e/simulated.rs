@@ -6,8 +6,10 @@ use std::time::{Duration, Instant};
 use diagmon::diagnostics::endpoint::Endpoint;
 use diagmon::diagnostics::eventpipe::{EventIdFilter, Rundown};
 use diagmon::diagnostics::reverse::{PortLimits, ReversePort};
+use diagmon::diagnostics::summary::TraceDigester;
 use diagmon::diagnostics::{
-    Command, DiagnosticsClient, DiagnosticsError, EventProvider, SessionConfig, Timeouts,
+    BlockingSession, Command, DiagnosticsClient, DiagnosticsError, EventProvider, SessionConfig,
+    Timeouts,
 };
 use diagmon::processes::{Discovery, ProcessDirectory};
 use diagmon_tests::api::get_json;
@@ -201,6 +203,109 @@ async fn a_stopped_session_is_complete_and_a_cut_one_is_truncated() {
     assert!(
         matches!(&again, DiagnosticsError::SessionFailed(reason) if *reason == first_error.to_string()),
         "{again}"
+    );
+}
+
+/// Reads a blocking session to its end on a blocking thread: the bytes, and how it ended (a
+/// clean end as `Internal("clean end")`). Checks that the end is for good.
+async fn read_blocking(session: BlockingSession) -> (Vec<u8>, DiagnosticsError) {
+    tokio::task::spawn_blocking(move || {
+        let mut session = session;
+        let mut bytes = Vec::new();
+        loop {
+            match session.next_chunk() {
+                Ok(Some(chunk)) => bytes.extend_from_slice(&chunk),
+                Ok(None) => {
+                    assert!(matches!(session.next_chunk(), Ok(None)));
+                    return (bytes, DiagnosticsError::Internal("clean end".to_owned()));
+                }
+                Err(error) => {
+                    let again = session.next_chunk().unwrap_err();
+                    assert!(
+                        matches!(&again, DiagnosticsError::SessionFailed(reason) if *reason == error.to_string()),
+                        "{again}"
+                    );
+                    return (bytes, error);
+                }
+            }
+        }
+    })
+    .await
+    .unwrap()
+}
+
+/// The blocking reader an egress upload's thread uses keeps the async reader's rules: whole
+/// after a stop, truncated (for good) when cut, truncated at the stop deadline when the runtime
+/// ignores the stop.
+#[tokio::test]
+async fn a_blocking_session_keeps_the_rules_of_the_async_one() {
+    let (_dir, runtime) = simulated(SimulatedRuntimeConfig::default()).await;
+    let session = client_for(&runtime)
+        .start_session(&SessionConfig::new(providers()))
+        .await
+        .unwrap();
+    let stop = session.stop_handle();
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        stop.stop().await.unwrap();
+    });
+    let (bytes, end) = read_blocking(session.into_blocking()).await;
+    assert!(
+        matches!(&end, DiagnosticsError::Internal(clean) if clean == "clean end"),
+        "{end}"
+    );
+    let mut digester = TraceDigester::default();
+    digester.feed(&bytes).unwrap();
+    assert!(digester.finish().unwrap().nettrace.events > 0);
+
+    let config = SimulatedRuntimeConfig {
+        stream: StreamBehaviour::DisconnectAfter {
+            after_bytes: 150_000,
+        },
+        ..Default::default()
+    };
+    let (_dir, runtime) = simulated(config).await;
+    let session = client_for(&runtime)
+        .start_session(&SessionConfig::new(providers()))
+        .await
+        .unwrap();
+    let (bytes, end) = read_blocking(session.into_blocking()).await;
+    assert_eq!(bytes.len(), 150_000);
+    assert!(
+        matches!(end, DiagnosticsError::Truncated { bytes: 150_000, .. }),
+        "{end}"
+    );
+
+    let config = SimulatedRuntimeConfig {
+        fault: Some(Fault::IgnoreStop),
+        ..Default::default()
+    };
+    let (_dir, runtime) = simulated(config).await;
+    let timeouts = Timeouts {
+        stop: Duration::from_secs(1),
+        ..short_timeouts()
+    };
+    let client = DiagnosticsClient::new(Endpoint::Socket(runtime.socket_path().unwrap()), timeouts);
+    let session = client
+        .start_session(&SessionConfig::new(providers()))
+        .await
+        .unwrap();
+    let stop = session.stop_handle();
+    let stopper = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        stop.stop().await
+    });
+    let started = Instant::now();
+    let (_, end) = read_blocking(session.into_blocking()).await;
+    let elapsed = started.elapsed();
+    stopper.await.unwrap().unwrap();
+    assert!(
+        matches!(&end, DiagnosticsError::Truncated { reason, .. } if reason.contains("stop request")),
+        "{end}"
+    );
+    assert!(
+        elapsed >= Duration::from_millis(1100) && elapsed < Duration::from_secs(4),
+        "ended {elapsed:?} after the start, the deadline is 1 s after the stop"
     );
 }
 

@@ -6,7 +6,8 @@
 //! Every chunk also goes through a framing-only [`NettraceValidator`], inline and at next to no
 //! cost, which is how a stream that ends without its end-of-stream marker is told apart from a
 //! clean end. Reading every event and hashing the bytes is the [`TraceSummarizer`]'s job, on a
-//! thread of its own, for the callers that want a summary.
+//! thread of its own, for the callers that want a summary. A thread that does a capture's whole
+//! work itself reads the same session by blocking calls ([`BlockingSession`]).
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -330,9 +331,15 @@ impl StopHandle {
 /// [`StopHandle::stop`] for a graceful end with rundown.
 #[derive(Debug)]
 pub struct EventPipeSession {
+    stream: UnixStream,
+    state: StreamState,
+}
+
+/// What a session knows about its stream, however it is read.
+#[derive(Debug)]
+struct StreamState {
     id: u64,
     command: Command,
-    stream: UnixStream,
     stop: StopHandle,
     stop_requested: watch::Receiver<Option<Instant>>,
     framing: NettraceValidator,
@@ -350,91 +357,49 @@ enum End {
     Failed(String),
 }
 
-impl EventPipeSession {
-    fn new(client: DiagnosticsClient, id: u64, command: Command, stream: UnixStream) -> Self {
-        let (requested, stop_requested) = watch::channel(None);
-        EventPipeSession {
-            id,
-            command,
-            stream,
-            stop: StopHandle {
-                client,
-                session_id: id,
-                requested,
-            },
-            stop_requested,
-            framing: NettraceValidator::framing_only(),
-            buffers: ReadBuffers::default(),
-            end: None,
-        }
-    }
-
-    /// The runtime's session id.
-    pub fn id(&self) -> u64 {
-        self.id
-    }
-
-    /// The CollectTracing command the runtime accepted.
-    pub fn command(&self) -> Command {
-        self.command
-    }
-
-    /// A handle that stops this session gracefully.
-    pub fn stop_handle(&self) -> StopHandle {
-        self.stop.clone()
-    }
-
-    /// Bytes received so far.
-    pub fn bytes_received(&self) -> u64 {
-        self.framing.bytes_seen()
-    }
-
-    /// The next chunk of the trace; `Ok(None)` once the stream ended after its end-of-stream
-    /// marker. An end without the marker is [`DiagnosticsError::Truncated`], and so is a stream
-    /// still running [`super::Timeouts::stop`] after the stop request (see [`StopHandle`]). Once it has
-    /// failed, every later call fails too ([`DiagnosticsError::SessionFailed`]), never reporting
-    /// a clean end.
-    pub async fn next_chunk(&mut self) -> Result<Option<Bytes>, DiagnosticsError> {
+impl StreamState {
+    /// What a read returns once the stream has ended: its clean end again, or its failure.
+    fn ended(&self) -> Option<Result<Option<Bytes>, DiagnosticsError>> {
         match &self.end {
-            Some(End::Clean) => return Ok(None),
-            Some(End::Failed(reason)) => {
-                return Err(DiagnosticsError::SessionFailed(reason.clone()));
-            }
-            None => {}
+            Some(End::Clean) => Some(Ok(None)),
+            Some(End::Failed(reason)) => Some(Err(DiagnosticsError::SessionFailed(reason.clone()))),
+            None => None,
         }
-        let next = self.read_next().await;
-        match &next {
+    }
+
+    /// Remembers how the stream ended, if `next` ends it.
+    fn record(&mut self, next: &Result<Option<Bytes>, DiagnosticsError>) {
+        match next {
             Ok(Some(_)) => {}
             Ok(None) => self.end = Some(End::Clean),
             Err(error) => self.end = Some(End::Failed(error.to_string())),
         }
-        next
     }
 
-    async fn read_next(&mut self) -> Result<Option<Bytes>, DiagnosticsError> {
-        let read = loop {
-            let stop_requested_at = *self.stop_requested.borrow();
-            if let Some(requested_at) = stop_requested_at {
-                let after = self.stop.client.timeouts().stop;
-                let read = self.buffers.read_chunk(&mut self.stream);
-                match tokio::time::timeout_at(requested_at + after, read).await {
-                    Ok(read) => break read,
-                    Err(_) => {
-                        return Err(DiagnosticsError::Truncated {
-                            bytes: self.framing.bytes_seen(),
-                            reason: format!(
-                                "the runtime did not end the trace within {after:?} of the stop \
-                                 request, so it has no end-of-stream marker"
-                            ),
-                        });
-                    }
-                }
-            }
-            tokio::select! {
-                read = self.buffers.read_chunk(&mut self.stream) => break read,
-                _ = self.stop_requested.changed() => {}
-            }
-        };
+    /// When the stream must have ended, once a stop was asked for.
+    fn stop_deadline(&self) -> Option<Instant> {
+        let requested_at = (*self.stop_requested.borrow())?;
+        Some(requested_at + self.stop.client.timeouts().stop)
+    }
+
+    /// The error of a stream still running at its stop deadline.
+    fn stop_overdue(&self) -> DiagnosticsError {
+        DiagnosticsError::Truncated {
+            bytes: self.framing.bytes_seen(),
+            reason: format!(
+                "the runtime did not end the trace within {:?} of the stop request, so it has \
+                 no end-of-stream marker",
+                self.stop.client.timeouts().stop
+            ),
+        }
+    }
+
+    /// Checks one read from the socket: its end is clean only after the end-of-stream marker,
+    /// and its bytes must frame as nettrace.
+    fn accept(
+        &mut self,
+        read: std::io::Result<Option<Bytes>>,
+    ) -> Result<Option<Bytes>, DiagnosticsError> {
         let read = read.map_err(|source| DiagnosticsError::Io {
             what: "reading the trace stream",
             source,
@@ -454,6 +419,93 @@ impl EventPipeSession {
             return Err(DiagnosticsError::InvalidTrace(error.to_string()));
         }
         Ok(Some(chunk))
+    }
+}
+
+impl EventPipeSession {
+    fn new(client: DiagnosticsClient, id: u64, command: Command, stream: UnixStream) -> Self {
+        let (requested, stop_requested) = watch::channel(None);
+        EventPipeSession {
+            stream,
+            state: StreamState {
+                id,
+                command,
+                stop: StopHandle {
+                    client,
+                    session_id: id,
+                    requested,
+                },
+                stop_requested,
+                framing: NettraceValidator::framing_only(),
+                buffers: ReadBuffers::default(),
+                end: None,
+            },
+        }
+    }
+
+    /// The runtime's session id.
+    pub fn id(&self) -> u64 {
+        self.state.id
+    }
+
+    /// The CollectTracing command the runtime accepted.
+    pub fn command(&self) -> Command {
+        self.state.command
+    }
+
+    /// A handle that stops this session gracefully.
+    pub fn stop_handle(&self) -> StopHandle {
+        self.state.stop.clone()
+    }
+
+    /// Bytes received so far.
+    pub fn bytes_received(&self) -> u64 {
+        self.state.framing.bytes_seen()
+    }
+
+    /// The next chunk of the trace; `Ok(None)` once the stream ended after its end-of-stream
+    /// marker. An end without the marker is [`DiagnosticsError::Truncated`], and so is a stream
+    /// still running [`super::Timeouts::stop`] after the stop request (see [`StopHandle`]). Once it has
+    /// failed, every later call fails too ([`DiagnosticsError::SessionFailed`]), never reporting
+    /// a clean end.
+    pub async fn next_chunk(&mut self) -> Result<Option<Bytes>, DiagnosticsError> {
+        if let Some(ended) = self.state.ended() {
+            return ended;
+        }
+        let next = self.read_next().await;
+        self.state.record(&next);
+        next
+    }
+
+    async fn read_next(&mut self) -> Result<Option<Bytes>, DiagnosticsError> {
+        let read = loop {
+            if let Some(deadline) = self.state.stop_deadline() {
+                let read = self.state.buffers.read_chunk(&mut self.stream);
+                match tokio::time::timeout_at(deadline, read).await {
+                    Ok(read) => break read,
+                    Err(_) => return Err(self.state.stop_overdue()),
+                }
+            }
+            tokio::select! {
+                read = self.state.buffers.read_chunk(&mut self.stream) => break read,
+                _ = self.state.stop_requested.changed() => {}
+            }
+        };
+        self.state.accept(read)
+    }
+
+    /// The same session, read by blocking calls from a thread that may block (see
+    /// [`BlockingSession`]).
+    pub fn into_blocking(self) -> BlockingSession {
+        let stream = self.stream.into_std().and_then(|stream| {
+            stream.set_nonblocking(false)?;
+            stream.set_read_timeout(Some(BLOCKING_POLL))?;
+            Ok(stream)
+        });
+        BlockingSession {
+            stream,
+            state: self.state,
+        }
     }
 
     /// Reads the rest of the stream into `sink` and summarises it (see [`TraceSummarizer`]).
@@ -477,6 +529,64 @@ impl EventPipeSession {
             source,
         })?;
         summarizer.finish().await
+    }
+}
+
+/// How long a [`BlockingSession`]'s read waits for bytes before it returns an empty chunk, so
+/// that its caller can look for a cancel.
+pub const BLOCKING_POLL: Duration = Duration::from_millis(100);
+
+/// An [`EventPipeSession`] read by blocking calls, for a thread that does the rest of a capture's
+/// work on each chunk itself (an egress upload's thread): no task hand-off per chunk. The same
+/// rules as [`EventPipeSession::next_chunk`] hold; dropping it cancels the session.
+#[derive(Debug)]
+pub struct BlockingSession {
+    /// The socket, or why it could not be made blocking (reported by the first read).
+    stream: std::io::Result<std::os::unix::net::UnixStream>,
+    state: StreamState,
+}
+
+impl BlockingSession {
+    /// The next chunk of the trace, as [`EventPipeSession::next_chunk`] gives it; an empty chunk
+    /// when no byte came within [`BLOCKING_POLL`] (ask again after looking for a cancel).
+    pub fn next_chunk(&mut self) -> Result<Option<Bytes>, DiagnosticsError> {
+        if let Some(ended) = self.state.ended() {
+            return ended;
+        }
+        let next = self.read_next();
+        self.state.record(&next);
+        next
+    }
+
+    fn read_next(&mut self) -> Result<Option<Bytes>, DiagnosticsError> {
+        if self
+            .state
+            .stop_deadline()
+            .is_some_and(|deadline| Instant::now() >= deadline)
+        {
+            return Err(self.state.stop_overdue());
+        }
+        let stream = match &mut self.stream {
+            Ok(stream) => stream,
+            Err(error) => {
+                return Err(DiagnosticsError::Io {
+                    what: "making the trace stream blocking",
+                    source: std::io::Error::new(error.kind(), error.to_string()),
+                });
+            }
+        };
+        let read = self.state.buffers.read_chunk_blocking(stream);
+        if let Err(error) = &read
+            && matches!(
+                error.kind(),
+                std::io::ErrorKind::WouldBlock
+                    | std::io::ErrorKind::TimedOut
+                    | std::io::ErrorKind::Interrupted
+            )
+        {
+            return Ok(Some(Bytes::new()));
+        }
+        self.state.accept(read)
     }
 }
 

@@ -34,7 +34,7 @@ use std::time::Duration;
 
 pub use client::{DiagnosticsClient, ProcessInfo, Timeouts};
 pub use endpoint::Endpoint;
-pub use eventpipe::{EventPipeSession, EventProvider, SessionConfig, StopHandle};
+pub use eventpipe::{BlockingSession, EventPipeSession, EventProvider, SessionConfig, StopHandle};
 pub use protocol::{Command, RuntimeErrorCode};
 
 /// Everything that can go wrong talking to a runtime.

@@ -34,6 +34,25 @@ impl ReadBuffers {
     {
         let mut buffer = self.take();
         let read = source.read(&mut buffer).await;
+        self.chunk_of(buffer, read)
+    }
+
+    /// [`ReadBuffers::read_chunk`] for a blocking `source`, on a thread that may block.
+    pub(crate) fn read_chunk_blocking<R>(&self, source: &mut R) -> std::io::Result<Option<Bytes>>
+    where
+        R: std::io::Read,
+    {
+        let mut buffer = self.take();
+        let read = source.read(&mut buffer);
+        self.chunk_of(buffer, read)
+    }
+
+    /// The chunk that `read` put at the start of `buffer`.
+    fn chunk_of(
+        &self,
+        buffer: Vec<u8>,
+        read: std::io::Result<usize>,
+    ) -> std::io::Result<Option<Bytes>> {
         let read = match read {
             Ok(0) => {
                 self.give_back(buffer);

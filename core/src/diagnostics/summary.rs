@@ -1,9 +1,10 @@
-//! A trace's summary, computed on a thread of its own while the trace streams: every event read
-//! by the [`NettraceValidator`], and the SHA-256 of the bytes.
+//! A trace's summary, computed while the trace streams: every event read by the
+//! [`NettraceValidator`], and the SHA-256 of the bytes. [`TraceDigester`] does the work on the
+//! caller's thread; [`TraceSummarizer`] runs it on a thread of its own.
 //!
 //! Reading every event and hashing every byte costs far more than moving the bytes (SHA-256 alone
-//! runs at about 1.7 GiB/s on one core with SHA extensions), so it stays off the path that reads
-//! the runtime's socket and writes the sink. Chunks are shared (`Bytes`), not copied; the queue is
+//! runs at about 1.7 GiB/s on one core with SHA extensions), so where the reads and the sink run
+//! on async tasks it stays off them, on the summarizer's thread. Chunks are shared (`Bytes`), not copied; the queue is
 //! bounded, so a summarizer that falls behind slows the reads rather than growing memory, and it
 //! hands its room back in batches (see `chunk_queue`), so that the feeder wakes once per batch.
 
@@ -26,15 +27,72 @@ pub struct TraceDigest {
     pub sha256: String,
 }
 
-/// How the stream ended, as the summarizer saw it.
+/// Validates every event of a trace and hashes its bytes as they pass, on the caller's thread:
+/// the work of a [`TraceSummarizer`], for a caller that already runs on a thread of its own.
 #[derive(Debug)]
-enum Verdict {
-    /// Whole, with its end-of-stream marker.
-    Complete(TraceDigest),
-    /// Cut short: no end-of-stream marker.
-    Incomplete { bytes: u64 },
-    /// Not valid nettrace.
-    Invalid(String),
+pub struct TraceDigester {
+    validator: NettraceValidator,
+    hasher: Sha256,
+    failure: Option<String>,
+}
+
+impl Default for TraceDigester {
+    fn default() -> Self {
+        TraceDigester {
+            validator: NettraceValidator::new(),
+            hasher: Sha256::new(),
+            failure: None,
+        }
+    }
+}
+
+impl TraceDigester {
+    /// Takes the next piece of the stream. Once the stream is found malformed, this and every
+    /// later call fail with [`DiagnosticsError::InvalidTrace`].
+    pub fn feed(&mut self, chunk: &[u8]) -> Result<(), DiagnosticsError> {
+        if let Some(reason) = &self.failure {
+            return Err(DiagnosticsError::InvalidTrace(reason.clone()));
+        }
+        if let Err(error) = self.validator.feed(chunk) {
+            let reason = error.to_string();
+            self.failure = Some(reason.clone());
+            return Err(DiagnosticsError::InvalidTrace(reason));
+        }
+        self.hasher.update(chunk);
+        Ok(())
+    }
+
+    /// The reason the stream is malformed, once it is known to be.
+    pub fn failure(&self) -> Option<&str> {
+        self.failure.as_deref()
+    }
+
+    /// Ends the stream. One without its end-of-stream marker is [`DiagnosticsError::Truncated`];
+    /// one that breaks the format is [`DiagnosticsError::InvalidTrace`].
+    pub fn finish(self) -> Result<TraceDigest, DiagnosticsError> {
+        if let Some(reason) = self.failure {
+            return Err(DiagnosticsError::InvalidTrace(reason));
+        }
+        if !self.validator.is_complete() {
+            return Err(DiagnosticsError::Truncated {
+                bytes: self.validator.bytes_seen(),
+                reason: "the stream ended before its end-of-stream marker".to_owned(),
+            });
+        }
+        let nettrace = self
+            .validator
+            .finish()
+            .map_err(|error| DiagnosticsError::InvalidTrace(error.to_string()))?;
+        Ok(TraceDigest {
+            nettrace,
+            sha256: self
+                .hasher
+                .finalize()
+                .iter()
+                .map(|byte| format!("{byte:02x}"))
+                .collect(),
+        })
+    }
 }
 
 /// Validates every event of a trace and hashes its bytes on a thread of its own.
@@ -43,7 +101,7 @@ enum Verdict {
 #[derive(Debug)]
 pub struct TraceSummarizer {
     chunks: Option<ChunkSender>,
-    verdict: oneshot::Receiver<Verdict>,
+    digest: oneshot::Receiver<Result<TraceDigest, DiagnosticsError>>,
     failure: Arc<OnceLock<String>>,
 }
 
@@ -51,20 +109,20 @@ impl TraceSummarizer {
     /// Starts the summarizer's thread.
     pub fn start() -> Result<Self, DiagnosticsError> {
         let (chunks, queue) = chunk_queue();
-        let (verdict, outcome) = oneshot::channel();
+        let (digest, outcome) = oneshot::channel();
         let failure = Arc::new(OnceLock::new());
         let failed = failure.clone();
         std::thread::Builder::new()
             .name("trace-summary".to_owned())
             .spawn(move || {
-                let _ = verdict.send(summarize(queue, &failed));
+                let _ = digest.send(summarize(queue, &failed));
             })
             .map_err(|error| {
                 DiagnosticsError::Internal(format!("cannot start the trace summarizer: {error}"))
             })?;
         Ok(TraceSummarizer {
             chunks: Some(chunks),
-            verdict: outcome,
+            digest: outcome,
             failure,
         })
     }
@@ -87,20 +145,10 @@ impl TraceSummarizer {
         }
     }
 
-    /// Ends the stream and waits for the summary. A stream without its end-of-stream marker is
-    /// [`DiagnosticsError::Truncated`]; one that breaks the format is
-    /// [`DiagnosticsError::InvalidTrace`].
+    /// Ends the stream and waits for the summary (see [`TraceDigester::finish`]).
     pub async fn finish(mut self) -> Result<TraceDigest, DiagnosticsError> {
         self.chunks = None;
-        match self.verdict.await {
-            Ok(Verdict::Complete(digest)) => Ok(digest),
-            Ok(Verdict::Incomplete { bytes }) => Err(DiagnosticsError::Truncated {
-                bytes,
-                reason: "the stream ended before its end-of-stream marker".to_owned(),
-            }),
-            Ok(Verdict::Invalid(reason)) => Err(DiagnosticsError::InvalidTrace(reason)),
-            Err(_) => Err(stopped()),
-        }
+        self.digest.await.unwrap_or_else(|_| Err(stopped()))
     }
 }
 
@@ -108,36 +156,23 @@ fn stopped() -> DiagnosticsError {
     DiagnosticsError::Internal("the trace summarizer stopped unexpectedly".to_owned())
 }
 
-/// The summarizer thread's work: validate and hash every chunk until the queue closes.
-fn summarize(mut queue: ChunkReceiver, failed: &OnceLock<String>) -> Verdict {
-    let mut validator = NettraceValidator::new();
-    let mut hasher = Sha256::new();
+/// The summarizer thread's work: digest every chunk until the queue closes.
+fn summarize(
+    mut queue: ChunkReceiver,
+    failed: &OnceLock<String>,
+) -> Result<TraceDigest, DiagnosticsError> {
+    let mut digester = TraceDigester::default();
     while let Some(chunk) = queue.blocking_recv() {
-        if let Err(error) = validator.feed(&chunk) {
-            let reason = error.to_string();
-            let _ = failed.set(reason.clone());
+        if digester.feed(&chunk).is_err() {
+            if let Some(reason) = digester.failure() {
+                let _ = failed.set(reason.to_owned());
+            }
             // Keep taking chunks so that the feeder never waits on a full queue.
             while queue.blocking_recv().is_some() {}
-            return Verdict::Invalid(reason);
+            break;
         }
-        hasher.update(&chunk);
     }
-    if !validator.is_complete() {
-        return Verdict::Incomplete {
-            bytes: validator.bytes_seen(),
-        };
-    }
-    match validator.finish() {
-        Ok(nettrace) => Verdict::Complete(TraceDigest {
-            nettrace,
-            sha256: hasher
-                .finalize()
-                .iter()
-                .map(|byte| format!("{byte:02x}"))
-                .collect(),
-        }),
-        Err(error) => Verdict::Invalid(error.to_string()),
-    }
+    digester.finish()
 }
 
 #[cfg(test)]

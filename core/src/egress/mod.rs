@@ -56,5 +56,5 @@ pub use error::{EgressError, ProviderErrorKind};
 pub use object_store::{FromEnv, FromFile, GrantValue, ObjectStoreGrant};
 pub use registry::{EgressHost, ProviderUsageSnapshot};
 pub use template::{TemplateLanguage, write_template};
-pub use upload::Upload;
+pub use upload::{Pump, Upload};
 pub use world::{ImportNeed, WORLD_VERSION};

@@ -49,8 +49,13 @@ const IN_FLIGHT: usize = 2;
 
 enum Request {
     Write(Bytes, oneshot::Sender<Written>),
+    Pump(Pump, oneshot::Sender<Result<(), EgressError>>),
     Finish(oneshot::Sender<Result<String, EgressError>>),
 }
+
+/// Work that produces an artifact's chunks on the upload's own thread (see [`Upload::pump`]): it
+/// hands each chunk, in order, to the writer it is given, and stops at the writer's first error.
+pub type Pump = Box<dyn FnOnce(&mut dyn FnMut(Bytes) -> Result<(), EgressError>) + Send>;
 
 /// The outcome of a write, and the gathering buffer it came in, emptied, for reuse.
 struct Written {
@@ -67,14 +72,12 @@ pub struct Upload {
     gathering: Gathering,
     failed: Option<EgressError>,
     done: oneshot::Receiver<()>,
-    bytes: u64,
 }
 
 impl std::fmt::Debug for Upload {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Upload")
             .field("provider", &self.provider.name)
-            .field("bytes", &self.bytes)
             .finish_non_exhaustive()
     }
 }
@@ -122,18 +125,12 @@ impl Upload {
             gathering: Gathering::new(chunk_size),
             failed: None,
             done,
-            bytes: 0,
         })
     }
 
     /// The provider's configured name.
     pub fn provider(&self) -> &str {
         &self.provider.name
-    }
-
-    /// Bytes accepted so far by [`Upload::write`].
-    pub fn bytes_written(&self) -> u64 {
-        self.bytes
     }
 
     /// Hands the next chunk of the artifact to the provider. Returns once the chunk is buffered
@@ -143,12 +140,45 @@ impl Upload {
         if let Some(error) = &self.failed {
             return Err(error.clone());
         }
-        self.bytes += chunk.len() as u64;
         crate::telemetry::record_egressed(&self.provider.name, chunk.len() as u64);
         for write in self.gathering.push(chunk).into_iter().flatten() {
             self.send(write).await?;
         }
         Ok(())
+    }
+
+    /// Runs `pump` on the upload's thread, where each chunk it produces goes into the provider as
+    /// [`Upload::write`] would put it (gathered or split the same way), with no hand-off between
+    /// threads per chunk. Returns once `pump` returned: the error of a write that failed (the
+    /// upload is then dead, as after a failed [`Upload::write`]). The pump must end on its own:
+    /// there is no deadline on it as a whole, only on each write.
+    pub async fn pump(&mut self, pump: Pump) -> Result<(), EgressError> {
+        if let Some(error) = &self.failed {
+            return Err(error.clone());
+        }
+        if let Some(gathered) = self.gathering.finish() {
+            self.send(gathered).await?;
+        }
+        self.wait_pending().await?;
+        let (reply, pumped) = oneshot::channel();
+        let sent = match &self.requests {
+            Some(requests) => requests.send(Request::Pump(pump, reply)).await.is_ok(),
+            None => false,
+        };
+        let result = if sent {
+            pumped.await.unwrap_or_else(|_| {
+                Err(EgressError::host(
+                    &self.provider.name,
+                    "the provider's thread ended during a write",
+                ))
+            })
+        } else {
+            Err(EgressError::host(
+                &self.provider.name,
+                "the provider's thread ended",
+            ))
+        };
+        result.map_err(|error| self.fail(error))
     }
 
     /// Sends `data` to the thread in pieces of at most the provider's chunk size (splitting
@@ -426,6 +456,40 @@ fn run(
                     return;
                 }
             }
+            Request::Pump(pump, reply) => {
+                let chunk_size = provider.limits.chunk_bytes();
+                let mut gathering = Gathering::new(chunk_size);
+                let mut write = |chunk: Bytes| -> Result<(), EgressError> {
+                    crate::telemetry::record_egressed(&provider.name, chunk.len() as u64);
+                    for data in gathering.push(chunk).into_iter().flatten() {
+                        write_pieces(&mut instance, upload, data, chunk_size, &mut gathering)?;
+                    }
+                    Ok(())
+                };
+                let mut failure = None;
+                pump(&mut |chunk| {
+                    if let Some(error) = &failure {
+                        return Err(EgressError::clone(error));
+                    }
+                    write(chunk).inspect_err(|error| failure = Some(error.clone()))
+                });
+                let result = match failure {
+                    Some(error) => Err(error),
+                    None => match gathering.finish() {
+                        Some(rest) => {
+                            write_pieces(&mut instance, upload, rest, chunk_size, &mut gathering)
+                        }
+                        None => Ok(()),
+                    },
+                };
+                let failed = result.is_err();
+                let _ = reply.send(result);
+                if failed {
+                    instance.abort(upload);
+                    remove_partials(&provider, &artifact);
+                    return;
+                }
+            }
             Request::Finish(reply) => {
                 let result = instance.finish(upload);
                 if result.is_err() {
@@ -438,6 +502,25 @@ fn run(
     }
     instance.abort(upload);
     remove_partials(&provider, &artifact);
+}
+
+/// Writes `data` into the provider in pieces of at most `chunk_size` bytes, and keeps its
+/// memory for the next gathering when nothing else holds it.
+fn write_pieces(
+    instance: &mut ProviderInstance,
+    upload: wasmtime::component::ResourceAny,
+    data: Bytes,
+    chunk_size: usize,
+    gathering: &mut Gathering,
+) -> Result<(), EgressError> {
+    for piece in pieces(data, chunk_size) {
+        instance.write(upload, &piece)?;
+        if let Ok(mut buffer) = piece.try_into_mut() {
+            buffer.clear();
+            gathering.recycle(buffer);
+        }
+    }
+    Ok(())
 }
 
 /// An upload that did not complete leaves no partial file: the provider's `abort` should have

@@ -67,6 +67,25 @@ pub trait ArtifactSource: Send + 'static {
     fn report(&self) -> Option<serde_json::Value> {
         None
     }
+
+    /// The same capture, read by blocking calls, for a sink that runs on a thread of its own (an
+    /// egress upload): the pipeline then reads, summarises and writes each chunk on that thread.
+    /// `Err(self)` for a source that is read only asynchronously (the default).
+    fn into_blocking(self) -> Result<Box<dyn BlockingSource>, Self>
+    where
+        Self: Sized,
+    {
+        Err(self)
+    }
+}
+
+/// A running capture read by blocking calls, on a thread that may block. Its source's other
+/// properties ([`ArtifactSource::graceful_stop`], [`ArtifactSource::summary_kind`]) still hold;
+/// it never asks to stop and has no report.
+pub trait BlockingSource: Send {
+    /// The next chunk, as [`ArtifactSource::next_chunk`] gives it; an empty chunk when nothing
+    /// came for a moment (ask again after looking for a cancel).
+    fn next_chunk(&mut self) -> Result<Option<Bytes>, OperationError>;
 }
 
 /// Ends a capture gracefully from another task: the source then completes the artifact and

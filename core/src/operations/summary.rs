@@ -1,9 +1,10 @@
 //! The summary of a finished artifact, computed while it streams: the size and SHA-256 of every
 //! artifact, and for a nettrace stream its events, blocks and drops.
 //!
-//! Hashing (and validating every event) costs far more than moving the bytes, so both run on a
-//! thread of their own fed through a bounded queue: a summarizer that falls behind slows the
-//! reads down instead of growing memory.
+//! Hashing (and validating every event) costs far more than moving the bytes. On the pipeline's
+//! task both run on a thread of their own fed through a bounded queue ([`Summarizer`]): a
+//! summarizer that falls behind slows the reads down instead of growing memory. A capture pumped
+//! on an upload's thread already has a thread of its own, and summarises there ([`InlineSummary`]).
 
 use std::collections::BTreeMap;
 
@@ -15,7 +16,7 @@ use tokio::sync::oneshot;
 use super::source::SummaryKind;
 use super::{ErrorCode, OperationError};
 use crate::diagnostics::chunk_queue::{ChunkSender, chunk_queue};
-use crate::diagnostics::summary::{TraceDigest, TraceSummarizer};
+use crate::diagnostics::summary::{TraceDigest, TraceDigester, TraceSummarizer};
 
 /// What a finished artifact holds. The event fields are present for traces only.
 #[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
@@ -98,6 +99,71 @@ impl Summarizer {
     }
 }
 
+/// A summary computed on the caller's thread, for a capture whose chunks already pass through a
+/// thread of its own (an egress upload's): the same work as a [`Summarizer`], without its thread.
+#[derive(Debug)]
+pub(crate) enum InlineSummary {
+    /// A nettrace stream.
+    Nettrace(Box<TraceDigester>),
+    /// Opaque bytes.
+    Bytes(ByteDigester),
+}
+
+impl InlineSummary {
+    /// The summary `kind` needs.
+    pub(crate) fn new(kind: SummaryKind) -> InlineSummary {
+        match kind {
+            SummaryKind::Nettrace => InlineSummary::Nettrace(Box::default()),
+            SummaryKind::Bytes => InlineSummary::Bytes(ByteDigester::default()),
+        }
+    }
+
+    /// Takes the next chunk; fails once the artifact is known to be malformed.
+    pub(crate) fn feed(&mut self, chunk: &[u8]) -> Result<(), OperationError> {
+        match self {
+            InlineSummary::Nettrace(digester) => Ok(digester.feed(chunk)?),
+            InlineSummary::Bytes(digester) => {
+                digester.feed(chunk);
+                Ok(())
+            }
+        }
+    }
+
+    /// Ends the artifact: its summary, or why it is not whole.
+    pub(crate) fn finish(self) -> Result<ArtifactSummary, OperationError> {
+        match self {
+            InlineSummary::Nettrace(digester) => Ok((*digester).finish()?.into()),
+            InlineSummary::Bytes(digester) => Ok(digester.finish()),
+        }
+    }
+}
+
+/// The size and SHA-256 of opaque bytes, fed in order.
+#[derive(Debug, Default)]
+pub(crate) struct ByteDigester {
+    hasher: Sha256,
+    bytes: u64,
+}
+
+impl ByteDigester {
+    fn feed(&mut self, chunk: &[u8]) {
+        self.bytes += chunk.len() as u64;
+        self.hasher.update(chunk);
+    }
+
+    fn finish(self) -> ArtifactSummary {
+        ArtifactSummary {
+            bytes: self.bytes,
+            events: None,
+            blocks: None,
+            dropped_events_estimate: None,
+            events_by_provider: None,
+            sha256: hex(&self.hasher.finalize()),
+            report: None,
+        }
+    }
+}
+
 /// Counts and hashes opaque bytes on a thread of its own.
 #[derive(Debug)]
 pub(crate) struct ByteSummarizer {
@@ -112,21 +178,11 @@ impl ByteSummarizer {
         std::thread::Builder::new()
             .name("artifact-summary".to_owned())
             .spawn(move || {
-                let mut hasher = Sha256::new();
-                let mut bytes = 0u64;
+                let mut digester = ByteDigester::default();
                 while let Some(chunk) = queue.blocking_recv() {
-                    bytes += chunk.len() as u64;
-                    hasher.update(&chunk);
+                    digester.feed(&chunk);
                 }
-                let _ = summary.send(ArtifactSummary {
-                    bytes,
-                    events: None,
-                    blocks: None,
-                    dropped_events_estimate: None,
-                    events_by_provider: None,
-                    sha256: hex(&hasher.finalize()),
-                    report: None,
-                });
+                let _ = summary.send(digester.finish());
             })
             .map_err(|error| {
                 OperationError::new(

@@ -6,9 +6,11 @@ use bytes::Bytes;
 use futures_util::FutureExt;
 use futures_util::future::BoxFuture;
 
-use super::source::{ArtifactSource, ArtifactSpec, GracefulStop, SummaryKind};
+use super::source::{ArtifactSource, ArtifactSpec, BlockingSource, GracefulStop, SummaryKind};
 use super::{ErrorCode, OperationError};
-use crate::diagnostics::{DiagnosticsClient, EventPipeSession, SessionConfig, StopHandle};
+use crate::diagnostics::{
+    BlockingSession, DiagnosticsClient, EventPipeSession, SessionConfig, StopHandle,
+};
 use crate::egress::ArtifactKind;
 use crate::processes::ProcessRecord;
 
@@ -60,6 +62,16 @@ impl ArtifactSource for EventPipeSession {
 
     fn summary_kind(&self) -> SummaryKind {
         SummaryKind::Nettrace
+    }
+
+    fn into_blocking(self) -> Result<Box<dyn BlockingSource>, Self> {
+        Ok(Box::new(EventPipeSession::into_blocking(self)))
+    }
+}
+
+impl BlockingSource for BlockingSession {
+    fn next_chunk(&mut self) -> Result<Option<Bytes>, OperationError> {
+        BlockingSession::next_chunk(self).map_err(OperationError::from)
     }
 }
 
