@@ -17,6 +17,9 @@
 //!   every byte as it reads them, with the monitor's own validator and SHA-256: the floor of
 //!   every capture (reading, checking and hashing each byte once, on one thread), measured in
 //!   the same run as the rows it is the floor of, since the VM's speed moves from hour to hour;
+//! - **plain copy + summary -> TCP**: the same, each read then written to a loopback TCP
+//!   connection that a thread on the simulator's CPU reads as this bench reads the HTTP row's
+//!   body: the floor of a streamed trace, which must also deliver its bytes;
 //! - **plain copy -> file**, per directory: the same, each read then `write`n into a file of the
 //!   directory;
 //! - **plain copy + summary -> file**, per directory: each read validated, hashed and written
@@ -39,11 +42,11 @@
 //! against the fastest's.
 //!
 //! Under the table, each monitor row is set against its floor, from the same run's medians: the
-//! streamed path against `plain copy + summary -> null`, an egress row against `plain copy +
-//! summary -> file` into the same directory.
+//! streamed path against `plain copy + summary -> null` and against `plain copy + summary ->
+//! TCP`, an egress row against `plain copy + summary -> file` into the same directory.
 //!
 //! `BENCH_ROWS=plain-summary,stream` runs only those rows of part one (the keys: `plain-null`,
-//! `plain-summary`, `plain-file`, `plain-summary-file`, `stream`, `egress`).
+//! `plain-summary`, `plain-summary-tcp`, `plain-file`, `plain-summary-file`, `stream`, `egress`).
 //! `BENCH_PARTS=single` or `many` runs one part. The knobs do not start with `DIAGMON_`: the
 //! monitor's configuration reads every such variable.
 
@@ -83,14 +86,24 @@ struct Cpus {
     monitor: usize,
 }
 
+/// Where a plain copy writes each read.
+enum CopyTo {
+    /// Nowhere.
+    Null,
+    /// A file, created at this path.
+    File(PathBuf),
+    /// A loopback TCP connection, read (256 KiB reads, discarded) by a thread on the simulator's
+    /// CPU, as this bench reads the HTTP row's body.
+    Tcp,
+}
+
 /// A plain copy of one session's stream, on a thread pinned to the monitor's CPU: a
-/// CollectTracing2 request by hand, then 256 KiB reads, each written to `file` if there is one,
-/// and validated and hashed first if `summarize` (it then asserts that the trace was whole).
-fn plain_copy(socket: &str, file: Option<&Path>, summarize: bool, cpu: usize) -> (u64, f64) {
+/// CollectTracing2 request by hand, then 256 KiB reads, each written to `to`, and validated and
+/// hashed first if `summarize` (it then asserts that the trace was whole).
+fn plain_copy(socket: &str, to: CopyTo, summarize: bool, cpus: Cpus) -> (u64, f64) {
     let socket = socket.to_owned();
-    let file = file.map(Path::to_owned);
     std::thread::spawn(move || {
-        pin_to_cpu(cpu);
+        pin_to_cpu(cpus.monitor);
         let before = thread_cpu_seconds();
         let mut payload = PayloadWriter::new();
         payload.u32(256).u32(1).bool(false).u32(1);
@@ -105,7 +118,31 @@ fn plain_copy(socket: &str, file: Option<&Path>, summarize: bool, cpu: usize) ->
         stream.write_all(&request).expect("send");
         let mut reply = [0u8; HEADER_LEN + 8];
         stream.read_exact(&mut reply).expect("reply");
-        let mut out = file.map(|path| std::fs::File::create(path).expect("create"));
+        let mut reader = None;
+        let mut out: Option<Box<dyn std::io::Write>> = match &to {
+            CopyTo::Null => None,
+            CopyTo::File(path) => Some(Box::new(std::fs::File::create(path).expect("create"))),
+            CopyTo::Tcp => {
+                let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("listen");
+                let address = listener.local_addr().expect("address");
+                reader = Some(std::thread::spawn(move || {
+                    pin_to_cpu(cpus.simulator);
+                    let (mut connection, _) = listener.accept().expect("accept");
+                    let mut buffer = vec![0u8; 256 * 1024];
+                    let mut received = 0u64;
+                    loop {
+                        let read = connection.read(&mut buffer).expect("read");
+                        if read == 0 {
+                            break received;
+                        }
+                        received += read as u64;
+                    }
+                }));
+                Some(Box::new(
+                    std::net::TcpStream::connect(address).expect("connect"),
+                ))
+            }
+        };
         let mut summary = summarize.then(|| (NettraceValidator::new(), Sha256::new()));
         let mut buffer = vec![0u8; 256 * 1024];
         let mut copied = 0u64;
@@ -130,7 +167,11 @@ fn plain_copy(socket: &str, file: Option<&Path>, summarize: bool, cpu: usize) ->
                 .expect("a valid trace with its end-of-stream marker");
             std::hint::black_box(hasher.finalize());
         }
-        (copied, thread_cpu_seconds() - before)
+        let cpu = thread_cpu_seconds() - before;
+        if let Some(reader) = reader {
+            assert_eq!(reader.join().expect("the TCP reader"), copied);
+        }
+        (copied, cpu)
     })
     .join()
     .expect("the copying thread")
@@ -205,6 +246,7 @@ async fn http_egress(client: &reqwest::Client, monitor: &Monitor, pid: u32) -> s
 enum Row {
     PlainNull,
     PlainSummary,
+    PlainSummaryTcp,
     PlainFile(PathBuf),
     PlainSummaryFile(PathBuf),
     Stream,
@@ -213,9 +255,10 @@ enum Row {
 
 impl Row {
     /// Every row's name in `BENCH_ROWS`, in the order of [`Row::key`]'s arms.
-    const KEYS: [&'static str; 6] = [
+    const KEYS: [&'static str; 7] = [
         "plain-null",
         "plain-summary",
+        "plain-summary-tcp",
         "plain-file",
         "plain-summary-file",
         "stream",
@@ -227,10 +270,11 @@ impl Row {
         Row::KEYS[match self {
             Row::PlainNull => 0,
             Row::PlainSummary => 1,
-            Row::PlainFile(_) => 2,
-            Row::PlainSummaryFile(_) => 3,
-            Row::Stream => 4,
-            Row::Egress(_) => 5,
+            Row::PlainSummaryTcp => 2,
+            Row::PlainFile(_) => 3,
+            Row::PlainSummaryFile(_) => 4,
+            Row::Stream => 5,
+            Row::Egress(_) => 6,
         }]
     }
 }
@@ -251,15 +295,18 @@ impl Single<'_> {
         let monitor_before = cpu_seconds(monitor);
         let started = Instant::now();
         let (bytes, cpu) = match row {
-            Row::PlainNull => plain_copy(self.simulator.socket(), None, false, self.cpus.monitor),
-            Row::PlainSummary => plain_copy(self.simulator.socket(), None, true, self.cpus.monitor),
+            Row::PlainNull => plain_copy(self.simulator.socket(), CopyTo::Null, false, self.cpus),
+            Row::PlainSummary => plain_copy(self.simulator.socket(), CopyTo::Null, true, self.cpus),
+            Row::PlainSummaryTcp => {
+                plain_copy(self.simulator.socket(), CopyTo::Tcp, true, self.cpus)
+            }
             Row::PlainFile(dir) | Row::PlainSummaryFile(dir) => {
                 let path = dir.join("plain.nettrace");
                 let copied = plain_copy(
                     self.simulator.socket(),
-                    Some(&path),
+                    CopyTo::File(path.clone()),
                     matches!(row, Row::PlainSummaryFile(_)),
-                    self.cpus.monitor,
+                    self.cpus,
                 );
                 let _ = std::fs::remove_file(path);
                 copied
@@ -385,6 +432,10 @@ async fn single(size: u64, cpus: Cpus, bases: &[(String, PathBuf)], cache: &Path
         let mut rows: Vec<(String, Row)> = vec![
             ("plain copy -> null".to_owned(), Row::PlainNull),
             ("plain copy + summary -> null".to_owned(), Row::PlainSummary),
+            (
+                "plain copy + summary -> TCP".to_owned(),
+                Row::PlainSummaryTcp,
+            ),
             ("HTTP stream".to_owned(), Row::Stream),
         ];
         for (name, base) in bases {
@@ -477,6 +528,12 @@ fn print_floors(medians: &[(&Row, f64)], bases: &[(String, PathBuf)]) {
     if let (Some(stream), Some(floor)) = (of(&Row::Stream), of(&Row::PlainSummary)) {
         lines.push(format!(
             "  HTTP stream {stream:.2} = floor {floor:.2} (plain copy + summary -> null) {:+.2}",
+            stream - floor
+        ));
+    }
+    if let (Some(stream), Some(floor)) = (of(&Row::Stream), of(&Row::PlainSummaryTcp)) {
+        lines.push(format!(
+            "  HTTP stream {stream:.2} = floor {floor:.2} (plain copy + summary -> TCP) {:+.2}",
             stream - floor
         ));
     }
