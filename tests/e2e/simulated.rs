@@ -234,22 +234,29 @@ async fn read_blocking(session: BlockingSession) -> (Vec<u8>, DiagnosticsError) 
     .unwrap()
 }
 
-/// The blocking reader an egress upload's thread uses keeps the async reader's rules: whole
-/// after a stop, truncated (for good) when cut, truncated at the stop deadline when the runtime
-/// ignores the stop.
+/// The blocking reader an egress upload's thread uses keeps the async reader's rules (the async
+/// reader's own test is `a_stopped_session_is_complete_and_a_cut_one_is_truncated`): whole
+/// after a stop, truncated for good when cut. (The stop deadline, for both:
+/// `a_stop_the_runtime_ignores_ends_the_session_as_truncated_at_the_deadline`.)
 #[tokio::test]
-async fn a_blocking_session_keeps_the_rules_of_the_async_one() {
+async fn a_blocking_session_ends_whole_after_a_stop_and_truncated_for_good_when_cut() {
     let (_dir, runtime) = simulated(SimulatedRuntimeConfig::default()).await;
     let session = client_for(&runtime)
         .start_session(&SessionConfig::new(providers()))
         .await
         .unwrap();
     let stop = session.stop_handle();
-    tokio::spawn(async move {
+    let stopper = tokio::spawn(async move {
         tokio::time::sleep(Duration::from_millis(300)).await;
-        stop.stop().await.unwrap();
+        stop.stop().await
     });
-    let (bytes, end) = read_blocking(session.into_blocking()).await;
+    let (bytes, end) = tokio::time::timeout(
+        Duration::from_secs(20),
+        read_blocking(session.into_blocking()),
+    )
+    .await
+    .expect("the stopped session ends");
+    stopper.await.unwrap().unwrap();
     assert!(
         matches!(&end, DiagnosticsError::Internal(clean) if clean == "clean end"),
         "{end}"
@@ -274,38 +281,6 @@ async fn a_blocking_session_keeps_the_rules_of_the_async_one() {
     assert!(
         matches!(end, DiagnosticsError::Truncated { bytes: 150_000, .. }),
         "{end}"
-    );
-
-    let config = SimulatedRuntimeConfig {
-        fault: Some(Fault::IgnoreStop),
-        ..Default::default()
-    };
-    let (_dir, runtime) = simulated(config).await;
-    let timeouts = Timeouts {
-        stop: Duration::from_secs(1),
-        ..short_timeouts()
-    };
-    let client = DiagnosticsClient::new(Endpoint::Socket(runtime.socket_path().unwrap()), timeouts);
-    let session = client
-        .start_session(&SessionConfig::new(providers()))
-        .await
-        .unwrap();
-    let stop = session.stop_handle();
-    let stopper = tokio::spawn(async move {
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        stop.stop().await
-    });
-    let started = Instant::now();
-    let (_, end) = read_blocking(session.into_blocking()).await;
-    let elapsed = started.elapsed();
-    stopper.await.unwrap().unwrap();
-    assert!(
-        matches!(&end, DiagnosticsError::Truncated { reason, .. } if reason.contains("stop request")),
-        "{end}"
-    );
-    assert!(
-        elapsed >= Duration::from_millis(1100) && elapsed < Duration::from_secs(4),
-        "ended {elapsed:?} after the start, the deadline is 1 s after the stop"
     );
 }
 
@@ -450,39 +425,48 @@ async fn a_refused_stop_is_retried_and_the_trace_completes() {
     assert_eq!(stops, 2, "the refused StopTracing was sent again");
 }
 
+/// Both readers of a session, the async one and the blocking one of an egress upload's thread,
+/// end a session whose runtime ignores the stop as truncated at the stop deadline.
 #[tokio::test]
 async fn a_stop_the_runtime_ignores_ends_the_session_as_truncated_at_the_deadline() {
-    let config = SimulatedRuntimeConfig {
-        fault: Some(Fault::IgnoreStop),
-        ..Default::default()
-    };
-    let (_dir, runtime) = simulated(config).await;
-    let timeouts = Timeouts {
-        stop: Duration::from_secs(1),
-        ..short_timeouts()
-    };
-    let client = DiagnosticsClient::new(Endpoint::Socket(runtime.socket_path().unwrap()), timeouts);
-    let session = client
-        .start_session(&SessionConfig::new(providers()))
-        .await
-        .unwrap();
-    let stop = session.stop_handle();
-    let stopper = tokio::spawn(async move {
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        stop.stop().await
-    });
-    let started = Instant::now();
-    let error = session.copy_to(&mut Vec::new()).await.unwrap_err();
-    let elapsed = started.elapsed();
-    stopper.await.unwrap().unwrap();
-    assert!(
-        matches!(&error, DiagnosticsError::Truncated { reason, .. } if reason.contains("stop request")),
-        "{error}"
-    );
-    assert!(
-        elapsed >= Duration::from_millis(1100) && elapsed < Duration::from_secs(4),
-        "ended {elapsed:?} after the start, the deadline is 1 s after the stop"
-    );
+    for blocking in [false, true] {
+        let config = SimulatedRuntimeConfig {
+            fault: Some(Fault::IgnoreStop),
+            ..Default::default()
+        };
+        let (_dir, runtime) = simulated(config).await;
+        let timeouts = Timeouts {
+            stop: Duration::from_secs(1),
+            ..short_timeouts()
+        };
+        let client =
+            DiagnosticsClient::new(Endpoint::Socket(runtime.socket_path().unwrap()), timeouts);
+        let session = client
+            .start_session(&SessionConfig::new(providers()))
+            .await
+            .unwrap();
+        let stop = session.stop_handle();
+        let stopper = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            stop.stop().await
+        });
+        let started = Instant::now();
+        let error = if blocking {
+            read_blocking(session.into_blocking()).await.1
+        } else {
+            session.copy_to(&mut Vec::new()).await.unwrap_err()
+        };
+        let elapsed = started.elapsed();
+        stopper.await.unwrap().unwrap();
+        assert!(
+            matches!(&error, DiagnosticsError::Truncated { reason, .. } if reason.contains("stop request")),
+            "blocking: {blocking}: {error}"
+        );
+        assert!(
+            elapsed >= Duration::from_millis(1100) && elapsed < Duration::from_secs(4),
+            "blocking: {blocking}: ended {elapsed:?} after the start, the deadline is 1 s after the stop"
+        );
+    }
 }
 
 #[tokio::test]

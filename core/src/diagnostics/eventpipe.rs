@@ -546,7 +546,34 @@ pub struct BlockingSession {
     state: StreamState,
 }
 
+/// Cuts a [`BlockingSession`]'s connection from another thread: the runtime ends the session
+/// (a cancel), and a read waiting on it returns at once.
+#[derive(Debug)]
+pub struct SessionInterrupter {
+    stream: Option<std::os::unix::net::UnixStream>,
+}
+
+impl SessionInterrupter {
+    /// Shuts the connection down both ways. Idempotent; harmless once the session ended.
+    pub fn interrupt(&self) {
+        if let Some(stream) = &self.stream {
+            let _ = stream.shutdown(std::net::Shutdown::Both);
+        }
+    }
+}
+
 impl BlockingSession {
+    /// A handle that cuts this session's connection from another thread.
+    pub fn interrupter(&self) -> SessionInterrupter {
+        SessionInterrupter {
+            stream: self
+                .stream
+                .as_ref()
+                .ok()
+                .and_then(|stream| stream.try_clone().ok()),
+        }
+    }
+
     /// The next chunk of the trace, as [`EventPipeSession::next_chunk`] gives it; an empty chunk
     /// when no byte came within [`BLOCKING_POLL`] (ask again after looking for a cancel).
     pub fn next_chunk(&mut self) -> Result<Option<Bytes>, DiagnosticsError> {
@@ -559,13 +586,6 @@ impl BlockingSession {
     }
 
     fn read_next(&mut self) -> Result<Option<Bytes>, DiagnosticsError> {
-        if self
-            .state
-            .stop_deadline()
-            .is_some_and(|deadline| Instant::now() >= deadline)
-        {
-            return Err(self.state.stop_overdue());
-        }
         let stream = match &mut self.stream {
             Ok(stream) => stream,
             Err(error) => {
@@ -575,6 +595,19 @@ impl BlockingSession {
                 });
             }
         };
+        // As the async reader's `timeout_at`: bytes already there are read even at the stop
+        // deadline; only a read that waits past it ends the stream.
+        let deadline = self.state.stop_deadline();
+        if let Some(deadline) = deadline {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let wait = left.clamp(Duration::from_millis(1), BLOCKING_POLL);
+            if let Err(source) = stream.set_read_timeout(Some(wait)) {
+                return Err(DiagnosticsError::Io {
+                    what: "reading the trace stream",
+                    source,
+                });
+            }
+        }
         let read = self.state.buffers.read_chunk_blocking(stream);
         if let Err(error) = &read
             && matches!(
@@ -584,6 +617,9 @@ impl BlockingSession {
                     | std::io::ErrorKind::Interrupted
             )
         {
+            if deadline.is_some_and(|deadline| Instant::now() >= deadline) {
+                return Err(self.state.stop_overdue());
+            }
             return Ok(Some(Bytes::new()));
         }
         self.state.accept(read)

@@ -8,8 +8,8 @@
 //! - [`eventpipe`]: EventPipe sessions and their nettrace byte stream;
 //! - [`nettrace`]: a streaming validator of the nettrace format;
 //! - [`payload`]: event payloads decoded from the trace's metadata;
-//! - [`summary`]: the summary of a whole trace, computed on a thread of its own (fed through a
-//!   `chunk_queue` that wakes the feeder once per batch of chunks).
+//! - [`summary`]: the summary of a whole trace, computed on the caller's thread or on a thread of
+//!   its own (fed through a `chunk_queue` that wakes the feeder once per batch of chunks).
 //!
 //! This layer knows nothing of HTTP or egress: it turns a runtime into typed answers and a byte
 //! stream, and reports every failure of the peer as a [`DiagnosticsError`].
@@ -34,7 +34,9 @@ use std::time::Duration;
 
 pub use client::{DiagnosticsClient, ProcessInfo, Timeouts};
 pub use endpoint::Endpoint;
-pub use eventpipe::{BlockingSession, EventPipeSession, EventProvider, SessionConfig, StopHandle};
+pub use eventpipe::{
+    BlockingSession, EventPipeSession, EventProvider, SessionConfig, SessionInterrupter, StopHandle,
+};
 pub use protocol::{Command, RuntimeErrorCode};
 
 /// Everything that can go wrong talking to a runtime.

@@ -8,8 +8,12 @@
 //! only awaits channels. A runaway guest is stopped by its epoch deadline (it traps); a guest
 //! waiting inside a host call, which epochs cannot interrupt, is stopped when the wait reaches the
 //! same deadline ([`super::host_waits`]), so the thread ends with the call. The async side still
-//! gives up on its own a little after the deadline. Each thread holds one of the provider's
-//! `max_instances` permits and is counted in its usage until it ends.
+//! gives up on its own a little after the deadline (for a pump, through a watchdog on the write
+//! in progress). Each thread holds one of the provider's `max_instances` permits and is counted in
+//! its usage until it ends.
+//!
+//! A trace is not handed over chunk by chunk: [`Upload::pump`] runs the capture's whole loop
+//! (read, summary, write) on this thread, so a chunk crosses no thread at all.
 //!
 //! A chunk of at least [`DIRECT_WRITE`] bytes (or the provider's chunk size, if that is smaller)
 //! goes to the provider as it is, without a copy (split into writes of at most the chunk size, if
@@ -24,6 +28,7 @@
 
 use std::collections::VecDeque;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
@@ -49,13 +54,56 @@ const IN_FLIGHT: usize = 2;
 
 enum Request {
     Write(Bytes, oneshot::Sender<Written>),
-    Pump(Pump, oneshot::Sender<Result<(), EgressError>>),
+    Pump(
+        Pump,
+        Arc<WriteClock>,
+        oneshot::Sender<Result<(), EgressError>>,
+    ),
     Finish(oneshot::Sender<Result<String, EgressError>>),
 }
 
 /// Work that produces an artifact's chunks on the upload's own thread (see [`Upload::pump`]): it
-/// hands each chunk, in order, to the writer it is given, and stops at the writer's first error.
-pub type Pump = Box<dyn FnOnce(&mut dyn FnMut(Bytes) -> Result<(), EgressError>) + Send>;
+/// hands each chunk, in order, to the writer it is given, stops at the writer's first error, and
+/// returns whether its source ended cleanly (only then does what is still gathered get written).
+pub type Pump = Box<dyn FnOnce(&mut dyn FnMut(Bytes) -> Result<(), EgressError>) -> bool + Send>;
+
+/// When the upload's thread entered the provider's `write` it is in, for the async side's
+/// watchdog over a pump: milliseconds since `base`, plus one; 0 between writes.
+#[derive(Debug)]
+struct WriteClock {
+    base: std::time::Instant,
+    entered: AtomicU64,
+}
+
+impl WriteClock {
+    fn new() -> Self {
+        WriteClock {
+            base: std::time::Instant::now(),
+            entered: AtomicU64::new(0),
+        }
+    }
+
+    fn enter(&self) {
+        let now = self.base.elapsed().as_millis() as u64 + 1;
+        self.entered.store(now, Ordering::Relaxed);
+    }
+
+    fn leave(&self) {
+        self.entered.store(0, Ordering::Relaxed);
+    }
+
+    /// How long the thread has been in its current write, if it is in one.
+    fn in_write_for(&self) -> Option<Duration> {
+        match self.entered.load(Ordering::Relaxed) {
+            0 => None,
+            entered => Some(
+                self.base
+                    .elapsed()
+                    .saturating_sub(Duration::from_millis(entered - 1)),
+            ),
+        }
+    }
+}
 
 /// The outcome of a write, and the gathering buffer it came in, emptied, for reuse.
 struct Written {
@@ -150,8 +198,11 @@ impl Upload {
     /// Runs `pump` on the upload's thread, where each chunk it produces goes into the provider as
     /// [`Upload::write`] would put it (gathered or split the same way), with no hand-off between
     /// threads per chunk. Returns once `pump` returned: the error of a write that failed (the
-    /// upload is then dead, as after a failed [`Upload::write`]). The pump must end on its own:
-    /// there is no deadline on it as a whole, only on each write.
+    /// upload is then dead, as after a failed [`Upload::write`]). The pump as a whole has no
+    /// deadline (it lasts as long as its source), but each write has: should the thread stay in
+    /// one longer than the write deadline and a grace period (a provider stuck where the host
+    /// cannot stop it), this gives up on the thread with [`EgressError::DeadlineExceeded`], as
+    /// [`Upload::write`] does.
     pub async fn pump(&mut self, pump: Pump) -> Result<(), EgressError> {
         if let Some(error) = &self.failed {
             return Err(error.clone());
@@ -160,23 +211,38 @@ impl Upload {
             self.send(gathered).await?;
         }
         self.wait_pending().await?;
-        let (reply, pumped) = oneshot::channel();
+        let clock = Arc::new(WriteClock::new());
+        let (reply, mut pumped) = oneshot::channel();
         let sent = match &self.requests {
-            Some(requests) => requests.send(Request::Pump(pump, reply)).await.is_ok(),
+            Some(requests) => requests
+                .send(Request::Pump(pump, clock.clone(), reply))
+                .await
+                .is_ok(),
             None => false,
         };
-        let result = if sent {
-            pumped.await.unwrap_or_else(|_| {
-                Err(EgressError::host(
-                    &self.provider.name,
-                    "the provider's thread ended during a write",
-                ))
-            })
-        } else {
-            Err(EgressError::host(
-                &self.provider.name,
-                "the provider's thread ended",
-            ))
+        if !sent {
+            let error = EgressError::host(&self.provider.name, "the provider's thread ended");
+            return Err(self.fail(error));
+        }
+        let deadline = self.provider.limits.write_timeout();
+        let result = loop {
+            tokio::select! {
+                result = &mut pumped => break result.unwrap_or_else(|_| {
+                    Err(EgressError::host(
+                        &self.provider.name,
+                        "the provider's thread ended during a write",
+                    ))
+                }),
+                _ = tokio::time::sleep(GRACE) => {
+                    if clock.in_write_for().is_some_and(|spent| spent > deadline + GRACE) {
+                        break Err(EgressError::DeadlineExceeded {
+                            provider: self.provider.name.clone(),
+                            call: "write",
+                            deadline,
+                        });
+                    }
+                }
+            }
         };
         result.map_err(|error| self.fail(error))
     }
@@ -456,29 +522,48 @@ fn run(
                     return;
                 }
             }
-            Request::Pump(pump, reply) => {
+            Request::Pump(pump, clock, reply) => {
                 let chunk_size = provider.limits.chunk_bytes();
                 let mut gathering = Gathering::new(chunk_size);
-                let mut write = |chunk: Bytes| -> Result<(), EgressError> {
-                    crate::telemetry::record_egressed(&provider.name, chunk.len() as u64);
-                    for data in gathering.push(chunk).into_iter().flatten() {
-                        write_pieces(&mut instance, upload, data, chunk_size, &mut gathering)?;
-                    }
-                    Ok(())
-                };
                 let mut failure = None;
-                pump(&mut |chunk| {
-                    if let Some(error) = &failure {
-                        return Err(EgressError::clone(error));
-                    }
-                    write(chunk).inspect_err(|error| failure = Some(error.clone()))
-                });
-                let result = match failure {
-                    Some(error) => Err(error),
-                    None => match gathering.finish() {
-                        Some(rest) => {
-                            write_pieces(&mut instance, upload, rest, chunk_size, &mut gathering)
+                let pumped = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    let mut write = |chunk: Bytes| -> Result<(), EgressError> {
+                        crate::telemetry::record_egressed(&provider.name, chunk.len() as u64);
+                        for data in gathering.push(chunk).into_iter().flatten() {
+                            let mut target = WriteTarget {
+                                instance: &mut instance,
+                                upload,
+                                clock: &clock,
+                            };
+                            target.write_pieces(data, chunk_size, &mut gathering)?;
                         }
+                        Ok(())
+                    };
+                    pump(&mut |chunk| {
+                        if let Some(error) = &failure {
+                            return Err(EgressError::clone(error));
+                        }
+                        write(chunk).inspect_err(|error| failure = Some(error.clone()))
+                    })
+                }));
+                let result = match (pumped, failure) {
+                    (Err(_), _) => {
+                        // The instance may be mid-call: nothing more is called in it.
+                        let _ = reply.send(Err(EgressError::host(
+                            &provider.name,
+                            "the capture's loop panicked on the upload's thread (a bug in diagmon)",
+                        )));
+                        remove_partials(&provider, &artifact);
+                        return;
+                    }
+                    (Ok(_), Some(error)) => Err(error),
+                    (Ok(ended), None) => match gathering.finish().filter(|_| ended) {
+                        Some(rest) => WriteTarget {
+                            instance: &mut instance,
+                            upload,
+                            clock: &clock,
+                        }
+                        .write_pieces(rest, chunk_size, &mut gathering),
                         None => Ok(()),
                     },
                 };
@@ -504,23 +589,34 @@ fn run(
     remove_partials(&provider, &artifact);
 }
 
-/// Writes `data` into the provider in pieces of at most `chunk_size` bytes, and keeps its
-/// memory for the next gathering when nothing else holds it.
-fn write_pieces(
-    instance: &mut ProviderInstance,
+/// Where a pump's writes go: the instance and its upload, timed for the watchdog.
+struct WriteTarget<'a> {
+    instance: &'a mut ProviderInstance,
     upload: wasmtime::component::ResourceAny,
-    data: Bytes,
-    chunk_size: usize,
-    gathering: &mut Gathering,
-) -> Result<(), EgressError> {
-    for piece in pieces(data, chunk_size) {
-        instance.write(upload, &piece)?;
-        if let Ok(mut buffer) = piece.try_into_mut() {
-            buffer.clear();
-            gathering.recycle(buffer);
+    clock: &'a WriteClock,
+}
+
+impl WriteTarget<'_> {
+    /// Writes `data` into the provider in pieces of at most `chunk_size` bytes, and keeps its
+    /// memory for the next gathering when nothing else holds it.
+    fn write_pieces(
+        &mut self,
+        data: Bytes,
+        chunk_size: usize,
+        gathering: &mut Gathering,
+    ) -> Result<(), EgressError> {
+        for piece in pieces(data, chunk_size) {
+            self.clock.enter();
+            let written = self.instance.write(self.upload, &piece);
+            self.clock.leave();
+            written?;
+            if let Ok(mut buffer) = piece.try_into_mut() {
+                buffer.clear();
+                gathering.recycle(buffer);
+            }
         }
+        Ok(())
     }
-    Ok(())
 }
 
 /// An upload that did not complete leaves no partial file: the provider's `abort` should have

@@ -184,16 +184,34 @@ async fn pump(
     cancelled: &CancellationToken,
 ) -> Copied {
     let (done, pumped) = oneshot::channel();
+    let interrupt = source.interrupter();
     let on_thread = operation.clone();
     let cancel = cancelled.clone();
     let work: Pump = Box::new(move |write| {
         let mut summary = InlineSummary::new(kind);
         let copied = pump_chunks(&on_thread, source.as_mut(), &mut summary, write, &cancel);
+        let ended = copied.is_ok();
         // Ends the session (a cancel, if it did not end) before the verdict is known.
         drop(source);
         let _ = done.send((copied, summary));
+        ended
     });
-    let written = upload.pump(work).await;
+    let pumping = upload.pump(work);
+    tokio::pin!(pumping);
+    let written = tokio::select! {
+        written = &mut pumping => written,
+        _ = cancelled.cancelled() => {
+            // A read waiting on a quiet runtime returns at once; a write in progress finishes
+            // (within its deadline) and the loop then sees the cancel.
+            interrupt();
+            pumping.await
+        }
+    };
+    if written.is_err() {
+        // The upload may have given up on a thread stuck in the provider: the runtime's session,
+        // which that thread holds, must not stay open with it.
+        interrupt();
+    }
     match pumped.await {
         Ok((copied, summary)) => Copied {
             copied,
@@ -231,7 +249,12 @@ fn pump_chunks(
         if cancelled.is_cancelled() {
             return Err(Stop::cancelled());
         }
-        let Some(chunk) = source.next_chunk().map_err(Stop::Source)? else {
+        let next = source.next_chunk();
+        if cancelled.is_cancelled() {
+            // The cancel may have cut the connection under the read: that is no runtime error.
+            return Err(Stop::cancelled());
+        }
+        let Some(chunk) = next.map_err(Stop::Source)? else {
             return Ok(());
         };
         if chunk.is_empty() {

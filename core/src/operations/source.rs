@@ -86,6 +86,10 @@ pub trait BlockingSource: Send {
     /// The next chunk, as [`ArtifactSource::next_chunk`] gives it; an empty chunk when nothing
     /// came for a moment (ask again after looking for a cancel).
     fn next_chunk(&mut self) -> Result<Option<Bytes>, OperationError>;
+
+    /// Cuts the capture from another thread: a read waiting in [`BlockingSource::next_chunk`]
+    /// returns at once, and the capture ends as if dropped (a cancel).
+    fn interrupter(&self) -> Box<dyn Fn() + Send + Sync>;
 }
 
 /// Ends a capture gracefully from another task: the source then completes the artifact and

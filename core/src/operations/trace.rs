@@ -73,6 +73,11 @@ impl BlockingSource for BlockingSession {
     fn next_chunk(&mut self) -> Result<Option<Bytes>, OperationError> {
         BlockingSession::next_chunk(self).map_err(OperationError::from)
     }
+
+    fn interrupter(&self) -> Box<dyn Fn() + Send + Sync> {
+        let interrupter = BlockingSession::interrupter(self);
+        Box::new(move || interrupter.interrupt())
+    }
 }
 
 impl GracefulStop for StopHandle {
