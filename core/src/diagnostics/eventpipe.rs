@@ -538,12 +538,21 @@ pub const BLOCKING_POLL: Duration = Duration::from_millis(100);
 
 /// An [`EventPipeSession`] read by blocking calls, for a thread that does the rest of a capture's
 /// work on each chunk itself (an egress upload's thread): no task hand-off per chunk. The same
-/// rules as [`EventPipeSession::next_chunk`] hold; dropping it cancels the session.
+/// rules as [`EventPipeSession::next_chunk`] hold; dropping it cancels the session (it shuts the
+/// connection down, whatever [`SessionInterrupter`] still holds a handle to it).
 #[derive(Debug)]
 pub struct BlockingSession {
     /// The socket, or why it could not be made blocking (reported by the first read).
     stream: std::io::Result<std::os::unix::net::UnixStream>,
     state: StreamState,
+}
+
+impl Drop for BlockingSession {
+    fn drop(&mut self) {
+        if let Ok(stream) = &self.stream {
+            let _ = stream.shutdown(std::net::Shutdown::Both);
+        }
+    }
 }
 
 /// Cuts a [`BlockingSession`]'s connection from another thread: the runtime ends the session
@@ -595,11 +604,16 @@ impl BlockingSession {
                 });
             }
         };
-        // As the async reader's `timeout_at`: bytes already there are read even at the stop
-        // deadline; only a read that waits past it ends the stream.
+        // Bytes already there when the stop deadline passes are still read, for one poll
+        // interval at most; a read that waits past the deadline, or any read after that
+        // interval, ends the stream (a runtime that streams on after a stop is cut).
         let deadline = self.state.stop_deadline();
         if let Some(deadline) = deadline {
-            let left = deadline.saturating_duration_since(Instant::now());
+            let now = Instant::now();
+            if now >= deadline + BLOCKING_POLL {
+                return Err(self.state.stop_overdue());
+            }
+            let left = deadline.saturating_duration_since(now);
             let wait = left.clamp(Duration::from_millis(1), BLOCKING_POLL);
             if let Err(source) = stream.set_read_timeout(Some(wait)) {
                 return Err(DiagnosticsError::Io {

@@ -197,12 +197,14 @@ impl Upload {
 
     /// Runs `pump` on the upload's thread, where each chunk it produces goes into the provider as
     /// [`Upload::write`] would put it (gathered or split the same way), with no hand-off between
-    /// threads per chunk. Returns once `pump` returned: the error of a write that failed (the
-    /// upload is then dead, as after a failed [`Upload::write`]). The pump as a whole has no
-    /// deadline (it lasts as long as its source), but each write has: should the thread stay in
-    /// one longer than the write deadline and a grace period (a provider stuck where the host
-    /// cannot stop it), this gives up on the thread with [`EgressError::DeadlineExceeded`], as
-    /// [`Upload::write`] does.
+    /// threads per chunk. Returns once the thread replied, after `pump` returned and what was
+    /// gathered was written: the error of a write that failed (the upload is then dead, as after
+    /// a failed [`Upload::write`]). The pump as a whole has no deadline (it lasts as long as its
+    /// source), but each write has: should the thread stay in one longer than the write deadline
+    /// and a grace period (a provider stuck where the host cannot stop it; checked every
+    /// [`GRACE`], so it gives up two to four seconds past the deadline), this returns
+    /// [`EgressError::DeadlineExceeded`] without waiting for the thread, as [`Upload::write`]
+    /// does.
     pub async fn pump(&mut self, pump: Pump) -> Result<(), EgressError> {
         if let Some(error) = &self.failed {
             return Err(error.clone());
@@ -369,9 +371,16 @@ impl Upload {
     }
 
     /// Abandons the artifact: the provider's upload is dropped unfinished, so that it removes what
-    /// it created. Waits (bounded by the deadlines) until the provider is done; never fails.
+    /// it created. Waits (bounded by the deadlines) until the provider is done, unless the upload
+    /// already failed on a deadline (its thread is stuck: it aborts on its own if it ever
+    /// returns); never fails.
     pub async fn abort(mut self) {
         self.requests = None;
+        if matches!(self.failed, Some(EgressError::DeadlineExceeded { .. })) {
+            // The thread is stuck past its deadline: it aborts on its own if the call ever
+            // returns, and waiting for it would only delay the operation's failure.
+            return;
+        }
         let wait =
             self.provider.limits.write_timeout() + self.provider.limits.call_timeout() + GRACE;
         if tokio::time::timeout(wait, &mut self.done).await.is_err() {
@@ -638,6 +647,18 @@ mod tests {
 
     fn filled(len: usize, byte: u8) -> Bytes {
         Bytes::from(vec![byte; len])
+    }
+
+    #[test]
+    fn the_write_clock_times_only_the_write_in_progress() {
+        let clock = WriteClock::new();
+        assert_eq!(clock.in_write_for(), None);
+        clock.enter();
+        std::thread::sleep(Duration::from_millis(20));
+        let spent = clock.in_write_for().expect("in a write");
+        assert!(spent >= Duration::from_millis(19), "{spent:?}");
+        clock.leave();
+        assert_eq!(clock.in_write_for(), None);
     }
 
     #[test]

@@ -191,7 +191,7 @@ async fn pump(
         let mut summary = InlineSummary::new(kind);
         let copied = pump_chunks(&on_thread, source.as_mut(), &mut summary, write, &cancel);
         let ended = copied.is_ok();
-        // Ends the session (a cancel, if it did not end) before the verdict is known.
+        // Ends the session (a cancel, if it did not end) before the verdict is sent.
         drop(source);
         let _ = done.send((copied, summary));
         ended
@@ -207,26 +207,38 @@ async fn pump(
             pumping.await
         }
     };
-    if written.is_err() {
-        // The upload may have given up on a thread stuck in the provider: the runtime's session,
-        // which that thread holds, must not stay open with it.
+    if let Err(error) = written {
+        // A write failed, the loop panicked, or the upload gave up on a thread stuck in the
+        // provider. In that last case the loop may never return: its verdict is not waited for,
+        // and the runtime's session, which that thread holds, is cut so that it does not stay
+        // open with it.
         interrupt();
+        let stop = if cancelled.is_cancelled() {
+            Stop::cancelled()
+        } else {
+            Stop::Outcome(Outcome::Failed(error.into()))
+        };
+        return Copied {
+            copied: Err(stop),
+            summary: Err(OperationError::new(
+                ErrorCode::InternalError,
+                "the capture did not finish",
+            )),
+            report: None,
+        };
     }
+    // The loop sent its verdict before the thread replied.
     match pumped.await {
         Ok((copied, summary)) => Copied {
             copied,
             summary: summary.finish(),
             report: None,
         },
-        // The thread never ran the pump: the upload had failed, or its thread ended.
         Err(_) => {
-            let error: OperationError = match written {
-                Err(error) => error.into(),
-                Ok(()) => OperationError::new(
-                    ErrorCode::InternalError,
-                    "the upload's thread dropped the capture unrun",
-                ),
-            };
+            let error = OperationError::new(
+                ErrorCode::InternalError,
+                "the upload's thread replied without the capture's verdict",
+            );
             Copied {
                 copied: Err(Stop::Outcome(Outcome::Failed(error.clone()))),
                 summary: Err(error),
