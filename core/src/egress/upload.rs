@@ -119,6 +119,8 @@ pub struct Upload {
     pending: VecDeque<oneshot::Receiver<Written>>,
     gathering: Gathering,
     failed: Option<EgressError>,
+    /// The async side gave up on the thread: it is stuck past a deadline in the provider.
+    stuck: bool,
     done: oneshot::Receiver<()>,
 }
 
@@ -172,6 +174,7 @@ impl Upload {
             pending: VecDeque::with_capacity(IN_FLIGHT),
             gathering: Gathering::new(chunk_size),
             failed: None,
+            stuck: false,
             done,
         })
     }
@@ -237,6 +240,7 @@ impl Upload {
                 }),
                 _ = tokio::time::sleep(GRACE) => {
                     if clock.in_write_for().is_some_and(|spent| spent > deadline + GRACE) {
+                        self.stuck = true;
                         break Err(EgressError::DeadlineExceeded {
                             provider: self.provider.name.clone(),
                             call: "write",
@@ -312,11 +316,14 @@ impl Upload {
                 &self.provider.name,
                 "the provider's thread ended during a write",
             ))),
-            Err(_) => Err(self.fail(EgressError::DeadlineExceeded {
-                provider: self.provider.name.clone(),
-                call: "write",
-                deadline,
-            })),
+            Err(_) => {
+                self.stuck = true;
+                Err(self.fail(EgressError::DeadlineExceeded {
+                    provider: self.provider.name.clone(),
+                    call: "write",
+                    deadline,
+                }))
+            }
         }
     }
 
@@ -371,12 +378,12 @@ impl Upload {
     }
 
     /// Abandons the artifact: the provider's upload is dropped unfinished, so that it removes what
-    /// it created. Waits (bounded by the deadlines) until the provider is done, unless the upload
-    /// already failed on a deadline (its thread is stuck: it aborts on its own if it ever
+    /// it created. Waits (bounded by the deadlines) until the provider is done, unless this side
+    /// already gave up on the thread (stuck past a deadline: it aborts on its own if it ever
     /// returns); never fails.
     pub async fn abort(mut self) {
         self.requests = None;
-        if matches!(self.failed, Some(EgressError::DeadlineExceeded { .. })) {
+        if self.stuck {
             // The thread is stuck past its deadline: it aborts on its own if the call ever
             // returns, and waiting for it would only delay the operation's failure.
             return;
