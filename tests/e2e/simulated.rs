@@ -8,7 +8,7 @@ use diagmon::diagnostics::eventpipe::{EventIdFilter, Rundown};
 use diagmon::diagnostics::reverse::{PortLimits, ReversePort};
 use diagmon::diagnostics::summary::TraceDigester;
 use diagmon::diagnostics::{
-    BlockingSession, Command, DiagnosticsClient, DiagnosticsError, EventProvider, SessionConfig,
+    Command, DiagnosticsClient, DiagnosticsError, EventPipeSession, EventProvider, SessionConfig,
     Timeouts,
 };
 use diagmon::processes::{Discovery, ProcessDirectory};
@@ -150,138 +150,99 @@ async fn newer_collect_tracing_commands_carry_their_options() {
     assert_eq!(provider.filter_data.as_deref(), Some("Key=\"a;b\""));
 }
 
+/// Checks that a stream's end is for good: a clean end stays clean, a failure is repeated as
+/// `SessionFailed` with the same reason, never a clean end.
+fn assert_ended_for_good(
+    first: &Result<(), DiagnosticsError>,
+    again: Result<Option<bytes::Bytes>, DiagnosticsError>,
+) {
+    match (first, again) {
+        (Ok(()), Ok(None)) => {}
+        (Err(error), Err(DiagnosticsError::SessionFailed(reason)))
+            if reason == error.to_string() => {}
+        (first, again) => panic!("ended with {first:?}, then read {again:?}"),
+    }
+}
+
+/// Reads a session to its end, with its async reader or (`blocking`) the blocking one an egress
+/// upload's thread uses: its bytes, and how it ended (`Ok` after the end-of-stream marker).
+async fn read_to_end(
+    session: EventPipeSession,
+    blocking: bool,
+) -> (Vec<u8>, Result<(), DiagnosticsError>) {
+    if blocking {
+        let mut session = session.into_blocking();
+        return tokio::task::spawn_blocking(move || {
+            let mut bytes = Vec::new();
+            let end = loop {
+                match session.next_chunk() {
+                    Ok(Some(chunk)) => bytes.extend_from_slice(&chunk),
+                    Ok(None) => break Ok(()),
+                    Err(error) => break Err(error),
+                }
+            };
+            assert_ended_for_good(&end, session.next_chunk());
+            (bytes, end)
+        })
+        .await
+        .unwrap();
+    }
+    let mut session = session;
+    let mut bytes = Vec::new();
+    let end = loop {
+        match session.next_chunk().await {
+            Ok(Some(chunk)) => bytes.extend_from_slice(&chunk),
+            Ok(None) => break Ok(()),
+            Err(error) => break Err(error),
+        }
+    };
+    assert_ended_for_good(&end, session.next_chunk().await);
+    (bytes, end)
+}
+
+/// Both readers, the async one and the blocking one of an egress upload's thread: a stopped
+/// session is whole; a cut one is truncated, for good, never a clean end.
 #[tokio::test]
 async fn a_stopped_session_is_complete_and_a_cut_one_is_truncated() {
-    let (_dir, runtime) = simulated(SimulatedRuntimeConfig::default()).await;
-    let session = client_for(&runtime)
-        .start_session(&SessionConfig::new(providers()))
-        .await
-        .unwrap();
-    let stop = session.stop_handle();
-    tokio::spawn(async move {
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        stop.stop().await.unwrap();
-    });
-    let mut bytes = Vec::new();
-    let summary = session.copy_to(&mut bytes).await.unwrap();
-    assert!(summary.nettrace.events > 0);
+    for blocking in [false, true] {
+        let (_dir, runtime) = simulated(SimulatedRuntimeConfig::default()).await;
+        let session = client_for(&runtime)
+            .start_session(&SessionConfig::new(providers()))
+            .await
+            .unwrap();
+        let stop = session.stop_handle();
+        let stopper = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            stop.stop().await
+        });
+        let (bytes, end) =
+            tokio::time::timeout(Duration::from_secs(20), read_to_end(session, blocking))
+                .await
+                .expect("the stopped session ends");
+        stopper.await.unwrap().unwrap();
+        end.unwrap_or_else(|error| panic!("blocking: {blocking}: {error}"));
+        let mut digester = TraceDigester::default();
+        digester.feed(&bytes).unwrap();
+        assert!(digester.finish().unwrap().nettrace.events > 0);
 
-    let config = SimulatedRuntimeConfig {
-        stream: StreamBehaviour::DisconnectAfter {
-            after_bytes: 150_000,
-        },
-        ..Default::default()
-    };
-    let (_dir, runtime) = simulated(config).await;
-    let session = client_for(&runtime)
-        .start_session(&SessionConfig::new(providers()))
-        .await
-        .unwrap();
-    let error = session.copy_to(&mut Vec::new()).await.unwrap_err();
-    assert!(
-        matches!(error, DiagnosticsError::Truncated { bytes: 150_000, .. }),
-        "{error}"
-    );
-
-    // Read by hand, the cut is an error, and so is every later read: never a clean end.
-    let mut session = client_for(&runtime)
-        .start_session(&SessionConfig::new(providers()))
-        .await
-        .unwrap();
-    let first_error = loop {
-        match session.next_chunk().await {
-            Ok(Some(_)) => {}
-            Ok(None) => panic!("a cut stream ended cleanly"),
-            Err(error) => break error,
-        }
-    };
-    assert!(
-        matches!(first_error, DiagnosticsError::Truncated { .. }),
-        "{first_error}"
-    );
-    let again = session.next_chunk().await.unwrap_err();
-    assert!(
-        matches!(&again, DiagnosticsError::SessionFailed(reason) if *reason == first_error.to_string()),
-        "{again}"
-    );
-}
-
-/// Reads a blocking session to its end on a blocking thread: the bytes, and how it ended (a
-/// clean end as `Internal("clean end")`). Checks that the end is for good.
-async fn read_blocking(session: BlockingSession) -> (Vec<u8>, DiagnosticsError) {
-    tokio::task::spawn_blocking(move || {
-        let mut session = session;
-        let mut bytes = Vec::new();
-        loop {
-            match session.next_chunk() {
-                Ok(Some(chunk)) => bytes.extend_from_slice(&chunk),
-                Ok(None) => {
-                    assert!(matches!(session.next_chunk(), Ok(None)));
-                    return (bytes, DiagnosticsError::Internal("clean end".to_owned()));
-                }
-                Err(error) => {
-                    let again = session.next_chunk().unwrap_err();
-                    assert!(
-                        matches!(&again, DiagnosticsError::SessionFailed(reason) if *reason == error.to_string()),
-                        "{again}"
-                    );
-                    return (bytes, error);
-                }
-            }
-        }
-    })
-    .await
-    .unwrap()
-}
-
-/// The blocking reader an egress upload's thread uses keeps the async reader's rules (the async
-/// reader's own test is `a_stopped_session_is_complete_and_a_cut_one_is_truncated`): whole
-/// after a stop, truncated for good when cut. (The stop deadline, for both:
-/// `a_stop_the_runtime_ignores_ends_the_session_as_truncated_at_the_deadline`.)
-#[tokio::test]
-async fn a_blocking_session_ends_whole_after_a_stop_and_truncated_for_good_when_cut() {
-    let (_dir, runtime) = simulated(SimulatedRuntimeConfig::default()).await;
-    let session = client_for(&runtime)
-        .start_session(&SessionConfig::new(providers()))
-        .await
-        .unwrap();
-    let stop = session.stop_handle();
-    let stopper = tokio::spawn(async move {
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        stop.stop().await
-    });
-    let (bytes, end) = tokio::time::timeout(
-        Duration::from_secs(20),
-        read_blocking(session.into_blocking()),
-    )
-    .await
-    .expect("the stopped session ends");
-    stopper.await.unwrap().unwrap();
-    assert!(
-        matches!(&end, DiagnosticsError::Internal(clean) if clean == "clean end"),
-        "{end}"
-    );
-    let mut digester = TraceDigester::default();
-    digester.feed(&bytes).unwrap();
-    assert!(digester.finish().unwrap().nettrace.events > 0);
-
-    let config = SimulatedRuntimeConfig {
-        stream: StreamBehaviour::DisconnectAfter {
-            after_bytes: 150_000,
-        },
-        ..Default::default()
-    };
-    let (_dir, runtime) = simulated(config).await;
-    let session = client_for(&runtime)
-        .start_session(&SessionConfig::new(providers()))
-        .await
-        .unwrap();
-    let (bytes, end) = read_blocking(session.into_blocking()).await;
-    assert_eq!(bytes.len(), 150_000);
-    assert!(
-        matches!(end, DiagnosticsError::Truncated { bytes: 150_000, .. }),
-        "{end}"
-    );
+        let config = SimulatedRuntimeConfig {
+            stream: StreamBehaviour::DisconnectAfter {
+                after_bytes: 150_000,
+            },
+            ..Default::default()
+        };
+        let (_dir, runtime) = simulated(config).await;
+        let session = client_for(&runtime)
+            .start_session(&SessionConfig::new(providers()))
+            .await
+            .unwrap();
+        let (bytes, end) = read_to_end(session, blocking).await;
+        assert_eq!(bytes.len(), 150_000, "blocking: {blocking}");
+        assert!(
+            matches!(end, Err(DiagnosticsError::Truncated { bytes: 150_000, .. })),
+            "blocking: {blocking}: {end:?}"
+        );
+    }
 }
 
 #[tokio::test]
@@ -451,11 +412,7 @@ async fn a_stop_the_runtime_ignores_ends_the_session_as_truncated_at_the_deadlin
             stop.stop().await
         });
         let started = Instant::now();
-        let error = if blocking {
-            read_blocking(session.into_blocking()).await.1
-        } else {
-            session.copy_to(&mut Vec::new()).await.unwrap_err()
-        };
+        let error = read_to_end(session, blocking).await.1.unwrap_err();
         let elapsed = started.elapsed();
         stopper.await.unwrap().unwrap();
         assert!(

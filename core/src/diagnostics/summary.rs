@@ -4,9 +4,10 @@
 //!
 //! Reading every event and hashing every byte costs far more than moving the bytes (SHA-256 alone
 //! runs at about 1.7 GiB/s on one core with SHA extensions), so where the reads and the sink run
-//! on async tasks it stays off them, on the summarizer's thread. Chunks are shared (`Bytes`), not copied; the queue is
-//! bounded, so a summarizer that falls behind slows the reads rather than growing memory, and it
-//! hands its room back in batches (see `chunk_queue`), so that the feeder wakes once per batch.
+//! on async tasks it stays off them, on the summarizer's thread. Chunks are shared (`Bytes`), not
+//! copied; the queue is bounded, so a summarizer that falls behind slows the reads rather than
+//! growing memory, and it hands its room back in batches (see `chunk_queue`), so that the feeder
+//! wakes once per batch.
 
 use std::sync::{Arc, OnceLock};
 
@@ -60,11 +61,6 @@ impl TraceDigester {
         }
         self.hasher.update(chunk);
         Ok(())
-    }
-
-    /// The reason the stream is malformed, once it is known to be.
-    pub fn failure(&self) -> Option<&str> {
-        self.failure.as_deref()
     }
 
     /// Ends the stream. One without its end-of-stream marker is [`DiagnosticsError::Truncated`];
@@ -163,9 +159,9 @@ fn summarize(
 ) -> Result<TraceDigest, DiagnosticsError> {
     let mut digester = TraceDigester::default();
     while let Some(chunk) = queue.blocking_recv() {
-        if digester.feed(&chunk).is_err() {
-            if let Some(reason) = digester.failure() {
-                let _ = failed.set(reason.to_owned());
+        if let Err(error) = digester.feed(&chunk) {
+            if let DiagnosticsError::InvalidTrace(reason) = error {
+                let _ = failed.set(reason);
             }
             // Keep taking chunks so that the feeder never waits on a full queue.
             while queue.blocking_recv().is_some() {}

@@ -28,7 +28,6 @@
 
 use std::collections::VecDeque;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
@@ -67,41 +66,22 @@ enum Request {
 /// returns whether its source ended cleanly (only then does what is still gathered get written).
 pub type Pump = Box<dyn FnOnce(&mut dyn FnMut(Bytes) -> Result<(), EgressError>) -> bool + Send>;
 
-/// When the upload's thread entered the provider's `write` it is in, for the async side's
-/// watchdog over a pump: milliseconds since `base`, plus one; 0 between writes.
-#[derive(Debug)]
+/// When the upload's thread entered the provider's `write` it is in (`None` between writes), for
+/// the async side's watchdog over a pump.
+#[derive(Debug, Default)]
 struct WriteClock {
-    base: std::time::Instant,
-    entered: AtomicU64,
+    entered: std::sync::Mutex<Option<std::time::Instant>>,
 }
 
 impl WriteClock {
-    fn new() -> Self {
-        WriteClock {
-            base: std::time::Instant::now(),
-            entered: AtomicU64::new(0),
-        }
-    }
-
-    fn enter(&self) {
-        let now = self.base.elapsed().as_millis() as u64 + 1;
-        self.entered.store(now, Ordering::Relaxed);
-    }
-
-    fn leave(&self) {
-        self.entered.store(0, Ordering::Relaxed);
+    fn set(&self, entered: Option<std::time::Instant>) {
+        *self.entered.lock().unwrap_or_else(|p| p.into_inner()) = entered;
     }
 
     /// How long the thread has been in its current write, if it is in one.
     fn in_write_for(&self) -> Option<Duration> {
-        match self.entered.load(Ordering::Relaxed) {
-            0 => None,
-            entered => Some(
-                self.base
-                    .elapsed()
-                    .saturating_sub(Duration::from_millis(entered - 1)),
-            ),
-        }
+        let entered = *self.entered.lock().unwrap_or_else(|p| p.into_inner());
+        entered.map(|entered| entered.elapsed())
     }
 }
 
@@ -216,7 +196,7 @@ impl Upload {
             self.send(gathered).await?;
         }
         self.wait_pending().await?;
-        let clock = Arc::new(WriteClock::new());
+        let clock = Arc::new(WriteClock::default());
         let (reply, mut pumped) = oneshot::channel();
         let sent = match &self.requests {
             Some(requests) => requests
@@ -526,10 +506,7 @@ fn run(
                 // keeps it if it has the chunk size's capacity (`Gathering::recycle`): its own
                 // gathering buffers, and now and then a caller's chunk that happens to; the
                 // rest, shared or not from a `BytesMut`, is dropped.
-                let buffer = chunk.try_into_mut().ok().map(|mut buffer| {
-                    buffer.clear();
-                    buffer
-                });
+                let buffer = emptied(chunk);
                 let failed = result.is_err();
                 let _ = reply.send(Written { result, buffer });
                 if failed {
@@ -539,50 +516,27 @@ fn run(
                 }
             }
             Request::Pump(pump, clock, reply) => {
-                let chunk_size = provider.limits.chunk_bytes();
-                let mut gathering = Gathering::new(chunk_size);
-                let mut failure = None;
-                let pumped = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                    let mut write = |chunk: Bytes| -> Result<(), EgressError> {
-                        crate::telemetry::record_egressed(&provider.name, chunk.len() as u64);
-                        for data in gathering.push(chunk).into_iter().flatten() {
-                            let mut target = WriteTarget {
-                                instance: &mut instance,
-                                upload,
-                                clock: &clock,
-                            };
-                            target.write_pieces(data, chunk_size, &mut gathering)?;
-                        }
-                        Ok(())
-                    };
-                    pump(&mut |chunk| {
-                        if let Some(error) = &failure {
-                            return Err(EgressError::clone(error));
-                        }
-                        write(chunk).inspect_err(|error| failure = Some(error.clone()))
-                    })
-                }));
-                let result = match (pumped, failure) {
-                    (Err(_), _) => {
-                        // The instance may be mid-call: nothing more is called in it.
-                        let _ = reply.send(Err(EgressError::host(
-                            &provider.name,
-                            "the capture's loop panicked on the upload's thread (a bug in diagmon)",
-                        )));
-                        remove_partials(&provider, &artifact);
-                        return;
-                    }
-                    (Ok(_), Some(error)) => Err(error),
-                    (Ok(ended), None) => match gathering.finish().filter(|_| ended) {
-                        Some(rest) => WriteTarget {
-                            instance: &mut instance,
-                            upload,
-                            clock: &clock,
-                        }
-                        .write_pieces(rest, chunk_size, &mut gathering),
-                        None => Ok(()),
-                    },
+                let mut writer = PumpWriter {
+                    instance: &mut instance,
+                    upload,
+                    provider: &provider.name,
+                    clock: &clock,
+                    gathering: Gathering::new(provider.limits.chunk_bytes()),
+                    failed: None,
                 };
+                let pumped = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    pump(&mut |chunk| writer.write(chunk))
+                }));
+                let Ok(ended) = pumped else {
+                    // The instance may be mid-call: nothing more is called in it.
+                    let _ = reply.send(Err(EgressError::host(
+                        &provider.name,
+                        "the capture's loop panicked on the upload's thread (a bug in diagmon)",
+                    )));
+                    remove_partials(&provider, &artifact);
+                    return;
+                };
+                let result = writer.finish(ended);
                 let failed = result.is_err();
                 let _ = reply.send(result);
                 if failed {
@@ -605,30 +559,60 @@ fn run(
     remove_partials(&provider, &artifact);
 }
 
-/// Where a pump's writes go: the instance and its upload, timed for the watchdog.
-struct WriteTarget<'a> {
-    instance: &'a mut ProviderInstance,
-    upload: wasmtime::component::ResourceAny,
-    clock: &'a WriteClock,
+/// The memory of a chunk that was written, emptied for reuse, if nothing else holds it.
+fn emptied(chunk: Bytes) -> Option<BytesMut> {
+    chunk.try_into_mut().ok().map(|mut buffer| {
+        buffer.clear();
+        buffer
+    })
 }
 
-impl WriteTarget<'_> {
-    /// Writes `data` into the provider in pieces of at most `chunk_size` bytes, and keeps its
-    /// memory for the next gathering when nothing else holds it.
-    fn write_pieces(
-        &mut self,
-        data: Bytes,
-        chunk_size: usize,
-        gathering: &mut Gathering,
-    ) -> Result<(), EgressError> {
-        for piece in pieces(data, chunk_size) {
-            self.clock.enter();
+/// The writer a pump's chunks go through on the upload's thread: gathered and split as
+/// [`Upload::write`] does, each write timed for the watchdog, dead after its first error.
+struct PumpWriter<'a> {
+    instance: &'a mut ProviderInstance,
+    upload: wasmtime::component::ResourceAny,
+    provider: &'a str,
+    clock: &'a WriteClock,
+    gathering: Gathering,
+    failed: Option<EgressError>,
+}
+
+impl PumpWriter<'_> {
+    fn write(&mut self, chunk: Bytes) -> Result<(), EgressError> {
+        if let Some(error) = &self.failed {
+            return Err(error.clone());
+        }
+        crate::telemetry::record_egressed(self.provider, chunk.len() as u64);
+        let written = (self.gathering.push(chunk).into_iter().flatten())
+            .try_for_each(|data| self.write_pieces(data));
+        if let Err(error) = &written {
+            self.failed = Some(error.clone());
+        }
+        written
+    }
+
+    /// Writes what is still gathered if the pump's source `ended` cleanly; the first error.
+    fn finish(mut self, ended: bool) -> Result<(), EgressError> {
+        if let Some(error) = self.failed.take() {
+            return Err(error);
+        }
+        match self.gathering.finish().filter(|_| ended) {
+            Some(rest) => self.write_pieces(rest),
+            None => Ok(()),
+        }
+    }
+
+    /// Writes `data` in pieces of at most the chunk size, keeping their memory for the next
+    /// gathering.
+    fn write_pieces(&mut self, data: Bytes) -> Result<(), EgressError> {
+        for piece in pieces(data, self.gathering.chunk_size) {
+            self.clock.set(Some(std::time::Instant::now()));
             let written = self.instance.write(self.upload, &piece);
-            self.clock.leave();
+            self.clock.set(None);
             written?;
-            if let Ok(mut buffer) = piece.try_into_mut() {
-                buffer.clear();
-                gathering.recycle(buffer);
+            if let Some(buffer) = emptied(piece) {
+                self.gathering.recycle(buffer);
             }
         }
         Ok(())
@@ -658,13 +642,13 @@ mod tests {
 
     #[test]
     fn the_write_clock_times_only_the_write_in_progress() {
-        let clock = WriteClock::new();
+        let clock = WriteClock::default();
         assert_eq!(clock.in_write_for(), None);
-        clock.enter();
+        clock.set(Some(std::time::Instant::now()));
         std::thread::sleep(Duration::from_millis(20));
         let spent = clock.in_write_for().expect("in a write");
-        assert!(spent >= Duration::from_millis(19), "{spent:?}");
-        clock.leave();
+        assert!(spent >= Duration::from_millis(20), "{spent:?}");
+        clock.set(None);
         assert_eq!(clock.in_write_for(), None);
     }
 
